@@ -1,0 +1,468 @@
+"""Model sources: resolve a model reference to tensors that are read lazily, one chunk at a time.
+
+A reference is one of
+  * a local Hugging Face model folder (``model.safetensors``, or shards listed in
+    ``model.safetensors.index.json``; pickled ``pytorch_model*.bin`` only with ``allow_pickle``),
+  * a single ``.safetensors`` file,
+  * a GGUF file (``.gguf``, e.g. a llama.cpp export), dequantised tensor by tensor,
+  * a hub id ``org/name[@revision]``, fetched with huggingface_hub (config and safetensors only),
+    honouring ``HF_HUB_OFFLINE`` and the HF cache.
+
+Why our own safetensors reader: numpy has no bfloat16, so ``safetensors.numpy`` cannot read the
+dtype most checkpoints ship in, and mmap-ing whole files makes every touched page count toward
+resident memory. We parse the (tiny, JSON) header ourselves, validate it against the file size,
+and read each tensor with ``readinto`` into reusable buffers: memory stays bounded by one chunk
+per model however large the model is. BF16 is returned as its raw ``uint16`` bits, tagged with
+the dtype, and widened exactly by the kinship kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kinmerge.errors import (
+    CorruptFileError,
+    PickleNotAllowedError,
+    SourceError,
+    UnsupportedDtypeError,
+)
+
+# safetensors dtype -> (numpy dtype of the raw bytes, bytes per element)
+RAW_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # raw bits; widen with ``widen``
+}
+SUPPORTED_DTYPES = tuple(RAW_DTYPES)
+_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: enough to read it without touching any other tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype name: F64, F32, F16, BF16 (others are rejected on read)
+    file: Path
+    offset: int  # absolute byte offset of the data in ``file``
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Return a raw chunk as float64, exactly (every F16/BF16/F32 value is representable).
+
+    >>> widen(np.array([0x3F80], dtype=np.uint16), "BF16")
+    array([1.])
+    """
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return raw.astype(np.float64)
+
+
+@dataclass
+class ReadStats:
+    """Counts of what a source actually read: tests use it to prove one pass per file."""
+
+    bytes_read: int = 0
+    tensor_reads: dict[str, int] = field(default_factory=dict)
+
+
+class ModelSource:
+    """A model's tensors, read lazily.
+
+    Subclasses fill ``self.tensors`` (name -> TensorInfo) and implement ``read_range``.
+    """
+
+    def __init__(self, ref: str, path: Path, files: list[Path]):
+        self.ref = ref
+        self.path = path
+        self.files = files
+        self.tensors: dict[str, TensorInfo] = {}
+        self.stats = ReadStats()
+        self.config: dict = {}
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_range(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``[start, stop)`` of the flattened tensor ``name``, in its raw dtype."""
+        raise NotImplementedError
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor, raw dtype, with its shape (convenience for small tensors and tests)."""
+        info = self.tensors[name]
+        return self.read_range(name, 0, info.numel).reshape(info.shape)
+
+    def chunks(self, name: str, chunk: int) -> Iterator[np.ndarray]:
+        """Yield the flattened tensor in raw-dtype pieces of at most ``chunk`` elements."""
+        n = self.tensors[name].numel
+        for start in range(0, n, chunk):
+            yield self.read_range(name, start, min(n, start + chunk))
+
+    def close(self) -> None:
+        """Release open file handles."""
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def display_name(self) -> str:
+        """A short human name: the folder or file name for local paths, the id for hub refs."""
+        if _HUB_ID.match(self.ref) and not Path(self.ref).exists():
+            return self.ref
+        p = Path(self.ref)
+        return p.stem if p.suffix in (".safetensors", ".gguf") else p.name or str(p)
+
+    @property
+    def vocab_size(self) -> int | None:
+        v = self.config.get("vocab_size")
+        return int(v) if isinstance(v, int) else None
+
+    def content_id(self) -> str:
+        """A content hash of the weight files (see ``content_id``)."""
+        return content_id_of_files(self.files)
+
+    def _count(self, name: str, nbytes: int, start: int) -> None:
+        self.stats.bytes_read += nbytes
+        if start == 0:
+            self.stats.tensor_reads[name] = self.stats.tensor_reads.get(name, 0) + 1
+
+
+class SafetensorsSource(ModelSource):
+    """One or more ``.safetensors`` files; each file is opened once and kept open while reading."""
+
+    def __init__(self, ref: str, path: Path, files: list[Path]):
+        super().__init__(ref, path, files)
+        self._handles: dict[Path, object] = {}
+        for f in files:
+            for info in _parse_safetensors_header(f):
+                if info.name in self.tensors:
+                    raise CorruptFileError(
+                        f"{f}: tensor '{info.name}' also appears in {self.tensors[info.name].file}; "
+                        "the shards overlap — re-download or re-save the model"
+                    )
+                self.tensors[info.name] = info
+
+    def read_range(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        info = self.tensors[name]
+        raw = RAW_DTYPES.get(info.dtype)
+        if raw is None:
+            raise UnsupportedDtypeError(
+                f"{info.file}: tensor '{name}' has dtype {info.dtype}; kinship reads only "
+                f"{', '.join(SUPPORTED_DTYPES)} — dequantise or convert the model first"
+            )
+        count = stop - start
+        buf = np.empty(count, dtype=raw) if out is None or out.dtype != raw or out.size < count else out[:count]
+        fh = self._handles.get(info.file)
+        if fh is None:
+            fh = self._handles[info.file] = open(info.file, "rb", buffering=0)  # noqa: SIM115
+        fh.seek(info.offset + start * raw.itemsize)
+        view = memoryview(buf).cast("B")
+        got = fh.readinto(view)
+        if got != count * raw.itemsize:
+            raise CorruptFileError(
+                f"{info.file}: tensor '{name}' is cut short ({got} of {count * raw.itemsize} bytes); "
+                "the file is truncated — re-download it"
+            )
+        self._count(name, got, start)
+        return buf
+
+    def close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()  # type: ignore[attr-defined]
+        self._handles.clear()
+
+
+class ArraySource(ModelSource):
+    """Tensors already in memory (pickled .bin checkpoints, GGUF after dequantisation, tests)."""
+
+    def __init__(self, ref: str, path: Path, files: list[Path], arrays: dict[str, np.ndarray]):
+        super().__init__(ref, path, files)
+        self._arrays: dict[str, np.ndarray] = {}
+        for name, arr in arrays.items():
+            dtype = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16"}.get(
+                arr.dtype, str(arr.dtype).upper()
+            )
+            flat = np.ascontiguousarray(arr).reshape(-1)
+            self._arrays[name] = flat
+            self.tensors[name] = TensorInfo(name, tuple(arr.shape), dtype, path, 0, flat.nbytes)
+
+    def read_range(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        info = self.tensors[name]
+        if info.dtype not in RAW_DTYPES:
+            raise UnsupportedDtypeError(
+                f"{self.path}: tensor '{name}' has dtype {info.dtype}; kinship reads only "
+                f"{', '.join(SUPPORTED_DTYPES)}"
+            )
+        chunk = self._arrays[name][start:stop]
+        self._count(name, chunk.nbytes, start)
+        return chunk
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> ModelSource:
+    """Resolve ``ref`` to a ``ModelSource``.
+
+    Args:
+        ref: a local folder, a ``.safetensors`` or ``.gguf`` file, or a hub id ``org/name[@rev]``.
+        allow_pickle: accept pickled ``pytorch_model*.bin`` checkpoints (loaded with
+            ``torch.load(weights_only=True)``). Off by default: pickles can run code.
+
+    Raises:
+        SourceError: nothing usable at ``ref`` (with what was looked for).
+        CorruptFileError: a truncated file, a bad header, or a missing index shard.
+        PickleNotAllowedError: only ``.bin`` weights were found and ``allow_pickle`` is False.
+
+    Example:
+        >>> src = open_model("runs/zoo/base")            # doctest: +SKIP
+        >>> sorted(src.tensors)[:1]                      # doctest: +SKIP
+        ['lm_head.weight']
+    """
+    text = os.fspath(ref)
+    path = Path(text).expanduser()
+    if path.exists():
+        return _open_local(text, path, allow_pickle)
+    if _HUB_ID.match(text):
+        return _open_local(text, _resolve_hub(text), allow_pickle)
+    raise SourceError(f"{text}: no such file or folder (and not a hub id like org/name[@revision])")
+
+
+def _open_local(ref: str, path: Path, allow_pickle: bool) -> ModelSource:
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return SafetensorsSource(ref, path, [path])
+        if path.suffix == ".gguf":
+            from kinmerge.gguf_source import open_gguf
+
+            return open_gguf(ref, path)
+        if path.suffix == ".bin":
+            return _open_pickle(ref, path, [path], allow_pickle)
+        raise SourceError(f"{path}: not a .safetensors, .gguf or model folder")
+    config = _read_config(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = _index_shards(index)
+        src: ModelSource = SafetensorsSource(ref, path, files)
+    elif (path / "model.safetensors").exists():
+        src = SafetensorsSource(ref, path, [path / "model.safetensors"])
+    else:
+        singles = sorted(path.glob("*.safetensors"))
+        bins = sorted(path.glob("pytorch_model*.bin"))
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(singles) == 1:
+            src = SafetensorsSource(ref, path, singles)
+        elif bins:
+            src = _open_pickle(ref, path, bins, allow_pickle)
+        elif len(ggufs) == 1:
+            return _open_local(ref, ggufs[0], allow_pickle)
+        else:
+            raise SourceError(
+                f"{path}: no model.safetensors, model.safetensors.index.json, .gguf or "
+                "pytorch_model*.bin here — point at a Hugging Face model folder or a weights file"
+            )
+    src.config = config
+    return src
+
+
+def _read_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        return {}
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{cfg}: not valid JSON ({exc})") from None
+    # Multimodal/composite configs keep the language model's fields under text_config.
+    if isinstance(data.get("text_config"), dict) and "vocab_size" not in data:
+        data = {**data, "vocab_size": data["text_config"].get("vocab_size")}
+    return data if isinstance(data, dict) else {}
+
+
+def _index_shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{index}: not a valid safetensors index ({exc!r})") from None
+    files: list[Path] = []
+    for shard in dict.fromkeys(weight_map.values()):
+        f = index.parent / shard
+        if not f.exists():
+            raise CorruptFileError(
+                f"{index}: shard '{shard}' listed in the index is missing — re-download the model"
+            )
+        files.append(f)
+    return files
+
+
+def _parse_safetensors_header(f: Path) -> list[TensorInfo]:
+    """Parse and validate a safetensors header without reading any tensor data."""
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CorruptFileError(f"{f}: only {size} bytes, too short for a safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n > _HEADER_LIMIT or 8 + n > size:
+                raise CorruptFileError(
+                    f"{f}: header length {n} does not fit the {size}-byte file; the file is "
+                    "truncated or not safetensors — re-download it"
+                )
+            header = json.loads(fh.read(n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{f}: unreadable safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{f}: safetensors header is not a JSON object")
+    data_start = 8 + n
+    infos: list[TensorInfo] = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = meta["dtype"], tuple(int(s) for s in meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CorruptFileError(f"{f}: tensor '{name}' has a malformed header entry") from None
+        if data_start + end > size:
+            raise CorruptFileError(
+                f"{f}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; "
+                "the file is truncated — re-download it"
+            )
+        info = TensorInfo(name, shape, dtype, f, data_start + begin, end - begin)
+        raw = RAW_DTYPES.get(dtype)
+        if raw is not None and info.numel * raw.itemsize != info.nbytes:
+            raise CorruptFileError(f"{f}: tensor '{name}' size does not match its shape {shape} and {dtype}")
+        infos.append(info)
+    infos.sort(key=lambda i: i.offset)  # file order: sequential reads
+    return infos
+
+
+def _open_pickle(ref: str, path: Path, files: list[Path], allow_pickle: bool) -> ModelSource:
+    if not allow_pickle:
+        raise PickleNotAllowedError(
+            f"{path}: only pickled pytorch_model*.bin weights here; pickles can run code — pass "
+            "--allow-pickle if you trust them, or convert the model to safetensors"
+        )
+    try:
+        import torch
+    except ImportError:
+        raise SourceError(f"{path}: reading .bin checkpoints needs torch (pip install 'kinmerge[merge]')") from None
+    arrays: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # torch raises many types for a bad pickle
+            raise CorruptFileError(f"{f}: cannot load with weights_only=True ({type(exc).__name__})") from None
+        for name, t in state.items():
+            if t.dtype == torch.bfloat16:
+                arrays[name] = t.float().numpy()  # exact: bf16 is a subset of f32
+            else:
+                arrays[name] = t.numpy()
+    return ArraySource(ref, path if path.is_dir() else path.parent, files, arrays)
+
+
+def _resolve_hub(ref: str) -> Path:
+    """Fetch (or find in the HF cache) config + safetensors files of a hub model."""
+    repo_id, _, revision = ref.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a core dependency
+        raise SourceError("hub ids need huggingface_hub (pip install huggingface_hub)") from None
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision or None,
+            allow_patterns=["*.json", "*.safetensors"],
+        )
+    except Exception as exc:  # huggingface_hub raises a family of errors; all mean "not available"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = (
+            "it is not in the local HF cache (HF_HUB_OFFLINE is set)"
+            if offline
+            else "check the id, the revision, your network and HF_TOKEN"
+        )
+        raise SourceError(f"{ref}: cannot fetch from the Hugging Face hub — {hint} ({type(exc).__name__})") from None
+    return Path(folder)
+
+
+# -- content ids -----------------------------------------------------------------------------
+
+
+def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> str:
+    """A stable id for a model's weights: BLAKE2b over its weight files, 32 hex characters.
+
+    Hashing a 7B checkpoint takes seconds, so results are cached by (path, size, mtime) in
+    ``$KINMERGE_CACHE/content_ids.json`` (default ``~/.cache/kinmerge``).
+    """
+    src = open_model(ref, allow_pickle=allow_pickle)
+    try:
+        return src.content_id()
+    finally:
+        src.close()
+
+
+def content_id_of_files(files: list[Path]) -> str:
+    cache_file = _cache_dir() / "content_ids.json"
+    keys = []
+    for f in sorted(files, key=lambda p: p.name):
+        st = f.stat()
+        keys.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = "\n".join(keys)
+    cache = _load_cache(cache_file)
+    if key in cache:
+        return cache[key]
+    h = hashlib.blake2b(digest_size=16)
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb", buffering=0) as fh:
+            while n := fh.readinto(view):
+                h.update(view[:n])
+    digest = h.hexdigest()
+    cache[key] = digest
+    _save_cache(cache_file, cache)
+    return digest
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KINMERGE_CACHE") or Path.home() / ".cache" / "kinmerge")
+
+
+def _load_cache(f: Path) -> dict[str, str]:
+    try:
+        data = json.loads(f.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(f: Path, cache: dict[str, str]) -> None:
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, f)
+    except OSError:
+        pass  # a cache we cannot write only costs time
