@@ -13,17 +13,18 @@ dtype most checkpoints ship in, and mmap-ing whole files makes every touched pag
 resident memory. We parse the (tiny, JSON) header ourselves, validate it against the file size,
 and read each tensor with ``readinto`` into reusable buffers: memory stays bounded by one chunk
 per model however large the model is. BF16 is returned as its raw ``uint16`` bits, tagged with
-the dtype, and widened exactly by the kinship kernel.
+the dtype, and widened exactly by the kinship kernel (``kinmerge._kernels``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ RAW_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # raw bits; widen with ``widen``
+    "BF16": np.dtype("<u2"),  # raw bits: numpy has no bfloat16
 }
 SUPPORTED_DTYPES = tuple(RAW_DTYPES)
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
@@ -65,17 +66,6 @@ class TensorInfo:
         for s in self.shape:
             n *= s
         return n
-
-
-def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Return a raw chunk as float64, exactly (every F16/BF16/F32 value is representable).
-
-    >>> widen(np.array([0x3F80], dtype=np.uint16), "BF16")
-    array([1.])
-    """
-    if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return raw.astype(np.float64)
 
 
 @dataclass
@@ -406,6 +396,18 @@ def _resolve_hub(ref: str) -> Path:
     return Path(folder)
 
 
+@contextlib.contextmanager
+def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = False) -> Iterator[list[ModelSource]]:
+    """Open several models at once and close them all on exit, even when one fails to open.
+
+    Example:
+        >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):   # doctest: +SKIP
+        ...     print(len(base.tensors))
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(open_model(ref, allow_pickle=allow_pickle)) for ref in refs]
+
+
 # -- content ids -----------------------------------------------------------------------------
 
 
@@ -466,3 +468,47 @@ def _save_cache(f: Path, cache: dict[str, str]) -> None:
         os.replace(tmp, f)
     except OSError:
         pass  # a cache we cannot write only costs time
+
+
+# -- writing (tests, benchmarks, the zoo's fixtures) ------------------------------------------
+
+_NP_TO_ST = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
+
+
+def to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values -> BF16 bits (uint16), rounding to nearest even like torch does."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *, bf16: Sequence[str] | bool = False,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to a safetensors file atomically (temp file, then rename).
+
+    numpy cannot hold bfloat16, so tensors named in ``bf16`` (or all, with ``bf16=True``) are
+    rounded from float32 to BF16 on the way out. Streams tensor by tensor: no full copy in memory.
+    """
+    out = Path(path)
+    wanted = set(tensors) if bf16 is True else set(bf16 or ())
+    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, arr in tensors.items():
+        dtype = "BF16" if name in wanted else _NP_TO_ST.get(np.dtype(arr.dtype))
+        if dtype is None:
+            raise UnsupportedDtypeError(f"{name}: cannot write dtype {arr.dtype} to safetensors here")
+        nbytes = arr.size * (2 if dtype == "BF16" else arr.dtype.itemsize)
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # keep data 8-byte aligned, as the reference writer does
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for name, arr in tensors.items():
+            data = to_bf16_bits(arr) if name in wanted else np.ascontiguousarray(arr)
+            fh.write(data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes())
+    os.replace(tmp, out)
+    return out

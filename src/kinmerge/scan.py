@@ -1,0 +1,329 @@
+"""One streaming pass over a base and N models: the kinship statistics of every pair at once.
+
+``scan`` checks that the models line up with the base (same tensors, same shapes, or a
+vocabulary that only differs in its number of rows), then reads every tensor once, chunk by
+chunk, in the order the base stores them, and feeds the raw chunks to the fused kernel. A reader
+thread fetches chunk k+1 while the kernel reduces chunk k. Memory is two chunks per model,
+whatever the model size. The result keeps the statistics per tensor, so breakdowns per tensor or
+per layer cost nothing extra, while the headline numbers are always the global ones (the paper
+computes kinship over the whole flattened delta, never as an average of per-layer values).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kinmerge import _kernels
+from kinmerge.errors import (
+    DuplicateModelError,
+    MissingTensorError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnsupportedDtypeError,
+)
+from kinmerge.kinship import KinshipStats
+from kinmerge.sources import RAW_DTYPES, ModelSource
+
+DEFAULT_CHUNK = 1 << 22  # elements per read: 8 MB of bf16 per model, two in flight
+_VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+Progress = Callable[[int], None]  # called with the number of bytes just read
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor to compare: how many leading elements (fewer when vocabularies differ)."""
+
+    name: str
+    numel: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class ScanResult:
+    """Kinship statistics of a pool of models against one base, globally and per tensor."""
+
+    base: str
+    models: list[str]
+    stats: KinshipStats
+    per_tensor: dict[str, KinshipStats]
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    def per_layer(self) -> dict[str, KinshipStats]:
+        """Statistics summed per transformer layer (``model.layers.12.`` -> ``layer 12``).
+
+        Tensors outside the numbered layers keep their own name (embeddings, final norm, head).
+        """
+        out: dict[str, KinshipStats] = {}
+        for name, st in self.per_tensor.items():
+            key = layer_of(name)
+            if key in out:
+                out[key] += st
+            else:
+                out[key] = st.copy()
+        return dict(sorted(out.items(), key=lambda kv: _layer_sort_key(kv[0])))
+
+
+def layer_of(tensor: str) -> str:
+    """``model.layers.12.mlp.up_proj.weight`` -> ``layer 12``; others -> the name sans ``.weight``."""
+    m = _LAYER.search(tensor)
+    if m:
+        return f"layer {int(m.group(1))}"
+    return tensor.removesuffix(".weight")
+
+
+def _layer_sort_key(label: str) -> tuple[int, int, str]:
+    if label.startswith("layer "):
+        return (1, int(label.split()[1]), "")
+    return (0 if "embed" in label or "wte" in label else 2, 0, label)
+
+
+def plan(base: ModelSource, models: Sequence[ModelSource], *, allow_missing: bool = False) -> tuple[list[TensorPlan], list[str], list[str]]:
+    """Check that ``models`` line up with ``base``; return (tensors to compare, notes, skipped).
+
+    Raises:
+        DuplicateModelError: the same model (path) appears twice, or a model is the base itself.
+        MissingTensorError: a tensor is absent from some model and ``allow_missing`` is False.
+        ShapeMismatchError: shapes differ other than in the vocabulary rows of an embedding/head.
+    """
+    _check_distinct([base, *models])
+    everyone = [base, *models]
+    names_all = set(base.tensors)
+    for m in models:
+        names_all |= set(m.tensors)
+    missing = {src.display_name: sorted(names_all - set(src.tensors)) for src in everyone}
+    missing = {k: v for k, v in missing.items() if v}
+    skipped: list[str] = []
+    notes: list[str] = []
+    if missing:
+        if not allow_missing:
+            first, names = next(iter(missing.items()))
+            listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            others = f" (and tensors missing from {len(missing) - 1} other model(s))" if len(missing) > 1 else ""
+            raise MissingTensorError(
+                f"{first} lacks {len(names)} tensor(s) the others have: {listed}{others}; "
+                "pass --allow-missing to skip them and report what was skipped"
+            )
+        skipped = sorted(set().union(*missing.values()))
+        notes.append(f"skipped {len(skipped)} tensor(s) missing from some model: " + _short_list(skipped))
+    common = [n for n in base.tensors if n not in set(skipped)]  # base's file order
+    plans: list[TensorPlan] = []
+    trimmed: list[str] = []
+    rows_seen: dict[str, int] = {}
+    for name in common:
+        shapes = [src.tensors[name].shape for src in everyone]
+        if all(s == shapes[0] for s in shapes):
+            plans.append(TensorPlan(name, base.tensors[name].numel, shapes[0]))
+            continue
+        if _is_vocab_mismatch(name, shapes, everyone):
+            rows = min(s[0] for s in shapes)
+            per_row = int(np.prod(shapes[0][1:], dtype=np.int64))
+            plans.append(TensorPlan(name, rows * per_row, (rows, *shapes[0][1:])))
+            trimmed.append(name)
+            for src, s in zip(everyone, shapes, strict=True):
+                rows_seen[src.display_name] = s[0]
+            continue
+        for src, s in zip(everyone[1:], shapes[1:], strict=True):
+            if s != shapes[0]:
+                raise ShapeMismatchError(
+                    f"{src.display_name}: tensor '{name}' has shape {list(s)} but the base has "
+                    f"{list(shapes[0])}; kinship needs models fine-tuned from this base"
+                )
+    if trimmed:
+        sizes = ", ".join(f"{k} {v}" for k, v in rows_seen.items())
+        rows = min(rows_seen.values())
+        notes.append(
+            f"vocabulary sizes differ ({sizes}): compared the {rows} rows common to all in "
+            + ", ".join(trimmed)
+        )
+    for name in common:
+        for src in everyone:
+            if src.tensors[name].dtype not in RAW_DTYPES:
+                raise UnsupportedDtypeError(
+                    f"{src.display_name}: tensor '{name}' has dtype {src.tensors[name].dtype}; kinship "
+                    f"reads only {', '.join(RAW_DTYPES)} — dequantise or convert the model first"
+                )
+    return plans, notes, skipped
+
+
+def _is_vocab_mismatch(name: str, shapes: list[tuple[int, ...]], sources: list[ModelSource]) -> bool:
+    if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
+        return False
+    if _VOCAB_NAME.search(name):
+        return True
+    return all(src.vocab_size == s[0] for src, s in zip(sources, shapes, strict=True))
+
+
+def _check_distinct(sources: list[ModelSource]) -> None:
+    seen: dict[tuple[str, ...], str] = {}
+    for i, src in enumerate(sources):
+        key = tuple(sorted(str(Path(f).resolve()) for f in src.files))
+        if key in seen:
+            what = "the base" if seen[key] == "base" else seen[key]
+            raise DuplicateModelError(
+                f"{src.ref} is the same model as {what} (same weight files); give each model once"
+            )
+        seen[key] = "base" if i == 0 else src.ref
+
+
+def _short_list(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def scan(
+    base: ModelSource,
+    models: Sequence[ModelSource],
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    allow_missing: bool = False,
+    backend: str = "auto",
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Kinship statistics of ``models`` against ``base`` in one pass over every file.
+
+    Args:
+        chunk: elements per read; memory is about ``2 * chunk * (N + 1) * itemsize``.
+        allow_missing: skip tensors absent from some model instead of failing.
+        backend: kernel backend ("auto", "numba", "numpy"); all give the same numbers.
+        progress: called with bytes read after each chunk (for a progress bar).
+
+    Raises:
+        NonFiniteError: a tensor holds NaN/Inf (names the model and tensor).
+        plus everything ``plan`` raises.
+
+    Example:
+        >>> from kinmerge.sources import open_model                      # doctest: +SKIP
+        >>> r = scan(open_model("base"), [open_model("a"), open_model("b")])  # doctest: +SKIP
+        >>> r.stats.value("pcc", 0, 1)                                   # doctest: +SKIP
+        0.1234
+    """
+    if chunk < 1:
+        raise ValueError("chunk must be a positive number of elements")
+    t0 = time.perf_counter()
+    plans, notes, skipped = plan(base, models, allow_missing=allow_missing)
+    n = len(models)
+    sources = [base, *models]
+    work = [(p, lo, min(p.numel, lo + chunk)) for p in plans for lo in range(0, p.numel, chunk)]
+    buffers: list[dict[tuple[int, str], np.ndarray]] = [{}, {}]
+
+    def read(k: int) -> tuple[list[np.ndarray], int]:
+        p, lo, hi = work[k]
+        slot = buffers[k % 2]
+        out = []
+        nbytes = 0
+        for s, src in enumerate(sources):
+            dtype = src.tensors[p.name].dtype
+            key = (s, dtype)
+            if key not in slot:
+                slot[key] = np.empty(chunk, dtype=RAW_DTYPES[dtype])
+            arr = src.read_range(p.name, lo, hi, out=slot[key])
+            nbytes += arr.nbytes
+            out.append(arr)
+        return out, nbytes
+
+    per_tensor: dict[str, KinshipStats] = {}
+    total = KinshipStats.empty(n)
+    bytes_read = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kinmerge-reader") as reader:
+        pending = reader.submit(read, 0) if work else None
+        for k, (p, lo, hi) in enumerate(work):
+            assert pending is not None
+            raws, nbytes = pending.result()
+            # The next read fills the other buffer slot while this chunk is reduced.
+            pending = reader.submit(read, k + 1) if k + 1 < len(work) else None
+            dtypes = [src.tensors[p.name].dtype for src in sources]
+            sums, gram = _kernels.accumulate(raws[0], dtypes[0], raws[1:], dtypes[1:], backend=backend)
+            st = per_tensor.get(p.name)
+            if st is None:
+                st = per_tensor[p.name] = KinshipStats.empty(n)
+            st.n += hi - lo
+            st.sums += sums
+            st.gram += gram
+            bytes_read += nbytes
+            if progress is not None:
+                progress(nbytes)
+            if hi == p.numel:
+                _check_finite(p, st, sources, chunk)
+                total += st
+    return ScanResult(
+        base=base.display_name,
+        models=[m.display_name for m in models],
+        stats=total,
+        per_tensor=per_tensor,
+        notes=notes,
+        skipped=skipped,
+        bytes_read=bytes_read,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], chunk: int) -> None:
+    """NaN/Inf anywhere in a delta makes its sums non-finite: find the culprit only then."""
+    if np.isfinite(st.sums).all() and np.isfinite(np.diag(st.gram)).all():
+        return
+    for src in sources:
+        dtype = src.tensors[p.name].dtype
+        for lo in range(0, p.numel, chunk):
+            vals = _kernels.widen(src.read_range(p.name, lo, min(p.numel, lo + chunk)), dtype)
+            bad = ~np.isfinite(vals)
+            if bad.any():
+                kind = "NaN" if np.isnan(vals[bad]).any() else "Inf"
+                who = "the base" if src is sources[0] else src.display_name
+                raise NonFiniteError(
+                    f"{who}: tensor '{p.name}' contains {kind} ({int(bad.sum())} value(s) in the first "
+                    "chunk found); the checkpoint is damaged — re-download or re-export it"
+                )
+    raise NonFiniteError(  # finite inputs whose squares overflow float64: not a real checkpoint
+        f"tensor '{p.name}': deltas too large to square in float64; check the models' dtypes"
+    )
+
+
+def result_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | None = None) -> dict:
+    """A JSON-ready view: matrices per metric (None where undefined, with the reason)."""
+    st = result.stats
+    n = st.n_models
+    out: dict = {
+        "base": result.base,
+        "models": result.models,
+        "elements_compared": st.n,
+        "kinship": {},
+        "undefined": {},
+        "notes": result.notes,
+        "skipped_tensors": result.skipped,
+        "bytes_read": result.bytes_read,
+        "seconds": round(result.seconds, 4),
+    }
+    for metric in metrics:
+        out["kinship"][metric] = [[st.value(metric, i, j) for j in range(n)] for i in range(n)]
+        reasons = {
+            f"{result.models[i]} ~ {result.models[j]}": why
+            for i in range(n)
+            for j in range(i + 1, n)
+            if (why := st.why_undefined(metric, i, j))
+        }
+        if reasons:
+            out["undefined"][metric] = reasons
+    if n > 2:
+        out["mean_pairwise"] = {m: st.mean_pairwise(m) for m in metrics}
+    if breakdown:
+        parts = result.per_layer() if breakdown == "layer" else result.per_tensor
+        out[f"per_{breakdown}"] = {
+            key: {m: [[s.value(m, i, j) for j in range(n)] for i in range(n)] for m in metrics}
+            | {"elements": s.n}
+            for key, s in parts.items()
+        }
+        out["breakdown_note"] = (
+            f"per-{breakdown} values are a breakdown; the headline kinship is computed over the whole delta"
+        )
+    return out
