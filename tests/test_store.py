@@ -266,6 +266,8 @@ def test_lock_refuses_a_second_run_and_frees_itself_on_sigkill(tmp_path: Path) -
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     # No stale lock: resume right away, with no file to delete.
     with RunStore(run) as s:
         assert s.applied_migrations() == ["0001_initial"]
