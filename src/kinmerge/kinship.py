@@ -187,10 +187,11 @@ def reference_kinship(a: np.ndarray, b: np.ndarray, base: np.ndarray, metric: st
     """
     da = np.asarray(a, np.float64).ravel() - np.asarray(base, np.float64).ravel()
     db = np.asarray(b, np.float64).ravel() - np.asarray(base, np.float64).ravel()
-    if metric == "pcc":
-        return float(np.corrcoef(da, db)[0, 1])
-    if metric == "cs":
-        return float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
-    if metric == "ed":
-        return float(np.linalg.norm(da - db))
+    with np.errstate(invalid="ignore", divide="ignore"):  # undefined cases come out as NaN here
+        if metric == "pcc":
+            return float(np.corrcoef(da, db)[0, 1])
+        if metric == "cs":
+            return float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
+        if metric == "ed":
+            return float(np.linalg.norm(da - db))
     raise ValueError(f"unknown kinship metric '{metric}'")

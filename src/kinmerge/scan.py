@@ -324,6 +324,6 @@ def result_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | 
             for key, s in parts.items()
         }
         out["breakdown_note"] = (
-            f"per-{breakdown} values are a breakdown; the headline kinship is computed over the whole delta"
+            f"per-{breakdown} values are a breakdown, not the headline: the global kinship is computed over the whole delta"
         )
     return out
