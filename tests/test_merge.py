@@ -256,6 +256,7 @@ def test_mismatched_shapes_fail_cleanly(fam, tmp_path):
     assert _entries(out) == []
 
 
+@pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")  # mergekit's import
 def test_mergekit_failure_is_wrapped_and_leaves_no_temp_dir(fam, tmp_path, monkeypatch):
     import mergekit.merge
 

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -813,10 +814,13 @@ def _run_mergekit(
     quiet: bool,
 ) -> None:
     try:
-        from mergekit.config import MergeConfiguration
-        from mergekit.io.tasks import LoaderCache
-        from mergekit.merge import run_merge
-        from mergekit.options import MergeOptions
+        with warnings.catch_warnings():
+            # mergekit's lazy unpickler touches numpy.core at import; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=r"numpy\.core is deprecated", category=DeprecationWarning)
+            from mergekit.config import MergeConfiguration
+            from mergekit.io.tasks import LoaderCache
+            from mergekit.merge import run_merge
+            from mergekit.options import MergeOptions
     except ImportError as exc:
         raise MergeError(f"merging needs mergekit ({exc.name} missing): pip install 'kinmerge[merge]'") from None
 
