@@ -1,0 +1,371 @@
+"""The builtin evaluator: local JSONL tasks, exact-match generation and log-likelihood choice.
+
+For each task folder file (``kinmerge.evaluate.tasks``):
+
+- **generate** tasks (no ``choices``): greedy decoding, batched and left-padded with the KV
+  cache, stopping at end of sequence or a newline; the score is exact match of the stripped
+  output against ``answer``. ``max_new_tokens`` defaults to the longest answer (in tokens) + 1,
+  so an answer that runs on is caught rather than cut off into a false match.
+- **choice** tasks: the log-likelihood of each choice given the prompt, teacher-forced; the
+  argmax is the prediction (lm-evaluation-harness ``acc``).
+
+Every task also reports ``mean_loglik``: the mean over examples of log p(answer | prompt),
+summed over the answer's tokens. Scores do not depend on ``batch_size`` or ``device`` beyond
+float rounding, so those are not part of ``settings()``.
+
+torch and transformers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from kinmerge.errors import ConfigError, EvaluationError
+from kinmerge.evaluate import EvalResult
+from kinmerge.evaluate.tasks import Task, load_tasks
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["BuiltinEvaluator", "evaluate_loaded", "load_model", "quiet_transformers"]
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class BuiltinEvaluator:
+    """Score a local Hugging Face causal LM on a folder of JSONL tasks.
+
+    Args:
+        tasks_dir: folder of ``<task>.jsonl`` files (format: ``docs/tasks.md``).
+        limit: use only the first ``limit`` examples of each task.
+        batch_size: sequences per forward pass.
+        max_new_tokens: cap on generated tokens; default: longest answer + 1 per task.
+        device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        tasks: evaluate only these task names (default: every file in ``tasks_dir``).
+        dtype: dtype the model is run in (``"float32"`` default; weights saved in 16 bits are
+            upcast, which is both faster and more exact on CPU).
+        threads: torch CPU threads while evaluating (default: leave torch's setting).
+        progress: show a progress bar on stderr.
+
+    Raises:
+        EvaluationError: if the task folder or a task file is invalid (names file and line).
+        ConfigError: if ``limit``, ``batch_size``, ``max_new_tokens`` or ``dtype`` is invalid.
+
+    Example:
+        >>> ev = BuiltinEvaluator("src/kinmerge/data/zoo/tasks", limit=100)  # doctest: +SKIP
+        >>> ev.evaluate(Path("src/kinmerge/data/zoo/specialists/add")).scores["add"]  # doctest: +SKIP
+        0.97
+    """
+
+    name = "builtin"
+
+    def __init__(self, tasks_dir: str | os.PathLike[str], limit: int | None = None,
+                 batch_size: int = 64, max_new_tokens: int | None = None, device: str = "cpu",
+                 tasks: Sequence[str] | None = None, dtype: str = "float32",
+                 threads: int | None = None, progress: bool = True) -> None:
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit must be at least 1, got {limit}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.tasks_dir = Path(tasks_dir)
+        self.tasks = load_tasks(self.tasks_dir, tasks)
+        self.limit = limit
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self.dtype = dtype
+        self.threads = threads
+        self.progress = progress
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the scores: task contents (sha256), limit, lengths, dtype."""
+        return {
+            "evaluator": self.name,
+            "tasks": {name: t.sha256 for name, t in self.tasks.items()},
+            "limit": self.limit,
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": self.dtype,
+        }
+
+    def evaluate(self, model_dir: Path) -> EvalResult:
+        """Load ``model_dir`` and score it on every task.
+
+        Raises:
+            EvaluationError: if the folder is missing or transformers cannot load it.
+        """
+        with _torch_threads(self.threads):
+            model, tokenizer = load_model(model_dir, device=self.device, dtype=self.dtype)
+            return evaluate_loaded(model, tokenizer, self.tasks, limit=self.limit,
+                                   batch_size=self.batch_size,
+                                   max_new_tokens=self.max_new_tokens,
+                                   progress=self.progress,
+                                   label=Path(model_dir).name)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own load/save progress bars (ours is on stderr); restore after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
+               dtype: str = "float32") -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a local folder, in eval mode.
+
+    Raises:
+        EvaluationError: if the folder is missing or the model/tokenizer cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise EvaluationError(f"{model_dir}: not a model folder (no config.json); expected a "
+                              f"local Hugging Face model saved with save_pretrained")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # transformers raises many types; the user needs one line
+        raise EvaluationError(f"{model_dir}: cannot load tokenizer ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from None
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    except Exception as exc:
+        raise EvaluationError(f"{model_dir}: cannot load model ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from None
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
+                    limit: int | None = None, batch_size: int = 64,
+                    max_new_tokens: int | None = None, progress: bool = False,
+                    label: str = "model") -> EvalResult:
+    """Score an already-loaded model and tokenizer on ``tasks`` (what ``evaluate`` runs).
+
+    The zoo builder calls this on the model it is training, so its accuracy checks and the
+    evaluator give the same numbers.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    was_training = model.training
+    model.eval()
+    pad_id = _pad_id(tokenizer)
+    plan = {name: list(task.examples[:limit] if limit else task.examples)
+            for name, task in tasks.items()}
+    n_batches = 0
+    for name, examples in plan.items():
+        if tasks[name].mode == "choice":  # one log-likelihood pass over every choice
+            n_batches += -(-sum(len(ex.choices) for ex in examples) // batch_size)
+        else:  # one generation pass, one log-likelihood pass
+            n_batches += 2 * -(-len(examples) // batch_size)
+    scores: dict[str, float] = {}
+    details: dict[str, dict[str, float]] = {}
+    try:
+        with torch.inference_mode(), _progress(progress, n_batches, label) as advance:
+            for name, examples in plan.items():
+                advance(0, name)
+                step = lambda: advance(1, name)  # noqa: E731
+                if tasks[name].mode == "choice":
+                    acc, mean_ll = _score_choice(model, tokenizer, examples, pad_id, batch_size,
+                                                 step)
+                else:
+                    acc, mean_ll = _score_generate(model, tokenizer, examples, pad_id,
+                                                   batch_size, max_new_tokens, step)
+                scores[name] = acc
+                details[name] = {"accuracy": acc, "mean_loglik": mean_ll,
+                                 "n": float(len(examples))}
+    finally:
+        model.train(was_training)
+    return EvalResult(scores=scores, details=details)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int, str], None]]:
+    if not enabled:
+        yield lambda n, name: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(file=sys.stderr)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        handle = bar.add_task(label, total=total)
+
+        def advance(n: int, name: str) -> None:
+            bar.update(handle, advance=n, description=f"{label}: {name}")
+
+        yield advance
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0  # pragma: no cover
+
+
+def _encode_pair(tokenizer: Any, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the continuation as it is tokenized after the prompt."""
+    ctx = list(tokenizer(prompt).input_ids)
+    whole = list(tokenizer(prompt + continuation).input_ids)
+    if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+        cont = whole[len(ctx):]
+    else:  # the tokenizer merged across the boundary or appended specials: encode separately
+        cont = list(tokenizer(continuation, add_special_tokens=False).input_ids)
+    if not ctx:  # condition on something: the model needs one position to predict from
+        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+               else _pad_id(tokenizer)]
+    return ctx, cont
+
+
+def _max_positions(model: Any) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _logliks(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int,
+             batch_size: int, step: Callable[[], None]) -> list[float]:
+    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair."""
+    import torch
+
+    limit = _max_positions(model)
+    seqs = []
+    for ctx, cont in pairs:
+        ids = ctx + cont
+        if limit is not None and len(ids) > limit + 1:
+            ids = ids[-(limit + 1):]  # keep the continuation, drop the oldest context
+        seqs.append((ids, len(cont)))
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out = [0.0] * len(seqs)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i][0]) for i in idx) - 1
+        inputs = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = seqs[i][0][:-1]
+            inputs[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(idx):
+            ids, n_cont = seqs[i]
+            end = len(ids) - 1
+            part = torch.log_softmax(logits[row, end - n_cont:end].float(), dim=-1)
+            target = torch.tensor(ids[-n_cont:], device=part.device)
+            out[i] = float(part.gather(1, target[:, None]).sum())
+        step()
+    return out
+
+
+def _score_choice(model: Any, tokenizer: Any, examples: list[Any], pad_id: int,
+                  batch_size: int, step: Callable[[], None]) -> tuple[float, float]:
+    pairs, owners = [], []
+    for k, ex in enumerate(examples):
+        for choice in ex.choices:
+            pairs.append(_encode_pair(tokenizer, ex.prompt, choice))
+            owners.append(k)
+    lls = _logliks(model, pairs, pad_id, batch_size, step)
+    correct, answer_ll, pos = 0, 0.0, 0
+    for ex in examples:
+        chunk = lls[pos:pos + len(ex.choices)]
+        pos += len(ex.choices)
+        best = max(range(len(chunk)), key=lambda j: chunk[j])  # first wins a tie
+        correct += ex.choices[best] == ex.answer
+        answer_ll += chunk[ex.choices.index(ex.answer)]
+    return correct / len(examples), answer_ll / len(examples)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(s) for s in source)
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    if len(newline) == 1 and newline[0] != tokenizer.unk_token_id:
+        ids.add(int(newline[0]))
+    return sorted(ids)
+
+
+def _score_generate(model: Any, tokenizer: Any, examples: list[Any], pad_id: int,
+                    batch_size: int, max_new_tokens: int | None,
+                    step: Callable[[], None]) -> tuple[float, float]:
+    import torch
+    from transformers import GenerationConfig
+
+    pairs = [_encode_pair(tokenizer, ex.prompt, ex.answer) for ex in examples]
+    if max_new_tokens is None:
+        max_new_tokens = max(len(cont) for _, cont in pairs) + 1
+    stop = _stop_ids(model, tokenizer)
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                              eos_token_id=stop or None, pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: -len(pairs[i][0]))
+    outputs = [""] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(pairs[i][0]) for i in idx)
+        inputs = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
+            ctx = pairs[i][0]
+            inputs[row, width - len(ctx):] = torch.tensor(ctx)
+            mask[row, width - len(ctx):] = 1
+        generated = model.generate(input_ids=inputs.to(device), attention_mask=mask.to(device),
+                                   generation_config=config)
+        new = generated[:, width:].tolist()
+        for row, i in enumerate(idx):
+            tokens = new[row]
+            for s in range(len(tokens)):
+                if tokens[s] in stop:
+                    tokens = tokens[:s]
+                    break
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            outputs[i] = text.split("\n", 1)[0]
+        step()
+    correct = sum(out.strip() == ex.answer.strip() for out, ex in zip(outputs, examples))
+    lls = _logliks(model, pairs, pad_id, batch_size, step)
+    return correct / len(examples), sum(lls) / len(lls)

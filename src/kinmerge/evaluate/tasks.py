@@ -1,0 +1,182 @@
+"""The builtin task format: a folder of ``<task>.jsonl`` files (see ``docs/tasks.md``).
+
+Each non-blank line is one example::
+
+    {"prompt": "add 23+45=", "answer": "68"}
+    {"prompt": "capital of france:", "answer": " paris", "choices": [" paris", " rome"]}
+
+Without ``choices`` the model must generate ``answer`` exactly (greedy, up to a newline or end
+of sequence); with ``choices`` the choice with the highest log-likelihood given the prompt wins.
+A task is one mode or the other, never a mix. Keys other than these three are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinmerge.errors import EvaluationError
+
+__all__ = ["Example", "Task", "load_task", "load_tasks", "write_task"]
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt with its reference answer and, for choice tasks, the candidates."""
+
+    prompt: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+
+    def to_json(self) -> str:
+        """The example as one JSONL line (no trailing newline)."""
+        record: dict[str, object] = {"prompt": self.prompt, "answer": self.answer}
+        if self.choices is not None:
+            record["choices"] = list(self.choices)
+        return json.dumps(record, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named list of examples read from ``<name>.jsonl``; ``sha256`` is of the file's bytes."""
+
+    name: str
+    path: Path
+    examples: tuple[Example, ...]
+    sha256: str
+
+    @property
+    def mode(self) -> str:
+        """``"choice"`` (log-likelihood over ``choices``) or ``"generate"`` (exact match)."""
+        return "choice" if self.examples[0].choices is not None else "generate"
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Example:
+    where = f"{path}:{lineno}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{where}: not valid JSON ({exc.msg}); each line must be one "
+                              f'JSON object like {{"prompt": "...", "answer": "..."}}') from None
+    if not isinstance(record, dict):
+        raise EvaluationError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key in ("prompt", "answer"):
+        if key not in record:
+            raise EvaluationError(f"{where}: missing required key {key!r}")
+        if not isinstance(record[key], str):
+            raise EvaluationError(f"{where}: {key!r} must be a string, "
+                                  f"got {type(record[key]).__name__}")
+    prompt, answer = record["prompt"], record["answer"]
+    if not answer.strip():
+        raise EvaluationError(f"{where}: 'answer' is empty")
+    choices = record.get("choices")
+    if choices is None:
+        return Example(prompt, answer)
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise EvaluationError(f"{where}: 'choices' must be a list of strings")
+    if len(choices) < 2:
+        raise EvaluationError(f"{where}: 'choices' needs at least 2 entries, got {len(choices)}")
+    if len(set(choices)) != len(choices):
+        raise EvaluationError(f"{where}: 'choices' has duplicate entries")
+    if answer not in choices:
+        raise EvaluationError(f"{where}: 'answer' {answer!r} is not one of 'choices'")
+    return Example(prompt, answer, tuple(choices))
+
+
+def load_task(path: str | os.PathLike[str]) -> Task:
+    """Read and validate one ``<task>.jsonl`` file.
+
+    Args:
+        path: the JSONL file; the task is named after its stem.
+
+    Returns:
+        The task with its examples in file order.
+
+    Raises:
+        EvaluationError: if the file is missing, unreadable, empty, or a line is not a valid
+            example, or the file mixes choice and generation examples. The message names the
+            file and line.
+
+    Example:
+        >>> load_task("zoo/tasks/add.jsonl").examples[0]  # doctest: +SKIP
+        Example(prompt='add 23+45=', answer='68', choices=None)
+    """
+    path = Path(path)
+    if not _TASK_NAME.match(path.stem):
+        raise EvaluationError(f"{path}: task names may use letters, digits, '_', '.', '-' only")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot read task file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvaluationError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    examples: list[Example] = []
+    first_mode_line = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        example = _parse_line(path, lineno, line)
+        if examples and (example.choices is None) != (examples[0].choices is None):
+            raise EvaluationError(
+                f"{path}:{lineno}: mixes choice and generation examples (line {first_mode_line} "
+                f"{'has' if examples[0].choices is not None else 'has no'} 'choices'); "
+                f"split them into two task files")
+        if not examples:
+            first_mode_line = lineno
+        examples.append(example)
+    if not examples:
+        raise EvaluationError(f"{path}: no examples (the file is empty)")
+    return Task(path.stem, path, tuple(examples), hashlib.sha256(raw).hexdigest())
+
+
+def load_tasks(tasks_dir: str | os.PathLike[str],
+               names: Sequence[str] | None = None) -> dict[str, Task]:
+    """Read every ``*.jsonl`` task in ``tasks_dir`` (or only ``names``), sorted by name.
+
+    Raises:
+        EvaluationError: if the folder does not exist, holds no ``.jsonl`` files, a named task
+            is missing, or any task file is invalid.
+    """
+    tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        raise EvaluationError(f"{tasks_dir}: task folder not found; expected a folder of "
+                              f"<task>.jsonl files (see docs/tasks.md)")
+    if names is None:
+        paths = sorted(tasks_dir.glob("*.jsonl"))
+        if not paths:
+            raise EvaluationError(f"{tasks_dir}: no <task>.jsonl files in the task folder")
+    else:
+        paths = []
+        for name in names:
+            p = tasks_dir / f"{name}.jsonl"
+            if not p.is_file():
+                raise EvaluationError(f"{p}: task {name!r} not found in {tasks_dir}")
+            paths.append(p)
+    tasks = [load_task(p) for p in paths]
+    return {t.name: t for t in sorted(tasks, key=lambda t: t.name)}
+
+
+def write_task(path: str | os.PathLike[str], examples: Iterable[Example]) -> Path:
+    """Write ``examples`` as a task file, atomically (temp file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for ex in examples:
+                fh.write(ex.to_json() + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
