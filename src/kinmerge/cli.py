@@ -244,6 +244,24 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
     os.replace(tmp, path)
 
 
+@cli.command("convert")
+@click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write (replaced if present).")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
+def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
+    """Convert a GGUF file (llama.cpp export) into a Hugging Face model folder.
+
+    Kinship reads GGUF directly; merging (mergekit) and evaluation need the converted folder.
+
+    \b
+    Example:
+      kinmerge convert SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2
+    """
+    from kinmerge.gguf_source import gguf_to_hf
+
+    click.echo(str(gguf_to_hf(gguf_file, out_dir, dtype=dtype)))
+
+
 @cli.command("merge")
 @click.argument("parents", nargs=-1, required=True)
 @click.option("--method", type=click.Choice(["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "raw"]),
