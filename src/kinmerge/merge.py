@@ -586,7 +586,8 @@ def merge(
             first (SLERP's ``base_model``; tokenizer and config donor).
         recipe: a :class:`Recipe`; default ``Slerp()`` (the paper's layer gradient, bf16).
         out_root: folder that holds merges; created if missing.
-        base: the parents' shared pre-trained base (needed by task_arithmetic, ties, dare_ties).
+        base: the parents' shared pre-trained base (needed by task_arithmetic, ties, dare_ties;
+            ignored, and left out of the id, by recipes that do not use it).
         kinship: the parents' kinship, e.g. ``{"pcc": 0.41}``; recorded in ``kinmerge.json`` and
             the model card (it does not change the id).
         cuda: do the arithmetic on the GPU (and keep intermediates there).
@@ -701,9 +702,15 @@ def _download(ref: str) -> Path:
     except Exception as exc:  # huggingface_hub raises a family of errors; all mean "not available"
         from kinmerge.errors import SourceError
 
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = (
+            "it is not in the local HF cache and HF_HUB_OFFLINE is set"
+            if offline
+            else "check the id, the revision, your network and HF_TOKEN"
+        )
         raise SourceError(
-            f"{ref}: cannot fetch from the Hugging Face hub ({type(exc).__name__}); check the id, "
-            "your network and HF_TOKEN, or download it and pass the local folder"
+            f"{ref}: cannot fetch from the Hugging Face hub — {hint} ({type(exc).__name__}); "
+            "or download it and pass the local folder"
         ) from None
     return Path(folder)
 
