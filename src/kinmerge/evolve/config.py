@@ -1,0 +1,464 @@
+"""The run configuration of ``kinmerge evolve``: a validated pydantic model loaded from YAML.
+
+A run config names the foundation models, their shared base, the strategy, the merge recipe,
+the evaluator and where the run lives. Every relative path is resolved against the folder of
+the config file, so a config runs the same from any working directory. Errors are one
+``ConfigError`` line naming the file and the field, e.g.::
+
+    evolve.yaml: strategy: unknown strategy 'greed'; choose one of greedy, kinship, random
+
+Example (``examples/evolve.yaml``)::
+
+    foundation: [zoo/specialists/add, zoo/specialists/reverse, zoo/specialists/caesar]
+    base: zoo/base
+    strategy: {name: kinship, k: 3, max_generations: 4}
+    merge: {method: slerp}                 # the paper's layer gradient, bf16
+    evaluator: {name: builtin, tasks_dir: zoo/tasks, limit: 50}
+    kinship_metric: pcc
+    seed: 0
+
+Load it with :func:`load_config`; the runner (``kinmerge.evolve.runner.evolve``) takes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from kinmerge.errors import ConfigError, KinmergeError
+
+__all__ = [
+    "EvaluatorConfig",
+    "ExecutorConfig",
+    "MergeConfig",
+    "OutConfig",
+    "RunConfig",
+    "StrategyConfig",
+    "evaluator_key",
+    "load_config",
+]
+
+# A hub id as the sources/merge modules accept it: org/name[@revision].
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: Evaluator settings that name folders or files (resolved against the config's folder).
+_PATH_SETTINGS = ("tasks_dir", "include_path")
+
+
+def _root(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("root") or Path.cwd())
+
+
+def resolve_model_ref(ref: str, root: Path) -> str:
+    """A model reference from a config: an existing local folder (made absolute) or a hub id.
+
+    A relative path is looked up under ``root``. Something shaped like ``org/name`` that is not
+    there counts as a hub id, unless its first component is a local folder (then it was surely
+    meant as a path and is reported missing).
+
+    Raises:
+        ValueError: neither an existing folder nor a hub id.
+    """
+    text = str(ref).strip()
+    if not text:
+        raise ValueError("empty model reference")
+    path = Path(text).expanduser()
+    full = path if path.is_absolute() else root / path
+    if full.exists():
+        return str(full.resolve())
+    first = Path(text).parts[0] if Path(text).parts else ""
+    looks_local = text.startswith((".", "/", "~")) or (root / first).is_dir()
+    if _HUB_ID.match(text) and not looks_local:
+        return text
+    raise ValueError(f"no such model folder {full} (and not a hub id like org/name[@revision])")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrategyConfig(BaseModel):
+    """``strategy:`` the strategy's registry ``name`` plus its settings, flat.
+
+    Settings (see ``kinmerge.evolve.strategies``): ``k``, ``max_generations`` (the generation
+    budget), and for ``kinship``: ``metric``, ``threshold``, ``early_stop``, ``exploration``,
+    ``exploration_candidates``; for ``random``: ``seed`` (default: the run's ``seed``).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+
+    def settings(self) -> dict[str, Any]:
+        """The settings given in the file (everything but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class MergeConfig(BaseModel):
+    """``merge:`` the recipe ``method`` (default ``slerp``: the paper's layer gradient, bf16)
+    plus its parameters, flat (e.g. ``t``, ``dtype``, ``weight``, ``density``, ``seed``).
+
+    ``method: raw`` takes ``config_file``: a mergekit YAML with ``${parent_a}``, ``${parent_b}``
+    (and ``${base}``) placeholders. ``cuda: true`` does the merge arithmetic on the GPU.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str = "slerp"
+    cuda: bool = False
+
+    def params(self) -> dict[str, Any]:
+        """The recipe parameters given in the file."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check_recipe(self, info: ValidationInfo) -> MergeConfig:
+        params = self.params()
+        if self.method == "raw":
+            if "config_file" not in params:
+                raise ValueError("method raw needs config_file: a mergekit YAML with ${parent_a}, ${parent_b}")
+            path = Path(str(params["config_file"])).expanduser()
+            path = path if path.is_absolute() else _root(info) / path
+            if not path.is_file():
+                raise ValueError(f"config_file: no such file {path}")
+            if self.model_extra is not None:
+                self.model_extra["config_file"] = str(path.resolve())
+        _build_recipe(self.method, self.params())
+        return self
+
+    def recipe_kwargs(self, seed: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``get_recipe(method, **kwargs)`` (plain data, picklable).
+
+        A random method (``dare_ties``, ``raw``) without its own ``seed`` gets the run's seed.
+        """
+        kwargs = self.params()
+        if self.method == "raw":
+            kwargs["config"] = Path(kwargs.pop("config_file")).read_text(encoding="utf-8")
+        from kinmerge.merge import RECIPES
+
+        cls = RECIPES.get(self.method)
+        if seed is not None and cls is not None and "seed" in getattr(cls, "__dataclass_fields__", {}):
+            kwargs.setdefault("seed", seed)
+        return kwargs
+
+
+def _build_recipe(method: str, params: Mapping[str, Any]) -> Any:
+    from kinmerge.merge import RECIPES, Raw, get_recipe
+
+    if method not in RECIPES:
+        raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(RECIPES)}")
+    try:
+        if method == "raw":
+            return Raw.from_file(params["config_file"], seed=params.get("seed"))
+        return get_recipe(method, **params)
+    except KinmergeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class EvaluatorConfig(BaseModel):
+    """``evaluator:`` the evaluator's registry ``name`` (``builtin``, ``lm_eval``) plus its
+    settings, flat (builtin: ``tasks_dir``, ``limit``, ``batch_size``, ``device``, ...;
+    lm_eval: ``tasks``, ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+
+    def settings(self) -> dict[str, Any]:
+        """The evaluator's keyword arguments (paths already resolved)."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _resolve_paths(self, info: ValidationInfo) -> EvaluatorConfig:
+        from kinmerge.evaluate import EVALUATORS
+
+        if self.name not in EVALUATORS:
+            raise ValueError(f"unknown evaluator {self.name!r}; choose one of {', '.join(sorted(EVALUATORS))}")
+        root = _root(info)
+        extra = self.model_extra if self.model_extra is not None else {}
+        for key in _PATH_SETTINGS:
+            if key in extra and extra[key] is not None:
+                value = extra[key]
+                items = value if isinstance(value, list) else [value]
+                resolved = []
+                for item in items:
+                    p = Path(str(item)).expanduser()
+                    p = p if p.is_absolute() else root / p
+                    if not p.exists():
+                        raise ValueError(f"{key}: no such folder {p}")
+                    resolved.append(str(p.resolve()))
+                extra[key] = resolved if isinstance(value, list) else resolved[0]
+        if isinstance(extra.get("tasks"), list):
+            # lm_eval: a task is a harness name or a path to YAMLs; resolve the ones that exist here.
+            extra["tasks"] = [
+                str((root / t).resolve()) if isinstance(t, str) and not Path(t).is_absolute() and (root / t).exists() else t
+                for t in extra["tasks"]
+            ]
+        try:
+            self.build()
+        except KinmergeError as exc:
+            raise ValueError(str(exc)) from None
+        except TypeError as exc:  # an unknown keyword
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            what = f"unknown setting {m.group(1)!r}" if m else str(exc)
+            raise ValueError(f"{what} for evaluator {self.name!r}") from None
+        return self
+
+    def build(self) -> Any:
+        """The evaluator object (``kinmerge.evaluate.get_evaluator``)."""
+        from kinmerge.evaluate import get_evaluator
+
+        settings = self.settings()
+        if self.name == "builtin":
+            settings.setdefault("progress", False)  # the runner draws its own progress line
+        return get_evaluator(self.name, **settings)
+
+
+class ExecutorConfig(_Section):
+    """``executor:`` where steps run. ``local`` with ``workers: 1`` runs them in sequence; more
+    workers run merges and evaluations in that many processes."""
+
+    name: Literal["local"] = "local"
+    workers: int = Field(1, ge=1)
+
+
+class OutConfig(_Section):
+    """``out:`` where the run lives. ``run_dir`` holds the store (``kinmerge.db``) and the
+    merges (``models/<id>``); default ``runs/<config file stem>`` next to the config;
+    ``kinmerge evolve --run-dir`` overrides it."""
+
+    run_dir: Path | None = None
+
+    @field_validator("run_dir")
+    @classmethod
+    def _resolve(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return None
+        v = Path(v).expanduser()
+        return (v if v.is_absolute() else _root(info) / v).resolve()
+
+
+class RunConfig(_Section):
+    """A whole run: what to merge, how to choose merges, how to score them, where to record.
+
+    Attributes:
+        foundation: the foundation models (>= 2): local folders or hub ids, all fine-tuned
+            from ``base``.
+        base: the shared pre-trained base (kinship is measured on deltas from it).
+        strategy: ``{name, ...settings}``; see :class:`StrategyConfig`.
+        merge: ``{method, ...params}``; default SLERP with the paper's layer gradient.
+        evaluator: ``{name, ...settings}``; see :class:`EvaluatorConfig`.
+        kinship_metric: ``pcc`` (default), ``cs`` or ``ed``: what the strategy and the reports
+            use; the runner records all three for every pair it scans.
+        seed: the run's seed (random strategy, random merge methods).
+        executor: ``{name: local, workers}``.
+        out: ``{run_dir}``.
+        run_id: the run's name in the store (default: the strategy name); several runs may
+            share one run directory and its merges and evaluations.
+        final_kinship_matrix: record the kinship of every pair of the final pool (the report's
+            heatmap); one more scan at the end.
+        source: the file it was loaded from (not a YAML field).
+    """
+
+    foundation: list[str] = Field(min_length=2)
+    base: str
+    strategy: StrategyConfig
+    merge: MergeConfig = MergeConfig()
+    evaluator: EvaluatorConfig
+    kinship_metric: Literal["pcc", "cs", "ed"] | None = None
+    seed: int = 0
+    executor: ExecutorConfig = ExecutorConfig()
+    out: OutConfig = OutConfig()
+    run_id: str | None = None
+    final_kinship_matrix: bool = True
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("foundation", mode="after")
+    @classmethod
+    def _resolve_foundation(cls, refs: list[str], info: ValidationInfo) -> list[str]:
+        out: list[str] = []
+        for i, ref in enumerate(refs):
+            try:
+                resolved = resolve_model_ref(ref, _root(info))
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {exc}") from None
+            if resolved in out:
+                raise ValueError(f"[{i}] {ref!r} is listed twice")
+            out.append(resolved)
+        return out
+
+    @field_validator("base", mode="after")
+    @classmethod
+    def _resolve_base(cls, ref: str, info: ValidationInfo) -> str:
+        return resolve_model_ref(ref, _root(info))
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, v: str | None) -> str | None:
+        if v is not None and not _RUN_ID.match(v):
+            raise ValueError(f"{v!r}: use letters, digits, '_', '.', '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_whole(self) -> RunConfig:
+        if self.base in self.foundation:
+            raise ValueError("base: the base is also listed as a foundation model; its delta is zero")
+        settings = self.strategy.settings()
+        metric = settings.get("metric")
+        if metric is not None and self.kinship_metric is not None and metric != self.kinship_metric:
+            raise ValueError(
+                f"kinship_metric: {self.kinship_metric} differs from strategy.metric ({metric}); "
+                "give only one of them"
+            )
+        try:
+            self.build_strategy()
+        except KinmergeError as exc:
+            raise ValueError(f"strategy: {exc}") from None
+        return self
+
+    # -- derived values --------------------------------------------------------------------------
+
+    @property
+    def metric(self) -> str:
+        """The kinship metric the run decides and reports with."""
+        return self.kinship_metric or str(self.strategy.settings().get("metric", "pcc"))
+
+    @property
+    def name(self) -> str:
+        """The run id in the store."""
+        return self.run_id or self.strategy.name
+
+    def strategy_settings(self) -> dict[str, Any]:
+        """The strategy's keyword arguments: the file's settings plus run-level defaults."""
+        from kinmerge.evolve.strategies import STRATEGIES
+
+        settings = self.strategy.settings()
+        cls = STRATEGIES.get(self.strategy.name)
+        fields = getattr(cls, "__dataclass_fields__", {})
+        if "metric" in fields and "metric" not in settings:
+            settings["metric"] = self.metric
+        if "seed" in fields and "seed" not in settings:
+            settings["seed"] = self.seed
+        return settings
+
+    def build_strategy(self) -> Any:
+        """The strategy object (``kinmerge.evolve.get_strategy``)."""
+        from kinmerge.evolve.strategies import get_strategy
+
+        return get_strategy(self.strategy.name, **self.strategy_settings())
+
+    def run_dir(self, override: str | os.PathLike[str] | None = None) -> Path:
+        """The run directory: ``override``, else ``out.run_dir``, else ``runs/<stem>`` by the file."""
+        if override is not None:
+            return Path(override).expanduser().resolve()
+        if self.out.run_dir is not None:
+            return self.out.run_dir
+        root = self.source.parent if self.source else Path.cwd()
+        stem = self.source.stem if self.source else "evolve"
+        return (root / "runs" / stem).resolve()
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, root: str | os.PathLike[str] | None = None, source: str | None = None
+    ) -> RunConfig:
+        """Validate plain data (as read from YAML); relative paths resolve against ``root``.
+
+        Raises:
+            ConfigError: an invalid or missing field; the message names ``source`` and the field.
+        """
+        where = source or "run config"
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of fields (foundation, base, strategy, ...), "
+                              f"got {type(data).__name__}")
+        base_dir = Path(root) if root is not None else Path.cwd()
+        try:
+            cfg = cls.model_validate(dict(data), context={"root": base_dir})
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_describe(exc)}") from None
+        return cfg.model_copy(update={"source": Path(source).resolve()}) if source else cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a run config YAML file.
+
+    Args:
+        path: the YAML file; relative paths inside it resolve against its folder.
+
+    Returns:
+        The validated :class:`RunConfig`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a field is missing or invalid (the
+            message names the file and the field, e.g. ``evolve.yaml: strategy.k: ...``).
+
+    Example:
+        >>> cfg = load_config("examples/evolve.yaml")        # doctest: +SKIP
+        >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
+        ('kinship', 'pcc')
+    """
+    import yaml
+
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{file}: not valid YAML{where} ({problem})") from None
+    if data is None:
+        raise ConfigError(f"{file}: the config is empty; it needs foundation, base, strategy and evaluator")
+    return RunConfig.from_dict(data, root=file.resolve().parent, source=str(file))
+
+
+def _describe(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``field.path: message; ...``."""
+    allowed = ", ".join(n for n in RunConfig.model_fields if n != "source")
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = str(err.get("msg", ""))
+        kind = err.get("type", "")
+        if kind == "missing":
+            msg = "missing (required)"
+        elif kind == "extra_forbidden":
+            msg = "unknown field" + (f" (fields: {allowed})" if len(err["loc"]) == 1 else "")
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if not loc:  # a whole-config check names its field first: "strategy: ..."
+            head, sep, rest = msg.partition(": ")
+            loc, msg = (head, rest) if sep and re.fullmatch(r"[\w.\[\]]+", head) else ("config", msg)
+        # A list index right after a field reads better as foundation[1] than foundation.1.
+        loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc)
+        if msg.startswith("[") and "]" in msg:  # our own "[i] ..." from a list validator
+            idx, _, rest = msg.partition("] ")
+            loc, msg = f"{loc}{idx}]", rest
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def evaluator_key(evaluator: Any) -> str:
+    """The store's cache key of an evaluator: its name and a hash of its ``settings()``.
+
+    Two runs whose evaluators would give the same scores share evaluations; any setting that
+    changes the scores (task contents, limit, dtype, ...) gives a new key.
+
+    Example:
+        ``evaluator_key(get_evaluator("builtin", tasks_dir="zoo/tasks"))`` -> ``"builtin-3f2a9c1d0b7e"``
+    """
+    blob = json.dumps(evaluator.settings(), sort_keys=True, separators=(",", ":"), default=str)
+    return f"{evaluator.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
