@@ -506,6 +506,236 @@ def _print_zoo(zoo: Any, as_json: bool) -> None:
     console.print(f"tasks: {zoo.tasks_dir}", soft_wrap=True)
 
 
+# -- report / compare --------------------------------------------------------------------------
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for index.html and the PNGs  [default: FIRST_RUN_DIR/report]")
+@click.option("--evaluator", default=None, help="Whose scores to use when a store holds several evaluators.")
+@click.option("--metric", type=click.Choice(["pcc", "cs", "ed"]), default=None,
+              help="Kinship metric of the top-k curve and heatmaps  [default: the strategy's, else pcc]")
+def report_cmd(run_dirs: tuple[str, ...], out_dir: str | None, evaluator: str | None, metric: str | None) -> None:
+    """Write a self-contained HTML report of the runs in RUN_DIRS and print its path.
+
+    One page (images embedded, no network or JavaScript needed) with each run's config, a
+    per-generation table, score and top-k kinship curves, merge gain vs kinship, the final pool's
+    kinship heatmap and family tree. The PNGs are also written next to index.html.
+
+    \b
+    Example:
+      kinmerge report runs/kinship
+      kinmerge report runs/greedy runs/kinship --out runs/report
+    """
+    from kinmerge.report.html import write_report
+
+    out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "report"
+    click.echo(str(write_report(list(run_dirs), out, evaluator=evaluator, metric=metric)))
+
+
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--evaluator", default=None, help="Whose scores to use when a store holds several evaluators.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool) -> None:
+    """Compare runs: best score per generation, merges used, early stop, final best.
+
+    One row per run (every run of every store in RUN_DIRS), then the mean, sample std and
+    min-max across the runs of each strategy (e.g. several seeds).
+
+    \b
+    Example:
+      kinmerge compare runs/greedy-s0 runs/greedy-s1 runs/kinship-s0 runs/kinship-s1
+      kinmerge compare runs/* --json
+    """
+    from kinmerge.report.html import compare_table
+
+    data = compare_table(list(run_dirs), evaluator=evaluator)
+    if as_json:
+        echo_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(v: float | None, digits: int = 2) -> str:
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    console = Console()
+    gens = max(len(r["best_per_generation"]) for r in data["runs"])
+    table = Table(title="runs: best score of the pool after each generation")
+    for col in ("run", "strategy", "seed", *[f"gen {g}" for g in range(gens)], "merges", "early stop at", "final best"):
+        table.add_column(col, justify="left" if col in ("run", "strategy") else "right")
+    for r in data["runs"]:
+        best = r["best_per_generation"] + [None] * (gens - len(r["best_per_generation"]))
+        table.add_row(r["run_id"], r["strategy"], "—" if r["seed"] is None else str(r["seed"]),
+                      *[num(b) for b in best], str(r["merges_used"]),
+                      "—" if r["early_stop_generation"] is None else str(r["early_stop_generation"]),
+                      num(r["final_best"]))
+    console.print(table)
+    summary = Table(title="by strategy (std: sample standard deviation)")
+    for col in ("strategy", "runs", "final best mean", "std", "min–max", "merges mean", "min–max", "early stops"):
+        summary.add_column(col, justify="left" if col == "strategy" else "right")
+    for s in data["strategies"]:
+        fb, mu = s["final_best"], s["merges_used"]
+        summary.add_row(s["strategy"], str(s["runs"]), num(fb["mean"]), num(fb["std"]),
+                        f"{num(fb['min'])}–{num(fb['max'])}", num(mu["mean"], 1),
+                        f"{num(mu['min'], 0)}–{num(mu['max'], 0)}", str(s["early_stops"]))
+    console.print(summary)
+
+
+# -- evolve, status, lineage ------------------------------------------------------------------
+
+
+@cli.command("evolve")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (store + merges)  [default: out.run_dir, else runs/<config name> by the config]")
+@click.option("--dry-run", is_flag=True, help="Print the next plan; merge, evaluate and record nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, as_json: bool) -> None:
+    """Evolve a pool of merges from CONFIG (top-k greedy merging, with or without kinship).
+
+    Each generation is planned by the config's strategy, saved, then executed: merges into
+    RUN_DIR/models/<id>, evaluations, kinship, all recorded in RUN_DIR/kinmerge.db. Killed or
+    crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
+    The config format is in docs/evolve.md.
+
+    \b
+    Example:
+      kinmerge evolve examples/evolve.yaml
+      kinmerge evolve examples/evolve.yaml --run-dir runs/kinship-seed1
+      kinmerge evolve examples/evolve.yaml --dry-run
+    """
+    from kinmerge.evolve.runner import evolve
+
+    summary = evolve(config, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
+    if as_json:
+        echo_json(summary.to_dict())
+        return
+    if dry_run:
+        _print_next_plan(summary)
+        return
+    best = summary.best
+    click.echo(f"run {summary.run_id}: {summary.status}, stopped after generation {summary.generation} "
+               f"({summary.stop})" if summary.stop else f"run {summary.run_id}: {summary.status}")
+    if best is not None:
+        click.echo(f"best: {best.id} score {best.score:.4f} ({best.path})")
+    made = summary.made
+    click.echo(f"merges in the pool: {summary.merges}; this call: {made.get('merges', 0)} merged, "
+               f"{made.get('merges_reused', 0)} reused, {made.get('evaluations', 0)} evaluated, "
+               f"{made.get('kinship_pairs', 0)} kinship pairs")
+    click.echo(f"details: kinmerge status {summary.run_dir}")
+
+
+def _print_next_plan(summary: Any) -> None:
+    plan = summary.next_plan
+    paths = {m.id: m.path for m in summary.pool}
+    if plan is None:
+        click.echo("nothing to plan")
+        return
+    if plan.stop is not None:
+        click.echo(f"next: stop before generation {plan.generation} ({plan.stop})")
+        return
+    click.echo(f"next: generation {plan.generation}, {len(plan.merges)} merges")
+    for m in plan.merges:
+        a, b = m.parents
+        click.echo(f"  {m.reason:<11} {a[:16]} ({paths.get(a) or '?'}) + {b[:16]} ({paths.get(b) or '?'})")
+    if any(e.score is None for e in summary.pool if e.origin == "foundation"):
+        click.echo("note: the foundation models are not evaluated yet; the run evaluates them first "
+                   "and orders each pair best-scored first")
+
+
+@cli.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--run", "run_id", default=None, help="Which run of the store  [default: the latest started]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
+    """The pool of an evolution run: every model, its parents and score, the top-k (*).
+
+    Reads the store without locking, so it works while the run is going.
+
+    \b
+    Example:
+      kinmerge status runs/evolve
+      kinmerge status runs/evolve --run greedy --json
+    """
+    from kinmerge.evolve.runner import read_summary
+
+    summary = read_summary(run_dir, run_id)
+    if as_json:
+        echo_json(summary.to_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    from rich import box
+
+    table = Table(title=f"run {summary.run_id} in {summary.run_dir}", box=box.SIMPLE_HEAD)
+    for col, justify in (("top", "center"), ("id", "left"), ("gen", "right"), ("origin", "left"),
+                         ("parents", "left"), ("score", "right"), ("gain", "right"),
+                         (f"kinship ({summary.metric})", "right"), ("reason / model", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for e in summary.pool:
+        what = (e.reason or "") if e.origin == "merge" else Path(e.path or "").name
+        table.add_row("*" if e.in_top_k else "", e.id[:16], str(e.generation), e.origin,
+                      "+".join(p[:8] for p in e.parents), num(e.score), num(e.merge_gain, "+.4f"),
+                      num(e.kinship), what)
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(table)
+    stop = f"stopped: {summary.stop}" if summary.stop else "not stopped"
+    pending = f"; generation {summary.pending} planned, not finished" if summary.pending else ""
+    console.print(f"status: {summary.status}; {stop}; last completed generation {summary.generation}{pending}",
+                  highlight=False)
+    console.print(f"merges: {summary.merges}; top-{summary.k} {summary.metric} kinship: "
+                  f"{num(summary.top_k_kinship)}", highlight=False)
+    if summary.status == "interrupted":
+        console.print("the run was interrupted; rerun `kinmerge evolve CONFIG` with the same run dir to resume",
+                      highlight=False)
+
+
+@cli.command("lineage")
+@click.argument("model_id")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The run directory holding the model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as nested JSON.")
+def lineage_cmd(model_id: str, run_dir: str, as_json: bool) -> None:
+    """The family tree of MODEL_ID (an id or a unique prefix): parents, theirs, ... to foundations.
+
+    \b
+    Example:
+      kinmerge lineage 0ab0718c --run runs/evolve
+      kinmerge lineage 0ab0718cc0970b8b --run runs/evolve --json
+    """
+    from kinmerge.evolve.runner import lineage_lines, resolve_model_id
+    from kinmerge.store import RunStore
+
+    with RunStore(run_dir, lock=False) as store:
+        mid = resolve_model_id(store, model_id)
+        node = store.lineage(mid)
+        ids = {mid} | node.ancestors()
+        keys = store.evaluators()
+        runs = store.runs()
+        key = runs[-1].config.get("evaluator") if runs else None
+        key = key if key in keys else (keys[0] if len(keys) == 1 else None)
+        scores = store.average_scores(ids, evaluator=key) if key else {}
+    if as_json:
+
+        def with_scores(d: dict[str, Any]) -> dict[str, Any]:
+            return {**d, "score": scores.get(d["id"]), "parents": [with_scores(p) for p in d["parents"]]}
+
+        echo_json(with_scores(node.to_dict()))
+        return
+    for line in lineage_lines(node, scores):
+        click.echo(line)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="kinmerge")
