@@ -169,6 +169,7 @@ class ZooPreset:
     base_lr: float = 3e-3
     base_warmup: int = 50
     base_target: float | None = 0.40  # stop pre-training at this held-out average exact match
+    base_mixture: dict[str, int] | None = None  # task -> share of pre-training (default 1 each)
     base_check_every: int = 50
     base_max_steps: int = 3000
     specialist_steps: int = 200
@@ -318,18 +319,21 @@ def _batch(tokenizer: Any, examples: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 class _Sampler:
-    """Endless training examples for a set of tasks, never a held-out prompt."""
+    """Endless training examples for a set of tasks, never a held-out prompt.
 
-    def __init__(self, tasks: tuple[str, ...], seed: int, exclude: set[str]) -> None:
-        self.tasks = tasks
+    ``weights`` (task -> whole number, default 1) sets each task's share of every batch.
+    """
+
+    def __init__(self, tasks: tuple[str, ...], seed: int, exclude: set[str],
+                 weights: dict[str, int] | None = None) -> None:
+        self.cycle = [t for t in tasks for _ in range((weights or {}).get(t, 1))]
         self.rng = random.Random(f"train:{seed}:{','.join(tasks)}")
         self.exclude = exclude
 
     def draw(self, n: int) -> list[tuple[str, str]]:
         out = []
         while len(out) < n:
-            task = self.tasks[len(out) % len(self.tasks)] if len(self.tasks) > 1 else self.tasks[0]
-            prompt, answer = TASKS[task](self.rng)
+            prompt, answer = TASKS[self.cycle[len(out) % len(self.cycle)]](self.rng)
             if prompt not in self.exclude:
                 out.append((prompt, answer))
         self.rng.shuffle(out)
@@ -487,7 +491,8 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
 
             t0 = time.perf_counter()
             base_steps = _train(
-                model, tokenizer, _Sampler(preset.tasks, seed, exclude), lr=preset.base_lr,
+                model, tokenizer, _Sampler(preset.tasks, seed, exclude, preset.base_mixture),
+                lr=preset.base_lr,
                 warmup=preset.base_warmup, max_steps=preset.base_max_steps,
                 batch_size=preset.batch_size, weight_decay=preset.weight_decay, decay=False,
                 check=reached if preset.base_target is not None else None,
@@ -500,7 +505,11 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
             recipe = {"preset": preset.name, "seed": seed}
             _save(model, tokenizer, tmp / "base", preset.dtype,
                   {**recipe, "role": "base", "steps": base_steps})
-            base_state = {k: v.clone() for k, v in model.state_dict().items()}
+            # Specialists start from the base exactly as saved, so a delta (specialist - base)
+            # holds fine-tuning only, not the rounding of the base to 16 bits.
+            saved_dtype = getattr(torch, preset.dtype)
+            base_state = {k: v.to(saved_dtype).to(v.dtype)
+                          for k, v in model.state_dict().items()}
 
             spec_seconds: dict[str, float] = {}
             for i, task in enumerate(preset.tasks):
