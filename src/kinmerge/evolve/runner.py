@@ -492,7 +492,7 @@ class _Run:
             "strategy": {"name": self.strategy.name, **self.strategy.settings()},
             "merge": self.recipe.params(),
             "evaluator": self.eval_key,
-            "kinship_metric": self.metric,
+            "metric": self.metric,  # the kinship metric the run decides and reports with
         }
         resumed = self.store.get_run(self.run_id) is not None
         self.store.start_run(self.run_id, strategy=self.strategy.name, config=fingerprint, seed=self.cfg.seed)
@@ -671,12 +671,29 @@ class _Run:
         return {frozenset(p) for p in itertools.combinations(topk(state, self.k), 2)}
 
     def _path(self, model_id: str) -> str:
+        """The folder of a model; a merge whose folder was deleted is merged again (same id)."""
         if model_id not in self._paths:
             rec = self.store.get_model(model_id)
             if rec is None or rec.path is None:
                 raise StoreError(f"model {model_id} has no recorded folder in {self.store.db_path}")
+            if rec.origin == "merge" and not (Path(rec.path) / "kinmerge.json").is_file():
+                self._remerge(rec)
             self._paths[model_id] = rec.path
         return self._paths[model_id]
+
+    def _remerge(self, rec: Any) -> None:
+        """Rebuild a deleted merge folder from its recorded parents and recipe."""
+        params = dict(rec.recipe or {})
+        method = params.pop("method", None)
+        if method is None or method == "raw":
+            raise StoreError(f"merge {rec.id} is missing from {rec.path} and its recipe cannot be replayed; "
+                             "restore the folder")
+        self.report.step(f"re-merging deleted {rec.id}")
+        res = merge_step({"parents": [self._path(p) for p in rec.parents], "method": method, "params": params,
+                          "out_root": str(Path(rec.path).parent), "base": self.cfg.base, "cuda": self.cfg.merge.cuda})
+        if res["id"] != rec.id:
+            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {rec.path}")
+        self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
 
     def _undefined_message(self, requests: Iterable[tuple[str, str]]) -> str:
         a, b = next(iter(requests))
@@ -781,7 +798,7 @@ def _summarize(store: RunStore, run_id: str, run_dir: Path) -> RunSummary:
         raise StoreError(f"no run {run_id!r} in {store.db_path}")
     fp = run.config
     key = fp.get("evaluator")
-    metric = fp.get("kinship_metric", "pcc")
+    metric = fp.get("metric", "pcc")
     k = int(fp.get("strategy", {}).get("k", 3))
     foundations = [f for f in fp.get("foundation", []) if store.get_model(f) is not None]
     merges = store.merge_gains(run_id, evaluator=key, metric=metric)
