@@ -542,7 +542,7 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
     """Compare runs: best score per generation, merges used, early stop, final best.
 
     One row per run (every run of every store in RUN_DIRS), then the mean, sample std and
-    min-max across the runs of each strategy (e.g. several seeds).
+    min-max across the runs of each strategy on the same foundation models (e.g. several seeds).
 
     \b
     Example:
@@ -562,6 +562,8 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
         return "—" if v is None else f"{v:.{digits}f}"
 
     console = Console()
+    if not console.is_terminal:  # piped: print whole numbers rather than fit 80 columns
+        console = Console(width=200)
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
     table = Table(title="runs: best score of the pool after each generation")
     for col in ("run", "strategy", "seed", *[f"gen {g}" for g in range(gens)], "merges", "early stop at", "final best"):
@@ -572,16 +574,19 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
                       *[num(b) for b in best], str(r["merges_used"]),
                       "—" if r["early_stop_generation"] is None else str(r["early_stop_generation"]),
                       num(r["final_best"]))
-    console.print(table)
-    summary = Table(title="by strategy (std: sample standard deviation)")
-    for col in ("strategy", "runs", "final best mean", "std", "min–max", "merges mean", "min–max", "early stops"):
-        summary.add_column(col, justify="left" if col == "strategy" else "right")
+    summary = Table(title="by strategy and foundation set (std: sample standard deviation)")
+    for col in ("strategy", "foundations", "runs", "final best mean", "std", "min – max", "merges mean", "min – max",
+                "early stops"):
+        summary.add_column(col, justify="left" if col in ("strategy", "foundations") else "right")
     for s in data["strategies"]:
         fb, mu = s["final_best"], s["merges_used"]
-        summary.add_row(s["strategy"], str(s["runs"]), num(fb["mean"]), num(fb["std"]),
-                        f"{num(fb['min'])}–{num(fb['max'])}", num(mu["mean"], 1),
-                        f"{num(mu['min'], 0)}–{num(mu['max'], 0)}", str(s["early_stops"]))
-    console.print(summary)
+        summary.add_row(s["strategy"], ", ".join(s["foundations"]), str(s["runs"]), num(fb["mean"]), num(fb["std"]),
+                        f"{num(fb['min'])} – {num(fb['max'])}", num(mu["mean"], 1),
+                        f"{num(mu['min'], 0)} – {num(mu['max'], 0)}", str(s["early_stops"]))
+    for t in (table, summary):
+        for column in t.columns:
+            column.overflow = "fold"  # a narrow terminal folds a value onto two lines, never cuts it
+        console.print(t)
 
 
 # -- evolve, status, lineage ------------------------------------------------------------------

@@ -1,0 +1,532 @@
+"""The report's figures, from plain data to PNG files.
+
+Each ``plot_*`` function takes lists of small dataclasses (no store, no SQLite), writes one PNG
+atomically (a temp name in the same folder, then ``os.replace``) and returns its path, or
+``None`` when there is nothing to draw yet (a run with no merges): the HTML report shows an empty
+state instead of an empty chart. matplotlib and scipy load inside the functions (the ``plot``
+extra), so importing this module is cheap.
+
+Figures (paper: Hu et al., arXiv 2410.12613):
+
+- :func:`plot_scores`: best and mean score per generation, several runs on one chart (§5 table);
+- :func:`plot_topk_kinship`: the top-k's mean pairwise kinship per generation and the early-stop
+  threshold (§4);
+- :func:`plot_merge_gains`: merge gain and |gain| vs the parents' kinship, one column per metric,
+  with Pearson and Spearman correlations (§2);
+- :func:`plot_family_tree`: the pool as a DAG, layered by generation (:func:`tree_layout`);
+- the kinship heatmap is :func:`kinmerge.report.heatmap.plot_kinship_heatmap`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kinmerge.errors import KinmergeError
+from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
+
+METRIC_SHORT = {"pcc": "PCC", "cs": "CS", "ed": "ED"}
+REASON_COLORS = {"greedy": "#1f77b4", "exploration": "#d62728", "random": "#9467bd", None: "#7f7f7f"}
+REASON_EDGE_STYLES = {"greedy": "solid", "exploration": (0, (5, 3)), "random": (0, (1, 2)), None: "solid"}
+_MARKERS = "os^Dv<>pP*hX"
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise KinmergeError("plots need matplotlib and scipy: pip install 'kinmerge[plot]'") from None
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` through a temp file in the same folder, then close it."""
+    plt = _pyplot()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _colors(n: int) -> list[Any]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores per generation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreCurve:
+    """One run's scores per generation.
+
+    ``best[i]`` is the best of the whole pool after ``generations[i]`` (what the paper's §5 table
+    reports); ``mean[i]`` the mean of the models that joined in that generation. ``None`` = not
+    scored.
+    """
+
+    label: str
+    generations: Sequence[int]
+    best: Sequence[float | None]
+    mean: Sequence[float | None]
+    foundation_best: float | None = None
+
+
+def _points(xs: Sequence[int], ys: Sequence[float | None]) -> tuple[list[int], list[float]]:
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, title: str | None = None) -> Path | None:
+    """Best (solid) and mean (dotted) average score per generation, one colour per run.
+
+    The foundation models' best is a dashed grey line: a merge that does not rise above it has
+    gained nothing over simply picking the best fine-tune.
+
+    Example:
+        ``plot_scores([ScoreCurve("greedy", [0, 1, 2], [66.3, 66.8, 68.7], [60.1, 64.2, 67.9], 66.3)], "s.png")``
+    """
+    if not any(y is not None for c in curves for y in (*c.best, *c.mean)):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
+    max_gen = max((g for c in curves for g in c.generations), default=0)
+    for color, curve in zip(_colors(len(curves)), curves, strict=True):
+        xs, ys = _points(curve.generations, curve.best)
+        ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=f"{curve.label}: best in pool")
+        xs, ys = _points(curve.generations, curve.mean)
+        ax.plot(xs, ys, ":", marker=".", color=color, lw=1.4, alpha=0.8, label=f"{curve.label}: mean of new models")
+    foundation = sorted({round(c.foundation_best, 9) for c in curves if c.foundation_best is not None})
+    for i, value in enumerate(foundation):
+        ax.axhline(value, color="#555555", ls="--", lw=1.2, label="foundation best" if i == 0 else None)
+    ax.set_xlabel("generation (0 = foundation models)")
+    ax.set_ylabel("average task score")
+    ax.set_xticks(range(0, max_gen + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="best")
+    ax.set_title(title or "Score per generation", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k kinship per generation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KinshipCurve:
+    """One run's top-k mean pairwise kinship per generation (``None`` = not computed).
+
+    ``stopped_after``: the last generation made before kinship early stopping ended the run.
+    """
+
+    label: str
+    generations: Sequence[int]
+    values: Sequence[float | None]
+    stopped_after: int | None = None
+
+
+def plot_topk_kinship(
+    curves: Sequence[KinshipCurve],
+    path: str | os.PathLike[str],
+    *,
+    metric: str = "pcc",
+    k: int = 3,
+    thresholds: Iterable[tuple[float, str]] = (),
+    title: str | None = None,
+) -> Path | None:
+    """The top-k's mean pairwise kinship per generation, with the early-stop threshold(s).
+
+    Args:
+        thresholds: ``(value, label)`` pairs drawn as red dashed lines.
+
+    Example:
+        ``plot_topk_kinship([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95])], "k.png", thresholds=[(0.9, "early stop")])``
+    """
+    if not any(v is not None for c in curves for v in c.values):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
+    max_gen = max((g for c in curves for g in c.generations), default=0)
+    for color, curve in zip(_colors(len(curves)), curves, strict=True):
+        xs, ys = _points(curve.generations, curve.values)
+        ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=curve.label)
+        if curve.stopped_after is not None and curve.stopped_after in xs:
+            y = ys[xs.index(curve.stopped_after)]
+            ax.plot([curve.stopped_after], [y], marker="X", ms=13, color=color, mec="black", ls="none",
+                    label=f"{curve.label}: early stop")
+    for i, (value, label) in enumerate(dict.fromkeys((float(v), lab) for v, lab in thresholds)):
+        ax.axhline(value, color="#d62728", ls="--", lw=1.3, label=label or ("early-stop threshold" if i == 0 else None))
+    ax.set_xlabel("generation (0 = foundation models)")
+    closer = "higher" if HIGHER_IS_CLOSER[metric] else "lower"
+    ax.set_ylabel(f"top-{k} mean pairwise {METRIC_SHORT[metric]} ({closer} = closer kin)")
+    if metric in ("pcc", "cs"):
+        lo = min([v for c in curves for v in c.values if v is not None] + [0.0])
+        ax.set_ylim(max(-1.05, lo - 0.05), 1.05)
+    ax.set_xticks(range(0, max_gen + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="best")
+    ax.set_title(title or f"Kinship of the top-{k} per generation ({METRIC_NAMES[metric]})", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge gain vs parents' kinship
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GainPoint:
+    """One merge: its gain (child minus the parents' mean score) and its parents' kinship per metric."""
+
+    gain: float
+    kinship: dict[str, float | None]
+    reason: str | None = None
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pearson and Spearman correlation of two samples; ``None`` where undefined (n < 3 or constant)."""
+
+    n: int
+    pearson_r: float | None = None
+    pearson_p: float | None = None
+    spearman_r: float | None = None
+    spearman_p: float | None = None
+
+    def text(self) -> str:
+        """``"Pearson r = -0.50 (p = 0.06), Spearman ρ = -0.41 (p = 0.13), n = 15"``."""
+        if self.pearson_r is None:
+            return f"n = {self.n}: too few points (or no spread) for a correlation"
+        return (
+            f"Pearson r = {self.pearson_r:+.2f} (p = {_p(self.pearson_p)}), "
+            f"Spearman ρ = {_fmt_opt(self.spearman_r)} (p = {_p(self.spearman_p)}), n = {self.n}"
+        )
+
+
+def _p(p: float | None) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _fmt_opt(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.2f}"
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
+    """Pearson and Spearman correlation (with two-sided p-values) of ``x`` and ``y``.
+
+    Undefined (``None``) with fewer than 3 points or when either sample is constant, where scipy
+    would warn and return NaN.
+
+    Example:
+        >>> round(correlation([0.1, 0.5, 0.9, 0.95], [3.0, 1.0, 0.2, 0.1]).spearman_r, 2)
+        -1.0
+    """
+    import numpy as np
+    from scipy import stats
+
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = int(xa.size)
+    if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return Correlation(n)
+    pr = stats.pearsonr(xa, ya)
+    sr = stats.spearmanr(xa, ya)
+    s_r, s_p = float(sr.statistic), float(sr.pvalue)
+    return Correlation(
+        n,
+        float(pr.statistic),
+        float(pr.pvalue),
+        s_r if math.isfinite(s_r) else None,
+        s_p if math.isfinite(s_p) else None,
+    )
+
+
+def gain_correlations(points: Sequence[GainPoint], metric: str) -> tuple[Correlation, Correlation]:
+    """Correlation of the parents' kinship (``metric``) with the gain and with ``|gain|``."""
+    pts = [(p.kinship[metric], p.gain) for p in points if p.kinship.get(metric) is not None]
+    xs = [float(x) for x, _ in pts]  # type: ignore[arg-type]
+    return correlation(xs, [g for _, g in pts]), correlation(xs, [abs(g) for _, g in pts])
+
+
+def plot_merge_gains(
+    points: Sequence[GainPoint],
+    path: str | os.PathLike[str],
+    *,
+    metrics: Sequence[str] = ("pcc", "cs", "ed"),
+    title: str | None = None,
+) -> Path | None:
+    """Merge gain (top row) and |gain| (bottom row) vs the parents' kinship, one column per metric.
+
+    Each panel: the merges (colour = why they were planned, marker = run when several), a
+    least-squares line, and Pearson r / Spearman ρ with p-values in its title. Returns ``None``
+    (no file) when no merge has its parents' kinship in any of ``metrics``.
+
+    Example:
+        ``plot_merge_gains([GainPoint(3.78, {"pcc": -0.02}, "exploration"), ...], "gain.png")``
+    """
+    if not any(p.kinship.get(m) is not None for p in points for m in metrics):
+        return None  # no merge has both a gain and its parents' kinship: nothing to place
+    import numpy as np
+
+    plt = _pyplot()
+    groups = list(dict.fromkeys(p.group for p in points))
+    marker = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(groups)}
+    fig, axes = plt.subplots(2, len(metrics), figsize=(5.0 * len(metrics), 8.4), squeeze=False)
+    seen: dict[str, Any] = {}
+    for col, metric in enumerate(metrics):
+        pts = [p for p in points if p.kinship.get(metric) is not None]
+        c_gain, c_abs = gain_correlations(points, metric)
+        for row, (corr, transform, ylabel) in enumerate(
+            (
+                (c_gain, lambda g: g, "merge gain (child − parents' mean)"),
+                (c_abs, abs, "|merge gain|"),
+            )
+        ):
+            ax = axes[row][col]
+            xs = np.array([float(p.kinship[metric]) for p in pts])  # type: ignore[arg-type]
+            ys = np.array([transform(p.gain) for p in pts], dtype=np.float64)
+            # One scatter call per (reason, run): far faster than one per point.
+            for reason, group in dict.fromkeys((p.reason, p.group) for p in pts):
+                idx = [i for i, p in enumerate(pts) if p.reason == reason and p.group == group]
+                handle = ax.scatter(
+                    xs[idx], ys[idx], s=42, color=REASON_COLORS.get(reason, REASON_COLORS[None]),
+                    marker=marker[group], edgecolors="black", linewidths=0.5, zorder=3,
+                )
+                key = f"{reason or 'unknown'}" + (f" · {group}" if len(groups) > 1 else "")
+                seen.setdefault(key, handle)
+            if len(xs) >= 2 and np.ptp(xs) > 0:
+                slope, intercept = np.polyfit(xs, ys, 1)
+                grid = np.linspace(xs.min(), xs.max(), 50)
+                ax.plot(grid, slope * grid + intercept, color="black", lw=1.2, alpha=0.7, zorder=2)
+            if row == 0:
+                ax.axhline(0.0, color="#999999", lw=0.8, zorder=1)
+            closer = "higher" if HIGHER_IS_CLOSER[metric] else "lower"
+            ax.set_xlabel(f"parents' kinship, {METRIC_SHORT[metric]} ({closer} = closer kin)", fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.grid(alpha=0.3)
+            if not pts:
+                ax.text(0.5, 0.5, f"no {METRIC_SHORT[metric]} kinship recorded", ha="center", va="center",
+                        transform=ax.transAxes, color="#777777")
+            head = f"{METRIC_SHORT[metric]}: {'gain' if row == 0 else '|gain|'}"
+            body = corr.text().replace(", Spearman", "\nSpearman")
+            ax.set_title(f"{head}\n{body}", fontsize=8.5)
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(4, len(seen)),
+                   fontsize=8, frameon=False)
+    fig.suptitle(title or "Merge gain vs the parents' kinship", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family tree
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """One model of the family tree.
+
+    ``reason`` is why this model's merge was planned (it styles the edges *into* it);
+    ``rank`` is its place in the final top-k (1 = best), ``None`` if outside it.
+    """
+
+    id: str
+    label: str
+    generation: int
+    parents: tuple[str, ...] = ()
+    score: float | None = None
+    reason: str | None = None
+    rank: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tree_layout(nodes: Sequence[TreeNode], *, sweeps: int = 4) -> dict[str, tuple[float, float]]:
+    """Positions ``{id: (x, y)}`` of a layered drawing: ``y = -generation``, x ordered to cut crossings.
+
+    Layer 0 (foundations) starts in the given order; each later layer is sorted by the mean
+    position of its parents (the barycentre heuristic), then a few up/down sweeps reorder every
+    layer by the mean position of its neighbours in the layers around it. Within a layer, nodes
+    sit one unit apart, centred on x = 0. Parents missing from ``nodes`` are ignored.
+
+    Example:
+        >>> pos = tree_layout([TreeNode("a", "a", 0), TreeNode("b", "b", 0), TreeNode("c", "c", 1, ("a", "b"))])
+        >>> pos["c"], pos["a"][1]
+        ((0.0, -1.0), 0.0)
+    """
+    by_id = {n.id: n for n in nodes}
+    layers: dict[int, list[str]] = {}
+    for n in nodes:
+        layers.setdefault(n.generation, []).append(n.id)
+    parents = {n.id: [p for p in n.parents if p in by_id] for n in nodes}
+    children: dict[str, list[str]] = {n.id: [] for n in nodes}
+    for n in nodes:
+        for p in parents[n.id]:
+            children[p].append(n.id)
+    gens = sorted(layers)
+    x: dict[str, float] = {}
+
+    def place(g: int) -> None:
+        ids = layers[g]
+        for i, mid in enumerate(ids):
+            x[mid] = i - (len(ids) - 1) / 2.0
+
+    def reorder(g: int, neighbours: dict[str, list[str]]) -> None:
+        current = {mid: i for i, mid in enumerate(layers[g])}
+
+        def key(mid: str) -> tuple[float, int]:
+            near = [x[o] for o in neighbours[mid] if o in x]
+            # A node with no placed neighbour keeps its place relative to the others.
+            return (sum(near) / len(near) if near else x.get(mid, current[mid] - (len(current) - 1) / 2.0),
+                    current[mid])
+
+        layers[g] = sorted(layers[g], key=key)
+        place(g)
+
+    for g in gens:
+        if g == gens[0]:
+            place(g)
+        else:
+            reorder(g, parents)
+    for _ in range(sweeps):
+        for g in reversed(gens[:-1]):
+            reorder(g, children)
+        for g in gens[1:]:
+            reorder(g, parents)
+    return {mid: (x[mid], float(-by_id[mid].generation)) for mid in by_id}
+
+
+def plot_family_tree(
+    nodes: Sequence[TreeNode],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    k: int | None = None,
+) -> Path | None:
+    """The pool as a family tree: foundations on top, one row per generation, edges parent → child.
+
+    Nodes are coloured by average score (colour bar; grey = not scored). Edges into a greedy
+    merge are solid, into an exploration merge dashed red, into a random-control merge dotted
+    purple; edges on the best model's lineage are drawn thicker. The final top-k have a thick
+    gold ring and their rank.
+
+    Example:
+        ``plot_family_tree([TreeNode("a", "math", 0, score=60.1), ...], "tree.png")``
+    """
+    if not nodes:
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    pos = tree_layout(nodes)
+    by_id = {n.id: n for n in nodes}
+    gens = sorted({n.generation for n in nodes})
+    width = max(sum(1 for n in nodes if n.generation == g) for g in gens)
+    fig_w = max(7.0, 1.55 * width + 2.5)
+    fig_h = max(3.6, 1.45 * len(gens) + 1.6)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+
+    best = next((n for n in nodes if n.rank == 1), None)
+    lineage: set[str] = set()
+    if best is not None:
+        stack = [best.id]
+        while stack:
+            mid = stack.pop()
+            if mid in lineage:
+                continue
+            lineage.add(mid)
+            stack.extend(p for p in by_id[mid].parents if p in by_id)
+
+    for n in nodes:
+        for p in n.parents:
+            if p not in by_id:
+                continue
+            on_line = n.id in lineage and p in lineage
+            ax.annotate(
+                "", xy=pos[n.id], xytext=pos[p],
+                arrowprops=dict(
+                    arrowstyle="-|>", mutation_scale=11, shrinkA=16, shrinkB=17,
+                    color=REASON_COLORS.get(n.reason, REASON_COLORS[None]) if n.reason != "greedy" else "#555555",
+                    linestyle=REASON_EDGE_STYLES.get(n.reason, "solid"),
+                    lw=2.6 if on_line else 1.1, alpha=0.95 if on_line else 0.7,
+                ),
+                zorder=1,
+            )
+
+    scored = [n for n in nodes if n.score is not None]
+    unscored = [n for n in nodes if n.score is None]
+    cmap = plt.get_cmap("viridis")
+    if scored:
+        values = np.array([n.score for n in scored], dtype=np.float64)
+        vmin, vmax = float(values.min()), float(values.max())
+        if vmin == vmax:
+            vmin, vmax = vmin - 0.5, vmax + 0.5
+        sc = ax.scatter([pos[n.id][0] for n in scored], [pos[n.id][1] for n in scored], c=values, cmap=cmap,
+                        vmin=vmin, vmax=vmax, s=720, edgecolors="black", linewidths=0.8, zorder=3)
+        fig.colorbar(sc, ax=ax, label="average task score", fraction=0.035, pad=0.02)
+    if unscored:
+        ax.scatter([pos[n.id][0] for n in unscored], [pos[n.id][1] for n in unscored], c="#dddddd",
+                   s=720, edgecolors="black", linewidths=0.8, zorder=3)
+    top = [n for n in nodes if n.rank is not None]
+    if top:
+        ax.scatter([pos[n.id][0] for n in top], [pos[n.id][1] for n in top], facecolors="none",
+                   edgecolors="#f2a900", s=1250, linewidths=3.2, zorder=4)
+    for n in nodes:
+        x, y = pos[n.id]
+        score = "" if n.score is None else f"\n{n.score:.2f}"
+        ax.text(x, y - 0.27, f"{n.label}{score}", ha="center", va="top", fontsize=7.5, zorder=5,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
+        if n.rank is not None:
+            ax.text(x, y, f"#{n.rank}", ha="center", va="center", fontsize=8, fontweight="bold",
+                    color="white", zorder=6,
+                    bbox=dict(boxstyle="circle,pad=0.12", fc="#333333", ec="none", alpha=0.55))
+
+    xs = [p[0] for p in pos.values()]
+    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    ax.set_ylim(-max(gens) - 0.75, -min(gens) + 0.45)
+    ax.set_yticks([-g for g in gens], [("foundation" if g == 0 else f"generation {g}") for g in gens], fontsize=8.5)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    reasons = {n.reason for n in nodes if n.parents}
+    handles = [
+        Line2D([], [], color="#555555" if r == "greedy" else REASON_COLORS.get(r, REASON_COLORS[None]),
+               ls=REASON_EDGE_STYLES.get(r, "solid"), lw=1.6, label=f"{r or 'unknown'} merge")
+        for r in ("greedy", "exploration", "random", None) if r in reasons
+    ]
+    if lineage and len(lineage) > 1:
+        handles.append(Line2D([], [], color="#555555", lw=2.8, label="lineage of the best model"))
+    if top:
+        handles.append(Line2D([], [], marker="o", ls="none", mfc="none", mec="#f2a900", mew=2.5, ms=13,
+                              label=f"final top-{k or len(top)}"))
+    if unscored:
+        handles.append(Line2D([], [], marker="o", ls="none", mfc="#dddddd", mec="black", ms=10, label="not scored"))
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(5, len(handles)),
+                  fontsize=7.5, frameon=False)
+    ax.set_title(title or "Family tree", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
