@@ -70,7 +70,8 @@ def plot_kinship_heatmap(
         heat = fig.add_axes((0.22, 0.14, 0.58, 0.76))
     cmap = "viridis" if HIGHER_IS_CLOSER[metric] else "viridis_r"
     vmin, vmax = ((-1.0, 1.0) if metric in ("pcc", "cs") else (None, None))
-    image = heat.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
+    # aspect="auto": the heatmap fills its axes, so its columns line up with the dendrogram leaves
+    image = heat.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     heat.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
     heat.set_yticks(range(n), names, fontsize=8)
     if n <= 16:
