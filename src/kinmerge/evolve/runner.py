@@ -525,10 +525,12 @@ class _Run:
             self.report.line(f"gen {pending.generation}: resuming the saved plan ({_plan_text(pending)})")
             return pending
         state = self._state()
+        self.report.step(f"gen {state.generation + 1}: planning")
         plan = self.strategy.plan(state)
         wanted = {frozenset(p) for p in plan.kinship_requests} | self._topk_pairs(state)
         if wanted:
             self._ensure_kinship(wanted, generation=state.generation, why="plan")
+            self.report.step(f"gen {state.generation + 1}: planning")
             state = self._state()
             plan = self.strategy.plan(state)
         if plan.kinship_requests:
