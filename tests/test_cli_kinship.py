@@ -63,7 +63,8 @@ def test_matrix_json_csv_and_heatmap(family, tmp_path):
     pcc = np.array(data["kinship"]["pcc"], dtype=float)
     assert pcc.shape == (3, 3) and np.allclose(pcc, pcc.T) and np.allclose(np.diag(pcc), 1)
     assert data["mean_pairwise"]["pcc"] == pytest.approx(np.mean([pcc[0, 1], pcc[0, 2], pcc[1, 2]]))
-    rows = list(csv.reader(out_csv.open()))
+    with out_csv.open() as fh:
+        rows = list(csv.reader(fh))
     assert rows[0] == ["metric", "model", "child0", "child1", "child2"]
     assert [r[0] for r in rows[1:]] == ["pcc"] * 3 + ["ed"] * 3
     assert float(rows[1][3]) == pytest.approx(pcc[0, 1])
