@@ -1,0 +1,67 @@
+"""`kinmerge demo`, the README's main job: every strategy on every foundation set, compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from fixtures_zoo import micro_zoo  # noqa: F401  (fixture)
+
+pytest.importorskip("mergekit")
+
+
+def _demo(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "kinmerge.cli", "demo", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):  # noqa: F811
+    out = tmp_path / "demo"
+    first = _demo("--zoo", str(micro_zoo.root), "--out", str(out), "--generations", "2", "--limit", "10", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads(first.stdout)
+    strategies = {r["strategy"] for r in data["compare"]["runs"]}
+    assert strategies == {"greedy", "kinship", "random"}
+    assert {r["run_id"] for r in data["compare"]["runs"]} == {"greedy", "kinship", "random-s0", "random-s1"}
+    assert {row["strategy"] for row in data["across_sets"]} == strategies
+    for run in data["compare"]["runs"]:
+        assert len(run["best_per_generation"]) >= 2 and run["merges_used"] >= 3  # gen 1 = all 3 pairs
+    assert (out / "report" / "index.html").exists()
+    assert sorted(p.name for p in (out / "configs").iterdir()) == [
+        "add-caesar-reverse--greedy.yaml", "add-caesar-reverse--kinship.yaml",
+        "add-caesar-reverse--random-s0.yaml", "add-caesar-reverse--random-s1.yaml"]
+    # the configs it kept rerun with `kinmerge evolve` and find everything done
+    again = subprocess.run([sys.executable, "-m", "kinmerge.cli", "evolve", str(out / "configs" / "add-caesar-reverse--kinship.yaml"),
+                            "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    # rerunning the demo resumes: same comparison, no new merges
+    merges_before = sorted((out / "runs" / "add-caesar-reverse" / "models").iterdir())
+    second = _demo("--zoo", str(micro_zoo.root), "--out", str(out), "--generations", "2", "--limit", "10", "--json")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["compare"]["runs"] == data["compare"]["runs"]
+    assert sorted((out / "runs" / "add-caesar-reverse" / "models").iterdir()) == merges_before
+
+
+@pytest.mark.slow
+def test_demo_on_the_shipped_zoo_in_under_ten_minutes(tmp_path):
+    from kinmerge.zoo import shipped_zoo
+
+    try:
+        shipped_zoo()
+    except Exception as exc:  # the shipped zoo is part of the repository; its absence is a failure
+        pytest.fail(f"no shipped zoo: {exc}")
+    t0 = time.perf_counter()
+    proc = _demo("--out", str(tmp_path / "demo"), "--no-progress")
+    took = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert took < 600, f"the demo took {took:.0f} s"
+    assert "across foundation sets" in proc.stdout
+    for strategy in ("greedy", "kinship", "random"):
+        assert strategy in proc.stdout
+    assert (tmp_path / "demo" / "report" / "index.html").exists()
