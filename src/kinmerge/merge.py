@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kinmerge.errors import KinmergeError, MergeError
+from kinmerge.sources import HUB_ID, is_hub_id
 
 __all__ = [
     "PAPER_MLP_T",
@@ -86,7 +87,6 @@ _TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # mergekit reads "a+b" as model a with LoRA b, and "a@r" as revision r of a.
 _UNSAFE_PATH = re.compile(r"[+@\s\"']")
 # mergekit's loader cache and the HF offline switch are process-global: one merge at a time.
@@ -682,7 +682,7 @@ def _resolve(ref: str | os.PathLike[str]) -> tuple[str, Path]:
         if not path.is_dir():
             raise MergeError(f"{text}: mergekit merges model folders (config.json + weights), not single files")
         return text, path.resolve()
-    if _HUB_ID.match(text):
+    if HUB_ID.match(text):
         return text, _download(text)
     from kinmerge.errors import SourceError
 
@@ -690,29 +690,9 @@ def _resolve(ref: str | os.PathLike[str]) -> tuple[str, Path]:
 
 
 def _download(ref: str) -> Path:
-    repo_id, _, revision = ref.partition("@")
-    from huggingface_hub import snapshot_download
+    from kinmerge.sources import fetch_from_hub
 
-    try:
-        folder = snapshot_download(
-            repo_id,
-            revision=revision or None,
-            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
-        )
-    except Exception as exc:  # huggingface_hub raises a family of errors; all mean "not available"
-        from kinmerge.errors import SourceError
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "it is not in the local HF cache and HF_HUB_OFFLINE is set"
-            if offline
-            else "check the id, the revision, your network and HF_TOKEN"
-        )
-        raise SourceError(
-            f"{ref}: cannot fetch from the Hugging Face hub — {hint} ({type(exc).__name__}); "
-            "or download it and pass the local folder"
-        ) from None
-    return Path(folder)
+    return fetch_from_hub(ref, ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"])
 
 
 def _load_model(ref: str | os.PathLike[str]) -> _Model:
@@ -954,7 +934,7 @@ def model_card(meta: Mapping[str, Any]) -> str:
     ``base_model_relation: merge``) and a body with the parents, the recipe and the kinship."""
     parents = meta["parents"]
     front = {
-        "base_model": [p["ref"] if _is_hub_ref(p["ref"]) else p["path"] for p in parents],
+        "base_model": [p["ref"] if is_hub_id(p["ref"]) else p["path"] for p in parents],
         "base_model_relation": "merge",
         "tags": ["merge", "mergekit", "kinmerge"],
         "library_name": "transformers",
@@ -993,10 +973,6 @@ def model_card(meta: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
     lines += ["", f"Made {meta['created']} with {versions}.", ""]
     return "\n".join(lines)
-
-
-def _is_hub_ref(ref: str) -> bool:
-    return bool(_HUB_ID.match(ref)) and not Path(ref).expanduser().exists()
 
 
 def _write_text(path: Path, text: str) -> None:

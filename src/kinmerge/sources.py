@@ -46,7 +46,7 @@ RAW_DTYPES: dict[str, np.dtype] = {
 }
 SUPPORTED_DTYPES = tuple(RAW_DTYPES)
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class ModelSource:
     @property
     def display_name(self) -> str:
         """A short human name: the folder or file name for local paths, the id for hub refs."""
-        if _HUB_ID.match(self.ref) and not Path(self.ref).exists():
+        if HUB_ID.match(self.ref) and not Path(self.ref).exists():
             return self.ref
         p = Path(self.ref)
         return p.stem if p.suffix in (".safetensors", ".gguf") else p.name or str(p)
@@ -234,8 +234,8 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> Mo
     path = Path(text).expanduser()
     if path.exists():
         return _open_local(text, path, allow_pickle)
-    if _HUB_ID.match(text):
-        return _open_local(text, _resolve_hub(text), allow_pickle)
+    if HUB_ID.match(text):
+        return _open_local(text, fetch_from_hub(text), allow_pickle)
     raise SourceError(f"{text}: no such file or folder (and not a hub id like org/name[@revision])")
 
 
@@ -372,27 +372,37 @@ def _open_pickle(ref: str, path: Path, files: list[Path], allow_pickle: bool) ->
     return ArraySource(ref, path if path.is_dir() else path.parent, files, arrays)
 
 
-def _resolve_hub(ref: str) -> Path:
-    """Fetch (or find in the HF cache) config + safetensors files of a hub model."""
+def is_hub_id(ref: str | os.PathLike[str]) -> bool:
+    """True for ``org/name[@revision]`` that is not an existing local path."""
+    text = os.fspath(ref)
+    return bool(HUB_ID.match(text)) and not Path(text).expanduser().exists()
+
+
+def fetch_from_hub(ref: str, allow_patterns: Sequence[str] = ("*.json", "*.safetensors")) -> Path:
+    """The local folder of hub model ``org/name[@revision]``: from the HF cache, else downloaded.
+
+    Only files matching ``allow_patterns`` are fetched (weights and configs by default; never
+    pickles). Honours ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_TOKEN``, read when called.
+
+    Raises:
+        SourceError: not in the cache while offline, or not reachable / not found online.
+    """
     repo_id, _, revision = ref.partition("@")
+    from huggingface_hub import snapshot_download
+
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - a core dependency
-        raise SourceError("hub ids need huggingface_hub (pip install huggingface_hub)") from None
-    try:
-        folder = snapshot_download(
-            repo_id,
-            revision=revision or None,
-            allow_patterns=["*.json", "*.safetensors"],
-        )
+        folder = snapshot_download(repo_id, revision=revision or None, allow_patterns=list(allow_patterns))
     except Exception as exc:  # huggingface_hub raises a family of errors; all mean "not available"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = (
-            "it is not in the local HF cache (HF_HUB_OFFLINE is set)"
+            "it is not in the local HF cache and HF_HUB_OFFLINE is set"
             if offline
             else "check the id, the revision, your network and HF_TOKEN"
         )
-        raise SourceError(f"{ref}: cannot fetch from the Hugging Face hub — {hint} ({type(exc).__name__})") from None
+        raise SourceError(
+            f"{ref}: cannot fetch from the Hugging Face hub — {hint} ({type(exc).__name__}); "
+            "or download it and pass the local folder"
+        ) from None
     return Path(folder)
 
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kinmerge.errors import ConfigError, KinmergeError
+from kinmerge.sources import HUB_ID
 
 __all__ = [
     "EvaluatorConfig",
@@ -45,8 +46,6 @@ __all__ = [
     "load_config",
 ]
 
-# A hub id as the sources/merge modules accept it: org/name[@revision].
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: Evaluator settings that name folders or files (resolved against the config's folder).
 _PATH_SETTINGS = ("tasks_dir", "include_path")
@@ -76,7 +75,7 @@ def resolve_model_ref(ref: str, root: Path) -> str:
         return str(full.resolve())
     first = Path(text).parts[0] if Path(text).parts else ""
     looks_local = text.startswith((".", "/", "~")) or (root / first).is_dir()
-    if _HUB_ID.match(text) and not looks_local:
+    if HUB_ID.match(text) and not looks_local:
         return text
     raise ValueError(f"no such model folder {full} (and not a hub id like org/name[@revision])")
 
