@@ -211,7 +211,7 @@ def test_html_is_self_contained_with_tables_and_images(report: Path, tmp_path: P
         (tmp_path / f"{i}.png").write_bytes(base64.b64decode(data))
         assert _is_png(tmp_path / f"{i}.png")
     # the run config summary, the per-generation table, the final pool table, how-to-read texts
-    for text in ("kinship seed=0 (kin)", "Per generation", "best in pool", "Final pool",
+    for text in ("run · kin (kinship)", "Per generation", "best in pool", "Final pool",
                  "kinship early stop", "not made", "How to read this", "arith", "copy", "qa",
                  "Pearson r with |gain|", "/zoo/math"):
         assert text in page, text
@@ -397,7 +397,7 @@ def test_two_runs_in_one_store_and_one_report(tmp_path: Path) -> None:
     rows = compare_table([run_dir])["runs"]
     assert [r["run_id"] for r in rows] == ["kin-a", "kin-b"]
     page = write_report([run_dir], tmp_path / "out").read_text()
-    assert "kinship seed=0 (kin-a)" in page and "kinship seed=1 (kin-b)" in page
+    assert f"{run_dir.name} · kin-a (kinship)" in page and f"{run_dir.name} · kin-b (kinship)" in page
     assert "<h3>Comparison</h3>" in page
     assert page.count("data:image/png;base64,") == 3 + 2 * 2
     # both runs hold the same 11 merges (one store, content ids): each is one point, not two

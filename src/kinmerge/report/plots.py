@@ -53,7 +53,7 @@ def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")  # keeps a legend placed beside the axes
         os.replace(tmp, out)
     finally:
         plt.close(fig)
@@ -93,6 +93,18 @@ def _points(xs: Sequence[int], ys: Sequence[float | None]) -> tuple[list[int], l
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def _legend(fig: Any, ax: Any, inside: int = 6) -> None:
+    """A legend inside the axes for a few entries; beside them (figure widened) for many."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= inside:
+        ax.legend(fontsize=7.5, loc="best")
+        return
+    columns = 1 if entries <= 24 else 2
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 3.6 * columns, max(height, 0.19 * entries / columns + 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns, frameon=False)
+
+
 def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, title: str | None = None) -> Path | None:
     """Best (solid) and mean (dotted) average score per generation, one colour per run.
 
@@ -119,7 +131,7 @@ def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, t
     ax.set_ylabel("average task score")
     ax.set_xticks(range(0, max_gen + 1))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="best")
+    _legend(fig, ax)
     ax.set_title(title or "Score per generation", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
@@ -182,7 +194,7 @@ def plot_topk_kinship(
         ax.set_ylim(max(-1.05, lo - 0.05), 1.05)
     ax.set_xticks(range(0, max_gen + 1))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="best")
+    _legend(fig, ax)
     ax.set_title(title or f"Kinship of the top-{k} per generation ({METRIC_NAMES[metric]})", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

@@ -68,9 +68,13 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """A short name for legends: ``strategy seed=N (run id)``."""
-        seed = "" if self.run.seed is None else f" seed={self.run.seed}"
-        return f"{self.run.strategy}{seed} ({self.run.id})"
+        """A short name for legends: ``run dir · run id`` (plus the strategy if the id hides it).
+
+        The run directory names the foundation set in the demo, so curves of several sets
+        stay distinguishable.
+        """
+        strategy = "" if self.run.strategy in self.run.id else f" ({self.run.strategy})"
+        return f"{self.run_dir.name} · {self.run.id}{strategy}"
 
     @property
     def foundations(self) -> list[ModelView]:
