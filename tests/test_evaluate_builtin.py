@@ -266,9 +266,27 @@ def test_cli_eval_table_and_errors(micro_zoo, tmp_path):  # noqa: F811
     bad = runner.invoke(cli, ["eval", str(micro_zoo.base), "--tasks", str(tmp_path)])
     assert bad.exit_code == 2 and f"{tmp_path / 't.jsonl'}:1:" in bad.stderr
     bad = runner.invoke(cli, ["eval", str(tmp_path), "--tasks", str(micro_zoo.tasks_dir)])
-    assert bad.exit_code == 2 and "not a model folder" in bad.stderr
+    assert bad.exit_code == 2 and "point at a Hugging Face model folder" in bad.stderr
 
 
 def test_cli_eval_help_has_an_example():
     result = CliRunner().invoke(cli, ["eval", "--help"])
     assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_eval_results_are_cached_by_content_and_settings(micro_zoo, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    monkeypatch.setenv("KINMERGE_CACHE", str(tmp_path / "cache"))
+    model = micro_zoo.specialists["add"]
+    args = ["eval", str(model), "--tasks", str(micro_zoo.tasks_dir), "--limit", "5", "--json"]
+    first = json.loads(CliRunner().invoke(cli, args).stdout)
+    assert first["cached"] is False
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)  # same content, other path: same cache entry
+    second = json.loads(CliRunner().invoke(cli, [*args[:1], str(copy), *args[2:]]).stdout)
+    assert second["cached"] is True and second["scores"] == first["scores"]
+    other = json.loads(CliRunner().invoke(cli, [*args[:5], "3", "--json"]).stdout)  # other settings
+    assert other["cached"] is False
+    fresh = json.loads(CliRunner().invoke(cli, [*args, "--no-cache"]).stdout)
+    assert fresh["cached"] is False and fresh["scores"] == first["scores"]

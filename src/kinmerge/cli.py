@@ -384,13 +384,15 @@ def _evaluator_settings(evaluator: str, tasks: str, limit: int | None, batch_siz
               help="Use only the first N examples of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Sequences per forward pass  [default: the evaluator's, 64 for builtin]")
+@click.option("--no-cache", is_flag=True, help="Recompute even if a cached result exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_cmd(model: str, tasks: str, evaluator: str, limit: int | None, batch_size: int | None,
-             as_json: bool) -> None:
+             as_json: bool, no_cache: bool) -> None:
     """Score MODEL (a local Hugging Face folder) on a task set.
 
     Prints each task's accuracy and mean answer log-likelihood, and the average accuracy over
-    the tasks (the paper's P̄).
+    the tasks (the paper's P̄). Results are cached by (model content id, evaluator, settings
+    incl. the task set's content) under ~/.cache/kinmerge/evaluations; --no-cache recomputes.
 
     \b
     Example:
@@ -398,11 +400,12 @@ def eval_cmd(model: str, tasks: str, evaluator: str, limit: int | None, batch_si
       kinmerge eval ./merged --tasks ./my-tasks --limit 50 --json
     """
     from kinmerge.evaluate import get_evaluator
+    from kinmerge.evaluate.cache import evaluate_cached
 
     settings = _evaluator_settings(evaluator, tasks, limit, batch_size, progress=True)
-    result = get_evaluator(evaluator, **settings).evaluate(Path(model))
+    result, cached = evaluate_cached(get_evaluator(evaluator, **settings), model, refresh=no_cache)
     if as_json:
-        echo_json({"model": model, "evaluator": evaluator, **result.to_dict()})
+        echo_json({"model": model, "evaluator": evaluator, "cached": cached, **result.to_dict()})
         return
     from rich.console import Console
     from rich.table import Table
@@ -421,6 +424,8 @@ def eval_cmd(model: str, tasks: str, evaluator: str, limit: int | None, batch_si
     table.add_section()
     table.add_row("[bold]average[/]", f"[bold]{result.average:.3f}[/]", "", "")
     Console().print(table)
+    if cached:
+        click.echo("(from the evaluation cache; --no-cache recomputes)", err=True)
 
 
 @cli.group("zoo", cls=_Group)
@@ -490,8 +495,8 @@ def _print_zoo(zoo: Any, as_json: bool) -> None:
     table.add_column("task")
     for task in tasks:
         table.add_column(task, justify="right")
-    table.add_column("average", justify="right")
-    rows = [("base", "(mixture)", zoo.base)] + [
+    table.add_column("avg", justify="right")
+    rows = [("base", "mix", zoo.base)] + [
         (name, zoo.task_of(name), path) for name, path in zoo.specialists.items()]
     for name, task, _ in rows:
         s = scores.get(name, {})
