@@ -13,14 +13,20 @@ from kinmerge import _kernels
 from kinmerge.kinship import KinshipStats, parse_metrics, reference_kinship
 from kinmerge.sources import to_bf16_bits
 
-BACKENDS = ["numpy"] + (["numba"] if _kernels.HAVE_NUMBA else [])
+# Every backend this environment has, and every C code path this CPU can run ("c:avx512", ...).
+BACKENDS = ["numpy"] + (["c"] if _kernels.have_c() else []) + [f"c:{isa}" for isa in _kernels.c_isas()]
+
+
+def _acc(base, base_dtype, models, model_dtypes, backend):
+    name, _, isa = backend.partition(":")
+    return _kernels.accumulate(base, base_dtype, models, model_dtypes, backend=name, isa=isa or None)
 
 
 def _stats(base: np.ndarray, models: list[np.ndarray], chunk: int, backend: str, dtype: str = "F64") -> KinshipStats:
     st_ = KinshipStats.empty(len(models))
     for lo in range(0, base.size, chunk):
         hi = min(base.size, lo + chunk)
-        sums, gram = _kernels.accumulate(base[lo:hi], dtype, [m[lo:hi] for m in models], [dtype] * len(models), backend=backend)
+        sums, gram = _acc(base[lo:hi], dtype, [m[lo:hi] for m in models], [dtype] * len(models), backend)
         st_.n += hi - lo
         st_.sums += sums
         st_.gram += gram
@@ -50,7 +56,7 @@ def test_streaming_equals_reference(backend, n, n_models, chunk, seed, dtype):
     st_ = KinshipStats.empty(n_models)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        s, g = _kernels.accumulate(raw[0][lo:hi], dtype, [r[lo:hi] for r in raw[1:]], [dtype] * n_models, backend=backend)
+        s, g = _acc(raw[0][lo:hi], dtype, [r[lo:hi] for r in raw[1:]], [dtype] * n_models, backend)
         st_.n += hi - lo
         st_.sums += s
         st_.gram += g
@@ -155,6 +161,133 @@ def test_exact_at_scale_where_float32_drifts():
     assert s.value("pcc", 0, 1) == pytest.approx(want_pcc, rel=1e-9)
     assert s.value("ed", 0, 1) == pytest.approx(want_ed, rel=1e-9)
     del raw
+
+
+def test_c_kernel_is_built_here():
+    """The extension is optional for users without a compiler, but never silently missing here."""
+    assert _kernels.have_c(), "kinmerge._kinship_c is not built: run pip install -e . (needs a C compiler)"
+    assert _kernels.default_backend() == "c"
+    assert "generic" in _kernels.c_isas()
+    assert _kernels.c_isa() in _kernels.c_isas()
+
+
+needs_c = pytest.mark.skipif(not _kernels.have_c(), reason="C kernel not built (test_c_kernel_is_built_here fails)")
+
+
+def _raw(values: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return to_bf16_bits(values.astype(np.float32))
+    return values.astype({"F64": np.float64, "F32": np.float32, "F16": np.float16}[dtype])
+
+
+@needs_c
+@pytest.mark.parametrize("n_models", [1, 2, 3, 4, 5, 6, 7, 8, 11, 14])
+@pytest.mark.parametrize("m", [1, 5, 8, 37, 512, 513, 1000, 4133])
+def test_c_paths_agree_with_numpy_every_shape(n_models, m):
+    """Fused (<= 6 models), tiled (more), every tail length, every code path of this CPU."""
+    rng = np.random.default_rng(n_models * 10007 + m)
+    base = rng.standard_normal(m)
+    vals = [base + rng.standard_normal(m) * 0.1 + 0.01 * i for i in range(n_models)]
+    for dtype in ("F64", "F32", "F16", "BF16"):
+        raw = [_raw(v, dtype) for v in [base, *vals]]
+        want = _kernels.accumulate(raw[0], dtype, raw[1:], [dtype] * n_models, backend="numpy")
+        for isa in _kernels.c_isas():
+            got = _kernels.accumulate(raw[0], dtype, raw[1:], [dtype] * n_models, backend="c", isa=isa)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12 * m, err_msg=f"{dtype} {isa}")
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-12 * m, err_msg=f"{dtype} {isa}")
+            assert np.array_equal(got[1], got[1].T)
+
+
+@needs_c
+@pytest.mark.parametrize("n_models", [1, 2, 5, 9])
+def test_c_mixed_dtypes(n_models):
+    rng = np.random.default_rng(n_models)
+    m = 777
+    base = rng.standard_normal(m)
+    kinds = ["BF16", "F16", "F32", "F64"]
+    dts = [kinds[i % 4] for i in range(n_models)]
+    raw_models = [_raw(base + rng.standard_normal(m) * 0.1, t) for t in dts]
+    for base_dtype in kinds:
+        raw_base = _raw(base, base_dtype)
+        want = _kernels.accumulate(raw_base, base_dtype, raw_models, dts, backend="numpy")
+        for isa in _kernels.c_isas():
+            got = _kernels.accumulate(raw_base, base_dtype, raw_models, dts, backend="c", isa=isa)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-9)
+
+
+@needs_c
+@pytest.mark.parametrize("isa", _kernels.c_isas())
+@pytest.mark.parametrize("mixed", [False, True])
+def test_c_f16_every_bit_pattern_is_exact(isa, mixed):
+    """All 65536 halves: normals, subnormals, ±0 exactly; Inf and NaN stay non-finite.
+
+    Six models a call (the fused path; a float32 base takes the widening path), model i holding
+    one value at position i and zeros elsewhere, so sums[i] is that value and gram[i, i] its square.
+    """
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    want = halves.astype(np.float64)
+    k = 6
+    base = np.zeros(8, dtype=np.float32 if mixed else np.float16)
+    base_dtype = "F32" if mixed else "F16"
+    for start in range(0, 1 << 16, k):
+        idx = np.arange(start, min(start + k, 1 << 16))
+        models = [np.zeros(8, dtype=np.float16) for _ in idx]
+        for i, j in enumerate(idx):
+            models[i][i] = halves[j]
+        s, g = _kernels.accumulate(base, base_dtype, models, ["F16"] * len(idx), backend="c", isa=isa)
+        v = want[idx]
+        fin = np.isfinite(v)
+        assert np.array_equal(s[fin], v[fin]) and np.array_equal(np.diag(g)[fin], v[fin] ** 2), hex(start)
+        assert not np.isfinite(s[~fin]).any() and np.array_equal(np.isnan(s[~fin]), np.isnan(v[~fin])), hex(start)
+
+
+@needs_c
+@pytest.mark.parametrize("isa", _kernels.c_isas())
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_c_nan_and_inf_propagate(isa, dtype, bad):
+    """The scan finds damaged tensors by non-finite sums: the kernel must never swallow them."""
+    for n_models, where in ((2, 1), (6, 5), (8, 7)):
+        base = np.linspace(-1, 1, 1001)
+        models = [base + 0.01 * (i + 1) for i in range(n_models)]
+        models[where] = models[where].copy()
+        models[where][517] = bad
+        raw = [_raw(v, dtype) for v in [base, *models]]
+        s, g = _kernels.accumulate(raw[0], dtype, raw[1:], [dtype] * n_models, backend="c", isa=isa)
+        assert not np.isfinite(s[where]) and not np.isfinite(g[where, where])
+        assert np.isfinite(s[0]) and np.isfinite(g[0, 0])
+        if np.isnan(bad):
+            assert np.isnan(s[where])
+
+
+@needs_c
+def test_c_results_are_deterministic_and_thread_safe():
+    """Same inputs, same bits, also when called from many threads at once (the GIL is released)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    m = 200_003
+    base = to_bf16_bits(rng.standard_normal(m).astype(np.float32))
+    models = [to_bf16_bits(rng.standard_normal(m).astype(np.float32)) for _ in range(5)]
+    first = _kernels.accumulate(base, "BF16", models, ["BF16"] * 5, backend="c")
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: _kernels.accumulate(base, "BF16", models, ["BF16"] * 5, backend="c"), range(16)))
+    for s, g in runs:
+        assert np.array_equal(s, first[0]) and np.array_equal(g, first[1])
+
+
+def test_accumulate_rejects_bad_arguments():
+    a = np.zeros(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="unknown kinship backend 'numba'"):
+        _kernels.accumulate(a, "F32", [a], ["F32"], backend="numba")
+    if _kernels.have_c():
+        with pytest.raises(ValueError, match="1-D with 4 elements"):
+            _kernels.accumulate(a, "F32", [np.zeros(5, dtype=np.float32)], ["F32"], backend="c")
+        with pytest.raises(ValueError, match="4-byte raw values"):
+            _kernels.accumulate(a, "F32", [np.zeros(4)], ["F32"], backend="c")
+        with pytest.raises(ValueError, match="refused"):
+            _kernels.accumulate(a, "F32", [a], ["F32"], backend="c", isa="no-such-isa")
 
 
 @pytest.mark.parametrize(

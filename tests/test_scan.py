@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -175,15 +176,112 @@ def test_per_layer_breakdown_sums_to_global(tmp_path):
     assert layer_of("transformer.h.3.attn.c_attn.weight") == "layer 3"
 
 
-def test_numpy_and_numba_backends_agree(tmp_path):
+def test_backends_agree(tmp_path):
     from kinmerge import _kernels
 
-    if not _kernels.HAVE_NUMBA:
-        pytest.skip("numba not installed")
     base, kids = make_family(tmp_path, 3)
-    a, _ = _scan(base, kids, backend="numba")
-    b, _ = _scan(base, kids, backend="numpy")
-    np.testing.assert_allclose(a.stats.gram, b.stats.gram, rtol=1e-10)
+    ref, _ = _scan(base, kids, backend="numpy")
+    for backend in ["c"] if _kernels.have_c() else []:
+        got, _ = _scan(base, kids, backend=backend)
+        np.testing.assert_allclose(got.stats.gram, ref.stats.gram, rtol=1e-10)
+        np.testing.assert_allclose(got.stats.sums, ref.stats.sums, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+def test_bit_identical_whatever_the_threads(tmp_path, dtype):
+    """Chunks are reduced in chunk order: thread count and timing never change a bit."""
+    base, kids = make_family(tmp_path, 5, dtype=dtype)
+    runs = [_scan(base, kids, chunk=37, threads=t)[0] for t in (1, 2, 3, 8, 2)]
+    for r in runs[1:]:
+        assert r.stats.n == runs[0].stats.n
+        assert np.array_equal(r.stats.sums, runs[0].stats.sums)
+        assert np.array_equal(r.stats.gram, runs[0].stats.gram)
+        for name, st in r.per_tensor.items():
+            assert np.array_equal(st.gram, runs[0].per_tensor[name].gram)
+
+
+def test_threads_from_environment(tmp_path, monkeypatch):
+    import threading
+
+    from kinmerge import _kernels
+    from kinmerge.scan import n_threads
+
+    monkeypatch.setenv("KINMERGE_THREADS", "3")
+    assert n_threads() == 3
+    base, kids = make_family(tmp_path, 2)
+    seen = set()
+    real = _kernels.accumulate
+
+    def spy(*a, **kw):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.002)  # long enough that every worker gets a chunk
+        return real(*a, **kw)
+
+    monkeypatch.setattr(_kernels, "accumulate", spy)
+    _scan(base, kids, chunk=16)
+    assert len(seen) == 3 and all(name.startswith("kinmerge-scan-") for name in seen)
+
+
+def test_progress_reports_every_byte(tmp_path):
+    base, kids = make_family(tmp_path, 3)
+    got = []
+    result, srcs = _scan(base, kids, chunk=50, progress=got.append)
+    assert sum(got) == result.bytes_read == sum(s.stats.bytes_read for s in srcs)
+    assert len(got) == sum(-(-t.numel // 50) for t in srcs[0].tensors.values())
+
+
+def test_read_error_in_a_worker_is_raised_and_workers_stop(tmp_path, monkeypatch):
+    import threading
+
+    from kinmerge.errors import CorruptFileError
+
+    base, kids = make_family(tmp_path, 2)
+    before = threading.active_count()
+    with open_models([base, *kids]) as srcs:
+        real = srcs[2].read_range
+        calls = [0]
+
+        def failing(name, start, stop, out=None):
+            calls[0] += 1
+            if calls[0] == 5:
+                raise CorruptFileError("boom: cut short")
+            return real(name, start, stop, out)
+
+        monkeypatch.setattr(srcs[2], "read_range", failing)
+        with pytest.raises(CorruptFileError, match="boom"):
+            scan(srcs[0], srcs[1:], chunk=8, threads=3)
+    assert threading.active_count() == before
+
+
+def test_sources_without_concurrent_reads_are_serialised(tmp_path):
+    """A source that is not thread-safe (like GGUF's one-tensor cache) is read under a lock."""
+    import threading
+    import time
+
+    base, kids = make_family(tmp_path, 2)
+    with open_models([base, *kids]) as srcs:
+        inside = [0]
+        worst = [0]
+        lock = threading.Lock()
+        real = srcs[1].read_range
+
+        def slow(name, start, stop, out=None):
+            with lock:
+                inside[0] += 1
+                worst[0] = max(worst[0], inside[0])
+            time.sleep(0.001)
+            try:
+                return real(name, start, stop, out)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
+        srcs[1].read_range = slow
+        srcs[1].concurrent_reads = False
+        serial = scan(srcs[0], srcs[1:], chunk=16, threads=4)
+        assert worst[0] == 1
+    ref, _ = _scan(base, kids, chunk=16, threads=1)
+    assert np.array_equal(serial.stats.gram, ref.stats.gram)
 
 
 def test_open_model_single_file(tmp_path):

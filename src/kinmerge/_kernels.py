@@ -1,72 +1,34 @@
 """The hot loop of kinship: one fused pass from raw tensor values to float64 accumulators.
 
 For a chunk of a tensor we have the base's raw values and N models' raw values; we need
-Σδ_i and Σδ_iδ_j with δ_i = model_i − base, every value widened exactly to float64. With
-separate numpy calls this touches memory 4–5 times per element (widen, subtract, multiply,
-reduce); the fused numba kernel reads each input once and keeps every accumulator in a register,
-which measured ~3x–10x faster on 2 cores (benchmarks/kinship_bench.py). numba is optional
-(``kinmerge[fast]``): without it the numpy path gives the same numbers, slower.
+Σδ_i and Σδ_iδ_j with δ_i = model_i − base, every value widened exactly to float64.
 
-How the kernel stays fast, all learned by measuring:
-  * one generated loop per model count, with scalar accumulators (``s0``, ``g0_1``, ...), so
-    LLVM keeps them in registers and, with reassociation allowed, vectorises the reductions;
-  * loops run over sliced views with ``range(view.size)``: an offset index (``lo + k``) makes
-    numba add a negative-index check that blocks vectorisation (3–4x slower);
-  * BF16 is widened with a bit cast (``bits << 16`` *is* the float32 of the same value) through a
-    tiny LLVM intrinsic instead of a buffer + ``view``;
-  * more than ``_GROUP`` models are tiled into groups (diagonal tiles + cross tiles), since
-    dozens of live accumulators spill out of registers.
-Generated kernels are written once to ``$KINMERGE_CACHE/kernels`` and imported from there, so
-numba's on-disk cache works and later runs start without compiling.
+Two backends give the same numbers (to the last few bits; tests compare them):
+
+* ``c``: ``_kinship.c``, built by ``setup.py`` as an optional extension and called through
+  ctypes, which releases the GIL for the call (the scan runs one call per worker thread). It
+  reads each input once and keeps every accumulator in registers; see the C file for its layout
+  and docs/decisions.md for why C (it replaced a numba kernel: same speed, no ~1 s start-up, no
+  numba/llvmlite/scipy in the install).
+* ``numpy``: widen, subtract, ``d @ d.T``. Several passes over memory, 3-10x slower; used when
+  the extension was not built (no compiler at install time).
+
+``backend="auto"`` takes C when it is built. ``KINMERGE_KERNEL=numpy`` forces the fallback and
+``KINMERGE_KERNEL_ISA=generic|avx2|avx512`` a C code path (tests and benchmarks).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_GROUP = 6  # models per diagonal tile; more spill registers (measured: 8 models is 2x slower/pos)
-_CROSS = 4  # models per side of an off-diagonal tile
-_MIN_PER_THREAD = 1 << 16  # below this, threading costs more than it saves
-
-try:
-    if os.environ.get("KINMERGE_NO_NUMBA"):
-        raise ImportError("disabled by KINMERGE_NO_NUMBA")
-    from llvmlite import ir
-    from numba import njit, types
-    from numba.extending import intrinsic, overload
-
-    _FASTMATH = {"reassoc", "contract"}  # keeps NaN/Inf semantics: the scan relies on them
-
-    @intrinsic
-    def _bits_to_f32(typingctx, bits):  # type: ignore[no-untyped-def]
-        sig = types.float32(types.uint32)
-
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return sig, codegen
-
-    def load(x):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced by the overload
-        """float64 of one raw value: uint16 means BF16 bits; floats convert exactly."""
-
-    @overload(load, inline="always", fastmath=_FASTMATH)
-    def _load_overload(x):  # type: ignore[no-untyped-def]
-        if isinstance(x, types.Integer):
-            return lambda x: np.float64(_bits_to_f32(np.uint32(x) << np.uint32(16)))
-        return lambda x: np.float64(x)
-
-    HAVE_NUMBA = True
-except ImportError:
-    HAVE_NUMBA = False
+DTYPE_CODES = {"F64": 0, "F32": 1, "F16": 2, "BF16": 3}
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+ISAS = {"generic": 1, "avx2": 2, "avx512": 3}  # the C kernel's code paths (KM_ISA_* in _kinship.c)
+BACKENDS = ("auto", "c", "numpy")
 
 
 def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -81,6 +43,64 @@ def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
         return raw.astype(np.float64)
 
 
+@cache
+def _clib() -> Any:
+    """The C kernel (a ctypes library), or None when the extension was not built."""
+    import ctypes
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("kinmerge._kinship_c")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.km_accumulate_isa.argtypes = [p, i, p, p, i, i64, p, p, i]
+    lib.km_accumulate_isa.restype = i
+    lib.km_isa_mask.restype = i
+    lib.km_isa_best.restype = i
+    return lib
+
+
+def have_c() -> bool:
+    """True when the C kernel is built and loadable."""
+    return _clib() is not None
+
+
+def c_isas() -> list[str]:
+    """The C code paths this CPU can run (``generic`` always; ``avx2``, ``avx512`` on x86-64)."""
+    lib = _clib()
+    if lib is None:
+        return []
+    mask = lib.km_isa_mask()
+    return [name for name, code in ISAS.items() if mask & (1 << code)]
+
+
+def c_isa() -> str | None:
+    """The C code path ``accumulate`` uses here (honours ``KINMERGE_KERNEL_ISA``), or None."""
+    lib = _clib()
+    if lib is None:
+        return None
+    forced = os.environ.get("KINMERGE_KERNEL_ISA")
+    if forced:
+        return forced
+    best = lib.km_isa_best()
+    return next(name for name, code in ISAS.items() if code == best)
+
+
+def default_backend() -> str:
+    """What ``backend="auto"`` resolves to: ``c`` when built, else ``numpy``."""
+    forced = os.environ.get("KINMERGE_KERNEL")
+    if forced:
+        return forced
+    return "c" if have_c() else "numpy"
+
+
 def accumulate(
     base: np.ndarray,
     base_dtype: str,
@@ -88,6 +108,7 @@ def accumulate(
     model_dtypes: list[str],
     *,
     backend: str = "auto",
+    isa: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Σδ_i (N,) and Σδ_iδ_j (N, N), in float64, for one chunk.
 
@@ -95,156 +116,59 @@ def accumulate(
         base: the base's raw values for the chunk, shape (m,).
         base_dtype: its safetensors dtype name (BF16 given as uint16 bits).
         models: N raw arrays of shape (m,), dtypes in ``model_dtypes``.
-        backend: "numba", "numpy", or "auto" (numba when installed).
+        backend: "c", "numpy", or "auto" (C when built).
+        isa: a C code path from ``c_isas()`` (default: the best this CPU has).
+
+    Raises:
+        RuntimeError: ``backend="c"`` but the extension is not built.
+        ValueError: an unknown backend, or arrays of different lengths.
     """
-    use_numba = HAVE_NUMBA if backend == "auto" else backend == "numba"
-    if use_numba and not HAVE_NUMBA:
-        raise RuntimeError("the numba kinship backend needs numba: pip install 'kinmerge[fast]'")
-    if not use_numba:
+    if backend == "auto":
+        backend = default_backend()
+    if backend == "numpy":
         b = widen(base, base_dtype)
         d = np.stack([widen(m, t) - b for m, t in zip(models, model_dtypes, strict=True)])
         return d.sum(axis=1), d @ d.T
-    base = _numba_input(base, base_dtype)
-    models = [_numba_input(m, t) for m, t in zip(models, model_dtypes, strict=True)]
+    if backend != "c":
+        raise ValueError(f"unknown kinship backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    lib = _clib()
+    if lib is None:
+        raise RuntimeError(
+            "the C kinship kernel is not built (no C compiler when kinmerge was installed?); "
+            "reinstall with a compiler (pip install -e .) or use backend='numpy'"
+        )
+    return _c_accumulate(lib, base, base_dtype, models, model_dtypes, isa or os.environ.get("KINMERGE_KERNEL_ISA"))
+
+
+def _c_accumulate(lib: Any, base: np.ndarray, base_dtype: str, models: list[np.ndarray], model_dtypes: list[str],
+                  isa: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import ctypes
+
     n = len(models)
-    sums, gram = np.zeros(n), np.zeros((n, n))
-    groups = [list(range(i, min(n, i + _GROUP))) for i in range(0, n, _GROUP)]
-    if len(groups) > 1:  # tile: diagonal groups small enough for the cross tiles too
-        groups = [list(range(i, min(n, i + _CROSS))) for i in range(0, n, _CROSS)]
-    for gi, group in enumerate(groups):
-        s, g = _run_split(_diag_kernel(len(group)), base, [models[i] for i in group])
-        sums[group] = s
-        gram[np.ix_(group, group)] = g
-        for other in groups[gi + 1 :]:
-            cross = _run_split(_cross_kernel(len(group), len(other)), base, [models[i] for i in group + other])
-            gram[np.ix_(group, other)] = cross
-            gram[np.ix_(other, group)] = cross.T
+    if n != len(model_dtypes):
+        raise ValueError("models and model_dtypes differ in length")
+    m = base.shape[0]
+    arrays = [_c_input(base, base_dtype, m)] + [_c_input(a, t, m) for a, t in zip(models, model_dtypes, strict=True)]
+    ptrs = (ctypes.c_void_p * n)(*[a.__array_interface__["data"][0] for a in arrays[1:]])
+    codes = (ctypes.c_int * n)(*[DTYPE_CODES[t] for t in model_dtypes])
+    sums = np.empty(n)
+    gram = np.empty((n, n))
+    code = 0 if isa is None else ISAS.get(isa, -1)
+    rc = lib.km_accumulate_isa(arrays[0].__array_interface__["data"][0], DTYPE_CODES[base_dtype], ptrs, codes, n, m,
+                               sums.__array_interface__["data"][0], gram.__array_interface__["data"][0], code)
+    if rc != 0:
+        raise ValueError(f"the C kinship kernel refused its arguments (code path {isa or 'best'!r} on this CPU: "
+                         f"{', '.join(c_isas())})")
     return sums, gram
 
 
-def _numba_input(raw: np.ndarray, dtype: str) -> np.ndarray:
-    # numba has no CPU float16: widen F16 to float32 (exact) first.
-    return raw.astype(np.float32) if dtype == "F16" else raw
-
-
-# -- threading: split a chunk across cores; kernels release the GIL ---------------------------
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_n_threads(), thread_name_prefix="kinmerge-kernel")
-
-
-def _n_threads() -> int:
-    env = os.environ.get("KINMERGE_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _run_split(kernel: Any, base: np.ndarray, models: list[np.ndarray]) -> Any:
-    m = base.shape[0]
-    parts = max(1, min(_n_threads(), m // _MIN_PER_THREAD))
-    if parts == 1:
-        return kernel.finish(kernel(base, *models, 0, m))
-    bounds = [m * p // parts for p in range(parts + 1)]
-    futures = [
-        _pool().submit(kernel, base, *models, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    results = [f.result() for f in futures]
-    total = np.sum(np.array(results, dtype=np.float64), axis=0)
-    return kernel.finish(tuple(total))
-
-
-# -- generated kernels ------------------------------------------------------------------------
-
-
-class _Kernel:
-    """A compiled kernel plus how to turn its flat tuple of accumulators into arrays."""
-
-    def __init__(self, fn: Any, finish: Any):
-        self._fn = fn
-        self.finish = finish
-
-    def __call__(self, *args: Any) -> tuple[float, ...]:
-        return self._fn(*args)
-
-
-@cache
-def _diag_kernel(n: int) -> _Kernel:
-    """Σδ_i and the upper triangle of Σδ_iδ_j for n models."""
-    pairs = [(i, j) for i in range(n) for j in range(i, n)]
-    body = [f"        d{i} = load(v{i}[k]) - bb" for i in range(n)]
-    body += [f"        s{i} += d{i}" for i in range(n)]
-    body += [f"        g{i}_{j} += d{i} * d{j}" for i, j in pairs]
-    accs = [f"s{i}" for i in range(n)] + [f"g{i}_{j}" for i, j in pairs]
-    fn = _compile(f"diag{n}", n, body, accs)
-
-    def finish(flat: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-        sums = np.array(flat[:n], dtype=np.float64)
-        gram = np.zeros((n, n))
-        for (i, j), v in zip(pairs, flat[n:], strict=True):
-            gram[i, j] = gram[j, i] = v
-        return sums, gram
-
-    return _Kernel(fn, finish)
-
-
-@cache
-def _cross_kernel(na: int, nb: int) -> _Kernel:
-    """Σδ_aδ_b between a group of na models (args first) and a group of nb models."""
-    n = na + nb
-    pairs = [(i, na + j) for i in range(na) for j in range(nb)]
-    body = [f"        d{i} = load(v{i}[k]) - bb" for i in range(n)]
-    body += [f"        g{i}_{j} += d{i} * d{j}" for i, j in pairs]
-    fn = _compile(f"cross{na}x{nb}", n, body, [f"g{i}_{j}" for i, j in pairs])
-
-    def finish(flat: tuple[float, ...]) -> np.ndarray:
-        return np.array(flat, dtype=np.float64).reshape(na, nb)
-
-    return _Kernel(fn, finish)
-
-
-def _compile(name: str, n: int, body: list[str], accs: list[str]) -> Any:
-    args = ", ".join(f"m{i}" for i in range(n))
-    lines = [
-        "# Generated by kinmerge._kernels; safe to delete (it is rewritten when missing).",
-        "import numpy as np",
-        "from numba import njit",
-        "from kinmerge._kernels import load, _FASTMATH",
-        "",
-        "@njit(cache=True, nogil=True, fastmath=_FASTMATH)",
-        f"def kernel(b, {args}, lo, hi):",
-        "    bs = b[lo:hi]",
-        *[f"    v{i} = m{i}[lo:hi]" for i in range(n)],
-        *[f"    {a} = 0.0" for a in accs],
-        "    for k in range(bs.size):",
-        "        bb = load(bs[k])",
-        *body,
-        f"    return ({', '.join(accs)},)",
-        "",
-    ]
-    source = "\n".join(lines)
-    digest = hashlib.blake2b(source.encode(), digest_size=6).hexdigest()
-    module_name = f"kinmerge_kernel_{name}_{digest}"
-    folder = Path(os.environ.get("KINMERGE_CACHE") or Path.home() / ".cache" / "kinmerge") / "kernels"
-    path = folder / f"{module_name}.py"
-    try:
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(source)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module.kernel
-    except OSError:  # read-only home: compile in memory, without numba's disk cache
-        namespace: dict[str, Any] = {}
-        exec(compile(source.replace("cache=True", "cache=False"), module_name, "exec"), namespace)  # noqa: S102
-        return namespace["kernel"]
+def _c_input(raw: np.ndarray, dtype: str, m: int) -> np.ndarray:
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CODES)}")
+    if raw.ndim != 1 or raw.shape[0] != m:
+        raise ValueError(f"every input must be 1-D with {m} elements, got shape {raw.shape}")
+    if raw.dtype.itemsize != _ITEMSIZE[dtype] or raw.dtype.kind not in "fu":
+        raise ValueError(f"a {dtype} input must hold {_ITEMSIZE[dtype]}-byte raw values, got {raw.dtype}")
+    if not raw.dtype.isnative or not raw.flags.c_contiguous:
+        raw = np.ascontiguousarray(raw, dtype=raw.dtype.newbyteorder("="))
+    return raw

@@ -2,19 +2,29 @@
 
 ``scan`` checks that the models line up with the base (same tensors, same shapes, or a
 vocabulary that only differs in its number of rows), then reads every tensor once, chunk by
-chunk, in the order the base stores them, and feeds the raw chunks to the fused kernel. A reader
-thread fetches chunk k+1 while the kernel reduces chunk k. Memory is two chunks per model,
-whatever the model size. The result keeps the statistics per tensor, so breakdowns per tensor or
-per layer cost nothing extra, while the headline numbers are always the global ones (the paper
-computes kinship over the whole flattened delta, never as an average of per-layer values).
+chunk, in the order the base stores them, and feeds the raw chunks to the fused kernel.
+
+The pass runs on W worker threads (W = usable cores, or ``KINMERGE_THREADS``). Each takes whole
+chunks from a shared counter, reads its chunk of every input into its own buffers with
+positional reads, and reduces it with the kernel; both release the GIL, so workers overlap
+reading and reducing without a separate reader thread or a join per chunk. The main thread adds
+the chunks' statistics up per tensor *in chunk order*, so results are bit-identical from run to
+run whatever the threads' timing. Memory is W chunks per model (plus a bounded window of small
+per-chunk results), whatever the model size. The result keeps the statistics per tensor, so
+breakdowns per tensor or per layer cost nothing extra, while the headline numbers are always the
+global ones (the paper computes kinship over the whole flattened delta, never as an average of
+per-layer values).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +41,8 @@ from kinmerge.errors import (
 from kinmerge.kinship import KinshipStats
 from kinmerge.sources import RAW_DTYPES, ModelSource
 
-DEFAULT_CHUNK = 1 << 22  # elements per read: 8 MB of bf16 per model, two in flight
+DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
+_WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds pending results)
 _VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
@@ -189,18 +200,20 @@ def scan(
     allow_missing: bool = False,
     backend: str = "auto",
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> ScanResult:
     """Kinship statistics of ``models`` against ``base`` in one pass over every file.
 
     Args:
-        chunk: elements per read; memory is about ``2 * chunk * (N + 1) * itemsize``.
+        chunk: elements per read; memory is about ``threads * chunk * (N + 1) * itemsize``.
         allow_missing: skip tensors absent from some model instead of failing.
-        backend: kernel backend ("auto", "numba", "numpy"); all give the same numbers.
+        backend: kernel backend ("auto", "c", "numpy"); all give the same numbers.
         progress: called with bytes read after each chunk (for a progress bar).
+        threads: worker threads (default: ``KINMERGE_THREADS``, else the usable cores).
 
     Raises:
         NonFiniteError: a tensor holds NaN/Inf (names the model and tensor).
-        plus everything ``plan`` raises.
+        plus everything ``plan`` raises, and read errors (``CorruptFileError``, ``OSError``).
 
     Example:
         >>> from kinmerge.sources import open_model                      # doctest: +SKIP
@@ -214,48 +227,82 @@ def scan(
     plans, notes, skipped = plan(base, models, allow_missing=allow_missing)
     n = len(models)
     sources = [base, *models]
+    readers = [_reader(src) for src in sources]
+    dtypes = {p.name: [src.tensors[p.name].dtype for src in sources] for p in plans}
     work = [(p, lo, min(p.numel, lo + chunk)) for p in plans for lo in range(0, p.numel, chunk)]
-    buffers: list[dict[tuple[int, str], np.ndarray]] = [{}, {}]
+    n_workers = max(1, min(threads or n_threads(), len(work)))
 
-    def read(k: int) -> tuple[list[np.ndarray], int]:
-        p, lo, hi = work[k]
-        slot = buffers[k % 2]
-        out = []
-        nbytes = 0
-        for s, src in enumerate(sources):
-            dtype = src.tensors[p.name].dtype
-            key = (s, dtype)
-            if key not in slot:
-                slot[key] = np.empty(chunk, dtype=RAW_DTYPES[dtype])
-            arr = src.read_range(p.name, lo, hi, out=slot[key])
-            nbytes += arr.nbytes
-            out.append(arr)
-        return out, nbytes
+    next_chunk = itertools.count()  # next() on it is atomic: each chunk goes to exactly one worker
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    window = threading.Condition()
+    reduced = [0]  # chunks reduced so far (guarded by ``window``)
+    stop = threading.Event()
+
+    def worker() -> None:
+        buffers: dict[tuple[int, str], np.ndarray] = {}
+        while not stop.is_set():
+            k = next(next_chunk)
+            if k >= len(work):
+                return
+            with window:  # stay within _WINDOW chunks of the reduction: bounded pending results
+                while k - reduced[0] >= _WINDOW and not stop.is_set():
+                    window.wait()
+            if stop.is_set():
+                return
+            p, lo, hi = work[k]
+            dts = dtypes[p.name]
+            try:
+                raws = []
+                for s, read in enumerate(readers):
+                    buf = buffers.get((s, dts[s]))
+                    if buf is None:
+                        buf = buffers[(s, dts[s])] = np.empty(chunk, dtype=RAW_DTYPES[dts[s]])
+                    raws.append(read(p.name, lo, hi, buf))
+                sums, gram = _kernels.accumulate(raws[0], dts[0], raws[1:], dts[1:], backend=backend)
+                done.put((k, sums, gram, sum(r.nbytes for r in raws), None))
+            except BaseException as exc:  # handed to the main thread, raised in chunk order
+                done.put((k, None, None, 0, exc))
+                return
 
     per_tensor: dict[str, KinshipStats] = {}
     total = KinshipStats.empty(n)
     bytes_read = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kinmerge-reader") as reader:
-        pending = reader.submit(read, 0) if work else None
-        for k, (p, lo, hi) in enumerate(work):
-            assert pending is not None
-            raws, nbytes = pending.result()
-            # The next read fills the other buffer slot while this chunk is reduced.
-            pending = reader.submit(read, k + 1) if k + 1 < len(work) else None
-            dtypes = [src.tensors[p.name].dtype for src in sources]
-            sums, gram = _kernels.accumulate(raws[0], dtypes[0], raws[1:], dtypes[1:], backend=backend)
-            st = per_tensor.get(p.name)
-            if st is None:
-                st = per_tensor[p.name] = KinshipStats.empty(n)
-            st.n += hi - lo
-            st.sums += sums
-            st.gram += gram
-            bytes_read += nbytes
-            if progress is not None:
-                progress(nbytes)
-            if hi == p.numel:
-                _check_finite(p, st, sources, chunk)
-                total += st
+    pending: dict[int, tuple] = {}
+    pool = [threading.Thread(target=worker, name=f"kinmerge-scan-{i}", daemon=True) for i in range(n_workers)]
+    for t in pool:
+        t.start()
+    try:
+        k_next = 0
+        while k_next < len(work):
+            item = done.get()
+            pending[item[0]] = item
+            if progress is not None and item[4] is None:
+                progress(item[3])
+            while k_next in pending:  # reduce in chunk order: the same sums whatever the timing
+                _, sums, gram, nbytes, exc = pending.pop(k_next)
+                if exc is not None:
+                    raise exc
+                p, lo, hi = work[k_next]
+                st = per_tensor.get(p.name)
+                if st is None:
+                    st = per_tensor[p.name] = KinshipStats.empty(n)
+                st.n += hi - lo
+                st.sums += sums
+                st.gram += gram
+                bytes_read += nbytes
+                if hi == p.numel:
+                    _check_finite(p, st, sources, readers, chunk)
+                    total += st
+                k_next += 1
+                with window:
+                    reduced[0] = k_next
+                    window.notify_all()
+    finally:
+        stop.set()
+        with window:
+            window.notify_all()
+        for t in pool:
+            t.join()
     return ScanResult(
         base=base.display_name,
         models=[m.display_name for m in models],
@@ -268,14 +315,41 @@ def scan(
     )
 
 
-def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], chunk: int) -> None:
+def n_threads() -> int:
+    """Worker threads for a scan: ``KINMERGE_THREADS``, else the cores this process may use."""
+    env = os.environ.get("KINMERGE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+Reader = Callable[..., np.ndarray]  # (name, start, stop, out) -> raw values, like read_range
+
+
+def _reader(src: ModelSource) -> Reader:
+    """``src.read_range``, behind a lock unless the source may be read by several threads at once."""
+    if src.concurrent_reads:
+        return src.read_range
+    lock = threading.Lock()
+
+    def read(name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        with lock:
+            return src.read_range(name, start, stop, out)
+
+    return read
+
+
+def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], readers: list[Reader], chunk: int) -> None:
     """NaN/Inf anywhere in a delta makes its sums non-finite: find the culprit only then."""
     if np.isfinite(st.sums).all() and np.isfinite(np.diag(st.gram)).all():
         return
-    for src in sources:
+    for src, read in zip(sources, readers, strict=True):
         dtype = src.tensors[p.name].dtype
         for lo in range(0, p.numel, chunk):
-            vals = _kernels.widen(src.read_range(p.name, lo, min(p.numel, lo + chunk)), dtype)
+            vals = _kernels.widen(read(p.name, lo, min(p.numel, lo + chunk), None), dtype)
             bad = ~np.isfinite(vals)
             if bad.any():
                 kind = "NaN" if np.isnan(vals[bad]).any() else "Inf"

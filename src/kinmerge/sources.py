@@ -11,9 +11,10 @@ A reference is one of
 Why our own safetensors reader: numpy has no bfloat16, so ``safetensors.numpy`` cannot read the
 dtype most checkpoints ship in, and mmap-ing whole files makes every touched page count toward
 resident memory. We parse the (tiny, JSON) header ourselves, validate it against the file size,
-and read each tensor with ``readinto`` into reusable buffers: memory stays bounded by one chunk
-per model however large the model is. BF16 is returned as its raw ``uint16`` bits, tagged with
-the dtype, and widened exactly by the kinship kernel (``kinmerge._kernels``).
+and read each range with a positional read (``os.preadv``) into the caller's buffer: memory stays
+bounded by one chunk per model however large the model is, and any number of threads may read
+one source at once (no shared file position). BF16 is returned as its raw ``uint16`` bits, tagged
+with the dtype, and widened exactly by the kinship kernel (``kinmerge._kernels``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ RAW_DTYPES: dict[str, np.dtype] = {
 }
 SUPPORTED_DTYPES = tuple(RAW_DTYPES)
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+_COUNT_LOCK = threading.Lock()  # ReadStats are updated by the scan's worker threads
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -79,8 +82,12 @@ class ReadStats:
 class ModelSource:
     """A model's tensors, read lazily.
 
-    Subclasses fill ``self.tensors`` (name -> TensorInfo) and implement ``read_range``.
+    Subclasses fill ``self.tensors`` (name -> TensorInfo) and implement ``read_range``. Those
+    whose ``read_range`` may run in several threads at once set ``concurrent_reads``; the scan
+    serialises reads of the others.
     """
+
+    concurrent_reads = False
 
     def __init__(self, ref: str, path: Path, files: list[Path]):
         self.ref = ref
@@ -133,17 +140,24 @@ class ModelSource:
         return content_id_of_files(self.files)
 
     def _count(self, name: str, nbytes: int, start: int) -> None:
-        self.stats.bytes_read += nbytes
-        if start == 0:
-            self.stats.tensor_reads[name] = self.stats.tensor_reads.get(name, 0) + 1
+        with _COUNT_LOCK:
+            self.stats.bytes_read += nbytes
+            if start == 0:
+                self.stats.tensor_reads[name] = self.stats.tensor_reads.get(name, 0) + 1
 
 
 class SafetensorsSource(ModelSource):
-    """One or more ``.safetensors`` files; each file is opened once and kept open while reading."""
+    """One or more ``.safetensors`` files; each file is opened once and kept open while reading.
+
+    Reads are positional (``os.preadv`` into the caller's buffer), so threads can read at once.
+    """
+
+    concurrent_reads = True
 
     def __init__(self, ref: str, path: Path, files: list[Path]):
         super().__init__(ref, path, files)
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, int] = {}
+        self._open_lock = threading.Lock()
         for f in files:
             for info in _parse_safetensors_header(f):
                 if info.name in self.tensors:
@@ -163,12 +177,7 @@ class SafetensorsSource(ModelSource):
             )
         count = stop - start
         buf = np.empty(count, dtype=raw) if out is None or out.dtype != raw or out.size < count else out[:count]
-        fh = self._handles.get(info.file)
-        if fh is None:
-            fh = self._handles[info.file] = open(info.file, "rb", buffering=0)  # noqa: SIM115
-        fh.seek(info.offset + start * raw.itemsize)
-        view = memoryview(buf).cast("B")
-        got = fh.readinto(view)
+        got = _pread_into(self._fd(info.file), memoryview(buf).cast("B"), info.offset + start * raw.itemsize)
         if got != count * raw.itemsize:
             raise CorruptFileError(
                 f"{info.file}: tensor '{name}' is cut short ({got} of {count * raw.itemsize} bytes); "
@@ -177,14 +186,51 @@ class SafetensorsSource(ModelSource):
         self._count(name, got, start)
         return buf
 
+    def _fd(self, file: Path) -> int:
+        fd = self._handles.get(file)
+        if fd is None:
+            with self._open_lock:
+                fd = self._handles.get(file)
+                if fd is None:
+                    fd = os.open(file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    if hasattr(os, "posix_fadvise"):  # larger read-ahead for the cold-cache case
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    self._handles[file] = fd
+        return fd
+
     def close(self) -> None:
-        for fh in self._handles.values():
-            fh.close()  # type: ignore[attr-defined]
-        self._handles.clear()
+        with self._open_lock:
+            for fd in self._handles.values():
+                os.close(fd)
+            self._handles.clear()
+
+
+_SEEK_LOCK = threading.Lock()  # only where os.preadv is missing (Windows): seek + read, one at a time
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; the number of bytes read (fewer only at end of file)."""
+    got = 0
+    while got < len(view):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[got:]], offset + got)
+        else:  # pragma: no cover - no preadv on this platform
+            with _SEEK_LOCK:
+                os.lseek(fd, offset + got, os.SEEK_SET)
+                data = os.read(fd, len(view) - got)
+            n = len(data)
+            view[got : got + n] = data
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 class ArraySource(ModelSource):
     """Tensors already in memory (pickled .bin checkpoints, GGUF after dequantisation, tests)."""
+
+    concurrent_reads = True
 
     def __init__(self, ref: str, path: Path, files: list[Path], arrays: dict[str, np.ndarray]):
         super().__init__(ref, path, files)
