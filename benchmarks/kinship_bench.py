@@ -7,12 +7,12 @@ What it does, in one run (so ratios are measured under the same machine load):
    and N children whose deltas share structure (children 1-2 share a strong direction, 3-4 a
    weaker one, 5-6 only the family direction), so kinship varies by pair. Generation streams
    tensor by tensor (a fused numba kernel when numba is installed): it never holds a model in RAM.
-2. Warms up (numba kernels load from / compile into ``~/.cache/kinmerge``) and warms the page cache.
+2. Warms up (one run of each command) and warms the page cache.
 3. ``--repeat`` times, interleaved: the *floor* (a subprocess reading the same files once with
    large ``readinto`` calls), ``kinmerge kinship`` on the pair; the floor over all N+1 files,
    ``kinmerge matrix`` on the N children.
 4. Diagnostics: the fused kernel alone on in-memory chunks (1 and 2 threads), the scan with a
-   no-op kernel (reading + pipeline alone), the start-up cost (imports + kernel load).
+   no-op kernel (reading + pipeline alone), chunk sizes, the start-up cost (imports + kernel load).
 5. The exact float64 reference for the pair (numpy, tensor by tensor, float64) and the *naive*
    baseline (a subprocess that, like the reference tool, loads every model fully in fp32,
    concatenates the deltas and reduces in float32), unless it cannot fit in RAM.
@@ -345,17 +345,28 @@ def generate_family(workdir: Path, params: float, n_children: int) -> dict:
 # == workers (each runs in its own subprocess) ===============================================
 
 
-def w_floor(files: list[str], bufsize: int = READ_BUF) -> dict:
-    """Read every file once, start to end, with large readinto calls: the I/O floor."""
-    buf = bytearray(bufsize)
-    view = memoryview(buf)
+def w_floor(files: list[str], bufsize: int = READ_BUF, page_offset: int = 0) -> dict:
+    """Read every file once, start to end, with large readinto calls: the I/O floor.
+
+    The buffer is page-aligned (an anonymous mmap). A ``bytearray`` would sit at malloc's page +
+    16 bytes, and copying from the (page-aligned) page cache to a destination a few bytes ahead
+    of the source within a page takes the slow path of ``rep movsb`` on AMD Zen: 2-2.5x slower
+    (``page_offset=16`` reproduces it; the first benchmark runs measured that slow floor).
+    """
+    import mmap
+
+    mem = mmap.mmap(-1, bufsize + 4096)
+    view = memoryview(mem)[page_offset : page_offset + bufsize]
     total = 0
     t0 = time.perf_counter()
     for f in files:
         with open(f, "rb", buffering=0) as fh:
             while n := fh.readinto(view):
                 total += n
-    return {"seconds": time.perf_counter() - t0, "bytes": total}
+    seconds = time.perf_counter() - t0
+    view.release()
+    mem.close()
+    return {"seconds": seconds, "bytes": total}
 
 
 def _widen32(raw):
@@ -453,14 +464,8 @@ def w_exact(base: str, a: str, b: str) -> dict:
             "cs": s["sab"] / math.sqrt(s["saa"] * s["sbb"]), "ed": math.sqrt(s["sdd"])}
 
 
-def w_startup(n_models: str, block_scipy: str = "0") -> dict:
-    """What every CLI call pays before reading: imports and the first (cached) kernel call.
-
-    With block_scipy=1, ``scipy.linalg`` is made unimportable first: numba's BLAS probe
-    (``numba.np.arraymath._check_blas``) then fails fast instead of importing scipy.
-    """
-    if block_scipy == "1":
-        sys.modules["scipy.linalg"] = None  # type: ignore[assignment]
+def w_startup(n_models: str) -> dict:
+    """What every CLI call pays before reading: imports and the first kernel call."""
     t0 = time.perf_counter()
     import numpy as np
 
@@ -475,8 +480,9 @@ def w_startup(n_models: str, block_scipy: str = "0") -> dict:
     raw = np.zeros(1 << 17, dtype=np.uint16)
     _kernels.accumulate(raw, "BF16", [raw] * n, ["BF16"] * n)
     t3 = time.perf_counter()
+    heavy = [m for m in ("scipy", "numba", "llvmlite", "matplotlib", "torch", "transformers") if m in sys.modules]
     return {"seconds": t3 - t0, "numpy": t1 - t0, "kinmerge_import": t2 - t1, "first_kernel_call": t3 - t2,
-            "numba": _kernels.HAVE_NUMBA, "scipy_imported": sys.modules.get("scipy.linalg") is not None}
+            "backend": _kernels.default_backend(), "isa": _kernels.c_isa(), "heavy_modules": heavy}
 
 
 def w_ab(rounds: int, elements: int, dirs: list[str]) -> dict:
@@ -486,6 +492,7 @@ def w_ab(rounds: int, elements: int, dirs: list[str]) -> dict:
     differences can be trusted even on a busy machine. Returns seconds per variant and round.
     """
     import statistics as st
+    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
@@ -501,48 +508,54 @@ def w_ab(rounds: int, elements: int, dirs: list[str]) -> dict:
 
     files = [str(Path(d) / "model.safetensors") for d in dirs]
 
-    def scan(chunk: int, threads: int, kernel) -> float:
-        os.environ["KINMERGE_THREADS"] = str(threads)
-        scanmod._kernels.accumulate = kernel
+    def scan(chunk: int, threads: int | None, kernel) -> float:
+        _kernels.accumulate = kernel
         try:
             with open_models(dirs) as opened:
-                return scanmod.scan(opened[0], opened[1:], chunk=chunk).seconds
+                return scanmod.scan(opened[0], opened[1:], chunk=chunk, threads=threads).seconds
         finally:
-            scanmod._kernels.accumulate = real
+            _kernels.accumulate = real
 
     raws = [np.fromfile(f, dtype="<u2", count=elements, offset=read_header(Path(f))[0][3]) for f in files]
     m = min(r.size for r in raws)
     dt = ["BF16"] * (len(raws) - 1)
+    c = scanmod.DEFAULT_CHUNK
+    spans = [(lo, min(m, lo + c)) for lo in range(0, m, c)]
 
-    def kernel(threads: int) -> float:  # seconds per position
-        os.environ["KINMERGE_THREADS"] = str(threads)
-        t0 = time.perf_counter()
-        for lo in range(0, m, scanmod.DEFAULT_CHUNK):
-            hi = min(m, lo + scanmod.DEFAULT_CHUNK)
+    def kernel(threads: int) -> float:  # seconds per position; threads take whole chunks
+        def one(span):
+            lo, hi = span
             real(raws[0][lo:hi], "BF16", [r[lo:hi] for r in raws[1:]], dt)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, spans))
         return (time.perf_counter() - t0) / m
 
-    c = scanmod.DEFAULT_CHUNK
+    w = scanmod.n_threads()
     variants = {
         "floor_1mb": lambda: w_floor(files, 1 << 20)["seconds"],
-        "floor_8mb": lambda: w_floor(files, 8 << 20)["seconds"],
-        "scan_default": lambda: scan(c, 2, real),
-        "scan_chunk_1m": lambda: scan(1 << 20, 2, real),
-        "scan_chunk_256k": lambda: scan(1 << 18, 2, real),
-        "scan_1_kernel_thread": lambda: scan(c, 1, real),
-        "scan_noop_kernel": lambda: scan(c, 2, null),
-        "scan_noop_kernel_chunk_1m": lambda: scan(1 << 20, 2, null),
+        "floor_2mb": lambda: w_floor(files, 2 << 20)["seconds"],
+        "floor_1mb_page16": lambda: w_floor(files, 1 << 20, 16)["seconds"],
+        "scan_default": lambda: scan(c, None, real),
+        "scan_chunk_256k": lambda: scan(1 << 18, None, real),
+        "scan_chunk_1m": lambda: scan(1 << 20, None, real),
+        "scan_chunk_2m": lambda: scan(1 << 21, None, real),
+        "scan_chunk_4m": lambda: scan(1 << 22, None, real),
+        "scan_1_thread": lambda: scan(c, 1, real),
+        "scan_noop_kernel": lambda: scan(c, None, null),
         "kernel_per_pos_t1": lambda: kernel(1),
         "kernel_per_pos_t2": lambda: kernel(2),
     }
-    scan(c, 2, real)  # load the kernel once, outside the rounds
+    scan(c, None, real)  # load the kernel once, outside the rounds
     out: dict = {k: [] for k in variants}
     loads = []
     for _ in range(rounds):
         loads.append(loadavg()["load1"])
         for k, fn in variants.items():
             out[k].append(fn())
-    return {"seconds": 0.0, "rounds": rounds, "chunk_default": c, "loads": loads, "runs": out,
+    return {"seconds": 0.0, "rounds": rounds, "chunk_default": c, "workers": w, "loads": loads, "runs": out,
+            "backend": _kernels.default_backend(), "isa": _kernels.c_isa(),
             "median": {k: st.median(v) for k, v in out.items()}, "min": {k: min(v) for k, v in out.items()}}
 
 
@@ -706,7 +719,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         la = wait_quiet(args.quiet_wait)
         res["loads"].append({"block": name, **la})
 
-    print("[warm-up] first kinmerge runs (numba kernels load from ~/.cache/kinmerge, compiled if absent)", flush=True)
+    print("[warm-up] first kinmerge runs", flush=True)
     res["warmup"] = {"kinship": measure(kin_cmd, label="kinmerge kinship (warm-up)")}
     if do_matrix:
         res["warmup"]["matrix"] = measure(mat_cmd, label="kinmerge matrix (warm-up)")
@@ -734,7 +747,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         warm(pair_files)
         block("diagnostics")
         diag["startup"] = measure(worker_cmd("startup", "2"), label="start-up: imports + first kernel call")
-        diag["startup_noscipy"] = measure(worker_cmd("startup", "2", "1"), label="start-up, scipy.linalg blocked")
         elems = str(min(fam["config"]["params"], args.kernel_elements))
         diag["ab_pair"] = measure(worker_cmd("ab", str(args.ab_rounds), elems, base, *children[:2]),
                                   label=f"A/B in-process, pair, {args.ab_rounds} rounds")
@@ -819,11 +831,13 @@ def machine_info() -> dict:
             mem = int(line.split()[1]) * 1024
     info = {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu, "mem_gb": mem / 2**30,
             "python": platform.python_version(), "kernel": platform.release()}
-    for mod in ("numpy", "numba"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = "absent"
+    info["numpy"] = __import__("numpy").__version__
+    try:
+        from kinmerge import _kernels
+
+        info["kinship_kernel"] = _kernels.default_backend() + (f" ({_kernels.c_isa()})" if _kernels.have_c() else "")
+    except ImportError:
+        info["kinship_kernel"] = "?"
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=Path(__file__).resolve().parent, check=False).stdout.strip()
@@ -942,7 +956,7 @@ def render_doc(results: list[dict], path: Path) -> None:
     w("")
     w(f"- CPU: {mi['cpu']}, {mi['nproc']} cores ({mi['affinity']} usable), {mi['mem_gb']:.1f} GiB RAM, "
       f"Linux {mi['kernel']}")
-    w(f"- Python {mi['python']}, numpy {mi['numpy']}, numba {mi['numba']}")
+    w(f"- Python {mi['python']}, numpy {mi['numpy']}, kinship kernel: {mi.get('kinship_kernel', '?')}")
     for r in sorted(results, key=lambda r: r["params"]):
         commit = r.get("machine", mi)["commit"]
         w(f"- ~{r['params'] / 1e9:.2f} B run: {r['when']}, kinmerge commit {commit}")
@@ -968,14 +982,13 @@ def render_doc(results: list[dict], path: Path) -> None:
     w("  scan; the floor's read loop; the naive baseline's load + reduce). Peak RSS is that process's own")
     w("  `ru_maxrss` (`os.wait4`), started from a ~10 MB launcher: Linux carries the RSS high-water mark")
     w("  across `exec`, so a command forked straight from the benchmark would inherit its peak.")
-    w("- **Warm-up**: one `kinmerge kinship` and one `kinmerge matrix` run first. The numba kernels are")
-    w("  compiled once and cached on disk in `~/.cache/kinmerge`; the very first run on a machine pays")
-    w("  ~1-2 s of compilation, which is not in the tables.")
+    w("- **Warm-up**: one `kinmerge kinship` and one `kinmerge matrix` run first (not in the tables). The")
+    w("  kernel is C, compiled at install time: there is nothing to compile or cache at run time.")
     w("- **Warm page cache**: every file is read right before each timed block. (This VM runs DAMON")
     w("  proactive reclaim, which pages out file pages left untouched for about a minute: cached data")
     w("  does not stay warm for long here.)")
     w(f"- **Floor**: a subprocess reading the same files once, start to end, with {READ_BUF >> 20} MB `readinto`")
-    w("  calls (the fastest size on this machine; 8-16 MB reads are slower, see the diagnostics).")
+    w("  calls into a page-aligned buffer (see the diagnostics for why the alignment matters).")
     w("- **Naive baseline**: a subprocess that, like the reference tool (zjunlp/ModelKinship), loads every")
     w("  model fully in fp32 (BF16 bits -> float32), builds the per-tensor deltas, frees the models,")
     w("  concatenates the deltas and reduces in float32 with numpy (dot products for the cosine,")
@@ -986,8 +999,8 @@ def render_doc(results: list[dict], path: Path) -> None:
     w("  added with `math.fsum`; ED from the sum of squared differences (no cancellation).")
     w(f"- Figures are medians of `--repeat` runs. The 1-minute load average is recorded before each block;")
     w(f"  above {LOAD_LIMIT} other work was running (other users' training and tests share these 2 cores),")
-    w("  which inflates absolute times and hides kinmerge's parallelism (2 kernel threads + a reader")
-    w("  thread): then the ratios, measured back to back in the same run, are the figures to trust.")
+    w("  which inflates absolute times and hides kinmerge's parallelism (one scan worker per core):")
+    w("  then the ratios, measured back to back in the same run, are the figures to trust.")
     w("")
     for res in sorted(results, key=lambda r: r["params"]):
         _render_size(res, w)
@@ -1115,12 +1128,18 @@ def _render_size(res: dict, w) -> None:
 
 _AB_LABELS = {
     "floor_1mb": "read loop, 1 MB `readinto` calls (the floor)",
-    "floor_8mb": "read loop, 8 MB `readinto` calls (kinmerge's read size)",
-    "scan_default": "scan, default (chunk 4M elements, 2 kernel threads + reader thread)",
-    "scan_chunk_1m": "scan, chunk 1M elements",
+    "floor_2mb": "read loop, 2 MB `readinto` calls (kinmerge's read size per input)",
+    "floor_8mb": "read loop, 8 MB `readinto` calls",
+    "floor_1mb_page16": "read loop, 1 MB calls into a buffer at page + 16 bytes (a `bytearray`'s place)",
+    "scan_default": "scan, default (chunk 1M elements, one worker per core)",
     "scan_chunk_256k": "scan, chunk 256K elements",
+    "scan_chunk_512k": "scan, chunk 512K elements",
+    "scan_chunk_1m": "scan, chunk 1M elements",
+    "scan_chunk_2m": "scan, chunk 2M elements",
+    "scan_chunk_4m": "scan, chunk 4M elements",
+    "scan_1_thread": "scan, default chunk, 1 worker",
     "scan_1_kernel_thread": "scan, chunk 4M, 1 kernel thread",
-    "scan_noop_kernel": "scan with a no-op kernel (reads + pipeline only), chunk 4M",
+    "scan_noop_kernel": "scan with a no-op kernel (reads + pipeline only)",
     "scan_noop_kernel_chunk_1m": "scan with a no-op kernel, chunk 1M",
     "kernel_per_pos_t1": "fused kernel alone on in-memory chunks, 1 thread",
     "kernel_per_pos_t2": "fused kernel alone on in-memory chunks, 2 threads",
@@ -1134,7 +1153,12 @@ def _render_ab(res: dict, ab: dict, n_files: int, w) -> None:
     w(f"| step ({ab['rounds']} alternating rounds, loads {', '.join(format(x, '.1f') for x in ab['loads'])}) "
       "| median s | best s | vs floor | throughput |")
     w("|---|---:|---:|---:|---|")
-    for key, label in _AB_LABELS.items():
+    for key in ab["median"]:
+        label = _AB_LABELS.get(key, key)
+        if key == "scan_default" and "workers" in ab:
+            c = ab["chunk_default"]
+            size = f"{c >> 20}M" if c >= 1 << 20 else f"{c >> 10}K"
+            label = f"scan, default (chunk {size} elements, {ab['workers']} workers)"
         med, best = ab["median"][key], ab["min"][key]
         if key.startswith("kernel_per_pos"):
             med, best = med * p, best * p
@@ -1154,14 +1178,22 @@ def _render_diagnostics(res: dict, d: dict, w) -> None:
     w("")
     w("| step | seconds |")
     w("|---|---:|")
-    st, sn = d["startup"], d["startup_noscipy"]
-    w(f"| whole process: interpreter + imports + first (cached) kernel call | {st['wall']:.2f} |")
+    st = d["startup"]
+    w(f"| whole process: interpreter + imports + first kernel call | {st['wall']:.2f} |")
     w(f"| &nbsp; import numpy | {st['data']['numpy']:.2f} |")
-    w(f"| &nbsp; import kinmerge.cli + kinmerge.scan (imports numba) | {st['data']['kinmerge_import']:.2f} |")
-    w(f"| &nbsp; first kernel call: numba loads the cached kernel, refreshing its registries (which imports "
-      f"`scipy.linalg` for a BLAS probe) | {st['data']['first_kernel_call']:.2f} |")
-    w(f"| &nbsp; first kernel call with `scipy.linalg` made unimportable | {sn['data']['first_kernel_call']:.2f} |")
-    w(f"| whole process with `scipy.linalg` made unimportable | {sn['wall']:.2f} |")
+    if "backend" in st["data"]:
+        w(f"| &nbsp; import kinmerge.cli + kinmerge.scan | {st['data']['kinmerge_import']:.2f} |")
+        w(f"| &nbsp; first kernel call ({st['data']['backend']} kernel, {st['data']['isa']} code path; loads the library) "
+          f"| {st['data']['first_kernel_call']:.3f} |")
+        heavy = ", ".join(st["data"]["heavy_modules"]) or "none"
+        w(f"| &nbsp; heavy modules imported (scipy, numba, llvmlite, matplotlib, torch, transformers) | {heavy} |")
+    else:  # results from the numba kernel (before the C kernel)
+        sn = d["startup_noscipy"]
+        w(f"| &nbsp; import kinmerge.cli + kinmerge.scan (imports numba) | {st['data']['kinmerge_import']:.2f} |")
+        w(f"| &nbsp; first kernel call: numba loads the cached kernel, refreshing its registries (which imports "
+          f"`scipy.linalg` for a BLAS probe) | {st['data']['first_kernel_call']:.2f} |")
+        w(f"| &nbsp; first kernel call with `scipy.linalg` made unimportable | {sn['data']['first_kernel_call']:.2f} |")
+        w(f"| whole process with `scipy.linalg` made unimportable | {sn['wall']:.2f} |")
     w("")
     if "ab_pair" in d:
         w("In-process, after the kernel is loaded, variants alternated round by round (so machine noise hits")

@@ -39,9 +39,9 @@ from kinmerge.errors import (
     UnsupportedDtypeError,
 )
 from kinmerge.kinship import KinshipStats
-from kinmerge.sources import RAW_DTYPES, ModelSource
+from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer
 
-DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
+DEFAULT_CHUNK = 1 << 19  # elements per read: 1 MB of bf16 per model and worker (measured: docs/benchmarks.md)
 _WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds pending results)
 _VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -239,7 +239,7 @@ def scan(
     stop = threading.Event()
 
     def worker() -> None:
-        buffers: dict[tuple[int, str], np.ndarray] = {}
+        buffers = [ReadBuffer() for _ in sources]  # this worker's own: chunk * itemsize each
         while not stop.is_set():
             k = next(next_chunk)
             if k >= len(work):
@@ -252,12 +252,7 @@ def scan(
             p, lo, hi = work[k]
             dts = dtypes[p.name]
             try:
-                raws = []
-                for s, read in enumerate(readers):
-                    buf = buffers.get((s, dts[s]))
-                    if buf is None:
-                        buf = buffers[(s, dts[s])] = np.empty(chunk, dtype=RAW_DTYPES[dts[s]])
-                    raws.append(read(p.name, lo, hi, buf))
+                raws = [read(p.name, lo, hi, buf) for read, buf in zip(readers, buffers, strict=True)]
                 sums, gram = _kernels.accumulate(raws[0], dts[0], raws[1:], dts[1:], backend=backend)
                 done.put((k, sums, gram, sum(r.nbytes for r in raws), None))
             except BaseException as exc:  # handed to the main thread, raised in chunk order
