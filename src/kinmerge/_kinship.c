@@ -298,6 +298,29 @@ KM_INLINE vd KM_FN(load_raw)(const void *p, int64_t k, const int dt) {
     }
 }
 
+/* Half h (0 or 1) of the 2 * KM_VW positions from element k. BF16 on AVX2/AVX-512: interleaving
+ * the raw bits with zeros (one load+shuffle) is the float32 directly, no shift needed (-1 vector
+ * op per input and step; within a 128-bit lane the halves take positions 0-3 and 4-7). The base
+ * and every model are loaded alike, so each position still meets its own base value. */
+KM_INLINE vd KM_FN(load_half)(const void *p, int64_t k, int h, const int dt) {
+#if KM_PASS >= 2
+    if (dt == KM_BF16) {
+#if KM_PASS == 3
+        __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k));
+        __m256i z = _mm256_setzero_si256();
+        __m256i bits = h ? _mm256_unpackhi_epi16(z, raw) : _mm256_unpacklo_epi16(z, raw);
+        return (vd)_mm512_cvtps_pd(_mm256_castsi256_ps(bits));
+#else
+        __m128i raw = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + k));
+        __m128i z = _mm_setzero_si128();
+        __m128i bits = h ? _mm_unpackhi_epi16(z, raw) : _mm_unpacklo_epi16(z, raw);
+        return (vd)_mm256_cvtps_pd(_mm_castsi128_ps(bits));
+#endif
+    }
+#endif
+    return KM_FN(load_raw)(p, k + h * KM_VW, dt);
+}
+
 /* -- diagonal tile: Σδ_i and Σδ_i·δ_j (i <= j) of r models, fused ------------------------------ */
 
 /* Positions [lo, hi) of base and x[0..r); results go to sums[i0 + i], gram[(i0 + i) * n + i0 + j]. */
@@ -310,21 +333,25 @@ KM_INLINE void KM_FN(diag_run)(const void *base, const void *const *x, int64_t l
         for (int i = 0; i < r; i++) s[q][i] = z;
         for (int p = 0; p < KM_PAIRS(r); p++) g[q][p] = z;
     }
-    const int64_t step = (int64_t)u * KM_VW;
+    /* A step: 2 * KM_VW positions per window, at least one window; sub-step q takes half q % 2
+     * of window q / 2 into accumulator set q % u. */
+    const int v = u < 2 ? 2 : u;
+    const int64_t step = (int64_t)v * KM_VW;
     const int64_t full = lo + (hi - lo) / step * step;
     unsigned char tails[KM_FUSED + 1][8 * KM_MAXW];
     const void *tp[KM_FUSED];
     for (int64_t blo = lo; blo < hi; blo += KM_BLOCK) {
         int64_t bhi = blo + KM_BLOCK < full ? blo + KM_BLOCK : full;
         for (int64_t k = blo; k < bhi; k += step) {
-            for (int q = 0; q < u; q++) {
-                vd b = KM_FN(load_raw)(base, k + q * KM_VW, dt);
+            for (int q = 0; q < v; q++) {
+                int64_t w = k + (q / 2) * 2 * KM_VW;
+                vd b = KM_FN(load_half)(base, w, q % 2, dt);
                 vd d[KM_FUSED];
-                for (int i = 0; i < r; i++) d[i] = KM_FN(load_raw)(x[i], k + q * KM_VW, dt) - b;
+                for (int i = 0; i < r; i++) d[i] = KM_FN(load_half)(x[i], w, q % 2, dt) - b;
                 int p = 0;
                 for (int i = 0; i < r; i++) {
-                    s[q][i] += d[i];
-                    for (int j = i; j < r; j++, p++) g[q][p] = KM_FN(madd)(g[q][p], d[i], d[j]);
+                    s[q % u][i] += d[i];
+                    for (int j = i; j < r; j++, p++) g[q % u][p] = KM_FN(madd)(g[q % u][p], d[i], d[j]);
                 }
             }
         }
