@@ -26,9 +26,11 @@ import numpy as np
 def _old_kernels(src: str):
     """``kinmerge._kernels`` of an older checkout (the numba kernel), loaded under another name."""
     os.environ.setdefault("KINMERGE_THREADS", "1")  # its kernel split chunks across threads
-    spec = importlib.util.spec_from_file_location("kinmerge_old_kernels", os.path.join(src, "kinmerge", "_kernels.py"))
+    spec = importlib.util.spec_from_file_location("kinmerge._kernels", os.path.join(src, "kinmerge", "_kernels.py"))
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["kinmerge_old_kernels"] = mod
+    # Its generated kernels import helpers from "kinmerge._kernels": let that name be the old module
+    # (callers keep their reference to the current one).
+    sys.modules["kinmerge._kernels"] = mod
     spec.loader.exec_module(mod)
     if not getattr(mod, "HAVE_NUMBA", False):
         raise SystemExit(f"{src}: its _kernels has no numba kernel (or numba is not installed)")

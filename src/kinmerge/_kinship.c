@@ -166,7 +166,7 @@ int km_accumulate_isa(const void *base, int base_dtype, const void *const *model
     if (isa == KM_ISA_BEST) isa = km_best();
     if (!km_has(isa)) return -1;
     double *scratch = NULL;
-    if (n > KM_FUSED || !all_same(base_dtype, model_dtypes, n)) {
+    if (!all_same(base_dtype, model_dtypes, n)) {
         scratch = (double *)malloc(sizeof(double) * KM_BLOCK * ((size_t)n + 1));
         if (!scratch) return -1;
     }
@@ -390,21 +390,41 @@ KM_INLINE void KM_FN(diag_run)(const void *base, const void *const *x, int64_t l
     }
 }
 
-/* -- cross tile: Σδ_i·δ_j for a group x[0..a) and a group y[0..c), float64 arrays -------------- */
+/* -- cross tile: Σδ_i·δ_j for a group x[0..a) and a group y[0..c), fused ----------------------- */
 
-/* Positions [0, len) with len a multiple of KM_VW (the scratch arrays are zero-padded). */
-KM_INLINE void KM_FN(cross_run)(const double *base, const double *const *x, const double *const *y, int len,
-                                const int a, const int c, int i0, int j0, int n, double *gram) {
+/* Positions [lo, hi); results go to gram[(i0 + i) * n + j0 + j]. */
+KM_INLINE void KM_FN(cross_run)(const void *base, const void *const *x, const void *const *y, int64_t lo, int64_t hi,
+                                const int dt, const int a, const int c, int i0, int j0, int n, double *gram) {
     const vd z = {0};
     vd g[KM_MAXG][KM_MAXG];
     for (int i = 0; i < a; i++)
         for (int j = 0; j < c; j++) g[i][j] = z;
-    for (int k = 0; k < len; k += KM_VW) {
-        vd b = KM_FN(vload)(base + k);
+    const int64_t step = 2 * KM_VW;
+    const int64_t full = lo + (hi - lo) / step * step;
+    for (int64_t k = lo; k < full; k += step) {
+        for (int h = 0; h < 2; h++) {
+            vd b = KM_FN(load_half)(base, k, h, dt);
+            vd d[KM_MAXG];
+            for (int i = 0; i < a; i++) d[i] = KM_FN(load_half)(x[i], k, h, dt) - b;
+            for (int j = 0; j < c; j++) {
+                vd e = KM_FN(load_half)(y[j], k, h, dt) - b;
+                for (int i = 0; i < a; i++) g[i][j] = KM_FN(madd)(g[i][j], d[i], e);
+            }
+        }
+    }
+    for (int64_t k = full; k < hi; k += KM_VW) { /* the last < step positions, zero-padded */
+        int64_t end = k + KM_VW < hi ? k + KM_VW : hi;
+        unsigned char tb[8 * KM_MAXW], tx[KM_MAXG][8 * KM_MAXW], ty[KM_MAXG][8 * KM_MAXW];
+        copy_tail(base, dt, k, end, tb, KM_VW);
+        vd b = KM_FN(load_raw)(tb, 0, dt);
         vd d[KM_MAXG];
-        for (int i = 0; i < a; i++) d[i] = KM_FN(vload)(x[i] + k) - b;
+        for (int i = 0; i < a; i++) {
+            copy_tail(x[i], dt, k, end, tx[i], KM_VW);
+            d[i] = KM_FN(load_raw)(tx[i], 0, dt) - b;
+        }
         for (int j = 0; j < c; j++) {
-            vd e = KM_FN(vload)(y[j] + k) - b;
+            copy_tail(y[j], dt, k, end, ty[j], KM_VW);
+            vd e = KM_FN(load_raw)(ty[j], 0, dt) - b;
             for (int i = 0; i < a; i++) g[i][j] = KM_FN(madd)(g[i][j], d[i], e);
         }
     }
@@ -427,26 +447,41 @@ static void KM_FN(diag)(const void *base, const void *const *x, int64_t lo, int6
 #undef KM_DIAG
 }
 
-static void KM_FN(cross)(const double *base, const double *const *x, const double *const *y, int len, int a, int c,
-                         int i0, int j0, int n, double *gram) {
-#define KM_CROSS(A, C)                                                                                           \
-    if (a == A && c == C) return KM_FN(cross_run)(base, x, y, len, A, C, i0, j0, n, gram)
-    KM_CROSS(1, 1); KM_CROSS(1, 2); KM_CROSS(1, 3); KM_CROSS(2, 1); KM_CROSS(2, 2); KM_CROSS(2, 3);
-    KM_CROSS(3, 1); KM_CROSS(3, 2); KM_CROSS(3, 3);
+static void KM_FN(cross)(const void *base, const void *const *x, const void *const *y, int64_t lo, int64_t hi, int dt,
+                         int a, int c, int i0, int j0, int n, double *gram) {
+#define KM_CROSS(DT, A, C)                                                                                       \
+    if (dt == DT && a == A && c == C) return KM_FN(cross_run)(base, x, y, lo, hi, DT, A, C, i0, j0, n, gram)
 #if KM_GROUP >= 4
-    KM_CROSS(1, 4); KM_CROSS(2, 4); KM_CROSS(3, 4); KM_CROSS(4, 1); KM_CROSS(4, 2); KM_CROSS(4, 3); KM_CROSS(4, 4);
+#define KM_CROSS4(DT) KM_CROSS(DT, 1, 4); KM_CROSS(DT, 2, 4); KM_CROSS(DT, 3, 4); KM_CROSS(DT, 4, 1);              \
+    KM_CROSS(DT, 4, 2); KM_CROSS(DT, 4, 3); KM_CROSS(DT, 4, 4)
+#else
+#define KM_CROSS4(DT) (void)0
 #endif
+#define KM_CROSSES(DT) KM_CROSS(DT, 1, 1); KM_CROSS(DT, 1, 2); KM_CROSS(DT, 1, 3); KM_CROSS(DT, 2, 1);             \
+    KM_CROSS(DT, 2, 2); KM_CROSS(DT, 2, 3); KM_CROSS(DT, 3, 1); KM_CROSS(DT, 3, 2); KM_CROSS(DT, 3, 3); KM_CROSS4(DT)
+    KM_CROSSES(KM_BF16);
+    KM_CROSSES(KM_F16);
+    KM_CROSSES(KM_F32);
+    KM_CROSSES(KM_F64);
+#undef KM_CROSSES
+#undef KM_CROSS4
 #undef KM_CROSS
 }
 
-/* out[0 .. padded) = float64 of src[lo .. lo + len), zeros after len. */
-static void KM_FN(widen)(const void *src, int dt, int64_t lo, int len, int padded, double *out) {
-    int full = len / KM_VW * KM_VW, k = 0;
+/* out[0 .. len) = float64 of src[lo .. lo + len). */
+static void KM_FN(widen)(const void *src, int dt, int64_t lo, int len, double *out) {
+    int full = len / KM_VW * KM_VW;
 #define KM_WIDEN(DT)                                                                                             \
     case DT:                                                                                                     \
-        for (; k < full; k += KM_VW) {                                                                           \
+        for (int k = 0; k < full; k += KM_VW) {                                                                  \
             vd v = KM_FN(load_raw)(src, lo + k, DT);                                                             \
             memcpy(out + k, &v, sizeof v);                                                                       \
+        }                                                                                                        \
+        if (full < len) {                                                                                        \
+            unsigned char t[8 * KM_MAXW];                                                                        \
+            copy_tail(src, DT, lo + full, lo + len, t, KM_VW);                                                   \
+            vd v = KM_FN(load_raw)(t, 0, DT);                                                                    \
+            memcpy(out + full, &v, sizeof(double) * (size_t)(len - full));                                       \
         }                                                                                                        \
         break;
     switch (dt) {
@@ -456,49 +491,47 @@ static void KM_FN(widen)(const void *src, int dt, int64_t lo, int len, int padde
         KM_WIDEN(KM_BF16)
     }
 #undef KM_WIDEN
-    if (full < len) {
-        unsigned char t[8 * KM_MAXW];
-        copy_tail(src, dt, lo + full, lo + len, t, KM_VW);
-        vd v;
-        switch (dt) {
-        case KM_F64: v = KM_FN(load_raw)(t, 0, KM_F64); break;
-        case KM_F32: v = KM_FN(load_raw)(t, 0, KM_F32); break;
-        case KM_F16: v = KM_FN(load_raw)(t, 0, KM_F16); break;
-        default: v = KM_FN(load_raw)(t, 0, KM_BF16); break;
-        }
-        memcpy(out + full, &v, sizeof v);
-        k = full + KM_VW;
-    }
-    for (; k < padded; k++) out[k] = 0.0;
 }
 
 static void KM_FN(accumulate)(const void *base, int base_dtype, const void *const *models, const int *model_dtypes,
                               int n, int64_t m, double *sums, double *gram, double *scratch) {
-    if (n <= KM_FUSED && all_same(base_dtype, model_dtypes, n)) { /* the common case: one fused pass */
+    const int same = all_same(base_dtype, model_dtypes, n);
+    if (n <= KM_FUSED && same) { /* the common case: one fused pass over the chunk */
         KM_FN(diag)(base, models, 0, m, base_dtype, n, 0, n, sums, gram);
         return;
     }
-    /* Mixed dtypes or many models: per block, widen every input to float64, then tiles. */
-    const void *xp[KM_FUSED];
-    const double *xs[KM_MAXG], *ys[KM_MAXG];
+    /* Many models: per block, a diagonal tile per group and a cross tile per pair of groups, each
+     * fused over the raw inputs (L1 resident within the block). Mixed dtypes: each block is first
+     * widened to float64 scratch arrays, and the tiles read those. */
     const int group = n <= KM_FUSED ? n : KM_GROUP;
+    const void *xa[KM_FUSED], *ya[KM_MAXG];
     for (int64_t lo = 0; lo < m; lo += KM_BLOCK) {
-        int len = (int)(m - lo < KM_BLOCK ? m - lo : KM_BLOCK);
-        int padded = (len + KM_VW - 1) / KM_VW * KM_VW;
-        KM_FN(widen)(base, base_dtype, lo, len, padded, scratch);
-        for (int i = 0; i < n; i++)
-            KM_FN(widen)(models[i], model_dtypes[i], lo, len, padded, scratch + (int64_t)(i + 1) * KM_BLOCK);
+        int64_t hi = lo + KM_BLOCK < m ? lo + KM_BLOCK : m;
+        const void *b = base;
+        int dt = base_dtype;
+        int64_t blo = lo, bhi = hi;
+        if (!same) {
+            int len = (int)(hi - lo);
+            KM_FN(widen)(base, base_dtype, lo, len, scratch);
+            for (int i = 0; i < n; i++)
+                KM_FN(widen)(models[i], model_dtypes[i], lo, len, scratch + (int64_t)(i + 1) * KM_BLOCK);
+            b = scratch;
+            dt = KM_F64;
+            blo = 0;
+            bhi = len;
+        }
+#define KM_INPUT(i) (same ? models[(i)] : (const void *)(scratch + (int64_t)((i) + 1) * KM_BLOCK))
         for (int i0 = 0; i0 < n; i0 += group) {
             int a = n - i0 < group ? n - i0 : group;
-            for (int i = 0; i < a; i++) xp[i] = scratch + (int64_t)(i0 + i + 1) * KM_BLOCK;
-            KM_FN(diag)(scratch, xp, 0, padded, KM_F64, a, i0, n, sums, gram);
+            for (int i = 0; i < a; i++) xa[i] = KM_INPUT(i0 + i);
+            KM_FN(diag)(b, xa, blo, bhi, dt, a, i0, n, sums, gram);
             for (int j0 = i0 + group; j0 < n; j0 += group) { /* only with n > KM_FUSED: group <= KM_MAXG */
                 int c = n - j0 < group ? n - j0 : group;
-                for (int i = 0; i < a; i++) xs[i] = (const double *)xp[i];
-                for (int j = 0; j < c; j++) ys[j] = scratch + (int64_t)(j0 + j + 1) * KM_BLOCK;
-                KM_FN(cross)(scratch, xs, ys, padded, a, c, i0, j0, n, gram);
+                for (int j = 0; j < c; j++) ya[j] = KM_INPUT(j0 + j);
+                KM_FN(cross)(b, xa, ya, blo, bhi, dt, a, c, i0, j0, n, gram);
             }
         }
+#undef KM_INPUT
     }
 }
 
