@@ -539,7 +539,7 @@ def w_ab(rounds: int, elements: int, dirs: list[str]) -> dict:
         "floor_1mb_page16": lambda: w_floor(files, 1 << 20, 16)["seconds"],
         "scan_default": lambda: scan(c, None, real),
         "scan_chunk_256k": lambda: scan(1 << 18, None, real),
-        "scan_chunk_1m": lambda: scan(1 << 20, None, real),
+        "scan_chunk_512k": lambda: scan(1 << 19, None, real),
         "scan_chunk_2m": lambda: scan(1 << 21, None, real),
         "scan_chunk_4m": lambda: scan(1 << 22, None, real),
         "scan_1_thread": lambda: scan(c, 1, real),

@@ -41,7 +41,7 @@ from kinmerge.errors import (
 from kinmerge.kinship import KinshipStats
 from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer
 
-DEFAULT_CHUNK = 1 << 19  # elements per read: 1 MB of bf16 per model and worker (measured: docs/benchmarks.md)
+DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
 _WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds pending results)
 _VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
