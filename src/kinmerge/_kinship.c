@@ -9,12 +9,15 @@
  *     there, and every Σδ_i and Σδ_i·δ_j (i <= j) is accumulated in registers; nothing is
  *     stored in between. Up to KM_FUSED models take one such pass (with spills on 16-register
  *     machines, still faster than widening into arrays first: measured);
- *   * more models: the triangle is tiled, numba-style, into diagonal tiles (a group of models
- *     with itself) and cross tiles (group x group), each a fused pass over the block;
+ *   * more models: per block of KM_BLOCK positions, the triangle is tiled, numba-style, into
+ *     diagonal tiles (a group of models with itself) and cross tiles (group x group), each a
+ *     fused pass over the block's raw inputs (L1 resident by then);
  *   * positions go in blocks of KM_BLOCK: each block's accumulators are reduced (in a fixed
  *     lane order) and added to the chunk's totals, in block order;
- *   * inputs of mixed dtypes, or more than KM_FUSED models, are first widened per block into
- *     float64 scratch arrays (L1/L2 resident), and the passes run on those.
+ *   * inputs of mixed dtypes are first widened per block into float64 scratch arrays, and the
+ *     same passes run on those;
+ *   * BF16 on AVX2/AVX-512: a raw window is interleaved with zeros (bits << 16 in one shuffle),
+ *     so the lanes take positions in a fixed permuted order, the same for every input.
  *
  * The body is compiled up to three times from this one file (it includes itself): portable,
  * AVX2+FMA+F16C (4 doubles a vector) and AVX-512 (8 doubles a vector, 32 registers), chosen at
