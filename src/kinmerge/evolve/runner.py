@@ -70,8 +70,7 @@ __all__ = [
 
 #: Merges live in ``RUN_DIR/models/<id>``.
 MODELS_DIR = "models"
-_TMP_PREFIX = ".tmp-"
-_NUMPY_BELOW = 1 << 26  # parameters: smaller models are scanned with numpy (see kinship_step)  # kinmerge.merge builds a merge in ``<out_root>/.tmp-<id>-<rand>``
+_TMP_PREFIX = ".tmp-"  # kinmerge.merge builds a merge in ``<out_root>/.tmp-<id>-<rand>``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,10 +149,7 @@ def kinship_step(task: Mapping[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     with open_models([task["base"], *task["models"]]) as sources:
-        # The fused numba kernel is compiled once per model count, which costs seconds; below
-        # ~64M parameters plain numpy is faster than the compile (same numbers either way).
-        small = sum(info.numel for info in sources[0].tensors.values()) < _NUMPY_BELOW
-        result = scan(sources[0], sources[1:], backend="numpy" if small else "auto")
+        result = scan(sources[0], sources[1:])
     n = len(task["models"])
     values: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
     undefined: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
