@@ -406,13 +406,28 @@ class GreedyStrategy:
         nxt = state.generation + 1
         if state.generation == 0:
             return self._first_generation(state)
+        self._check_state(state)
         stop = self._stop_before_planning(state)
         if stop:
             return Plan(nxt, stop=stop)
-        merges = self._greedy_merges(state)
+        greedy = self._greedy_merges(state)
+        extra = self._extra_merges(state, nxt, greedy)
+        if isinstance(extra, Plan):
+            return extra
+        merges = greedy + extra
         return Plan(nxt, merges=merges) if merges else Plan(nxt, stop=STOP_NO_PAIRS)
 
     # -- the pieces subclasses reuse ------------------------------------------------------------
+
+    def _check_state(self, state: PoolState) -> None:
+        """Refuse a pool state this strategy cannot plan from (none for plain greedy)."""
+
+    def _extra_merges(
+        self, state: PoolState, nxt: int, greedy: tuple[PlannedMerge, ...]
+    ) -> tuple[PlannedMerge, ...] | Plan:
+        """Merges beyond the greedy ones (none for plain greedy), or a Plan that settles the
+        generation instead (a stop, or kinship the runner must compute first)."""
+        return ()
 
     def _over_budget(self, generation: int) -> bool:
         return self.max_generations is not None and generation > self.max_generations
@@ -530,22 +545,18 @@ class KinshipStrategy(GreedyStrategy):
         elif isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise ConfigError(f"{self.name}: threshold must be a number, got {self.threshold!r}")
 
-    def plan(self, state: PoolState) -> Plan:
-        """The plan for generation ``state.generation + 1`` (see the class docstring)."""
-        nxt = state.generation + 1
-        if state.generation == 0:
-            return self._first_generation(state)
+    def _check_state(self, state: PoolState) -> None:
         if state.kinship_metric is not None and state.kinship_metric != self.metric:
             raise ValueError(
                 f"pool state holds {state.kinship_metric!r} kinship but the strategy uses "
                 f"{self.metric!r}"
             )
-        stop = self._stop_before_planning(state)
-        if stop:
-            return Plan(nxt, stop=stop)
 
+    def _extra_merges(
+        self, state: PoolState, nxt: int, greedy: tuple[PlannedMerge, ...]
+    ) -> tuple[PlannedMerge, ...] | Plan:
+        """The exploration merge, after the early-stop check (asking for missing kinship first)."""
         s = topk(state, self.k)
-        greedy = self._greedy_merges(state)
         best, candidates = (
             self._extra_candidates(state, self.exploration_candidates, greedy)
             if self.exploration
@@ -566,9 +577,7 @@ class KinshipStrategy(GreedyStrategy):
             return Plan(nxt, stop=STOP_KINSHIP)
 
         partner = least_related(best, candidates, state.kinship, self.metric)
-        extra = (PlannedMerge((best, partner), "exploration"),) if partner else ()
-        merges = greedy + extra
-        return Plan(nxt, merges=merges) if merges else Plan(nxt, stop=STOP_NO_PAIRS)
+        return (PlannedMerge((best, partner), "exploration"),) if partner else ()
 
 
 @dataclass(frozen=True)
@@ -594,24 +603,17 @@ class RandomStrategy(GreedyStrategy):
         if not _is_int(self.seed):
             raise ConfigError(f"{self.name}: seed must be an integer, got {self.seed!r}")
 
-    def plan(self, state: PoolState) -> Plan:
-        """The plan for generation ``state.generation + 1`` (see the class docstring)."""
-        nxt = state.generation + 1
-        if state.generation == 0:
-            return self._first_generation(state)
-        stop = self._stop_before_planning(state)
-        if stop:
-            return Plan(nxt, stop=stop)
-        greedy = self._greedy_merges(state)
+    def _extra_merges(
+        self, state: PoolState, nxt: int, greedy: tuple[PlannedMerge, ...]
+    ) -> tuple[PlannedMerge, ...] | Plan:
+        """The best model with a uniformly random partner (the control for exploration)."""
         best, candidates = self._extra_candidates(state, "pool", greedy)
-        extra: tuple[PlannedMerge, ...] = ()
-        if candidates:
-            # A string seed is hashed with SHA-512 by ``random``: stable across processes and
-            # Python versions, unlike hash() of a tuple.
-            rng = random.Random(f"kinmerge-random:{self.seed}:{nxt}")
-            extra = (PlannedMerge((best, rng.choice(candidates)), "random"),)
-        merges = greedy + extra
-        return Plan(nxt, merges=merges) if merges else Plan(nxt, stop=STOP_NO_PAIRS)
+        if not candidates:
+            return ()
+        # A string seed is hashed with SHA-512 by ``random``: stable across processes and
+        # Python versions, unlike hash() of a tuple.
+        rng = random.Random(f"kinmerge-random:{self.seed}:{nxt}")
+        return (PlannedMerge((best, rng.choice(candidates)), "random"),)
 
 
 def _is_int(x: object) -> bool:
