@@ -1,0 +1,191 @@
+"""Writing files so that nothing is ever half-written, and hashing plain data the same way twice.
+
+Every file or folder kinmerge produces (merges, reports, caches, CSVs, zoos, configs) is built
+under a unique temporary name next to its destination, flushed to disk, and moved into place with
+one ``os.replace``: a reader sees the old version or the new one, never a mix, and a process
+killed at any instant leaves at most a temp entry (named ``.<name>.<pid>-<random>.tmp``) that no
+reader mistakes for the real thing. Temp names are unique per process *and* call, so two
+processes writing the same destination never collide; the last rename wins.
+
+Permissions follow the umask like any ordinary file (``tempfile.mkstemp`` would make them 0600,
+unreadable to the rest of a team on shared storage).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write(folder / "a.txt", "hello").read_text()
+    'hello'
+    >>> with atomic_dir(folder / "model") as tmp:
+    ...     _ = (tmp / "config.json").write_text("{}")
+    >>> sorted(p.name for p in (folder / "model").iterdir())
+    ['config.json']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_dir",
+    "atomic_file",
+    "atomic_write",
+    "canonical_json",
+    "json_digest",
+    "temp_name",
+]
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(final: str | os.PathLike[str]) -> Path:
+    """A fresh temporary path beside ``final``: ``.<name>.<pid>-<random>.tmp`` (never reused)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back (no thread sees the change
+    # matter: every creation below passes explicit modes that the kernel masks anyway).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None,
+                fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    On an exception the temp file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+        >>> with atomic_file(p) as fh:
+        ...     _ = fh.write(b"abc")
+        >>> p.read_bytes()
+        b'abc'
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_file writes whole files: mode 'w' or 'wb', not {mode!r}")
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None,
+                       newline="\n" if mode == "w" else None) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(final.parent)
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; return ``path``."""
+    if isinstance(data, str):
+        with atomic_file(path, "w", encoding="utf-8", fsync=fsync) as fh:
+            fh.write(data)
+    else:
+        with atomic_file(path, "wb", fsync=fsync) as fh:
+            fh.write(data)
+    return Path(path)
+
+
+def _normalise_modes(root: Path) -> None:
+    """Give everything under ``root`` ordinary permissions (0666/0777 masked by the umask).
+
+    Libraries we hand a temp folder to (mergekit, transformers, safetensors) may create files
+    with ``mkstemp`` (0600) or folders with ``mkdtemp`` (0700).
+    """
+    mask = _umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, dir_mode)
+        for name in files:
+            p = os.path.join(folder, name)
+            if not os.path.islink(p):
+                os.chmod(p, file_mode)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; on a clean exit it becomes ``path``.
+
+    Args:
+        path: the final folder.
+        replace: an existing ``path`` is replaced (moved aside, then deleted after the new one
+            is in place). Without it, an existing ``path`` raises ``FileExistsError`` at the end
+            and the temp folder is removed: the first complete writer wins.
+
+    On an exception the temp folder is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    tmp.mkdir(mode=0o777)
+    try:
+        yield tmp
+        _normalise_modes(tmp)
+        old: Path | None = None
+        if final.exists() or final.is_symlink():
+            if not replace:
+                raise FileExistsError(17, "already exists", str(final))
+            old = temp_name(final)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if old is not None:
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces: equal data always gives equal text (and hashes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_digest(obj: Any, length: int = 16) -> str:
+    """``length`` hex characters of SHA-256 over :func:`canonical_json` of ``obj``.
+
+    Example:
+        >>> json_digest({"b": 1, "a": [1, 2]}) == json_digest({"a": [1, 2], "b": 1})
+        True
+    """
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
