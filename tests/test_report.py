@@ -22,18 +22,12 @@ import pytest
 from click.testing import CliRunner
 
 from kinmerge.cli import cli
-from kinmerge.evolve.strategies import STOP_KINSHIP, STOP_TOPK_UNCHANGED, Plan, PlannedMerge
-from kinmerge.report.html import compare_table, write_report
-from kinmerge.report.plots import (
-    GainPoint,
-    TreeNode,
-    correlation,
-    gain_correlations,
-    plot_family_tree,
-    plot_merge_gains,
-    tree_layout,
-)
-from kinmerge.report.runs import load_runs
+from kinmerge.pool import STOP_KINSHIP, STOP_TOPK_UNCHANGED, Plan, PlannedMerge, RunFingerprint
+from kinmerge.report.compare import compare_table
+from kinmerge.report.html import write_report
+from kinmerge.report.plots import GainPoint, correlation, gain_correlations, plot_merge_gains
+from kinmerge.report.queries import load_runs
+from kinmerge.report.tree import TreeNode, plot_family_tree, tree_layout
 from kinmerge.store import RunStore
 
 EVAL = "builtin:v1"
@@ -95,8 +89,10 @@ def _kinship_run(run_dir: Path, run_id: str = "kin", seed: int = 0, *, store: Ru
     own = store is None
     store = store or RunStore(run_dir)
     try:
-        store.start_run(run_id, strategy="kinship",
-                        config={"k": 3, "metric": "pcc", "threshold": 0.85, "evaluator": EVAL}, seed=seed)
+        fingerprint = RunFingerprint(foundation=tuple(FOUNDATIONS), base="base", strategy="kinship",
+                                     settings={"k": 3, "metric": "pcc", "threshold": 0.85},
+                                     recipe={"method": "slerp"}, evaluator=EVAL, metric="pcc")
+        store.start_run(run_id, strategy="kinship", config=fingerprint.to_dict(), seed=seed)
         rng = np.random.default_rng(1234)
         deltas: dict[str, np.ndarray] = {}
         for name, avg in FOUNDATIONS.items():
@@ -226,15 +222,15 @@ def test_html_is_self_contained_with_tables_and_images(report: Path, tmp_path: P
 
 def test_generation_table_numbers(kin_dir: Path) -> None:
     (run,) = load_runs([kin_dir])
-    assert [s.generation for s in run.summary] == [0, 1, 2, 3]
-    assert [s.merges for s in run.summary] == [0, 3, 4, 4]
-    assert [s.pool_best for s in run.summary] == [60.0, 61.0, 63.0, 63.5]
-    assert run.summary[2].mean_score == pytest.approx((61.5 + 62.0 + 59.5 + 63.0) / 4)
+    assert [s.generation for s in run.generations] == [0, 1, 2, 3]
+    assert [s.merges for s in run.generations] == [0, 3, 4, 4]
+    assert [s.pool_best for s in run.generations] == [60.0, 61.0, 63.0, 63.5]
+    assert run.generations[2].mean_score == pytest.approx((61.5 + 62.0 + 59.5 + 63.0) / 4)
     assert run.final_topk == ("m8", "m7", "m9")
     assert run.early_stop_generation == 4 and run.stop_reason == STOP_KINSHIP
     assert run.merges_used == 11 and run.threshold == 0.85 and run.metric == "pcc"
     assert run.models["m7"].reason == "exploration" and run.models["m4"].reason == "greedy"
-    assert [m.label for m in run.foundations] == ["chat", "code", "math"]
+    assert [run.label_of(m.id) for m in run.foundations] == ["chat", "code", "math"]
     assert all(t.kinship is not None for t in run.topk)
 
 
@@ -401,7 +397,7 @@ def test_two_runs_in_one_store_and_one_report(tmp_path: Path) -> None:
     assert "<h3>Comparison</h3>" in page
     assert page.count("data:image/png;base64,") == 3 + 2 * 2
     # both runs hold the same 11 merges (one store, content ids): each is one point, not two
-    from kinmerge.report.html import _gain_points
+    from kinmerge.report.figures import gain_points as _gain_points
 
     assert len(_gain_points(load_runs([run_dir]))) == 11
     assert re.search(r"<td>PCC \(Pearson correlation\)</td><td class=\"num\">11</td>", page)

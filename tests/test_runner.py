@@ -35,8 +35,10 @@ from kinmerge.errors import ConfigError, StoreError  # noqa: E402
 from kinmerge.evolve import PoolModel, PoolState, get_strategy  # noqa: E402
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config  # noqa: E402
 from kinmerge.evolve.executors import LocalExecutor, get_executor  # noqa: E402
-from kinmerge.evolve.runner import MODELS_DIR, evolve, read_summary  # noqa: E402
-from kinmerge.evolve.strategies import METRICS, STOP_REASONS, Plan  # noqa: E402
+from kinmerge.evolve import evolve, read_summary  # noqa: E402
+from kinmerge.evolve.runner import MODELS_DIR  # noqa: E402
+from kinmerge.kinship import METRICS  # noqa: E402
+from kinmerge.pool import STOP_REASONS, Plan  # noqa: E402
 from kinmerge.store import RunStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +121,7 @@ def test_greedy_pool_grows_as_the_strategy_says(runs):
     assert len(s.pool) == 3 + sum(len(p.merges) for p in plans)
     assert s.merges == len(s.pool) - 3
     assert s.generation == len(plans) - 1
-    assert len(s.top_k) == 3 and sum(e.in_top_k for e in s.pool) == 3
+    assert len(s.top_k) == 3 and sum(e.id in s.top_k for e in s.pool) == 3
     assert all(m.reason == "greedy" for p in plans for m in p.merges)
     assert s.made["merges"] == s.merges and s.made["evaluations"] == len(s.pool)
 
@@ -323,6 +325,8 @@ def test_config_errors_name_the_field(tmp_path, base_cfg, micro_zoo):  # noqa: F
     assert "evaluator: tasks_dir: no such folder" in err(evaluator={"name": "builtin", "tasks_dir": "nope"})
     assert "evaluator: unknown setting 'limitt'" in err(
         evaluator={"name": "builtin", "tasks_dir": base_cfg["evaluator"]["tasks_dir"], "limitt": 3})
+    # a missing required setting reads as one line naming it, not Python's TypeError
+    assert "evaluator: the builtin evaluator needs the setting(s) tasks_dir" in err(evaluator={"name": "builtin"})
     assert "evaluator: unknown evaluator 'bogus'" in err(evaluator={"name": "bogus"})
     assert "merge: recipe parameter t=3" in err(merge={"method": "slerp", "t": 3})
     assert "merge: unknown merge method 'slurp'" in err(merge={"method": "slurp"})

@@ -22,6 +22,7 @@ from kinmerge.evolve import (
     get_strategy,
     pair,
 )
+from kinmerge.report.queries import generation_rows, merge_gain_rows, topk_rows
 from kinmerge.store import DB_NAME, MIGRATIONS, RunStore
 
 EVAL = "builtin:v1"
@@ -350,7 +351,7 @@ def test_a_whole_greedy_run_through_the_store(store: RunStore) -> None:
     assert store.stop_reason("r1") == STOP_TOPK_UNCHANGED
     assert store.last_completed_generation("r1") == 3
     assert store.pending_plan("r1") is None
-    assert store.merges_used("r1") == 3 + 2 + 2
+    assert sum(1 for m in store.pool("r1") if m.parents) == 3 + 2 + 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +381,7 @@ def test_lineage(store: RunStore) -> None:
         store.lineage("zz")
 
 
-def test_generation_summary_topk_kinship_and_merge_gains(store: RunStore) -> None:
+def test_report_queries_over_the_stored_pool(store: RunStore) -> None:
     _seed_run(store)
     gen1 = Plan(1, merges=(PlannedMerge(("a", "b")), PlannedMerge(("a", "c")),
                            PlannedMerge(("b", "c"))))
@@ -391,18 +392,22 @@ def test_generation_summary_topk_kinship_and_merge_gains(store: RunStore) -> Non
     store.record_kinships({("a", "b"): 0.2, ("a", "c"): 0.1, ("b", "c"): 0.3,
                            ("(a+b)", "c"): -0.02}, "pcc")
 
-    summary = store.generation_summary("r1")
+    pool = store.pool("r1")
+    summary = generation_rows(pool)
     assert [(s.generation, s.models, s.merges) for s in summary] == [(0, 3, 0), (1, 3, 3), (2, 2, 2)]
     assert [s.best_score for s in summary] == [3.0, 5.0, 6.0]
     assert [s.pool_best for s in summary] == [3.0, 5.0, 6.0]
     assert summary[1].mean_score == pytest.approx((5.0 + 2.5 + 0.5) / 3)
-    assert store.merges_used("r1") == 5
+    assert sum(1 for m in pool if m.parents) == 5
 
-    tk = store.topk_kinship("r1", k=3)
+    kinship = store.get_kinship("pcc")
+    tk = topk_rows(pool, 3, kinship)
     assert tk[0].top_k == ("a", "b", "c") and tk[0].kinship == pytest.approx(0.2)
     assert tk[1].top_k == ("(a+b)", "a", "(a+c)") and tk[1].kinship is None  # never computed
 
-    rows = {r.child: r for r in store.merge_gains("r1")}
+    reasons = {m.pair: m.reason for plan, _ in store.plans("r1").values() for m in plan.merges}
+    rows = {r.child: r for r in merge_gain_rows(pool, scores={m.id: m.score for m in pool}, kinship=kinship,
+                                                reasons=reasons)}
     assert rows["((a+b)+c)"].reason == "exploration"
     assert rows["((a+b)+c)"].merge_gain == pytest.approx(6.0 - (5.0 + 1.0) / 2)
     assert rows["((a+b)+c)"].kinship == -0.02

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from kinmerge._io import atomic_write
+
 FOUNDATION_SETS: tuple[tuple[str, ...], ...] = (
     ("add", "reverse", "sort"),
     ("caesar", "count", "double"),
@@ -105,11 +107,8 @@ def write_configs(out: Path, settings: DemoSettings, zoo: Any, sets: Sequence[tu
                     "out": {"run_dir": str(run_dir)},
                 }
                 path = out / "configs" / f"{set_name}--{run_id}.yaml"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(f"# written by `kinmerge demo`; rerun one with: kinmerge evolve {path.name}\n"
-                               + yaml.safe_dump(config, sort_keys=False))
-                os.replace(tmp, path)
+                atomic_write(path, f"# written by `kinmerge demo`; rerun one with: kinmerge evolve {path.name}\n"
+                             + yaml.safe_dump(config, sort_keys=False))
                 configs.append((path, run_dir))
     return configs
 
@@ -157,8 +156,9 @@ def run_demo(
         >>> result.report                                 # doctest: +SKIP
         PosixPath('demo-out/report/index.html')
     """
-    from kinmerge.evolve.runner import evolve
-    from kinmerge.report.html import compare_table, write_report
+    from kinmerge.evolve import evolve
+    from kinmerge.report.compare import compare_table
+    from kinmerge.report.html import write_report
     from kinmerge.zoo import load_zoo, shipped_zoo
 
     t0 = time.perf_counter()
@@ -174,11 +174,6 @@ def run_demo(
     report_path = write_report(run_dirs, out_dir / "report") if report else None
     return DemoResult(out_dir, run_dirs, [c for c, _ in configs], report_path, compare, across_sets(compare),
                       time.perf_counter() - t0)
-
-
-def default_out() -> Path:
-    """Where ``kinmerge demo`` writes when no ``--out`` is given."""
-    return Path("demo-out")
 
 
 def summary_lines(result: DemoResult) -> Sequence[str]:

@@ -1,4 +1,4 @@
-"""Model kinship, as pure math on weight deltas (Hu et al. 2025, §1 of docs/PAPER notes).
+"""Model kinship, as pure math on weight deltas (Hu et al. 2025, arXiv 2410.12613, §1).
 
 A model's *delta* is its whole flattened parameter vector minus the base's. Kinship of two
 models is a similarity of their deltas: Pearson correlation (PCC), signed cosine similarity (CS),
@@ -31,10 +31,23 @@ from itertools import combinations
 
 import numpy as np
 
+from kinmerge.errors import ConfigError
+
 METRICS = ("pcc", "cs", "ed")
 METRIC_NAMES = {"pcc": "Pearson correlation", "cs": "cosine similarity", "ed": "Euclidean distance"}
 # For ED a *smaller* value means *more* kinship; the others grow with kinship.
 HIGHER_IS_CLOSER = {"pcc": True, "cs": True, "ed": False}
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is one of :data:`METRICS`, else raise a one-line ``ConfigError``.
+
+    >>> check_metric("ed")
+    'ed'
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown kinship metric {metric!r}; choose one of {', '.join(METRICS)}")
+    return metric
 
 
 def parse_metrics(text: str | Sequence[str]) -> list[str]:

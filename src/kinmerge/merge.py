@@ -71,7 +71,7 @@ PAPER_MLP_T: tuple[float, ...] = (1.0, 0.5, 0.7, 0.3, 0.0)
 
 METADATA_FILE = "kinmerge.json"
 METADATA_FORMAT = 1
-_DTYPES = ("bfloat16", "float16", "float32")
+DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
 # Files a tokenizer may consist of; copied from the first parent so the merge loads as-is.
 _TOKENIZER_FILES = (
     "tokenizer_config.json",
@@ -127,8 +127,8 @@ def _per_parent(name: str, value: float | tuple[float, ...], n: int) -> list[flo
 
 def _check_dtype(dtype: str) -> str:
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
-    if dtype not in _DTYPES:
-        raise MergeError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise MergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return dtype
 
 

@@ -13,6 +13,8 @@ Importing this package is light: torch and transformers load inside ``evaluate()
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from kinmerge.errors import ConfigError
 
-__all__ = ["EVALUATORS", "EvalResult", "Evaluator", "get_evaluator", "register_evaluator"]
+__all__ = ["EVALUATORS", "EvalResult", "Evaluator", "evaluator_accepts", "get_evaluator", "register_evaluator"]
 
 
 @dataclass(frozen=True)
@@ -64,25 +66,43 @@ class Evaluator(Protocol):
         ...
 
 
-def _builtin(**settings: Any) -> Evaluator:
-    from kinmerge.evaluate.builtin import BuiltinEvaluator
-
-    return BuiltinEvaluator(**settings)
-
-
-def _lm_eval(**settings: Any) -> Evaluator:
-    from kinmerge.evaluate.lm_eval import LmEvalEvaluator
-
-    return LmEvalEvaluator(**settings)
+#: name -> the evaluator class as ``"module:Class"`` (imported when first used, so importing this
+#: package stays light), or a factory ``(**settings) -> Evaluator`` registered by an adapter.
+EVALUATORS: dict[str, str | Callable[..., Evaluator]] = {
+    "builtin": "kinmerge.evaluate.builtin:BuiltinEvaluator",
+    "lm_eval": "kinmerge.evaluate.lm_eval:LmEvalEvaluator",
+}
 
 
-#: name -> factory(**settings) -> Evaluator. Adapters register here (e.g. ``"lm_eval"``).
-EVALUATORS: dict[str, Callable[..., Evaluator]] = {"builtin": _builtin, "lm_eval": _lm_eval}
-
-
-def register_evaluator(name: str, factory: Callable[..., Evaluator]) -> None:
-    """Make ``get_evaluator(name, ...)`` call ``factory(**settings)``."""
+def register_evaluator(name: str, factory: str | Callable[..., Evaluator]) -> None:
+    """Make ``get_evaluator(name, ...)`` build ``factory(**settings)`` (a callable or "module:Class")."""
     EVALUATORS[name] = factory
+
+
+def _factory(name: str) -> Callable[..., Evaluator]:
+    try:
+        entry = EVALUATORS[name]
+    except KeyError:
+        known = ", ".join(sorted(EVALUATORS))
+        raise ConfigError(f"unknown evaluator {name!r}; choose one of: {known}") from None
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return entry
+
+
+def _parameters(factory: Callable[..., Evaluator]) -> dict[str, inspect.Parameter] | None:
+    """The keyword settings ``factory`` takes; ``None`` when it takes any (``**settings``)."""
+    params = dict(inspect.signature(factory).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def evaluator_accepts(name: str, setting: str) -> bool:
+    """Whether evaluator ``name`` takes the keyword ``setting`` (e.g. ``"progress"``)."""
+    params = _parameters(_factory(name))
+    return params is None or setting in params
 
 
 def get_evaluator(name: str, **settings: Any) -> Evaluator:
@@ -96,16 +116,23 @@ def get_evaluator(name: str, **settings: Any) -> Evaluator:
         The evaluator.
 
     Raises:
-        ConfigError: if no evaluator is registered under ``name``.
+        ConfigError: no evaluator is registered under ``name``, a setting is unknown, or a
+            required one is missing (each named, in one line).
 
     Example:
-        >>> ev = get_evaluator("builtin", tasks_dir="zoo/tasks", limit=50)  # doctest: +SKIP
-        >>> ev.evaluate(Path("zoo/base")).average  # doctest: +SKIP
-        0.41
+        >>> get_evaluator("builtin")
+        Traceback (most recent call last):
+        ...
+        kinmerge.errors.ConfigError: the builtin evaluator needs the setting(s) tasks_dir
     """
-    try:
-        factory = EVALUATORS[name]
-    except KeyError:
-        known = ", ".join(sorted(EVALUATORS))
-        raise ConfigError(f"unknown evaluator {name!r}; choose one of: {known}") from None
+    factory = _factory(name)
+    params = _parameters(factory)
+    if params is not None:
+        unknown = sorted(set(settings) - set(params))
+        if unknown:
+            raise ConfigError(f"unknown setting {', '.join(map(repr, unknown))} for evaluator {name!r}; "
+                              f"it takes: {', '.join(sorted(params))}")
+        missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in settings]
+        if missing:
+            raise ConfigError(f"the {name} evaluator needs the setting(s) {', '.join(missing)}")
     return factory(**settings)

@@ -30,7 +30,7 @@ from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.tasks import Task, load_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 __all__ = ["BuiltinEvaluator", "evaluate_loaded", "load_model", "quiet_transformers"]
 

@@ -22,18 +22,22 @@ Load it with :func:`load_config`; the runner (``kinmerge.evolve.runner.evolve``)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from kinmerge._io import json_digest
 from kinmerge.errors import ConfigError, KinmergeError
 from kinmerge.sources import HUB_ID
+
+if TYPE_CHECKING:
+    from kinmerge.evaluate import Evaluator
+    from kinmerge.evolve.strategies import Strategy
+    from kinmerge.merge import Recipe
 
 __all__ = [
     "EvaluatorConfig",
@@ -149,7 +153,7 @@ class MergeConfig(BaseModel):
         return kwargs
 
 
-def _build_recipe(method: str, params: Mapping[str, Any]) -> Any:
+def _build_recipe(method: str, params: Mapping[str, Any]) -> Recipe:
     from kinmerge.merge import RECIPES, Raw, get_recipe
 
     if method not in RECIPES:
@@ -205,20 +209,23 @@ class EvaluatorConfig(BaseModel):
             self.build()
         except KinmergeError as exc:
             raise ValueError(str(exc)) from None
-        except TypeError as exc:  # an unknown keyword
-            m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-            what = f"unknown setting {m.group(1)!r}" if m else str(exc)
-            raise ValueError(f"{what} for evaluator {self.name!r}") from None
         return self
 
-    def build(self) -> Any:
-        """The evaluator object (``kinmerge.evaluate.get_evaluator``)."""
-        from kinmerge.evaluate import get_evaluator
+    def run_settings(self) -> dict[str, Any]:
+        """The settings an evolution run evaluates with: the file's, with the evaluator's own
+        progress bar off where it has one (the runner draws its own progress line)."""
+        from kinmerge.evaluate import evaluator_accepts
 
         settings = self.settings()
-        if self.name == "builtin":
-            settings.setdefault("progress", False)  # the runner draws its own progress line
-        return get_evaluator(self.name, **settings)
+        if evaluator_accepts(self.name, "progress"):
+            settings.setdefault("progress", False)
+        return settings
+
+    def build(self) -> Evaluator:
+        """The evaluator object (``kinmerge.evaluate.get_evaluator``) with :meth:`run_settings`."""
+        from kinmerge.evaluate import get_evaluator
+
+        return get_evaluator(self.name, **self.run_settings())
 
 
 class ExecutorConfig(_Section):
@@ -348,7 +355,7 @@ class RunConfig(_Section):
             settings["seed"] = self.seed
         return settings
 
-    def build_strategy(self) -> Any:
+    def build_strategy(self) -> Strategy:
         """The strategy object (``kinmerge.evolve.get_strategy``)."""
         from kinmerge.evolve.strategies import get_strategy
 
@@ -450,7 +457,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def evaluator_key(evaluator: Any) -> str:
+def evaluator_key(evaluator: Evaluator) -> str:
     """The store's cache key of an evaluator: its name and a hash of its ``settings()``.
 
     Two runs whose evaluators would give the same scores share evaluations; any setting that
@@ -459,5 +466,4 @@ def evaluator_key(evaluator: Any) -> str:
     Example:
         ``evaluator_key(get_evaluator("builtin", tasks_dir="zoo/tasks"))`` -> ``"builtin-3f2a9c1d0b7e"``
     """
-    blob = json.dumps(evaluator.settings(), sort_keys=True, separators=(",", ":"), default=str)
-    return f"{evaluator.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return f"{evaluator.name}-{json_digest(evaluator.settings(), 12)}"

@@ -1,8 +1,8 @@
-"""The evolution runner: the paper's top-k loop (§3-§4) as resumable plan-then-execute steps.
+"""The evolution loop: the paper's top-k merging (§3-§4) as resumable plan-then-execute steps.
 
-``evolve(config, run_dir)`` drives a strategy (``kinmerge.evolve.strategies``, pure) with real
-merges, evaluations and kinship scans, and records everything in the run store
-(``RUN_DIR/kinmerge.db``). Per generation:
+``evolve(config, run_dir)`` drives a strategy (:mod:`kinmerge.evolve.strategies`, pure) with real
+merges, evaluations and kinship scans (:mod:`kinmerge.evolve.steps`, run by an executor) and
+records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
 
 1. **Plan.** Build the pool state from the store and ask the strategy. If it asks for kinship,
    compute every requested pair (plus the top-k's, for the progress line and the reports) in one
@@ -18,18 +18,14 @@ kinship of every pair of the final pool is recorded (the report's heatmap) and t
 finished.
 
 Why a kill at any instant loses at most the step in flight: every step writes its output
-completely before the store records it (merges: temp folder -> rename, by ``kinmerge.merge``;
-evaluations and kinship: one transaction each), every step is keyed by content so replaying it is
-harmless, and a saved plan is executed as saved. Rerunning the same command therefore resumes and
-ends with the same pool as an uninterrupted run. The store's lock refuses a second concurrent run
-on the same directory. Temp folders left by a killed merge are removed on the next start.
-
-Step functions (``content_id_step``, ``merge_step``, ``evaluate_step``, ``kinship_step``) are
-module-level and take and return plain data (paths, ids, settings), so an executor can run them
-in other processes or on other machines; only this driver touches the store.
+completely before the store records it (merges: temp folder -> rename; evaluations and kinship:
+one transaction each), every step is keyed by content so replaying it is harmless, and a saved
+plan is executed as saved. Rerunning the same command therefore resumes and ends with the same
+pool as an uninterrupted run. The store's lock refuses a second concurrent run on the same
+directory. Temp folders left by a killed merge are removed on the next start.
 
 Example:
-    >>> from kinmerge.evolve.runner import evolve                   # doctest: +SKIP
+    >>> from kinmerge.evolve import evolve                          # doctest: +SKIP
     >>> summary = evolve("examples/evolve.yaml", "runs/demo")       # doctest: +SKIP
     >>> summary.stop, summary.best.score                            # doctest: +SKIP
     ('top-k unchanged', 0.61)
@@ -38,256 +34,31 @@ Example:
 from __future__ import annotations
 
 import itertools
-import math
 import os
-import shutil
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kinmerge._io import sweep_temps
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
-from kinmerge.evolve.strategies import METRICS, Plan, PoolState, mean_pairwise_kinship, missing_kinship, topk
-from kinmerge.store import DB_NAME, LOCK_NAME, RunStore
+from kinmerge.evolve.steps import EvaluateTask, KinshipTask, MergeTask, hash_model, run_evaluation, run_kinship, run_merge
+from kinmerge.evolve.summary import RunSummary, summarize
+from kinmerge.kinship import METRICS
+from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
+from kinmerge.store import DB_NAME, RunStore
 
-__all__ = [
-    "MODELS_DIR",
-    "PoolEntry",
-    "RunSummary",
-    "content_id_step",
-    "evaluate_step",
-    "evolve",
-    "kinship_step",
-    "merge_step",
-    "read_summary",
-]
+__all__ = ["MODELS_DIR", "evolve"]
 
 #: Merges live in ``RUN_DIR/models/<id>``.
 MODELS_DIR = "models"
-_TMP_PREFIX = ".tmp-"  # kinmerge.merge builds a merge in ``<out_root>/.tmp-<id>-<rand>``
-
-
-# ---------------------------------------------------------------------------------------------
-# Step functions: module-level, plain data in and out
-# ---------------------------------------------------------------------------------------------
-
-
-def content_id_step(ref: str) -> str:
-    """The content id (hash of the weight files) of a model folder or hub id."""
-    from kinmerge.sources import content_id
-
-    return content_id(ref)
-
-
-def merge_step(task: Mapping[str, Any]) -> dict[str, Any]:
-    """Make one merge (or find it made): ``kinmerge.merge.merge`` on plain data.
-
-    Args:
-        task: ``{"parents": [path, ...], "method": str, "params": {...}, "out_root": str,
-            "base": str | None, "kinship": {metric: value} | None, "cuda": bool}``.
-
-    Returns:
-        ``{"id", "path", "reused", "recipe" (the recipe's params), "seconds"}``.
-    """
-    from kinmerge.merge import get_recipe, merge
-
-    start = time.perf_counter()
-    recipe = get_recipe(task["method"], **dict(task.get("params") or {}))
-    res = merge(
-        list(task["parents"]),
-        recipe,
-        task["out_root"],
-        base=task.get("base") if recipe.uses_base else None,
-        kinship=task.get("kinship"),
-        cuda=bool(task.get("cuda", False)),
-        quiet=True,
-    )
-    return {
-        "id": res.id,
-        "path": str(res.path),
-        "reused": res.reused,
-        "recipe": res.recipe.params(),
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def evaluate_step(task: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluate one model folder.
-
-    Args:
-        task: ``{"model": path, "evaluator": name, "settings": {...}}``.
-
-    Returns:
-        ``{"scores": {task: score}, "details": {task: {...}}, "average", "seconds"}``.
-    """
-    from kinmerge.evaluate import get_evaluator
-
-    start = time.perf_counter()
-    evaluator = get_evaluator(task["evaluator"], **dict(task.get("settings") or {}))
-    result = evaluator.evaluate(Path(task["model"]))
-    return {**result.to_dict(), "seconds": time.perf_counter() - start}
-
-
-def kinship_step(task: Mapping[str, Any]) -> dict[str, Any]:
-    """One streaming scan of several models against the base: every pair, every metric.
-
-    Args:
-        task: ``{"base": path, "models": [path, ...]}``.
-
-    Returns:
-        ``{"values": {metric: [[i, j, value], ...]}, "undefined": {metric: [[i, j, why], ...]},
-        "seconds", "bytes_read", "notes"}`` with ``i < j`` indexing ``models``.
-    """
-    from kinmerge.scan import scan
-    from kinmerge.sources import open_models
-
-    start = time.perf_counter()
-    with open_models([task["base"], *task["models"]]) as sources:
-        result = scan(sources[0], sources[1:])
-    n = len(task["models"])
-    values: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
-    undefined: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
-    for metric in METRICS:
-        for i, j in itertools.combinations(range(n), 2):
-            v = result.stats.value(metric, i, j)
-            if v is None or not math.isfinite(v):
-                undefined[metric].append([i, j, result.stats.why_undefined(metric, i, j) or "undefined"])
-            else:
-                values[metric].append([i, j, float(v)])
-    return {
-        "values": values,
-        "undefined": undefined,
-        "seconds": time.perf_counter() - start,
-        "bytes_read": result.bytes_read,
-        "notes": list(result.notes),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoolEntry:
-    """One model of a run's pool, as ``kinmerge status`` shows it.
-
-    Attributes:
-        id: content id (foundations) or merge id (merges).
-        generation: the generation it joined the pool (0 = foundation).
-        origin: ``"foundation"`` or ``"merge"``.
-        parents: its parents, parent A (SLERP base) first.
-        score: average task score ``P̄``; ``None`` while not evaluated.
-        path: its folder (or hub id).
-        in_top_k: among the top-k of the pool.
-        reason: why it was merged (greedy / exploration / random).
-        merge_gain: score minus the mean of its parents' scores.
-        kinship: its parents' kinship (the run's metric).
-    """
-
-    id: str
-    generation: int
-    origin: str
-    parents: tuple[str, ...] = ()
-    score: float | None = None
-    path: str | None = None
-    in_top_k: bool = False
-    reason: str | None = None
-    merge_gain: float | None = None
-    kinship: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return {
-            "id": self.id,
-            "generation": self.generation,
-            "origin": self.origin,
-            "parents": list(self.parents),
-            "score": self.score,
-            "path": self.path,
-            "in_top_k": self.in_top_k,
-            "reason": self.reason,
-            "merge_gain": self.merge_gain,
-            "kinship": self.kinship,
-        }
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """Where a run stands: its pool, its top-k, why it stopped, what this call did.
-
-    Attributes:
-        run_id, run_dir: which run.
-        status: ``"running"``, ``"finished"``, ``"failed"``, ``"interrupted"`` (marked running
-            but no process holds the run: rerun to resume) or ``"dry-run"``.
-        stop: the stop reason, once the strategy stopped.
-        generation: the last completed generation.
-        metric, k: the run's kinship metric and top-k size.
-        top_k, top_k_kinship: the current top-k and its mean pairwise kinship.
-        pool: every model of the pool, by generation then id.
-        merges: merges in the pool (the paper's "merges" column).
-        pending: the generation planned but not finished, if any.
-        made: what this call did: ``merges``, ``merges_reused``, ``evaluations``,
-            ``kinship_pairs``, ``kinship_scans``.
-        seconds: how long this call took.
-        next_plan: the plan a dry run would execute next.
-    """
-
-    run_id: str
-    run_dir: Path
-    status: str
-    stop: str | None
-    generation: int
-    metric: str
-    k: int
-    top_k: tuple[str, ...]
-    top_k_kinship: float | None
-    pool: tuple[PoolEntry, ...]
-    merges: int
-    pending: int | None = None
-    made: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    next_plan: Plan | None = None
-
-    @property
-    def best(self) -> PoolEntry | None:
-        """The best-scored model of the pool (ties by id), or ``None``."""
-        scored = [m for m in self.pool if m.score is not None]
-        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (``kinmerge status --json``)."""
-        best = self.best
-        return {
-            "run_id": self.run_id,
-            "run_dir": str(self.run_dir),
-            "status": self.status,
-            "stop": self.stop,
-            "generation": self.generation,
-            "pending": self.pending,
-            "metric": self.metric,
-            "k": self.k,
-            "top_k": list(self.top_k),
-            "top_k_kinship": self.top_k_kinship,
-            "best": best.id if best else None,
-            "best_score": best.score if best else None,
-            "merges": self.merges,
-            "pool": [m.to_dict() for m in self.pool],
-            "made": dict(self.made),
-            "seconds": round(self.seconds, 3),
-            "next_plan": self.next_plan.to_dict() if self.next_plan else None,
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# Public entry points
-# ---------------------------------------------------------------------------------------------
+#: Temp folders of killed merges written by kinmerge 0.1.0 (newer ones end in ``.tmp``).
+_LEGACY_TMP_PREFIX = ".tmp-"
 
 
 def evolve(
@@ -333,49 +104,12 @@ def evolve(
         return _Run(cfg, store, target, progress=progress, dry_run=False).run()
 
 
-def read_summary(run_dir: str | os.PathLike[str], run_id: str | None = None) -> RunSummary:
-    """The :class:`RunSummary` of a run, read without locking (safe while it runs).
-
-    Args:
-        run_id: which run of the store; default: the only one, else the latest started.
-
-    Raises:
-        StoreError: no store in ``run_dir``, or no such run.
-    """
-    run_dir = Path(run_dir)
-    with RunStore(run_dir, lock=False) as store:
-        run_id = pick_run(store, run_id)
-        return _summarize(store, run_id, run_dir)
-
-
-def pick_run(store: RunStore, run_id: str | None) -> str:
-    """``run_id`` if the store has it; with ``None``, the only run (or the latest started).
-
-    Raises:
-        StoreError: the store has no runs, or not that one.
-    """
-    runs = store.runs()
-    if not runs:
-        raise StoreError(f"{store.db_path} holds no runs yet; start one with `kinmerge evolve CONFIG`")
-    if run_id is None:
-        return runs[-1].id
-    if run_id not in {r.id for r in runs}:
-        raise StoreError(f"no run {run_id!r} in {store.db_path}; runs: {', '.join(r.id for r in runs)}")
-    return run_id
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver
-# ---------------------------------------------------------------------------------------------
-
-
 class _Reporter:
     """One line per generation on stderr; on a terminal also a live status of the step running."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._status: Any = None
-        self._console: Any = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
 
@@ -386,7 +120,7 @@ class _Reporter:
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        if self._console is not None:
+        if self._status is not None:
             self._console.print(text, soft_wrap=True, highlight=False, markup=False)
         else:
             print(text, file=sys.stderr, flush=True)
@@ -405,6 +139,8 @@ class _Run:
     """One invocation of ``evolve`` against an open (locked) store."""
 
     def __init__(self, cfg: RunConfig, store: RunStore, run_dir: Path, *, progress: bool, dry_run: bool) -> None:
+        from kinmerge.merge import get_recipe
+
         self.cfg = cfg
         self.store = store
         self.run_dir = run_dir
@@ -413,14 +149,9 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        self.evaluator = cfg.evaluator.build()
-        self.eval_key = evaluator_key(self.evaluator)
-        self.eval_settings = cfg.evaluator.settings()
-        if cfg.evaluator.name == "builtin":
-            self.eval_settings.setdefault("progress", False)
+        self.eval_key = evaluator_key(cfg.evaluator.build())
+        self.eval_settings = cfg.evaluator.run_settings()
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
-        from kinmerge.merge import get_recipe
-
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
         self.report = _Reporter(progress)
@@ -428,13 +159,12 @@ class _Run:
         self._scanned: set[frozenset[str]] = set()  # pairs scanned by this call (some undefined)
         self._paths: dict[str, str] = {}
         self._gen_started: dict[int, float] = {}
-        self.executor: Executor | None = None
+        self.executor: Executor = get_executor(cfg.executor.name, workers=cfg.executor.workers)
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         start = time.perf_counter()
-        self.executor = get_executor(self.cfg.executor.name, workers=self.cfg.executor.workers)
         try:
             return self._run(start)
         finally:
@@ -443,7 +173,8 @@ class _Run:
 
     def _run(self, start: float) -> RunSummary:
         if not self.dry_run:
-            self._remove_stale_temp()
+            for p in sweep_temps(self.models_dir, prefixes=(_LEGACY_TMP_PREFIX,)):
+                self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
         foundations = self._start()
         try:
             if not self.dry_run:
@@ -471,54 +202,47 @@ class _Run:
     def _start(self) -> list[str]:
         """Content ids of base and foundations, the run row (resume check), the foundation models."""
         self.report.step("hashing the foundation models")
-        refs = [self.cfg.base, *self.cfg.foundation]
-        ids = self.executor.map(content_id_step, refs)  # type: ignore[union-attr]
+        ids = self.executor.map(hash_model, [self.cfg.base, *self.cfg.foundation])
         base_id, foundation_ids = ids[0], ids[1:]
         seen: dict[str, str] = {}
-        for ref, cid in zip(self.cfg.foundation, foundation_ids):
+        for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             if cid == base_id:
                 raise ConfigError(f"foundation model {ref} has the same weights as the base {self.cfg.base}")
             if cid in seen:
                 raise ConfigError(f"foundation models {seen[cid]} and {ref} have the same weights; list each once")
             seen[cid] = ref
-        self.base_id = base_id
-        fingerprint = {
-            "foundation": foundation_ids,
-            "base": base_id,
-            "strategy": {"name": self.strategy.name, **self.strategy.settings()},
-            "merge": self.recipe.params(),
-            "evaluator": self.eval_key,
-            "metric": self.metric,  # the kinship metric the run decides and reports with
-        }
+        fingerprint = RunFingerprint(
+            foundation=tuple(foundation_ids), base=base_id, strategy=self.strategy.name,
+            settings=self.strategy.settings(), recipe=self.recipe.params(), evaluator=self.eval_key,
+            metric=self.metric,
+        )
         resumed = self.store.get_run(self.run_id) is not None
-        self.store.start_run(self.run_id, strategy=self.strategy.name, config=fingerprint, seed=self.cfg.seed)
-        for ref, cid in zip(self.cfg.foundation, foundation_ids):
+        self.store.start_run(self.run_id, strategy=self.strategy.name, config=fingerprint.to_dict(), seed=self.cfg.seed)
+        for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             self.store.add_model(cid, origin="foundation", generation=0, path=ref, run_id=self.run_id)
             self._paths[cid] = ref
         if not self.dry_run:
+            verb = "resumed" if resumed else "started"
             self.store.log_event(
-                self.run_id,
-                "run_resumed" if resumed else "run_started",
-                f"{'resumed' if resumed else 'started'} run {self.run_id} in {self.run_dir}",
-                payload={"config": self.cfg.model_dump(mode="json"), "fingerprint": fingerprint, "pid": os.getpid()},
+                self.run_id, f"run_{verb}", f"{verb} run {self.run_id} in {self.run_dir}",
+                payload={"config": self.cfg.model_dump(mode="json"), "fingerprint": fingerprint.to_dict(),
+                         "pid": os.getpid()},
             )
             self.report.line(
                 f"{'resuming' if resumed else 'starting'} run {self.run_id!r} in {self.run_dir}: "
-                f"{len(foundation_ids)} foundation models, strategy {self.strategy.name}, "
-                f"evaluator {self.eval_key}"
+                f"{len(foundation_ids)} foundation models, strategy {self.strategy.name}, evaluator {self.eval_key}"
             )
         return foundation_ids
 
     def _next_plan(self) -> Plan:
         """The saved pending plan, or a new one (kinship computed as the strategy asks), saved."""
         if self.store.stop_reason(self.run_id) is not None:  # a finished run: nothing to decide
-            done = self.store.last_completed_generation(self.run_id)
-            stored = self.store.get_plan(self.run_id, done + 1)
+            stored = self.store.get_plan(self.run_id, self.store.last_completed_generation(self.run_id) + 1)
             if stored is not None and stored.stop is not None:
                 return stored
         pending = self.store.pending_plan(self.run_id)
         if pending is not None:
-            self.report.line(f"gen {pending.generation}: resuming the saved plan ({_plan_text(pending)})")
+            self.report.line(f"gen {pending.generation}: resuming the saved plan ({pending.describe()})")
             return pending
         state = self._state()
         self.report.step(f"gen {state.generation + 1}: planning")
@@ -535,11 +259,10 @@ class _Run:
         if self.dry_run:
             return plan
         self.store.save_plan(self.run_id, plan)
-        self.store.log_event(
-            self.run_id, "plan", _plan_text(plan), generation=plan.generation, payload=plan.to_dict()
-        )
+        self.store.log_event(self.run_id, "plan", plan.describe(), generation=plan.generation,
+                             payload=plan.to_dict())
         if plan.stop is None:
-            self.report.line(f"gen {plan.generation}: planned {_plan_text(plan)}")
+            self.report.line(f"gen {plan.generation}: planned {plan.describe()}")
         return plan
 
     def _execute(self, plan: Plan) -> None:
@@ -549,37 +272,30 @@ class _Run:
         pairs = {m.pair for m in plan.merges}
         self._ensure_kinship(pairs, generation=g, why="parents")
         kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}) for m in METRICS}
-        base = self.cfg.base if self.recipe.uses_base else None
         tasks = [
-            {
-                "parents": [self._path(p) for p in m.parents],
-                "method": self.cfg.merge.method,
-                "params": self.recipe_kwargs,
-                "out_root": str(self.models_dir),
-                "base": base,
-                "kinship": {metric: kin[metric][m.pair] for metric in METRICS if m.pair in kin[metric]} or None,
-                "cuda": self.cfg.merge.cuda,
-            }
+            MergeTask(
+                parents=tuple(self._path(p) for p in m.parents), method=self.cfg.merge.method,
+                params=self.recipe_kwargs, out_root=str(self.models_dir),
+                base=self.cfg.base if self.recipe.uses_base else None,
+                kinship={metric: kin[metric][m.pair] for metric in METRICS if m.pair in kin[metric]} or None,
+                cuda=self.cfg.merge.cuda,
+            )
             for m in plan.merges
         ]
 
-        def started(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        def started(items: list[MergeTask]) -> Iterator[MergeTask]:
             for i, item in enumerate(items):
                 merge = plan.merges[i]
                 self.report.step(f"gen {g}: merging {i + 1}/{len(items)}")
-                self.store.log_event(
-                    self.run_id, "merge_start", "+".join(merge.parents), generation=g,
-                    payload={"parents": list(merge.parents), "reason": merge.reason},
-                )
+                self.store.log_event(self.run_id, "merge_start", "+".join(merge.parents), generation=g,
+                                     payload={"parents": list(merge.parents), "reason": merge.reason})
                 yield item
 
         children: list[str] = [""] * len(tasks)
-        for i, res in self.executor.imap(merge_step, started(tasks)):  # type: ignore[union-attr]
+        for i, res in self.executor.imap(run_merge, started(tasks)):
             merge = plan.merges[i]
-            self.store.add_model(
-                res["id"], origin="merge", generation=g, path=res["path"], recipe=res["recipe"],
-                parents=merge.parents, run_id=self.run_id,
-            )
+            self.store.add_model(res["id"], origin="merge", generation=g, path=res["path"], recipe=res["recipe"],
+                                 parents=merge.parents, run_id=self.run_id)
             self._paths[res["id"]] = res["path"]
             children[i] = res["id"]
             self.made["merges_reused" if res["reused"] else "merges"] += 1
@@ -587,7 +303,7 @@ class _Run:
                 self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=g,
                 duration_s=res["seconds"],
                 payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
-                         "reused": res["reused"], "kinship": tasks[i]["kinship"]},
+                         "reused": res["reused"], "kinship": tasks[i].kinship},
             )
         self._evaluate(children, generation=g)
         self.store.mark_plan_done(self.run_id, g)
@@ -595,8 +311,8 @@ class _Run:
     def _finish(self, stop: str | None) -> None:
         ids = [m.id for m in self._state().models]
         if self.cfg.final_kinship_matrix and len(ids) > 1:
-            pairs = {frozenset(p) for p in itertools.combinations(ids, 2)}
-            self._ensure_kinship(pairs, generation=None, why="final matrix")
+            self._ensure_kinship({frozenset(p) for p in itertools.combinations(ids, 2)}, generation=None,
+                                 why="final matrix")
         self.store.finish_run(self.run_id)
         self.store.log_event(self.run_id, "run_finished", f"stopped: {stop}", payload={"stop": stop, "made": self.made})
         self.report.line(f"stopped: {stop}")
@@ -607,18 +323,15 @@ class _Run:
         """Evaluate the models that have no score under this evaluator yet; record each."""
         averages = self.store.average_scores(ids, evaluator=self.eval_key)
         todo = [i for i in ids if averages.get(i) is None]
-        if not todo:
-            return
-        tasks = [{"model": self._path(i), "evaluator": self.cfg.evaluator.name, "settings": self.eval_settings}
-                 for i in todo]
+        tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings) for i in todo]
 
-        def started(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        def started(items: list[EvaluateTask]) -> Iterator[EvaluateTask]:
             for n, item in enumerate(items):
                 self.report.step(f"gen {generation}: evaluating {n + 1}/{len(items)}")
                 self.store.log_event(self.run_id, "evaluate_start", todo[n], generation=generation)
                 yield item
 
-        for n, res in self.executor.imap(evaluate_step, started(tasks)):  # type: ignore[union-attr]
+        for n, res in self.executor.imap(run_evaluation, started(tasks)):
             mid = todo[n]
             self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
             self.made["evaluations"] += 1
@@ -639,8 +352,8 @@ class _Run:
             return
         models = sorted({m for p in missing for m in p})
         self.report.step(f"kinship: scanning {len(models)} models ({why})")
-        task = {"base": self.cfg.base, "models": [self._path(m) for m in models]}
-        res = self.executor.map(kinship_step, [task])[0]  # type: ignore[union-attr]
+        task = KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))
+        res = self.executor.map(run_kinship, [task])[0]
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
@@ -679,7 +392,7 @@ class _Run:
             self._paths[model_id] = rec.path
         return self._paths[model_id]
 
-    def _remerge(self, rec: Any) -> None:
+    def _remerge(self, rec: ModelRecord) -> None:
         """Rebuild a deleted merge folder from its recorded parents and recipe."""
         params = dict(rec.recipe or {})
         method = params.pop("method", None)
@@ -687,8 +400,9 @@ class _Run:
             raise StoreError(f"merge {rec.id} is missing from {rec.path} and its recipe cannot be replayed; "
                              "restore the folder")
         self.report.step(f"re-merging deleted {rec.id}")
-        res = merge_step({"parents": [self._path(p) for p in rec.parents], "method": method, "params": params,
-                          "out_root": str(Path(rec.path).parent), "base": self.cfg.base, "cuda": self.cfg.merge.cuda})
+        res = run_merge(MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
+                                  out_root=str(Path(str(rec.path)).parent), base=self.cfg.base,
+                                  cuda=self.cfg.merge.cuda))
         if res["id"] != rec.id:
             raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {rec.path}")
         self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
@@ -704,56 +418,32 @@ class _Run:
     def _report_generation(self, state: PoolState) -> None:
         """The progress line of the last completed generation (once its top-k kinship is known)."""
         g = state.generation
-        scored = [m for m in state.models if m.score is not None]
+        scored = [m.score for m in state.models if m.score is not None]
         if not scored:
             return
-        new = [m for m in state.models if m.generation == g]
-        best = max(m.score for m in scored)  # type: ignore[type-var]
-        before = [m.score for m in scored if m.generation < g]
-        gain = f" ({best - max(before):+.4f})" if before else ""  # type: ignore[type-var]
-        kin_text = "n/a"
-        if len(scored) == len(state.models):
-            top = topk(state, self.k)
-            pairs = [frozenset(p) for p in itertools.combinations(top, 2)]
-            if len(top) > 1 and not missing_kinship(pairs, state.kinship):
-                kin_text = f"{mean_pairwise_kinship(top, state.kinship):.4f}"
+        best = max(scored)
+        before = [m.score for m in state.models if m.score is not None and m.generation < g]
+        gain = f" ({best - max(before):+.4f})" if before else ""
+        kin = known_mean_kinship(topk(state, self.k), state.kinship) if len(scored) == len(state.models) else None
+        kin_text = "n/a" if kin is None else f"{kin:.4f}"
         merges = sum(1 for m in state.models if m.parents)
         took = self._gen_started.get(g)
         timing = f" | {time.perf_counter() - took:.1f}s" if took is not None else ""
-        what = f"{len(new)} foundation models" if g == 0 else f"{len(new)} merges"
+        new = sum(1 for m in state.models if m.generation == g)
+        what = f"{new} foundation models" if g == 0 else f"{new} merges"
         line = (f"gen {g}: {what} | best {best:.4f}{gain} | top-{self.k} {self.metric} kinship {kin_text} | "
                 f"merges {merges}{timing}")
         self.report.line(line)
         if not self.dry_run:
             self.store.log_event(self.run_id, "generation", line, generation=g,
-                                 payload={"best": best, "top_k_kinship": None if kin_text == "n/a" else float(kin_text),
+                                 payload={"best": best, "top_k_kinship": None if kin is None else round(kin, 4),
                                           "merges": merges})
 
-    def _remove_stale_temp(self) -> None:
-        """Remove merge temp folders a killed run left (we hold the run lock: none is live)."""
-        if not self.models_dir.is_dir():
-            return
-        for p in sorted(self.models_dir.iterdir()):
-            if p.name.startswith(_TMP_PREFIX) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                self.store.log_event(self.run_id if self.store.get_run(self.run_id) else None,
-                                     "cleanup", f"removed unfinished merge folder {p.name}")
-
     def _summary(self, start: float, next_plan: Plan | None = None) -> RunSummary:
-        s = _summarize(self.store, self.run_id, self.run_dir)
+        s = summarize(self.store, self.run_id, self.run_dir)
         status = "dry-run" if self.dry_run else s.status
         return RunSummary(**{**s.__dict__, "status": status, "made": dict(self.made),
                              "seconds": time.perf_counter() - start, "next_plan": next_plan})
-
-
-def _plan_text(plan: Plan) -> str:
-    if plan.stop is not None:
-        return f"stop ({plan.stop})"
-    reasons: dict[str, int] = {}
-    for m in plan.merges:
-        reasons[m.reason] = reasons.get(m.reason, 0) + 1
-    detail = ", ".join(f"{n} {r}" for r, n in reasons.items())
-    return f"{len(plan.merges)} merge{'s' if len(plan.merges) != 1 else ''} ({detail})"
 
 
 def _copy_store(run_dir: Path, scratch: Path) -> None:
@@ -768,134 +458,3 @@ def _copy_store(run_dir: Path, scratch: Path) -> None:
     finally:
         dst.close()
         src.close()
-
-
-def _is_running(run_dir: Path) -> bool:
-    """Whether a process holds the run lock of ``run_dir`` right now."""
-    import fcntl
-
-    lock = run_dir / LOCK_NAME
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _summarize(store: RunStore, run_id: str, run_dir: Path) -> RunSummary:
-    """The pool table of a run from the store (public queries only)."""
-    run = store.get_run(run_id)
-    if run is None:
-        raise StoreError(f"no run {run_id!r} in {store.db_path}")
-    fp = run.config
-    key = fp.get("evaluator")
-    metric = fp.get("metric", "pcc")
-    k = int(fp.get("strategy", {}).get("k", 3))
-    foundations = [f for f in fp.get("foundation", []) if store.get_model(f) is not None]
-    merges = store.merge_gains(run_id, evaluator=key, metric=metric)
-    ids = foundations + [r.child for r in merges]
-    scores = store.average_scores(ids, evaluator=key) if ids else {}
-    scored = [(i, scores.get(i)) for i in ids if scores.get(i) is not None]
-    top = tuple(i for i, _ in sorted(scored, key=lambda x: (-(x[1] or 0.0), x[0]))[:k])
-    kinship = store.get_kinship(metric, model_ids=top) if len(top) > 1 else {}
-    pairs = [frozenset(p) for p in itertools.combinations(top, 2)]
-    top_kin = mean_pairwise_kinship(top, kinship) if pairs and not missing_kinship(pairs, kinship) else None
-    entries = []
-    for f in foundations:
-        rec = store.get_model(f)
-        entries.append(PoolEntry(id=f, generation=0, origin="foundation", score=scores.get(f),
-                                 path=rec.path if rec else None, in_top_k=f in top))
-    for r in merges:
-        rec = store.get_model(r.child)
-        entries.append(PoolEntry(id=r.child, generation=r.generation, origin="merge", parents=r.parents,
-                                 score=r.child_score, path=rec.path if rec else None, in_top_k=r.child in top,
-                                 reason=r.reason, merge_gain=r.merge_gain, kinship=r.kinship))
-    entries.sort(key=lambda e: (e.generation, e.id))
-    pending = store.pending_plan(run_id)
-    status = run.status
-    if status == "running" and not _is_running(Path(run_dir)):
-        status = "interrupted"
-    return RunSummary(
-        run_id=run_id,
-        run_dir=Path(run_dir),
-        status=status,
-        stop=store.stop_reason(run_id),
-        generation=store.last_completed_generation(run_id),
-        metric=metric,
-        k=k,
-        top_k=top,
-        top_k_kinship=top_kin,
-        pool=tuple(entries),
-        merges=sum(1 for e in entries if e.origin == "merge"),
-        pending=pending.generation if pending else None,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Lineage helpers (``kinmerge lineage``)
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_model_id(store: RunStore, ref: str) -> str:
-    """A model id from an id or a unique prefix of one (as ``kinmerge status`` shows them).
-
-    Raises:
-        StoreError: no model, or several, match ``ref``.
-    """
-    if store.get_model(ref) is not None:
-        return ref
-    ids: set[str] = set()
-    for run in store.runs():
-        ids |= {f for f in run.config.get("foundation", [])}
-        ids |= {r.child for r in store.merge_gains(run.id, evaluator=run.config.get("evaluator"))}
-    matches = sorted(i for i in ids if i.startswith(ref))
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise StoreError(f"no model {ref!r} in {store.db_path}; `kinmerge status` lists the pool")
-    raise StoreError(f"{ref!r} matches {len(matches)} models ({', '.join(m[:16] for m in matches[:4])}, ...); "
-                     "give more characters")
-
-
-def lineage_lines(node: Any, scores: Mapping[str, float | None], *, width: int = 16) -> list[str]:
-    """A family tree (``RunStore.lineage``) as indented text lines, the model first.
-
-    Example output::
-
-        0ab0718cc0970b8b  gen 2  merge  score 0.5417  slerp
-        ├── 2458350c8c7cb6e6  gen 0  foundation  score 0.4100  specialists/caesar
-        └── 9e9acbc8b7a01b25  gen 1  merge  score 0.5000  slerp
-            ├── ...
-    """
-
-    def label(n: Any) -> str:
-        score = scores.get(n.id)
-        what = (n.recipe or {}).get("method", "") if n.origin == "merge" else _short_path(n.path)
-        text = f"{n.id[:width]}  gen {n.generation}  {n.origin}"
-        text += f"  score {score:.4f}" if score is not None else "  score -"
-        return f"{text}  {what}".rstrip()
-
-    lines = [label(node)]
-
-    def walk(n: Any, prefix: str) -> None:
-        for i, p in enumerate(n.parents):
-            last = i == len(n.parents) - 1
-            lines.append(f"{prefix}{'└── ' if last else '├── '}{label(p)}")
-            walk(p, prefix + ("    " if last else "│   "))
-
-    walk(node, "")
-    return lines
-
-
-def _short_path(path: str | None) -> str:
-    if not path:
-        return ""
-    parts = Path(path).parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else path

@@ -35,205 +35,58 @@ Definitions used throughout
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from typing import Any, ClassVar, Literal, Protocol, get_args
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
 
 from kinmerge.errors import ConfigError
+from kinmerge.kinship import check_metric
+from kinmerge.pool import (
+    CANDIDATE_SETS,
+    DEFAULT_THRESHOLDS,
+    STOP_BUDGET,
+    STOP_KINSHIP,
+    STOP_NO_PAIRS,
+    STOP_REASONS,
+    STOP_TOPK_UNCHANGED,
+    Candidates,
+    Metric,
+    Plan,
+    PlannedMerge,
+    PoolModel,
+    PoolState,
+    mean_pairwise_kinship,
+    missing_kinship,
+    pair,
+    topk,
+)
 
-Reason = Literal["greedy", "exploration", "random"]
-Metric = Literal["pcc", "cs", "ed"]
-Candidates = Literal["pool", "previous", "top_k"]
-
-REASONS: tuple[str, ...] = get_args(Reason)
-METRICS: tuple[str, ...] = get_args(Metric)
-CANDIDATE_SETS: tuple[str, ...] = get_args(Candidates)
-
-STOP_TOPK_UNCHANGED = "top-k unchanged"
-STOP_KINSHIP = "kinship early stop"
-STOP_BUDGET = "generation budget"
-STOP_NO_PAIRS = "no new pairs"
-STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET, STOP_NO_PAIRS)
-
-#: Early-stop thresholds when none is given. The paper's 0.9 is for PCC; signed cosine is close to
-#: PCC on (nearly mean-zero) weight deltas. ED has no default: a distance depends on model size
-#: (the paper's path fell from 20.4 to 1.6 on a 7B model), so the user must choose one.
-DEFAULT_THRESHOLDS: dict[str, float] = {"pcc": 0.9, "cs": 0.9}
-
-
-# --------------------------------------------------------------------------------------------
-# Pool state and plans: plain frozen data
-# --------------------------------------------------------------------------------------------
-
-
-def pair(a: str, b: str) -> frozenset[str]:
-    """The unordered key of a pair of models, as used in ``kinship`` and ``merged_pairs``.
-
-    Example: ``pair("m1", "m2") == pair("m2", "m1")``.
-    """
-    if a == b:
-        raise ValueError(f"a model cannot be paired with itself: {a!r}")
-    return frozenset((a, b))
-
-
-def _sorted_pair(p: frozenset[str]) -> tuple[str, str]:
-    a, b = sorted(p)
-    return (a, b)
-
-
-@dataclass(frozen=True)
-class PoolModel:
-    """One model of the pool.
-
-    Attributes:
-        id: content id (the store's primary key).
-        generation: 0 for a foundation model, ``g`` for a child made in generation ``g``.
-        parents: ids of the models it was merged from (empty for a foundation model).
-        score: average task score ``P̄``; ``None`` while not evaluated (strategies refuse to rank
-            an unscored model rather than guess).
-    """
-
-    id: str
-    generation: int
-    parents: tuple[str, ...] = ()
-    score: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.generation < 0:
-            raise ValueError(f"model {self.id!r}: generation must be >= 0, got {self.generation}")
-        if self.id in self.parents:
-            raise ValueError(f"model {self.id!r} lists itself as a parent")
-        if self.score is not None and not math.isfinite(self.score):
-            raise ValueError(f"model {self.id!r}: score must be finite, got {self.score}")
-
-
-@dataclass(frozen=True)
-class PoolState:
-    """The pool after generation ``generation``: what a strategy needs to plan the next one.
-
-    Attributes:
-        models: every model in the pool (foundations and children), any order.
-        kinship: pairwise kinship of one metric (the strategy's ``metric``), keyed by
-            ``pair(a, b)``. Missing pairs are fine: a strategy requests what it needs.
-        merged_pairs: pairs already merged *or planned*; never merged again. Pairs of models'
-            ``parents`` are added automatically (see :meth:`all_merged_pairs`).
-        generation: the last completed generation (0 = only foundation models).
-        kinship_metric: which metric ``kinship`` holds, if known; a strategy with a different
-            ``metric`` refuses it instead of reading distances as similarities.
-    """
-
-    models: tuple[PoolModel, ...]
-    kinship: Mapping[frozenset[str], float] = field(default_factory=dict)
-    merged_pairs: frozenset[frozenset[str]] = frozenset()
-    generation: int = 0
-    kinship_metric: str | None = None
-
-    def __post_init__(self) -> None:
-        ids = [m.id for m in self.models]
-        if len(set(ids)) != len(ids):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise ValueError(f"duplicate model ids in the pool: {dupes}")
-        if self.generation < 0:
-            raise ValueError(f"generation must be >= 0, got {self.generation}")
-        late = sorted(m.id for m in self.models if m.generation > self.generation)
-        if late:
-            raise ValueError(
-                f"models {late} are newer than the pool state's generation {self.generation}; "
-                "a pool state holds only completed generations"
-            )
-        for key in itertools.chain(self.kinship, self.merged_pairs):
-            if not isinstance(key, frozenset) or len(key) != 2:
-                raise ValueError(f"pair keys must be frozensets of two ids, got {key!r}")
-
-    @cached_property
-    def by_id(self) -> dict[str, PoolModel]:
-        """The models keyed by id."""
-        return {m.id: m for m in self.models}
-
-    def all_merged_pairs(self) -> frozenset[frozenset[str]]:
-        """``merged_pairs`` plus the parent pair of every two-parent child in the pool.
-
-        Why both: a child in the pool proves its parents were merged even if the caller forgot
-        to list the pair, and re-merging it would only rebuild the same content-addressed model.
-        """
-        from_parents = {frozenset(m.parents) for m in self.models if len(set(m.parents)) == 2}
-        return frozenset(self.merged_pairs) | frozenset(from_parents)
-
-
-@dataclass(frozen=True)
-class PlannedMerge:
-    """One merge of the next generation: two parents (better-ranked first) and why."""
-
-    parents: tuple[str, str]
-    reason: Reason = "greedy"
-
-    def __post_init__(self) -> None:
-        if len(self.parents) != 2 or self.parents[0] == self.parents[1]:
-            raise ValueError(f"a merge needs two distinct parents, got {self.parents!r}")
-        if self.reason not in REASONS:
-            raise ValueError(f"unknown merge reason {self.reason!r}; expected one of {REASONS}")
-
-    @property
-    def pair(self) -> frozenset[str]:
-        """The unordered parent pair."""
-        return frozenset(self.parents)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do for generation ``generation``: merges, a stop, or a request for kinship.
-
-    Exactly one of ``merges``, ``stop`` and ``kinship_requests`` is non-empty (see the module
-    docstring for how the runner reacts to each).
-    """
-
-    generation: int
-    merges: tuple[PlannedMerge, ...] = ()
-    stop: str | None = None
-    kinship_requests: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        filled = [bool(self.merges), self.stop is not None, bool(self.kinship_requests)]
-        if sum(filled) != 1:
-            raise ValueError(
-                "a plan holds exactly one of merges, stop or kinship_requests; got "
-                f"merges={len(self.merges)}, stop={self.stop!r}, "
-                f"kinship_requests={len(self.kinship_requests)}"
-            )
-        if self.stop is not None and self.stop not in STOP_REASONS:
-            raise ValueError(f"unknown stop reason {self.stop!r}; expected one of {STOP_REASONS}")
-        pairs = [m.pair for m in self.merges]
-        if len(set(pairs)) != len(pairs):
-            raise ValueError("a plan lists the same pair twice")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (what the store saves)."""
-        return {
-            "generation": self.generation,
-            "merges": [{"parents": list(m.parents), "reason": m.reason} for m in self.merges],
-            "stop": self.stop,
-            "kinship_requests": [list(p) for p in self.kinship_requests],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            generation=int(data["generation"]),
-            merges=tuple(
-                PlannedMerge(parents=(m["parents"][0], m["parents"][1]), reason=m["reason"])
-                for m in data.get("merges", ())
-            ),
-            stop=data.get("stop"),
-            kinship_requests=tuple((a, b) for a, b in data.get("kinship_requests", ())),
-        )
+__all__ = [
+    "STRATEGIES",
+    "GreedyStrategy",
+    "KinshipStrategy",
+    "RandomStrategy",
+    "Strategy",
+    "get_strategy",
+    "kinship_is_high",
+    "least_related",
+    # the pool's vocabulary, which strategy authors need beside the strategies
+    "DEFAULT_THRESHOLDS",
+    "STOP_BUDGET",
+    "STOP_KINSHIP",
+    "STOP_NO_PAIRS",
+    "STOP_REASONS",
+    "STOP_TOPK_UNCHANGED",
+    "Plan",
+    "PlannedMerge",
+    "PoolModel",
+    "PoolState",
+]
 
 
 # --------------------------------------------------------------------------------------------
-# Pure helpers (paper §2-§4)
+# Pure helpers for kinship-aware strategies (paper §4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -242,83 +95,13 @@ def _rank_key(m: PoolModel) -> tuple[float, str]:
     return (-m.score, m.id)
 
 
-def ranked(state: PoolState, *, generation: int | None = None) -> tuple[str, ...]:
-    """Ids of the pool (models from generations ``<= generation``; all if ``None``), best first.
-
-    Raises:
-        ValueError: a model in range has no score (evaluate every model before planning).
-    """
-    pool = [m for m in state.models if generation is None or m.generation <= generation]
-    unscored = sorted(m.id for m in pool if m.score is None)
-    if unscored:
-        raise ValueError(f"models without a score cannot be ranked: {unscored}; evaluate them first")
-    return tuple(m.id for m in sorted(pool, key=_rank_key))
-
-
-def topk(state: PoolState, k: int, *, generation: int | None = None) -> tuple[str, ...]:
-    """The top-k of the whole pool by score (ties by id), best first: the paper's set ``S``.
-
-    With ``generation=g`` only models from generations ``<= g`` count: ``S`` as it stood after
-    generation ``g``.
-
-    Example:
-        >>> s = PoolState((PoolModel("a", 0, score=1.0), PoolModel("b", 0, score=2.0)))
-        >>> topk(s, 1)
-        ('b',)
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return ranked(state, generation=generation)[:k]
-
-
-def missing_kinship(
-    pairs: Iterable[frozenset[str]], kinship: Mapping[frozenset[str], float]
-) -> tuple[tuple[str, str], ...]:
-    """The pairs (sorted, each as a sorted tuple) whose kinship is not in ``kinship``."""
-    return tuple(sorted({_sorted_pair(p) for p in pairs if p not in kinship}))
-
-
-def mean_pairwise_kinship(ids: Iterable[str], kinship: Mapping[frozenset[str], float]) -> float:
-    """Mean kinship over every pair of ``ids`` (paper §1: the kinship of a group of models).
-
-    Example:
-        >>> mean_pairwise_kinship(["a", "b", "c"], {pair("a", "b"): 0.8, pair("a", "c"): 0.5,
-        ...                                         pair("b", "c"): 0.2})
-        0.5
-
-    Raises:
-        ValueError: fewer than two distinct ids, or a pair's kinship is missing.
-    """
-    unique = sorted(set(ids))
-    if len(unique) < 2:
-        raise ValueError(f"kinship of a group needs at least two models, got {unique}")
-    pairs = [frozenset(p) for p in itertools.combinations(unique, 2)]
-    missing = missing_kinship(pairs, kinship)
-    if missing:
-        raise ValueError(f"kinship missing for pairs {list(missing)}")
-    return math.fsum(kinship[p] for p in pairs) / len(pairs)
-
-
-def merge_gain(child_score: float, parent_scores: Iterable[float]) -> float:
-    """Merge gain (paper §2): the child's score minus the *mean* of its parents' scores.
-
-    Example:
-        >>> merge_gain(68.45, [66.84, 62.5])
-        3.78
-    """
-    parents = list(parent_scores)
-    if not parents:
-        raise ValueError("merge gain needs at least one parent score")
-    return round(child_score - math.fsum(parents) / len(parents), 12)
-
-
 def kinship_is_high(value: float, metric: str, threshold: float) -> bool:
     """Whether a kinship value counts as "high" (close relatives) for early stopping.
 
     PCC and CS are similarities: high means ``value > threshold``. ED is a distance: high
     kinship means a *small* distance, ``value < threshold``.
     """
-    _check_metric(metric)
+    check_metric(metric)
     return value < threshold if metric == "ed" else value > threshold
 
 
@@ -333,7 +116,7 @@ def least_related(
     Raises:
         ValueError: a candidate's kinship to ``model`` is missing.
     """
-    _check_metric(metric)
+    check_metric(metric)
     pool = sorted(set(candidates) - {model})
     if not pool:
         return None
@@ -342,11 +125,6 @@ def least_related(
         raise ValueError(f"kinship missing for pairs {list(missing)}")
     sign = -1.0 if metric == "ed" else 1.0
     return min(pool, key=lambda c: (sign * kinship[pair(model, c)], c))
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ConfigError(f"unknown kinship metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +306,7 @@ class KinshipStrategy(GreedyStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_metric(self.metric)
+        check_metric(self.metric)
         if self.exploration_candidates not in CANDIDATE_SETS:
             raise ConfigError(
                 f"{self.name}: exploration_candidates must be one of {', '.join(CANDIDATE_SETS)}, "

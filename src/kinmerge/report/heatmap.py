@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kinmerge._io import atomic_file
 from kinmerge.errors import KinmergeError
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
 
@@ -87,10 +88,7 @@ def plot_kinship_heatmap(
     cax = fig.add_axes((0.83, 0.14, 0.025, 0.64))
     fig.colorbar(image, cax=cax, label=METRIC_NAMES[metric])
     fig.suptitle(title or f"Model kinship ({METRIC_NAMES[metric]}), clustered", fontsize=10)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return Path(path)

@@ -3,9 +3,8 @@
 ``write_report(run_dirs, out_dir)`` reads every run of the given stores and writes
 ``out_dir/index.html`` plus the figures as PNG files next to it. The page embeds the same PNGs
 as base64 ``data:`` URIs and its CSS inline: it needs no network, no JavaScript and no other
-file, so it can be mailed or attached to a model card as is. Everything is rendered into a temp
-folder first and moved into place with ``os.replace`` (the page last), so a failed report never
-leaves a half-written page.
+file, so it can be mailed or attached to a model card as is. Every file is written to a temp name and
+renamed into place (the page last), so a failed report never leaves a half-written page.
 
 ``compare_table(run_dirs)`` is the data behind ``kinmerge compare``: one row per run and the
 mean and spread of the scores across runs of the same strategy (several seeds).
@@ -21,241 +20,20 @@ import html
 import json
 import math
 import os
-import re
-import shutil
-import statistics
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kinmerge import __version__
-from kinmerge.evolve.strategies import DEFAULT_THRESHOLDS
+from kinmerge._version import __version__
+from kinmerge._io import atomic_write
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
-from kinmerge.report.plots import (
-    METRIC_SHORT,
-    GainPoint,
-    KinshipCurve,
-    ScoreCurve,
-    TreeNode,
-    gain_correlations,
-    plot_family_tree,
-    plot_merge_gains,
-    plot_scores,
-    plot_topk_kinship,
-)
-from kinmerge.report.runs import RunData, load_runs
+from kinmerge.report.compare import compare_runs
+from kinmerge.report.figures import gain_points, make_figures
+from kinmerge.report.plots import METRIC_SHORT, GainPoint, gain_correlations
+from kinmerge.report.queries import RunHistory, load_runs
 
-# ---------------------------------------------------------------------------------------------
-# compare
-# ---------------------------------------------------------------------------------------------
-
-
-def _spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """``{n, mean, std, min, max}`` of the known values; ``std`` is the sample std (``None`` if n < 2)."""
-    known = [float(v) for v in values if v is not None]
-    if not known:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-    return {
-        "n": len(known),
-        "mean": math.fsum(known) / len(known),
-        "std": statistics.stdev(known) if len(known) > 1 else None,
-        "min": min(known),
-        "max": max(known),
-    }
-
-
-def _carried(best: Sequence[float | None], length: int) -> list[float | None]:
-    """Best-in-pool per generation, carried forward: a finished run's pool no longer changes."""
-    out: list[float | None] = []
-    last: float | None = None
-    for g in range(length):
-        value = best[g] if g < len(best) else None
-        last = value if value is not None else last
-        out.append(last)
-    return out
-
-
-def _run_row(r: RunData) -> dict[str, Any]:
-    per_gen = r.best_per_generation()
-    last = max(per_gen, default=0)
-    return {
-        "run_dir": str(r.run_dir),
-        "run_id": r.run.id,
-        "strategy": r.run.strategy,
-        "seed": r.run.seed,
-        "status": r.run.status,
-        "foundations": [m.label for m in r.foundations],
-        "best_per_generation": [per_gen.get(g) for g in range(last + 1)],
-        "merges_used": r.merges_used,
-        "stop_reason": r.stop_reason,
-        "early_stop_generation": r.early_stop_generation,
-        "final_best": r.final_best,
-    }
-
-
-def _compare(runs: Sequence[RunData]) -> dict[str, Any]:
-    rows = [_run_row(r) for r in runs]
-    # Runs group by strategy *and* foundation set: scores of different foundations don't average.
-    keys = [(r.run.strategy, tuple(sorted(m.id for m in r.foundations))) for r in runs]
-    strategies: list[dict[str, Any]] = []
-    for key in dict.fromkeys(keys):
-        group = [row for row, k in zip(rows, keys, strict=True) if k == key]
-        length = max(len(row["best_per_generation"]) for row in group)
-        carried = [_carried(row["best_per_generation"], length) for row in group]
-        strategies.append(
-            {
-                "strategy": key[0],
-                "foundations": group[0]["foundations"],
-                "runs": len(group),
-                "seeds": [row["seed"] for row in group],
-                "best_per_generation": [_spread([c[g] for c in carried]) for g in range(length)],
-                "merges_used": _spread([row["merges_used"] for row in group]),
-                "final_best": _spread([row["final_best"] for row in group]),
-                "early_stops": sum(1 for row in group if row["early_stop_generation"] is not None),
-            }
-        )
-    return {"runs": rows, "strategies": strategies}
-
-
-def compare_table(
-    run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None
-) -> dict[str, Any]:
-    """Compare runs (strategies, seeds): the data behind ``kinmerge compare``.
-
-    Returns:
-        ``{"runs": [...], "strategies": [...]}``. Each run row: ``run_dir``, ``run_id``,
-        ``strategy``, ``seed``, ``status``, ``foundations`` (labels), ``best_per_generation``
-        (best score of the pool after generation ``i`` at index ``i``; index 0 = foundations),
-        ``merges_used``, ``stop_reason``, ``early_stop_generation`` (the generation kinship early
-        stopping skipped, else ``None``) and ``final_best``. Each strategy row (runs grouped by
-        strategy name, in order of appearance): ``runs``, ``seeds``, and ``{n, mean, std, min,
-        max}`` of ``final_best``, ``merges_used`` and of each generation's best (a run that
-        stopped earlier counts with its final pool best; ``std`` is the sample standard
-        deviation, ``None`` for a single run), plus ``early_stops`` (how many runs early-stopped).
-        Runs of one strategy on different foundation sets form separate groups (their scores
-        are not comparable); each group lists its ``foundations``.
-
-    Raises:
-        StoreError: a directory holds no store or no run, or its evaluator is ambiguous.
-
-    Example:
-        ``compare_table(["runs/greedy-s0", "runs/greedy-s1", "runs/kinship-s0"])["strategies"]``
-    """
-    return _compare(load_runs(run_dirs, evaluator=evaluator))
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
-
-
-def _score_curve(r: RunData) -> ScoreCurve:
-    return ScoreCurve(
-        label=r.label,
-        generations=[s.generation for s in r.summary],
-        best=[s.pool_best for s in r.summary],
-        mean=[s.mean_score for s in r.summary],
-        foundation_best=r.foundation_best,
-    )
-
-
-def _kinship_curve(r: RunData) -> KinshipCurve:
-    return KinshipCurve(
-        label=r.label,
-        generations=[t.generation for t in r.topk],
-        values=[t.kinship for t in r.topk],
-        stopped_after=None if r.early_stop_generation is None else r.early_stop_generation - 1,
-    )
-
-
-def _thresholds(runs: Sequence[RunData], metric: str) -> list[tuple[float, str]]:
-    found = sorted({r.threshold for r in runs if r.threshold is not None})
-    if found:
-        return [(t, f"early-stop threshold ({t:g})") for t in found]
-    default = DEFAULT_THRESHOLDS.get(metric)
-    return [] if default is None else [(default, f"paper's early-stop threshold ({default:g}; not used by these runs)")]
-
-
-def _gain_points(runs: Sequence[RunData]) -> list[GainPoint]:
-    """One point per distinct merge. Runs sharing a store share merges (content-addressed): a
-    merge in several runs is one observation, counted once (under the first run), or the
-    correlations would count it twice."""
-    several = len(runs) > 1
-    points: list[GainPoint] = []
-    seen: set[tuple[str, str]] = set()
-    for r in runs:
-        by_metric = {m: {row.child: row for row in rows} for m, rows in r.gains.items()}
-        for row in r.gains.get("pcc", []):
-            key = (str(Path(r.run_dir).resolve()), row.child)
-            if row.merge_gain is None or key in seen:
-                continue
-            seen.add(key)
-            points.append(
-                GainPoint(
-                    gain=row.merge_gain,
-                    kinship={m: (rows[row.child].kinship if row.child in rows else None) for m, rows in by_metric.items()},
-                    reason=row.reason,
-                    group=r.label if several else "",
-                )
-            )
-    return points
-
-
-def _tree_nodes(r: RunData) -> list[TreeNode]:
-    ranks = {mid: i + 1 for i, mid in enumerate(r.final_topk)}
-    ordered = sorted(r.models.values(), key=lambda m: (m.generation, m.label))
-    return [
-        TreeNode(m.id, m.label, m.generation, m.parents, m.score, m.reason, ranks.get(m.id))
-        for m in ordered
-    ]
-
-
-def _make_figures(runs: Sequence[RunData], folder: Path) -> dict[str, Path | None]:
-    import numpy as np
-
-    from kinmerge.report.heatmap import plot_kinship_heatmap
-
-    metric = runs[0].metric
-    k = runs[0].k
-    figures: dict[str, Path | None] = {
-        "scores": plot_scores([_score_curve(r) for r in runs], folder / "scores.png"),
-        "topk": plot_topk_kinship(
-            [_kinship_curve(r) for r in runs], folder / "topk_kinship.png",
-            metric=metric, k=k, thresholds=_thresholds(runs, metric),
-        ),
-        "gain": plot_merge_gains(_gain_points(runs), folder / "merge_gain.png"),
-    }
-    for i, r in enumerate(runs):
-        slug = f"{i + 1}-{_slug(r.run.id)}"
-        ids, matrix = r.kinship_matrix()
-        known = any(
-            math.isfinite(v) for a, row in enumerate(matrix) for b, v in enumerate(row) if a != b
-        )
-        top = set(r.final_topk)
-        labels = [("★ " if mid in top else "") + r.models[mid].label for mid in ids]
-        figures[f"heatmap-{i}"] = (
-            plot_kinship_heatmap(
-                np.asarray(matrix, dtype=np.float64), labels, r.metric, folder / f"heatmap-{slug}.png",
-                title=f"{r.label}: kinship of the final pool ({METRIC_NAMES[r.metric]}), clustered; ★ = top-{r.k}",
-            )
-            if len(ids) >= 2 and known
-            else None
-        )
-        figures[f"tree-{i}"] = plot_family_tree(
-            _tree_nodes(r), folder / f"family-tree-{slug}.png", title=f"{r.label}: family tree", k=r.k
-        )
-    return figures
-
-
-# ---------------------------------------------------------------------------------------------
-# HTML
-# ---------------------------------------------------------------------------------------------
+__all__ = ["render_html", "write_report"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif; color: #222;
@@ -377,10 +155,10 @@ def _when(ts: str | None) -> str:
         return ts
 
 
-def _config_items(r: RunData) -> list[tuple[str, str]]:
+def _config_items(r: RunHistory) -> list[tuple[str, str]]:
     """(field, cell HTML) pairs summarising a run's config and state."""
     found = ", ".join(
-        f"<code>{_e(m.label)}</code>" + (f" <span class='muted'>({_e(m.path)})</span>" if m.path else "")
+        f"<code>{_e(r.label_of(m.id))}</code>" + (f" <span class='muted'>({_e(m.path)})</span>" if m.path else "")
         for m in r.foundations
     ) or "—"
     status = r.run.status + ("" if r.pending_generation is None else f" (generation {r.pending_generation} in progress)")
@@ -404,7 +182,7 @@ def _config_items(r: RunData) -> list[tuple[str, str]]:
     ]
 
 
-def _config_section(runs: Sequence[RunData]) -> str:
+def _config_section(runs: Sequence[RunHistory]) -> str:
     """One table: a row per field, a column per run (side by side, so runs compare at a glance)."""
     columns = [_config_items(r) for r in runs]
     head = "<th></th>" + "".join(f"<th>{_e(r.label)}</th>" for r in runs) if len(runs) > 1 else ""
@@ -415,12 +193,12 @@ def _config_section(runs: Sequence[RunData]) -> str:
     return f"<table>{f'<thead><tr>{head}</tr></thead>' if head else ''}<tbody>{rows}</tbody></table>"
 
 
-def _generation_table(r: RunData) -> str:
-    if not r.summary:
+def _generation_table(r: RunHistory) -> str:
+    if not r.generations:
         return '<div class="empty">The pool is empty: no model has joined this run yet.</div>'
     rows: list[list[str]] = []
     classes: list[str] = []
-    for s in r.summary:
+    for s in r.generations:
         new = [m for m in r.models.values() if m.generation == s.generation and m.parents]
         kinds = {}
         for m in new:
@@ -447,17 +225,17 @@ def _generation_table(r: RunData) -> str:
     return _table(head, rows, classes=classes, numeric=(1, 3, 4, 5, 6))
 
 
-def _pool_table(r: RunData) -> str:
+def _pool_table(r: RunHistory) -> str:
     if not r.models:
         return '<div class="empty">No models in the pool yet.</div>'
     ranks = {mid: i + 1 for i, mid in enumerate(r.final_topk)}
     ordered = sorted(r.models.values(), key=lambda m: (m.score is None, -(m.score or 0.0), m.id))
     rows, classes = [], []
     for i, m in enumerate(ordered):
-        parents = " × ".join(_e(r.models[p].label if p in r.models else p[:10]) for p in m.parents) or "—"
+        parents = " × ".join(_e(r.label_of(p)) for p in m.parents) or "—"
         mark = f"★ top-{r.k} #{ranks[m.id]}" if m.id in ranks else ""
         rows.append([
-            _e(i + 1 if m.score is not None else "—"), _e(mark), f"<code>{_e(m.label)}</code>",
+            _e(i + 1 if m.score is not None else "—"), _e(mark), f"<code>{_e(r.label_of(m.id))}</code>",
             f"<code class='muted'>{_e(m.id)}</code>", _e(m.generation), _badge(m.reason if m.parents else None),
             parents, _num(m.score), *[_num(m.task_scores.get(t)) for t in r.tasks],
         ])
@@ -467,17 +245,16 @@ def _pool_table(r: RunData) -> str:
     return _table(head, rows, classes=classes, numeric=(0, 4, 7, *range(8, 8 + len(r.tasks))))
 
 
-def _merges_table(r: RunData) -> str:
+def _merges_table(r: RunHistory) -> str:
     rows_pcc = r.gains.get("pcc", [])
     if not rows_pcc:
         return '<div class="empty">No merges yet.</div>'
     by_metric = {m: {row.child: row.kinship for row in rows} for m, rows in r.gains.items()}
     rows = []
     for row in rows_pcc:
-        m = r.models.get(row.child)
         rows.append([
-            _e(row.generation), f"<code>{_e(m.label if m else row.child[:10])}</code>",
-            " × ".join(_e(r.models[p].label if p in r.models else p[:10]) for p in row.parents),
+            _e(row.generation), f"<code>{_e(r.label_of(row.child))}</code>",
+            " × ".join(_e(r.label_of(p)) for p in row.parents),
             _badge(row.reason), _num(row.child_score), _num(row.parents_mean), _signed(row.merge_gain),
             *[_num(by_metric[k].get(row.child), 3) for k in ("pcc", "cs", "ed")],
         ])
@@ -508,8 +285,8 @@ def _pval(p: float | None) -> str:
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
-def _compare_section(runs: Sequence[RunData]) -> str:
-    data = _compare(runs)
+def _compare_section(runs: Sequence[RunHistory]) -> str:
+    data = compare_runs(runs)
     gens = max(len(row["best_per_generation"]) for row in data["runs"])
     rows = []
     for row in data["runs"]:
@@ -537,7 +314,7 @@ def _compare_section(runs: Sequence[RunData]) -> str:
     return out + _table(shead, srows, numeric=(2, 3, 4, 6))
 
 
-def render_html(runs: Sequence[RunData], figures: dict[str, Path | None]) -> str:
+def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> str:
     """The report page for ``runs`` with the given figures (PNG paths or ``None``) embedded."""
     title = "kinmerge report: " + ", ".join(r.label for r in runs)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -571,7 +348,7 @@ def render_html(runs: Sequence[RunData], figures: dict[str, Path | None]) -> str
                 "No merge has both a score and its parents' kinship yet: this figure appears once "
                 "a generation's merges are evaluated and their parents' kinship is computed."),
     ]
-    points = _gain_points(runs)
+    points = gain_points(runs)
     if figures.get("gain") is not None:
         parts.append(_correlation_table(points))
     for i, r in enumerate(runs):
@@ -621,16 +398,5 @@ def write_report(
         raise ValueError("give at least one run directory")
     runs = load_runs(run_dirs, evaluator=evaluator, metric=metric)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    try:
-        figures = _make_figures(runs, tmp)
-        page = render_html(runs, figures)
-        (tmp / "index.html").write_text(page, encoding="utf-8")
-        for path in figures.values():
-            if path is not None:
-                os.replace(path, out / path.name)
-        os.replace(tmp / "index.html", out / "index.html")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out / "index.html"
+    figures = make_figures(runs, out)  # each PNG written atomically
+    return atomic_write(out / "index.html", render_html(runs, figures))  # the page last

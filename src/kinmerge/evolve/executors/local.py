@@ -1,9 +1,4 @@
-"""Executors: where the runner's steps (merge, evaluate, kinship scan, content id) run.
-
-The runner hands an executor a module-level step function and a list of plain-data items
-(paths, content ids, settings dicts) and gets plain data back; it never shares live objects with
-a step. So the same steps run in this process, in a pool of local processes, or (later) on a Ray
-cluster, and the store stays with the driver, which records each result as it arrives.
+"""The local executor: steps in this process, one after another, or in a pool of processes.
 
 Example:
     >>> with LocalExecutor(workers=1) as ex:
@@ -16,39 +11,21 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from kinmerge.errors import ConfigError
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "get_executor"]
+__all__ = ["LocalExecutor"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Executor(Protocol):
-    """Runs a step function over items.
-
-    ``imap`` pulls items lazily (at most ``workers`` in flight) and yields ``(index, result)``
-    in completion order, so the caller can record each result as soon as it exists, and an
-    item's generator side effect (the runner logs "step started") happens when it really
-    starts. ``map`` is ``imap`` collected in input order.
-    """
-
-    workers: int
-
-    def imap(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]: ...
-
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
-
-    def close(self) -> None: ...
 
 
 class LocalExecutor:
     """Steps on this machine: in sequence (``workers=1``) or in a pool of processes.
 
     With ``workers > 1`` each step runs in a fresh *spawned* process (no forked torch or SQLite
-    state), so step functions must be module-level and their items and results picklable. A
+    state), so step functions must be module-level and their tasks and results picklable. A
     step that raises re-raises in the caller; the steps not yet started are cancelled.
 
     Args:
@@ -68,9 +45,7 @@ class LocalExecutor:
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
     def imap(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
@@ -121,20 +96,3 @@ class LocalExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-#: name -> factory(**settings). A Ray executor will register here.
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
-
-
-def get_executor(name: str = "local", **settings: Any) -> Executor:
-    """An executor by name (``"local"``), e.g. ``get_executor("local", workers=2)``.
-
-    Raises:
-        ConfigError: unknown name or invalid settings.
-    """
-    try:
-        factory = EXECUTORS[name]
-    except KeyError:
-        raise ConfigError(f"unknown executor {name!r}; choose one of {', '.join(sorted(EXECUTORS))}") from None
-    return factory(**settings)

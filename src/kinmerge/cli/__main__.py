@@ -1,0 +1,5 @@
+"""``python -m kinmerge.cli``."""
+
+from kinmerge.cli import main
+
+main()

@@ -1,0 +1,244 @@
+"""``kinmerge evolve``, ``status``, ``lineage`` and ``demo``: evolution runs and where they stand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kinmerge.cli.app import (
+    cli,
+    echo_json,
+    fmt_num,
+    json_option,
+    print_tables,
+    wide_console,
+)
+from kinmerge.cli.report import print_compare
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Keep the runs, the configs and the report here (rerunning resumes).")
+@click.option("--generations", type=click.IntRange(1, 20), default=5, show_default=True, help="Generation budget.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Held-out examples per task.")
+@click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
+@click.option("--zoo", "zoo_root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A zoo built with `kinmerge zoo build` instead of the shipped one.")
+@click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@json_option
+def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo_root: str | None, no_progress: bool,
+             as_json: bool) -> None:
+    """Greedy vs kinship-guided vs random-control merging on the shipped tiny zoo.
+
+    Runs top-k greedy merging (paper §3), the kinship-guided variant (exploration + early stop,
+    §4) and a random-partner control on several triples of specialists (the random control with
+    two seeds), then prints the comparison and writes an HTML report. A few minutes on 2 cores;
+    rerunning with the same --out resumes instead of starting over.
+
+    \b
+    Example:
+      kinmerge demo
+      kinmerge demo --out demo-out --generations 4 --json
+    """
+    from kinmerge.demo import DemoSettings, run_demo, summary_lines
+
+    settings = DemoSettings(generations=generations, limit=limit)
+    result = run_demo(out_dir, settings, zoo_root=zoo_root, max_sets=sets, progress=not no_progress,
+                      log=None if no_progress else (lambda line: click.echo(line, err=True)))
+    if as_json:
+        echo_json({"compare": result.compare, "across_sets": result.across_sets,
+                   "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1)})
+        return
+    print_compare(result.compare)
+    from rich.table import Table
+
+    table = Table(title="across foundation sets: gain of the final best over the best foundation model")
+    for col in ("strategy", "runs", "gain mean", "std", "min – max", "merges mean", "early stops"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for row in result.across_sets:
+        table.add_row(row["strategy"], str(row["runs"]), fmt_num(row["gain_mean"], 3), fmt_num(row["gain_std"], 3),
+                      f"{fmt_num(row['gain_min'], 3)} – {fmt_num(row['gain_max'], 3)}", fmt_num(row["merges_mean"], 1),
+                      str(row["early_stops"]))
+    console = wide_console()
+    print_tables(console, table)
+    for line in summary_lines(result):
+        console.print(line)
+
+
+@cli.command("evolve")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (store + merges)  [default: out.run_dir, else runs/<config name> by the config]")
+@click.option("--dry-run", is_flag=True, help="Print the next plan; merge, evaluate and record nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@json_option
+def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, as_json: bool) -> None:
+    """Evolve a pool of merges from CONFIG (top-k greedy merging, with or without kinship).
+
+    Each generation is planned by the config's strategy, saved, then executed: merges into
+    RUN_DIR/models/<id>, evaluations, kinship, all recorded in RUN_DIR/kinmerge.db. Killed or
+    crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
+    The config format is in docs/evolve.md.
+
+    \b
+    Example:
+      kinmerge evolve examples/evolve.yaml
+      kinmerge evolve examples/evolve.yaml --run-dir runs/kinship-seed1
+      kinmerge evolve examples/evolve.yaml --dry-run
+    """
+    from kinmerge.evolve.runner import evolve
+
+    summary = evolve(config, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
+    if as_json:
+        echo_json(summary.to_dict())
+        return
+    if dry_run:
+        _print_next_plan(summary)
+        return
+    best = summary.best
+    click.echo(f"run {summary.run_id}: {summary.status}, stopped after generation {summary.generation} "
+               f"({summary.stop})" if summary.stop else f"run {summary.run_id}: {summary.status}")
+    if best is not None:
+        click.echo(f"best: {best.id} score {best.score:.4f} ({best.path})")
+    made = summary.made
+    click.echo(f"merges in the pool: {summary.merges}; this call: {made.get('merges', 0)} merged, "
+               f"{made.get('merges_reused', 0)} reused, {made.get('evaluations', 0)} evaluated, "
+               f"{made.get('kinship_pairs', 0)} kinship pairs")
+    click.echo(f"details: kinmerge status {summary.run_dir}")
+
+
+def _print_next_plan(summary: Any) -> None:
+    plan = summary.next_plan
+    paths = {m.id: m.path for m in summary.pool}
+    if plan is None:
+        click.echo("nothing to plan")
+        return
+    if plan.stop is not None:
+        click.echo(f"next: stop before generation {plan.generation} ({plan.stop})")
+        return
+    click.echo(f"next: generation {plan.generation}, {len(plan.merges)} merges")
+    for m in plan.merges:
+        a, b = m.parents
+        click.echo(f"  {m.reason:<11} {a[:16]} ({paths.get(a) or '?'}) + {b[:16]} ({paths.get(b) or '?'})")
+    if any(e.score is None for e in summary.pool if e.origin == "foundation"):
+        click.echo("note: the foundation models are not evaluated yet; the run evaluates them first "
+                   "and orders each pair best-scored first")
+
+
+@cli.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--run", "run_id", default=None, help="Which run of the store  [default: the latest started]")
+@json_option
+def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
+    """The pool of an evolution run: every model, its parents and score, the top-k (*).
+
+    Reads the store without locking, so it works while the run is going.
+
+    \b
+    Example:
+      kinmerge status runs/evolve
+      kinmerge status runs/evolve --run greedy --json
+    """
+    from kinmerge.evolve import read_summary
+
+    summary = read_summary(run_dir, run_id)
+    if as_json:
+        echo_json(summary.to_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    from rich import box
+
+    table = Table(title=f"run {summary.run_id} in {summary.run_dir}", box=box.SIMPLE_HEAD)
+    for col, justify in (("top", "center"), ("id", "left"), ("gen", "right"), ("origin", "left"),
+                         ("parents", "left"), ("score", "right"), ("gain", "right"),
+                         (f"kinship ({summary.metric})", "right"), ("reason / model", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for e in summary.pool:
+        what = (e.reason or "") if e.origin == "merge" else Path(e.path or "").name
+        table.add_row("*" if e.id in summary.top_k else "", e.id[:16], str(e.generation), e.origin,
+                      "+".join(p[:8] for p in e.parents), num(e.score), num(e.merge_gain, "+.4f"),
+                      num(e.kinship), what)
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(table)
+    stop = f"stopped: {summary.stop}" if summary.stop else "not stopped"
+    pending = f"; generation {summary.pending} planned, not finished" if summary.pending else ""
+    console.print(f"status: {summary.status}; {stop}; last completed generation {summary.generation}{pending}",
+                  highlight=False)
+    console.print(f"merges: {summary.merges}; top-{summary.k} {summary.metric} kinship: "
+                  f"{num(summary.top_k_kinship)}", highlight=False)
+    if summary.status == "interrupted":
+        console.print("the run was interrupted; rerun `kinmerge evolve CONFIG` with the same run dir to resume",
+                      highlight=False)
+
+
+@cli.command("lineage")
+@click.argument("model_id")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The run directory holding the model.")
+@json_option
+def lineage_cmd(model_id: str, run_dir: str, as_json: bool) -> None:
+    """The family tree of MODEL_ID (an id or a unique prefix): parents, theirs, ... to foundations.
+
+    \b
+    Example:
+      kinmerge lineage 0ab0718c --run runs/evolve
+      kinmerge lineage 0ab0718cc0970b8b --run runs/evolve --json
+    """
+    from kinmerge.store import RunStore
+
+    with RunStore(run_dir, lock=False) as store:
+        mid = store.find_model(model_id)
+        node = store.lineage(mid)
+        fp = store.pick_run().fingerprint
+        keys = store.evaluators()
+        key = fp.evaluator if fp and fp.evaluator in keys else (keys[0] if len(keys) == 1 else None)
+        scores = store.average_scores({mid} | node.ancestors(), evaluator=key) if key else {}
+    if as_json:
+
+        def with_scores(d: dict[str, Any]) -> dict[str, Any]:
+            return {**d, "score": scores.get(d["id"]), "parents": [with_scores(p) for p in d["parents"]]}
+
+        echo_json(with_scores(node.to_dict()))
+        return
+    for line in lineage_lines(node, scores):
+        click.echo(line)
+
+
+def lineage_lines(node: Any, scores: dict[str, float | None], *, width: int = 16) -> list[str]:
+    """A family tree (``RunStore.lineage``) as indented text lines, the model first.
+
+    Example output::
+
+        0ab0718cc0970b8b  gen 2  merge  score 0.5417  slerp
+        ├── 2458350c8c7cb6e6  gen 0  foundation  score 0.4100  specialists/caesar
+        └── 9e9acbc8b7a01b25  gen 1  merge  score 0.5000  slerp
+    """
+
+    def label(n: Any) -> str:
+        score = scores.get(n.id)
+        parts = Path(n.path or "").parts
+        where = "/".join(parts[-2:]) if n.path else ""
+        what = (n.recipe or {}).get("method", "") if n.origin == "merge" else where
+        text = f"{n.id[:width]}  gen {n.generation}  {n.origin}"
+        text += f"  score {score:.4f}" if score is not None else "  score -"
+        return f"{text}  {what}".rstrip()
+
+    lines = [label(node)]
+
+    def walk(n: Any, prefix: str) -> None:
+        for i, p in enumerate(n.parents):
+            last = i == len(n.parents) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{label(p)}")
+            walk(p, prefix + ("    " if last else "│   "))
+
+    walk(node, "")
+    return lines

@@ -1,0 +1,181 @@
+"""``kinmerge merge`` and ``eval``: make a model, score a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kinmerge.cli.app import (
+    cli,
+    echo_json,
+    json_option,
+)
+from kinmerge.evaluate import EVALUATORS
+from kinmerge.merge import DTYPES, RECIPES
+
+
+@cli.command("merge")
+@click.argument("parents", nargs=-1, required=True)
+@click.option("--method", type=click.Choice(list(RECIPES)),
+              default=None, help="Merge recipe  [default: slerp; raw with --config]")
+@click.option("--t", "t", type=float, default=None,
+              help="slerp: one constant t in [0,1] (0 = parent A, 1 = B)  [default: the paper's layer gradient]")
+@click.option("--weight", multiple=True,
+              help="linear/task_arithmetic/ties/dare_ties: one weight, or one per parent (repeat or comma-separate)")
+@click.option("--density", type=float, default=None, help="ties/dare_ties: fraction of each delta kept  [default: 0.5]")
+@click.option("--base", default=None,
+              help="The parents' shared base model (needed by task_arithmetic, ties, dare_ties)")
+@click.option("--seed", type=int, default=None, help="dare_ties/raw: random seed  [default: 0 for dare_ties]")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Merge and output dtype  [default: bfloat16]")
+@click.option("--config", "raw_config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A mergekit YAML with ${parent_a}, ${parent_b}, ... and ${base} placeholders (method raw)")
+@click.option("--out", "out_root", required=True, type=click.Path(file_okay=False),
+              help="Folder of merges; the merge goes to OUT/<id>")
+@click.option("--name", default=None,
+              help="Also make OUT/NAME a symlink to OUT/<id> (a readable name; the id folder stays)")
+@click.option("--cuda", is_flag=True, help="Do the arithmetic on the GPU")
+@json_option
+def merge_cmd(
+    parents: tuple[str, ...],
+    method: str | None,
+    t: float | None,
+    weight: tuple[str, ...],
+    density: float | None,
+    base: str | None,
+    seed: int | None,
+    dtype: str | None,
+    raw_config: str | None,
+    out_root: str,
+    name: str | None,
+    cuda: bool,
+    as_json: bool,
+) -> None:
+    """Merge PARENTS (local folders or hub ids) with mergekit into OUT/<id>.
+
+    The id is a hash of the parents' weights and the recipe, so the same merge asked twice is
+    made once: the second call returns the existing folder. The folder is a Hugging Face model
+    (tokenizer from the first parent) plus kinmerge.json (lineage) and a README.md model card.
+    The default recipe is the paper's: SLERP with a layer gradient, parent A as base, bf16.
+
+    \b
+    Example:
+      kinmerge merge zoo/math zoo/code --out merges
+      kinmerge merge zoo/math zoo/code --method slerp --t 0.3 --out merges --json
+      kinmerge merge zoo/math zoo/code --method ties --base zoo/base --density 0.5 --weight 0.5 --out merges
+      kinmerge merge zoo/math zoo/code --config nuslerp.yaml --out merges --name math-code
+    """
+    from kinmerge.errors import MergeError
+    from kinmerge.merge import RECIPES, Raw, get_recipe, merge
+
+    method = method or ("raw" if raw_config else "slerp")
+    if method == "raw":
+        if not raw_config:
+            raise MergeError("--method raw needs --config RAW.yaml (a mergekit YAML with ${parent_a}, ${parent_b})")
+    elif raw_config:
+        raise MergeError(f"--config is the raw recipe; drop --method {method} or --config")
+    weights = [float(w) for item in weight for w in item.split(",") if w.strip()] if weight else []
+    given = {"t": t, "weight": tuple(weights) or None, "density": density, "seed": seed, "dtype": dtype}
+    fields_of = set(RECIPES[method].__dataclass_fields__)
+    for key, value in given.items():
+        if value is not None and key not in fields_of:
+            raise MergeError(f"--{key} does not apply to --method {method}")
+    if method == "raw":
+        recipe = Raw.from_file(raw_config, seed=seed)  # type: ignore[arg-type]
+    else:
+        recipe = get_recipe(method, **given)
+    result = merge(list(parents), recipe, out_root, base=base, cuda=cuda, quiet=as_json)
+    if name:
+        _link_name(result.path, name)
+    if as_json:
+        echo_json(result.to_dict() | ({"name": name} if name else {}))
+    else:
+        click.echo(f"id: {result.id}")
+        click.echo(f"path: {result.path}")
+        click.echo(f"reused: {'yes' if result.reused else 'no (merged now)'}")
+
+
+def _link_name(target: Any, name: str) -> None:
+    """Point ``target.parent/name`` at ``target`` (atomically replacing an older link)."""
+    import os
+
+    from kinmerge.errors import MergeError
+
+    if not name or "/" in name or name.startswith("."):
+        raise MergeError(f"--name {name!r} must be a plain folder name (no '/', not starting with '.')")
+    link = Path(target).parent / name
+    if link.exists() and not link.is_symlink():
+        raise MergeError(f"{link} exists and is not a kinmerge link; pick another --name")
+    tmp = link.with_name(f".{name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(target).name, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def _evaluator_settings(evaluator: str, tasks: str, limit: int | None, batch_size: int | None,
+                        progress: bool) -> dict[str, Any]:
+    """Map ``kinmerge eval``'s options onto the chosen evaluator's constructor."""
+    settings: dict[str, Any] = {"limit": limit}
+    if batch_size is not None:
+        settings["batch_size"] = batch_size
+    if evaluator == "builtin":
+        settings.update(tasks_dir=tasks, progress=progress)
+    else:
+        settings["tasks"] = [tasks]
+    return settings
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--tasks", "tasks", required=True,
+              help="Folder of <task>.jsonl files (format: docs/tasks.md).")
+@click.option("--evaluator", type=click.Choice(sorted(EVALUATORS)), default="builtin", show_default=True,
+              help="Evaluator name (see kinmerge.evaluate.EVALUATORS).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N examples of each task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Sequences per forward pass  [default: the evaluator's, 64 for builtin]")
+@click.option("--no-cache", is_flag=True, help="Recompute even if a cached result exists.")
+@json_option
+def eval_cmd(model: str, tasks: str, evaluator: str, limit: int | None, batch_size: int | None,
+             as_json: bool, no_cache: bool) -> None:
+    """Score MODEL (a local Hugging Face folder) on a task set.
+
+    Prints each task's accuracy and mean answer log-likelihood, and the average accuracy over
+    the tasks (the paper's P̄). Results are cached by (model content id, evaluator, settings
+    incl. the task set's content) under ~/.cache/kinmerge/evaluations; --no-cache recomputes.
+
+    \b
+    Example:
+      kinmerge eval src/kinmerge/data/zoo/specialists/add --tasks src/kinmerge/data/zoo/tasks
+      kinmerge eval ./merged --tasks ./my-tasks --limit 50 --json
+    """
+    from kinmerge.evaluate import get_evaluator
+    from kinmerge.evaluate.cache import evaluate_cached
+
+    settings = _evaluator_settings(evaluator, tasks, limit, batch_size, progress=True)
+    result, cached = evaluate_cached(get_evaluator(evaluator, **settings), model, refresh=no_cache)
+    if as_json:
+        echo_json({"model": model, "evaluator": evaluator, "cached": cached, **result.to_dict()})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} ({evaluator})")
+    table.add_column("task")
+    table.add_column("accuracy", justify="right")
+    table.add_column("mean loglik", justify="right")
+    table.add_column("n", justify="right")
+    for task, score in result.scores.items():
+        detail = result.details.get(task, {})
+        loglik = detail.get("mean_loglik")
+        n = detail.get("n")
+        table.add_row(task, f"{score:.3f}", "" if loglik is None else f"{loglik:.3f}",
+                      "" if n is None else f"{int(n)}")
+    table.add_section()
+    table.add_row("[bold]average[/]", f"[bold]{result.average:.3f}[/]", "", "")
+    Console().print(table)
+    if cached:
+        click.echo("(from the evaluation cache; --no-cache recomputes)", err=True)

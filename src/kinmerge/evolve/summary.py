@@ -1,0 +1,144 @@
+"""Where a run stands: its pool with scores and lineage facts, its top-k, why it stopped.
+
+:class:`RunSummary` is what ``kinmerge evolve`` returns and ``kinmerge status`` prints. It is a
+view of the store (read without the run lock, so it works while the run is going), built with
+the pool's pure helpers.
+
+Example:
+    >>> summary = read_summary("runs/evolve")                 # doctest: +SKIP
+    >>> summary.status, summary.best.id                       # doctest: +SKIP
+    ('finished', '0ab0718cc0970b8b')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kinmerge.pool import Plan, PoolModel, known_mean_kinship, with_merge_facts
+from kinmerge.store import RunStore, is_locked
+
+__all__ = ["RunSummary", "read_summary", "summarize"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Where a run stands: its pool, its top-k, why it stopped, what this call did.
+
+    Attributes:
+        run_id, run_dir: which run.
+        status: ``"running"``, ``"finished"``, ``"failed"``, ``"interrupted"`` (marked running
+            but no process holds the run: rerun to resume) or ``"dry-run"``.
+        stop: the stop reason, once the strategy stopped.
+        generation: the last completed generation.
+        metric, k: the run's kinship metric and top-k size.
+        top_k, top_k_kinship: the current top-k and its mean pairwise kinship.
+        pool: every model of the pool, by generation then id, with merge gain, parents' kinship
+            and the reason it was merged.
+        merges: merges in the pool (the paper's "merges" column).
+        pending: the generation planned but not finished, if any.
+        made: what this call did: ``merges``, ``merges_reused``, ``evaluations``,
+            ``kinship_pairs``, ``kinship_scans``.
+        seconds: how long this call took.
+        next_plan: the plan a dry run would execute next.
+    """
+
+    run_id: str
+    run_dir: Path
+    status: str
+    stop: str | None
+    generation: int
+    metric: str
+    k: int
+    top_k: tuple[str, ...]
+    top_k_kinship: float | None
+    pool: tuple[PoolModel, ...]
+    merges: int
+    pending: int | None = None
+    made: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    next_plan: Plan | None = None
+
+    @property
+    def best(self) -> PoolModel | None:
+        """The best-scored model of the pool (ties by id), or ``None``."""
+        scored = [m for m in self.pool if m.score is not None]
+        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (``kinmerge status --json``)."""
+        best = self.best
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "status": self.status,
+            "stop": self.stop,
+            "generation": self.generation,
+            "pending": self.pending,
+            "metric": self.metric,
+            "k": self.k,
+            "top_k": list(self.top_k),
+            "top_k_kinship": self.top_k_kinship,
+            "best": best.id if best else None,
+            "best_score": best.score if best else None,
+            "merges": self.merges,
+            "pool": [{**m.to_dict(), "in_top_k": m.id in self.top_k} for m in self.pool],
+            "made": dict(self.made),
+            "seconds": round(self.seconds, 3),
+            "next_plan": self.next_plan.to_dict() if self.next_plan else None,
+        }
+
+
+def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | None = None) -> RunSummary:
+    """The summary of run ``run_id`` from an open store (public queries only).
+
+    Raises:
+        StoreError: no such run.
+    """
+    run = store.pick_run(run_id)
+    fp = run.fingerprint
+    metric, k = (fp.metric, fp.k) if fp else ("pcc", 3)
+    models = store.pool(run_id, evaluator=fp.evaluator if fp else None)
+    ids = [m.id for m in models]
+    kinship = store.get_kinship(metric, model_ids=ids)
+    reasons: dict[frozenset[str], str] = {}
+    for plan, _ in store.plans(run_id).values():
+        for m in plan.merges:
+            reasons.setdefault(m.pair, m.reason)
+    pool = with_merge_facts(models, scores={m.id: m.score for m in models}, kinship=kinship, reasons=reasons)
+    scored = sorted((m for m in pool if m.score is not None), key=lambda m: (-(m.score or 0.0), m.id))
+    top = tuple(m.id for m in scored[:k])
+    pending = store.pending_plan(run_id)
+    run_dir = Path(run_dir) if run_dir is not None else store.run_dir
+    status = run.status
+    if status == "running" and not is_locked(run_dir):
+        status = "interrupted"
+    return RunSummary(
+        run_id=run_id,
+        run_dir=run_dir,
+        status=status,
+        stop=store.stop_reason(run_id),
+        generation=store.last_completed_generation(run_id),
+        metric=metric,
+        k=k,
+        top_k=top,
+        top_k_kinship=known_mean_kinship(top, kinship),
+        pool=pool,
+        merges=sum(1 for m in pool if m.parents),
+        pending=pending.generation if pending else None,
+    )
+
+
+def read_summary(run_dir: str | os.PathLike[str], run_id: str | None = None) -> RunSummary:
+    """The :class:`RunSummary` of a run, read without locking (safe while it runs).
+
+    Args:
+        run_id: which run of the store; default: the latest started.
+
+    Raises:
+        StoreError: no store in ``run_dir``, or no such run.
+    """
+    with RunStore(run_dir, lock=False) as store:
+        return summarize(store, store.pick_run(run_id).id, run_dir)

@@ -1,0 +1,118 @@
+"""Comparing runs: best score per generation, merges used, early stops, spread across seeds.
+
+The data behind ``kinmerge compare`` and the report's comparison table. Runs group by strategy
+*and* foundation set: scores of different foundation models are not comparable.
+
+Example:
+    ``compare_table(["runs/greedy-s0", "runs/greedy-s1", "runs/kinship-s0"])["strategies"]``
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from kinmerge.report.queries import RunHistory, load_runs
+
+__all__ = ["compare_runs", "compare_table"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """``{n, mean, std, min, max}`` of the known values; ``std`` is the sample std (``None`` if n < 2)."""
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "n": len(known),
+        "mean": math.fsum(known) / len(known),
+        "std": statistics.stdev(known) if len(known) > 1 else None,
+        "min": min(known),
+        "max": max(known),
+    }
+
+
+def _carried(best: Sequence[float | None], length: int) -> list[float | None]:
+    """Best-in-pool per generation, carried forward: a finished run's pool no longer changes."""
+    out: list[float | None] = []
+    last: float | None = None
+    for g in range(length):
+        value = best[g] if g < len(best) else None
+        last = value if value is not None else last
+        out.append(last)
+    return out
+
+
+def _run_row(r: RunHistory) -> dict[str, Any]:
+    per_gen = r.best_per_generation()
+    last = max(per_gen, default=0)
+    return {
+        "run_dir": str(r.run_dir),
+        "run_id": r.run.id,
+        "strategy": r.run.strategy,
+        "seed": r.run.seed,
+        "status": r.run.status,
+        "foundations": [r.label_of(m.id) for m in r.foundations],
+        "best_per_generation": [per_gen.get(g) for g in range(last + 1)],
+        "merges_used": r.merges_used,
+        "stop_reason": r.stop_reason,
+        "early_stop_generation": r.early_stop_generation,
+        "final_best": r.final_best,
+    }
+
+
+def compare_runs(runs: Sequence[RunHistory]) -> dict[str, Any]:
+    """:func:`compare_table` of runs already loaded."""
+    rows = [_run_row(r) for r in runs]
+    # Runs group by strategy *and* foundation set: scores of different foundations don't average.
+    keys = [(r.run.strategy, tuple(sorted(m.id for m in r.foundations))) for r in runs]
+    strategies: list[dict[str, Any]] = []
+    for key in dict.fromkeys(keys):
+        group = [row for row, k in zip(rows, keys, strict=True) if k == key]
+        length = max(len(row["best_per_generation"]) for row in group)
+        carried = [_carried(row["best_per_generation"], length) for row in group]
+        strategies.append(
+            {
+                "strategy": key[0],
+                "foundations": group[0]["foundations"],
+                "runs": len(group),
+                "seeds": [row["seed"] for row in group],
+                "best_per_generation": [_spread([c[g] for c in carried]) for g in range(length)],
+                "merges_used": _spread([row["merges_used"] for row in group]),
+                "final_best": _spread([row["final_best"] for row in group]),
+                "early_stops": sum(1 for row in group if row["early_stop_generation"] is not None),
+            }
+        )
+    return {"runs": rows, "strategies": strategies}
+
+
+def compare_table(
+    run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None
+) -> dict[str, Any]:
+    """Compare runs (strategies, seeds): the data behind ``kinmerge compare``.
+
+    Returns:
+        ``{"runs": [...], "strategies": [...]}``. Each run row: ``run_dir``, ``run_id``,
+        ``strategy``, ``seed``, ``status``, ``foundations`` (labels), ``best_per_generation``
+        (best score of the pool after generation ``i`` at index ``i``; index 0 = foundations),
+        ``merges_used``, ``stop_reason``, ``early_stop_generation`` (the generation kinship early
+        stopping skipped, else ``None``) and ``final_best``. Each strategy row (runs grouped by
+        strategy name, in order of appearance): ``runs``, ``seeds``, and ``{n, mean, std, min,
+        max}`` of ``final_best``, ``merges_used`` and of each generation's best (a run that
+        stopped earlier counts with its final pool best; ``std`` is the sample standard
+        deviation, ``None`` for a single run), plus ``early_stops`` (how many runs early-stopped).
+        Runs of one strategy on different foundation sets form separate groups (their scores
+        are not comparable); each group lists its ``foundations``.
+
+    Raises:
+        StoreError: a directory holds no store or no run, or its evaluator is ambiguous.
+
+    Example:
+        ``compare_table(["runs/greedy-s0", "runs/greedy-s1", "runs/kinship-s0"])["strategies"]``
+    """
+    return compare_runs(load_runs(run_dirs, evaluator=evaluator))

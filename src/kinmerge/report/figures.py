@@ -1,0 +1,125 @@
+"""The report's figures for a list of runs: plain data from each run's history, then PNGs.
+
+Example:
+    ``make_figures(load_runs(["runs/kinship"]), Path("report"))["scores"]`` -> ``report/scores.png``
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from kinmerge.kinship import METRIC_NAMES
+from kinmerge.pool import DEFAULT_THRESHOLDS
+from kinmerge.report.plots import GainPoint, KinshipCurve, ScoreCurve, plot_merge_gains, plot_scores, plot_topk_kinship
+from kinmerge.report.queries import RunHistory
+from kinmerge.report.tree import TreeNode, plot_family_tree
+
+__all__ = ["gain_points", "make_figures"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
+
+
+def _score_curve(r: RunHistory) -> ScoreCurve:
+    return ScoreCurve(
+        label=r.label,
+        generations=[s.generation for s in r.generations],
+        best=[s.pool_best for s in r.generations],
+        mean=[s.mean_score for s in r.generations],
+        foundation_best=r.foundation_best,
+    )
+
+
+def _kinship_curve(r: RunHistory) -> KinshipCurve:
+    return KinshipCurve(
+        label=r.label,
+        generations=[t.generation for t in r.topk],
+        values=[t.kinship for t in r.topk],
+        stopped_after=None if r.early_stop_generation is None else r.early_stop_generation - 1,
+    )
+
+
+def _thresholds(runs: Sequence[RunHistory], metric: str) -> list[tuple[float, str]]:
+    found = sorted({r.threshold for r in runs if r.threshold is not None})
+    if found:
+        return [(t, f"early-stop threshold ({t:g})") for t in found]
+    default = DEFAULT_THRESHOLDS.get(metric)
+    return [] if default is None else [(default, f"paper's early-stop threshold ({default:g}; not used by these runs)")]
+
+
+def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
+    """One point per distinct merge. Runs sharing a store share merges (content-addressed): a
+    merge in several runs is one observation, counted once (under the first run), or the
+    correlations would count it twice."""
+    several = len(runs) > 1
+    points: list[GainPoint] = []
+    seen: set[tuple[str, str]] = set()
+    for r in runs:
+        by_metric = {m: {row.child: row for row in rows} for m, rows in r.gains.items()}
+        for row in r.gains.get("pcc", []):
+            key = (str(Path(r.run_dir).resolve()), row.child)
+            if row.merge_gain is None or key in seen:
+                continue
+            seen.add(key)
+            points.append(
+                GainPoint(
+                    gain=row.merge_gain,
+                    kinship={m: (rows[row.child].kinship if row.child in rows else None) for m, rows in by_metric.items()},
+                    reason=row.reason,
+                    group=r.label if several else "",
+                )
+            )
+    return points
+
+
+def _tree_nodes(r: RunHistory) -> list[TreeNode]:
+    ranks = {mid: i + 1 for i, mid in enumerate(r.final_topk)}
+    ordered = sorted(r.models.values(), key=lambda m: (m.generation, r.label_of(m.id)))
+    return [
+        TreeNode(m.id, r.label_of(m.id), m.generation, m.parents, m.score, m.reason, ranks.get(m.id))
+        for m in ordered
+    ]
+
+
+def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | None]:
+    import numpy as np
+
+    from kinmerge.report.heatmap import plot_kinship_heatmap
+
+    metric = runs[0].metric
+    k = runs[0].k
+    figures: dict[str, Path | None] = {
+        "scores": plot_scores([_score_curve(r) for r in runs], folder / "scores.png"),
+        "topk": plot_topk_kinship(
+            [_kinship_curve(r) for r in runs], folder / "topk_kinship.png",
+            metric=metric, k=k, thresholds=_thresholds(runs, metric),
+        ),
+        "gain": plot_merge_gains(gain_points(runs), folder / "merge_gain.png"),
+    }
+    for i, r in enumerate(runs):
+        slug = f"{i + 1}-{_slug(r.run.id)}"
+        ids, matrix = r.kinship_matrix()
+        known = any(
+            math.isfinite(v) for a, row in enumerate(matrix) for b, v in enumerate(row) if a != b
+        )
+        top = set(r.final_topk)
+        labels = [("★ " if mid in top else "") + r.label_of(mid) for mid in ids]
+        figures[f"heatmap-{i}"] = (
+            plot_kinship_heatmap(
+                np.asarray(matrix, dtype=np.float64), labels, r.metric, folder / f"heatmap-{slug}.png",
+                title=f"{r.label}: kinship of the final pool ({METRIC_NAMES[r.metric]}), clustered; ★ = top-{r.k}",
+            )
+            if len(ids) >= 2 and known
+            else None
+        )
+        figures[f"tree-{i}"] = plot_family_tree(
+            _tree_nodes(r), folder / f"family-tree-{slug}.png", title=f"{r.label}: family tree", k=r.k
+        )
+    return figures

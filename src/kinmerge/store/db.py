@@ -1,0 +1,716 @@
+"""``RunStore``: the SQLite file of one run directory, ``RUN_DIR/kinmerge.db``.
+
+Everything an evolution run learns is recorded here — models and their lineage, evaluations,
+kinship values, the plan of each generation and a timed log of every step — so that a run killed
+at any instant resumes where it stopped, and reports and model cards are views of one file.
+
+Why it looks the way it does:
+
+- **Content-addressed and idempotent.** Models are keyed by content id; every insert is
+  ``INSERT OR IGNORE`` or an upsert, so replaying the steps after a kill is harmless.
+- **Plan before execute.** A generation's plan is saved before any merge runs; on resume the
+  runner executes the saved plan instead of planning again (``pending_plan``).
+- **Runs share what they can.** Several runs (strategies, seeds) may use one store: models,
+  evaluations and kinship are global facts, while the ``pool`` table says which models belong to
+  which run and in which generation they joined it.
+- **One writer.** The run lock (:mod:`kinmerge.store.lock`) refuses a second run on the same
+  directory. Readers (status, reports) open with ``lock=False``: WAL mode lets them read while
+  the run writes.
+- **Plain data out.** Reads return the pool's own types (:mod:`kinmerge.pool`); analytics over
+  them (summaries per generation, merge gains) are pure functions elsewhere.
+
+Example:
+    >>> import tempfile
+    >>> with RunStore(tempfile.mkdtemp()) as store:
+    ...     store.start_run("r1", strategy="greedy", config={"k": 3}, seed=0).status
+    'running'
+
+Not thread-safe: use one ``RunStore`` per thread (the runner writes from one thread).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kinmerge.errors import StoreError
+from kinmerge.kinship import check_metric
+from kinmerge.pool import ModelRecord, Origin, Plan, PoolModel, PoolState
+from kinmerge.store import lock as run_lock
+from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
+from kinmerge.store.schema import applied, migrate, now
+
+__all__ = ["DB_NAME", "RunStore"]
+
+DB_NAME = "kinmerge.db"
+
+
+def _dumps(obj: Any) -> str:
+    # Sorted keys: equal configs give equal text, so a resume can compare them as strings.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _canonical(a: str, b: str) -> tuple[str, str]:
+    if a == b:
+        raise ValueError(f"kinship of a model with itself is not stored: {a!r}")
+    return (a, b) if a < b else (b, a)
+
+
+def _check_score(score: float, what: str) -> float:
+    value = float(score)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {score!r}")
+    return value
+
+
+class RunStore:
+    """The SQLite store of one run directory.
+
+    Args:
+        run_dir: the run directory; created if missing. The database is ``run_dir/kinmerge.db``.
+        lock: take the run lock (default). A run takes it; a report reader may pass ``False``.
+            Without the lock the store never migrates (a live run may be using the schema).
+
+    Raises:
+        StoreError: the directory is in use by another process (with its pid), the file is not a
+            kinmerge store, or it was written by a newer kinmerge (unknown migrations).
+
+    Example:
+        >>> import tempfile
+        >>> with RunStore(tempfile.mkdtemp()) as store:
+        ...     store.applied_migrations()
+        ['0001_initial']
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, lock: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.db_path = self.run_dir / DB_NAME
+        self._lock_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._depth = 0
+        if lock:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = run_lock.acquire(self.run_dir)
+        elif not self.db_path.exists():
+            raise StoreError(f"no kinmerge store at {self.db_path}; start a run there first")
+        try:
+            self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            if lock:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode is durable against a killed process (not a power cut): the
+                # failure the runner must survive, at a fraction of FULL's fsyncs.
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(self._conn, self.db_path, apply=lock)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"{self.db_path} is not a readable kinmerge store: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database and release the run lock (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            run_lock.release(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store at {self.db_path} is closed")
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group writes into one transaction: all of them land, or none (nests; outermost wins).
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a reader-turned-writer never
+        deadlocks against another connection.
+        """
+        conn = self._connection()
+        outer = self._depth == 0
+        if outer:
+            conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield conn
+        except BaseException:
+            self._depth -= 1
+            if outer:
+                conn.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if outer:
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A transaction whose constraint failures read as one actionable line."""
+        try:
+            with self.transaction() as conn:
+                yield conn
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"{what}: {exc} (in {self.db_path})") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._connection().execute(sql, params).fetchall()
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this store, in the order they were applied."""
+        return applied(self._connection())
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(
+        self, run_id: str, *, strategy: str, config: Mapping[str, Any], seed: int | None = None
+    ) -> RunRecord:
+        """Start a run, or resume it if it exists with the same strategy, config and seed.
+
+        Raises:
+            StoreError: the run exists with a different strategy, config or seed (resuming it
+                under other settings would mix two experiments in one pool).
+        """
+        config_json = _dumps(dict(config))
+        with self._write(f"start run {run_id!r}") as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO runs (id, strategy, config, seed, status, started) "
+                    "VALUES (?, ?, ?, ?, 'running', ?)",
+                    (run_id, strategy, config_json, seed, now()),
+                )
+            else:
+                diffs = [name for name, old, new in (("strategy", row["strategy"], strategy),
+                                                     ("config", row["config"], config_json),
+                                                     ("seed", row["seed"], seed)) if old != new]
+                if diffs:
+                    raise StoreError(
+                        f"run {run_id!r} in {self.run_dir} was started with a different "
+                        f"{' and '.join(diffs)}; resume it with the same settings or use a new run id"
+                    )
+                conn.execute("UPDATE runs SET status = 'running', finished = NULL WHERE id = ?", (run_id,))
+        run = self.get_run(run_id)
+        assert run is not None
+        return run
+
+    def finish_run(self, run_id: str, status: RunStatus = "finished") -> None:
+        """Mark a run finished or failed (a later ``start_run`` can resume it)."""
+        if status not in ("finished", "failed"):
+            raise ValueError(f"a run finishes as 'finished' or 'failed', not {status!r}")
+        with self._write(f"finish run {run_id!r}") as conn:
+            cur = conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, now(), run_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"no run {run_id!r} in {self.db_path}")
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's row, or ``None``."""
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run_record(rows[0]) if rows else None
+
+    def runs(self) -> list[RunRecord]:
+        """Every run in the store, oldest first."""
+        return [_run_record(r) for r in self._query("SELECT * FROM runs ORDER BY started, id")]
+
+    def pick_run(self, run_id: str | None = None) -> RunRecord:
+        """``run_id`` if the store has it; with ``None``, the latest started run.
+
+        Raises:
+            StoreError: the store has no runs, or not that one.
+        """
+        runs = self.runs()
+        if not runs:
+            raise StoreError(f"{self.db_path} holds no runs yet; start one with `kinmerge evolve CONFIG`")
+        if run_id is None:
+            return runs[-1]
+        for run in runs:
+            if run.id == run_id:
+                return run
+        raise StoreError(f"no run {run_id!r} in {self.db_path}; runs: {', '.join(r.id for r in runs)}")
+
+    # -- models and lineage ---------------------------------------------------------------------
+
+    def add_model(
+        self,
+        model_id: str,
+        *,
+        origin: Origin,
+        generation: int,
+        path: str | os.PathLike[str] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        parents: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> bool:
+        """Record a model (and optionally its parents and its place in a run's pool) atomically.
+
+        Idempotent: a model already stored keeps its first row (the id is a content hash, so the
+        content cannot differ). Returns whether the model row was new.
+
+        Args:
+            origin: ``"foundation"`` or ``"merge"``.
+            generation: the generation it was made in (0 for a foundation model).
+            parents: for a merge, its parents in merge order (``parents[0]`` = SLERP base).
+            run_id: also add it to this run's pool at ``generation``.
+        """
+        if origin not in ("foundation", "merge"):
+            raise ValueError(f"origin must be 'foundation' or 'merge', got {origin!r}")
+        with self._write(f"add model {model_id!r}") as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO models (id, path, origin, generation, recipe, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (model_id, None if path is None else str(path), origin, generation,
+                 None if recipe is None else _dumps(dict(recipe)), now()),
+            )
+            if parents:
+                self.add_parents(model_id, parents)
+            if run_id is not None:
+                self.add_to_pool(run_id, model_id, generation)
+        return cur.rowcount == 1
+
+    def add_parents(self, child: str, parents: Sequence[str]) -> None:
+        """Record a child's parents in merge order (idempotent).
+
+        Raises:
+            StoreError: the child already has a different parent list (a content id names one
+                merge, so this is a bug upstream), or a model is unknown.
+        """
+        parents = tuple(parents)
+        with self._write(f"add parents of {child!r}") as conn:
+            existing = self._parents_of_one(child)
+            if existing and existing != parents:
+                raise StoreError(
+                    f"model {child!r} already has parents {list(existing)}, not {list(parents)}; "
+                    "a content id names exactly one merge"
+                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO parents (child, parent, position) VALUES (?, ?, ?)",
+                [(child, p, i) for i, p in enumerate(parents)],
+            )
+
+    def add_to_pool(self, run_id: str, model_id: str, generation: int) -> None:
+        """Add a stored model to a run's pool at ``generation`` (idempotent: first one wins)."""
+        with self._write(f"add model {model_id!r} to the pool of run {run_id!r}") as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO pool (run_id, model_id, generation, added) VALUES (?, ?, ?, ?)",
+                (run_id, model_id, generation, now()),
+            )
+
+    def _parents_of_one(self, child: str) -> tuple[str, ...]:
+        rows = self._query("SELECT parent FROM parents WHERE child = ? ORDER BY position", (child,))
+        return tuple(r[0] for r in rows)
+
+    def _parents_of(self, ids: Iterable[str] | None = None) -> dict[str, tuple[str, ...]]:
+        wanted = None if ids is None else set(ids)
+        out: dict[str, list[str]] = defaultdict(list)
+        for r in self._query("SELECT child, parent FROM parents ORDER BY child, position"):
+            if wanted is None or r["child"] in wanted:
+                out[r["child"]].append(r["parent"])
+        return {k: tuple(v) for k, v in out.items()}
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """A model with its parents, or ``None``."""
+        rows = self._query("SELECT * FROM models WHERE id = ?", (model_id,))
+        return _model_record(rows[0], self._parents_of_one(model_id)) if rows else None
+
+    def find_model(self, ref: str) -> str:
+        """A model id from an id or a unique prefix of one (as ``kinmerge status`` shows them).
+
+        Raises:
+            StoreError: no model, or several, match ``ref``.
+        """
+        if self.get_model(ref) is not None:
+            return ref
+        matches = [r[0] for r in self._query(
+            "SELECT id FROM models WHERE substr(id, 1, ?) = ? ORDER BY id", (len(ref), ref))]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise StoreError(f"no model {ref!r} in {self.db_path}; `kinmerge status` lists the pool")
+        raise StoreError(f"{ref!r} matches {len(matches)} models ({', '.join(m[:16] for m in matches[:4])}, ...); "
+                         "give more characters")
+
+    def lineage(self, model_id: str) -> LineageNode:
+        """The family tree of a model: the model, its parents, theirs, ... down to foundations.
+
+        A model reached along two paths (a shared ancestor) appears under each; it is read once.
+
+        Raises:
+            StoreError: the model is not in the store.
+
+        Example:
+            ``store.lineage(best).ancestors()`` is the set of every model it descends from.
+        """
+        models = {r["id"]: r for r in self._query("SELECT * FROM models")}
+        parents = self._parents_of()
+        if model_id not in models:
+            raise StoreError(f"model {model_id!r} is not in the store at {self.db_path}")
+        built: dict[str, LineageNode] = {}
+
+        def build(mid: str, path: tuple[str, ...]) -> LineageNode:
+            if mid in path:  # impossible with content ids; guards a hand-edited database
+                raise StoreError(f"lineage cycle through model {mid!r} in {self.db_path}")
+            if mid not in built:
+                r = models[mid]
+                built[mid] = LineageNode(
+                    id=mid, origin=r["origin"], generation=r["generation"], path=r["path"],
+                    recipe=_loads(r["recipe"]),
+                    parents=tuple(build(p, path + (mid,)) for p in parents.get(mid, ())),
+                )
+            return built[mid]
+
+        return build(model_id, ())
+
+    # -- evaluations ----------------------------------------------------------------------------
+
+    def record_evaluation(self, model_id: str, evaluator: str, task: str, score: float,
+                          details: Mapping[str, Any] | None = None) -> None:
+        """Record one task score (upsert: re-evaluating replaces the score)."""
+        self.record_evaluations(model_id, evaluator, {task: score}, details={task: details})
+
+    def record_evaluations(
+        self,
+        model_id: str,
+        evaluator: str,
+        scores: Mapping[str, float],
+        details: Mapping[str, Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        """Record every task score of one evaluation in one transaction (all or none).
+
+        Args:
+            evaluator: the evaluator key (which evaluator, with which task-set configuration).
+            scores: ``{task: score}``.
+            details: optional ``{task: JSON-able details}``.
+        """
+        details = details or {}
+        rows = [
+            (model_id, evaluator, task, _check_score(score, f"score of {model_id!r} on {task!r}"),
+             None if details.get(task) is None else _dumps(details[task]), now())
+            for task, score in scores.items()
+        ]
+        with self._write(f"record evaluation of {model_id!r} ({evaluator})") as conn:
+            conn.executemany(
+                "INSERT INTO evaluations (model_id, evaluator, task, score, details, created) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (model_id, evaluator, task) DO UPDATE SET "
+                "score = excluded.score, details = excluded.details, created = excluded.created",
+                rows,
+            )
+
+    def evaluators(self) -> list[str]:
+        """The evaluator keys with at least one recorded score."""
+        return [r[0] for r in self._query("SELECT DISTINCT evaluator FROM evaluations ORDER BY 1")]
+
+    def resolve_evaluator(self, evaluator: str | None) -> str | None:
+        """``evaluator``, else the only evaluator key recorded (``None`` if there is none).
+
+        Raises:
+            StoreError: ``evaluator`` omitted while several are recorded.
+        """
+        if evaluator is not None:
+            return evaluator
+        keys = self.evaluators()
+        if len(keys) > 1:
+            raise StoreError(
+                f"{self.db_path} holds scores from several evaluators ({', '.join(keys)}); "
+                "say which one to use (evaluator=...)"
+            )
+        return keys[0] if keys else None
+
+    def get_scores(self, model_ids: Iterable[str] | None = None, *,
+                   evaluator: str | None = None) -> dict[str, dict[str, float]]:
+        """Task scores ``{model: {task: score}}`` of one evaluator.
+
+        Args:
+            model_ids: restrict to these models (default: all).
+            evaluator: the evaluator key; may be omitted when the store holds only one.
+
+        Raises:
+            StoreError: ``evaluator`` omitted while several are recorded.
+        """
+        key = self.resolve_evaluator(evaluator)
+        wanted = None if model_ids is None else set(model_ids)
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        for r in self._query("SELECT model_id, task, score FROM evaluations WHERE evaluator = ?", (key,)):
+            if wanted is None or r["model_id"] in wanted:
+                out[r["model_id"]][r["task"]] = r["score"]
+        return dict(out)
+
+    def average_scores(self, model_ids: Iterable[str] | None = None, *,
+                       evaluator: str | None = None) -> dict[str, float | None]:
+        """Average task score ``P̄`` per model (paper §2), ``None`` if not fully evaluated.
+
+        The task set is every task recorded under the evaluator key; a model missing one of them
+        gets ``None`` rather than a mean over fewer tasks, which would not be comparable.
+        """
+        key = self.resolve_evaluator(evaluator)
+        tasks = {r[0] for r in self._query("SELECT DISTINCT task FROM evaluations WHERE evaluator = ?", (key,))}
+        scores = self.get_scores(model_ids, evaluator=key) if key is not None else {}
+        ids = set(scores) if model_ids is None else set(model_ids)
+        out: dict[str, float | None] = {}
+        for mid in sorted(ids):
+            s = scores.get(mid, {})
+            out[mid] = math.fsum(s.values()) / len(s) if tasks and set(s) == tasks else None
+        return out
+
+    # -- kinship --------------------------------------------------------------------------------
+
+    def record_kinship(self, a: str, b: str, metric: str, value: float, *, scope: str = "global") -> None:
+        """Record one kinship value (pair order does not matter; upsert)."""
+        self.record_kinships({(a, b): value}, metric, scope=scope)
+
+    def record_kinships(self, values: Mapping[tuple[str, str] | frozenset[str], float], metric: str, *,
+                        scope: str = "global") -> None:
+        """Record many kinship values of one metric in one transaction (a scan's output).
+
+        Args:
+            values: ``{(a, b): value}`` or ``{pair(a, b): value}``.
+            metric: ``"pcc"``, ``"cs"`` or ``"ed"``.
+            scope: ``"global"`` for the paper's whole-vector kinship, or a label for a
+                breakdown (e.g. ``"layer:3"``), which is never mixed with the global value.
+        """
+        check_metric(metric)
+        rows = []
+        for key, value in values.items():
+            a, b = _canonical(*sorted(key)) if isinstance(key, frozenset) else _canonical(*key)
+            rows.append((a, b, metric, scope, _check_score(value, f"kinship of {a!r}, {b!r}"), now()))
+        with self._write(f"record {metric} kinship") as conn:
+            conn.executemany(
+                "INSERT INTO kinship (model_a, model_b, metric, scope, value, created) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (model_a, model_b, metric, scope) DO UPDATE SET "
+                "value = excluded.value, created = excluded.created",
+                rows,
+            )
+
+    def get_kinship(self, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
+                    scope: str = "global") -> dict[frozenset[str], float]:
+        """Kinship values ``{pair(a, b): value}`` of one metric and scope.
+
+        Args:
+            model_ids: only pairs with both models in this set (default: all pairs).
+        """
+        check_metric(metric)
+        wanted = None if model_ids is None else set(model_ids)
+        return {
+            frozenset((r["model_a"], r["model_b"])): r["value"]
+            for r in self._query("SELECT model_a, model_b, value FROM kinship WHERE metric = ? AND scope = ?",
+                                 (metric, scope))
+            if wanted is None or (r["model_a"] in wanted and r["model_b"] in wanted)
+        }
+
+    # -- plans ----------------------------------------------------------------------------------
+
+    def save_plan(self, run_id: str, plan: Plan) -> Plan:
+        """Save a generation's plan *before* executing it; returns the plan stored.
+
+        Idempotent: saving the same plan again is a no-op. A stop plan is saved as done (it has
+        nothing to execute) and records why the run ended.
+
+        Raises:
+            StoreError: a different plan is already stored for that generation (a resumed run
+                must execute the saved plan, not a new one), or the plan is a kinship request.
+        """
+        if plan.kinship_requests:
+            raise StoreError("a plan that requests kinship is not a decision; compute the kinship and plan again")
+        with self._write(f"save the plan of generation {plan.generation}") as conn:
+            stored = self.get_plan(run_id, plan.generation)
+            if stored is not None:
+                if stored != plan:
+                    raise StoreError(
+                        f"run {run_id!r} already has a different plan for generation "
+                        f"{plan.generation}; a resumed run executes the saved plan (get_plan)"
+                    )
+                return stored
+            conn.execute(
+                "INSERT INTO plans (run_id, generation, plan, stop, status, created, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, plan.generation, _dumps(plan.to_dict()), plan.stop,
+                 "done" if plan.stop else "planned", now(), now() if plan.stop else None),
+            )
+        return plan
+
+    def get_plan(self, run_id: str, generation: int) -> Plan | None:
+        """The saved plan of a generation, or ``None``."""
+        return self.plans(run_id).get(generation, (None, ""))[0]
+
+    def plan_status(self, run_id: str, generation: int) -> str | None:
+        """``"planned"``, ``"done"`` or ``None`` (no plan saved)."""
+        return self.plans(run_id).get(generation, (None, None))[1]
+
+    def plans(self, run_id: str) -> dict[int, tuple[Plan, str]]:
+        """Every saved plan of a run: ``{generation: (plan, "planned" | "done")}``."""
+        rows = self._query("SELECT generation, plan, status FROM plans WHERE run_id = ? ORDER BY generation",
+                           (run_id,))
+        return {r["generation"]: (Plan.from_dict(json.loads(r["plan"])), r["status"]) for r in rows}
+
+    def pending_plan(self, run_id: str) -> Plan | None:
+        """The saved plan not yet done (what a resumed run must finish first), or ``None``."""
+        return next((p for p, status in self.plans(run_id).values() if status == "planned"), None)
+
+    def mark_plan_done(self, run_id: str, generation: int) -> None:
+        """Mark a generation complete: every merge made, evaluated and recorded (idempotent)."""
+        with self._write(f"mark generation {generation} done") as conn:
+            status = self.plan_status(run_id, generation)
+            if status is None:
+                raise StoreError(f"run {run_id!r} has no plan for generation {generation}")
+            if status != "done":
+                conn.execute("UPDATE plans SET status = 'done', finished = ? WHERE run_id = ? AND generation = ?",
+                             (now(), run_id, generation))
+
+    def last_completed_generation(self, run_id: str) -> int:
+        """The last generation whose plan (with merges) is done; 0 = only foundation models."""
+        done = [g for g, (p, status) in self.plans(run_id).items() if status == "done" and p.stop is None]
+        return max(done, default=0)
+
+    def stop_reason(self, run_id: str) -> str | None:
+        """Why the run stopped (its saved stop plan), or ``None`` if it has not."""
+        stops = [p.stop for _, (p, _status) in sorted(self.plans(run_id).items()) if p.stop is not None]
+        return stops[-1] if stops else None
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def log_event(self, run_id: str | None, kind: str, message: str, *, generation: int | None = None,
+                  duration_s: float | None = None, payload: Mapping[str, Any] | None = None) -> int:
+        """Append one step to the run's log; returns the event id.
+
+        Example:
+            ``store.log_event("r1", "merge", "merged a+b", generation=1, duration_s=12.5)``
+        """
+        with self._write(f"log event {kind!r}") as conn:
+            cur = conn.execute(
+                "INSERT INTO events (run_id, ts, generation, kind, message, duration_s, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now(), generation, kind, message, duration_s,
+                 None if payload is None else _dumps(dict(payload))),
+            )
+        return int(cur.lastrowid or 0)
+
+    @contextmanager
+    def timed(self, run_id: str | None, kind: str, message: str, *,
+              generation: int | None = None) -> Iterator[dict[str, Any]]:
+        """Time a step and log it when it ends; the yielded dict becomes the event's payload.
+
+        A step that raises is logged as ``f"{kind}_failed"`` with the error, then re-raised.
+
+        Example:
+            ``with store.timed("r1", "evaluate", "m1", generation=2) as info: info["tasks"] = 3``
+        """
+        payload: dict[str, Any] = {}
+        start = time.perf_counter()
+        try:
+            yield payload
+        except BaseException as exc:
+            payload.setdefault("error", f"{type(exc).__name__}: {exc}")
+            self.log_event(run_id, f"{kind}_failed", message, generation=generation,
+                           duration_s=time.perf_counter() - start, payload=payload)
+            raise
+        self.log_event(run_id, kind, message, generation=generation,
+                       duration_s=time.perf_counter() - start, payload=payload)
+
+    def events(self, run_id: str | None = None, *, kind: str | None = None) -> list[Event]:
+        """The step log, oldest first, optionally for one run and/or one kind."""
+        sql, params = "SELECT * FROM events WHERE 1 = 1", []
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params.append(run_id)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        return [Event(id=r["id"], run_id=r["run_id"], ts=r["ts"], generation=r["generation"], kind=r["kind"],
+                      message=r["message"], duration_s=r["duration_s"], payload=_loads(r["payload"]))
+                for r in self._query(sql + " ORDER BY id", params)]
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    def pool(self, run_id: str, *, evaluator: str | None = None,
+             generation: int | None = None) -> tuple[PoolModel, ...]:
+        """A run's pool, scored: every member (by generation joined, then id) with its average
+        score, task scores, parents and path. ``generation``: only members that joined by then.
+
+        Raises:
+            StoreError: ``evaluator`` omitted while several are recorded.
+        """
+        rows = self._query(
+            "SELECT p.model_id AS id, p.generation AS generation, m.path AS path FROM pool p "
+            "JOIN models m ON m.id = p.model_id WHERE p.run_id = ? ORDER BY p.generation, p.model_id",
+            (run_id,),
+        )
+        rows = [r for r in rows if generation is None or r["generation"] <= generation]
+        ids = [r["id"] for r in rows]
+        key = self.resolve_evaluator(evaluator)
+        scores = self.average_scores(ids, evaluator=key) if key is not None else {}
+        tasks = self.get_scores(ids, evaluator=key) if key is not None else {}
+        parents = self._parents_of(ids)
+        return tuple(PoolModel(r["id"], r["generation"], parents.get(r["id"], ()), scores.get(r["id"]),
+                               path=r["path"], task_scores=tasks.get(r["id"], {})) for r in rows)
+
+    def merged_pairs(self, run_id: str) -> frozenset[frozenset[str]]:
+        """Every pair in any saved plan of the run (done or pending): never planned twice."""
+        return frozenset(m.pair for plan, _ in self.plans(run_id).values() for m in plan.merges)
+
+    def pool_state(self, run_id: str, *, evaluator: str | None = None, metric: str = "pcc",
+                   scope: str = "global") -> PoolState:
+        """The run's pool after its last completed generation, as the strategies see it.
+
+        - models: the pool members from generations ``<=`` the last completed one, with their
+          average score (``None`` if not fully evaluated: the strategy will refuse to rank it);
+        - kinship: the stored ``metric``/``scope`` values among those models;
+        - merged_pairs: every pair in any saved plan of the run (done or pending) plus the parent
+          pair of every pool member, so a pending merge is never planned twice.
+
+        Example:
+            ``get_strategy("kinship").plan(store.pool_state("r1"))``
+
+        Raises:
+            StoreError: no such run, or several evaluators and ``evaluator`` not given.
+        """
+        if self.get_run(run_id) is None:
+            raise StoreError(f"no run {run_id!r} in {self.db_path}")
+        generation = self.last_completed_generation(run_id)
+        models = self.pool(run_id, evaluator=evaluator, generation=generation)
+        return PoolState(
+            models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
+            kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope),
+            merged_pairs=self.merged_pairs(run_id)
+            | {frozenset(m.parents) for m in models if len(set(m.parents)) == 2},
+            generation=generation,
+            kinship_metric=metric,
+        )
+
+
+def _run_record(r: sqlite3.Row) -> RunRecord:
+    return RunRecord(id=r["id"], strategy=r["strategy"], config=json.loads(r["config"]), seed=r["seed"],
+                     status=r["status"], started=r["started"], finished=r["finished"])
+
+
+def _model_record(r: sqlite3.Row, parents: tuple[str, ...]) -> ModelRecord:
+    return ModelRecord(id=r["id"], path=r["path"], origin=r["origin"], generation=r["generation"],
+                       recipe=_loads(r["recipe"]), created=r["created"], parents=parents)

@@ -1,0 +1,181 @@
+"""The run store's schema: named migrations, applied in order, each recorded once.
+
+Schema history is data (sqlite-utils style): ``MIGRATIONS`` lists every change ever made, the
+``migrations`` table records which ones a file has, and :func:`migrate` applies the rest inside
+one write transaction. A store that records a migration this code does not know was written by a
+newer kinmerge and is refused rather than misread. Never edit a released migration: add one.
+
+Example:
+    >>> import sqlite3
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> migrate(conn, "memory", apply=True)
+    >>> applied(conn)
+    ['0001_initial']
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from kinmerge.errors import StoreError
+
+__all__ = ["MIGRATIONS", "Migration", "applied", "migrate", "now"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change. Never edit a released migration: add a new one after it."""
+
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        (
+            """CREATE TABLE runs (
+                id TEXT PRIMARY KEY,
+                strategy TEXT NOT NULL,
+                config TEXT NOT NULL,             -- JSON, keys sorted
+                seed INTEGER,
+                status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+                started TEXT NOT NULL,            -- ISO 8601, UTC
+                finished TEXT
+            )""",
+            """CREATE TABLE models (
+                id TEXT PRIMARY KEY,              -- content id
+                path TEXT,
+                origin TEXT NOT NULL CHECK (origin IN ('foundation', 'merge')),
+                generation INTEGER NOT NULL CHECK (generation >= 0),  -- when first made
+                recipe TEXT,                      -- JSON (merges only)
+                created TEXT NOT NULL
+            )""",
+            """CREATE TABLE parents (
+                child TEXT NOT NULL REFERENCES models(id),
+                parent TEXT NOT NULL REFERENCES models(id),
+                position INTEGER NOT NULL CHECK (position >= 0),
+                PRIMARY KEY (child, position),
+                UNIQUE (child, parent),
+                CHECK (child <> parent)
+            )""",
+            "CREATE INDEX parents_parent ON parents(parent)",
+            """CREATE TABLE pool (
+                run_id TEXT NOT NULL REFERENCES runs(id),
+                model_id TEXT NOT NULL REFERENCES models(id),
+                generation INTEGER NOT NULL CHECK (generation >= 0),  -- joined this run's pool
+                added TEXT NOT NULL,
+                PRIMARY KEY (run_id, model_id)
+            )""",
+            """CREATE TABLE evaluations (
+                model_id TEXT NOT NULL REFERENCES models(id),
+                evaluator TEXT NOT NULL,          -- evaluator key (evaluator + task-set config)
+                task TEXT NOT NULL,
+                score REAL NOT NULL,
+                details TEXT,                     -- JSON
+                created TEXT NOT NULL,
+                PRIMARY KEY (model_id, evaluator, task)
+            )""",
+            """CREATE TABLE kinship (
+                model_a TEXT NOT NULL REFERENCES models(id),
+                model_b TEXT NOT NULL REFERENCES models(id),
+                metric TEXT NOT NULL CHECK (metric IN ('pcc', 'cs', 'ed')),
+                scope TEXT NOT NULL DEFAULT 'global',  -- 'global' or a labelled breakdown
+                value REAL NOT NULL,
+                created TEXT NOT NULL,
+                PRIMARY KEY (model_a, model_b, metric, scope),
+                CHECK (model_a < model_b)         -- one canonical order per pair
+            )""",
+            "CREATE INDEX kinship_b ON kinship(model_b)",
+            """CREATE TABLE plans (
+                run_id TEXT NOT NULL REFERENCES runs(id),
+                generation INTEGER NOT NULL CHECK (generation >= 1),
+                plan TEXT NOT NULL,               -- JSON: pool.Plan.to_dict()
+                stop TEXT,
+                status TEXT NOT NULL CHECK (status IN ('planned', 'done')),
+                created TEXT NOT NULL,
+                finished TEXT,
+                PRIMARY KEY (run_id, generation)
+            )""",
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                run_id TEXT REFERENCES runs(id),
+                ts TEXT NOT NULL,
+                generation INTEGER,
+                kind TEXT NOT NULL,
+                message TEXT NOT NULL,
+                duration_s REAL,
+                payload TEXT                      -- JSON
+            )""",
+            "CREATE INDEX events_run ON events(run_id, id)",
+        ),
+    ),
+)
+
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS migrations (
+    name TEXT PRIMARY KEY,
+    applied_at TEXT NOT NULL
+)"""
+
+
+def now() -> str:
+    """The current time as the store writes it: ISO 8601, UTC, microseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations applied to this database, in the order they were applied."""
+    return [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+
+
+def migrate(conn: sqlite3.Connection, where: object, *, apply: bool) -> None:
+    """Bring the database on ``conn`` to the current schema, or check that it is there.
+
+    Args:
+        where: the file, for messages.
+        apply: apply pending migrations (only the run lock's holder may); without it a store
+            that needs them is refused.
+
+    Raises:
+        StoreError: not a kinmerge store, written by a newer kinmerge, or pending migrations
+            while ``apply`` is False.
+    """
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "migrations" not in tables:
+        raise StoreError(
+            f"{where} is an SQLite file but not a kinmerge store (no migrations table); "
+            "use another run directory"
+        )
+    done = applied(conn) if tables else []
+    known = [m.name for m in MIGRATIONS]
+    unknown = [n for n in done if n not in known]
+    if unknown:
+        raise StoreError(
+            f"{where} was written by a newer kinmerge (unknown schema migrations: "
+            f"{', '.join(unknown)}); upgrade kinmerge to open it"
+        )
+    pending = [m for m in MIGRATIONS if m.name not in done]
+    if not pending:
+        return
+    if not apply:
+        raise StoreError(
+            f"{where} needs schema migrations ({', '.join(m.name for m in pending)}); "
+            "open it with the run lock (no run active) to apply them"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_MIGRATIONS_TABLE)
+        # Re-read inside the write transaction: another opener may have migrated meanwhile.
+        done_now = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+        for m in MIGRATIONS:
+            if m.name in done_now:
+                continue
+            for statement in m.statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (m.name, now()))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
