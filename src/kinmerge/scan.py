@@ -38,7 +38,7 @@ from kinmerge.errors import (
     ShapeMismatchError,
     UnsupportedDtypeError,
 )
-from kinmerge.kinship import KinshipStats
+from kinmerge.kinship import METRICS, KinshipStats, check_metric
 from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer
 
 DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
@@ -58,6 +58,26 @@ class TensorPlan:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class PairKinship:
+    """The kinship of two models under every metric (``None`` where undefined, see ``undefined``).
+
+    ``pcc`` and ``cs`` grow with kinship (-1..1); ``ed`` is a distance (0 = identical deltas).
+    """
+
+    a: str
+    b: str
+    pcc: float | None
+    cs: float | None
+    ed: float | None
+    elements: int
+    undefined: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def __getitem__(self, metric: str) -> float | None:
+        return {"pcc": self.pcc, "cs": self.cs, "ed": self.ed}[check_metric(metric)]
+
+
 @dataclass
 class ScanResult:
     """Kinship statistics of a pool of models against one base, globally and per tensor."""
@@ -70,6 +90,16 @@ class ScanResult:
     skipped: list[str] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
+
+    def matrix(self, metric: str) -> np.ndarray:
+        """The N×N kinship matrix of ``metric`` over ``models`` (NaN where undefined)."""
+        return self.stats.matrix(check_metric(metric))
+
+    def pair(self, i: int = 0, j: int = 1) -> PairKinship:
+        """Models ``i`` and ``j`` under every metric."""
+        why = {m: w for m in METRICS if (w := self.stats.why_undefined(m, i, j))}
+        pcc, cs, ed = (self.stats.value(m, i, j) for m in METRICS)
+        return PairKinship(self.models[i], self.models[j], pcc, cs, ed, self.stats.n, why, tuple(self.notes))
 
     def per_layer(self) -> dict[str, KinshipStats]:
         """Statistics summed per transformer layer (``model.layers.12.`` -> ``layer 12``).
@@ -396,3 +426,43 @@ def result_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | 
             f"per-{breakdown} values are a breakdown, not the headline: the global kinship is computed over the whole delta"
         )
     return out
+
+
+def pair_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | None = None) -> dict:
+    """:func:`result_dict` of a two-model scan, as one number per metric instead of 2x2 matrices."""
+    data = result_dict(result, metrics, breakdown=breakdown)
+    data["kinship"] = {m: rows[0][1] for m, rows in data["kinship"].items()}
+    data["undefined"] = {m: next(iter(r.values())) for m, r in data["undefined"].items()}
+    if breakdown:
+        for part in data[f"per_{breakdown}"].values():
+            for m in metrics:
+                part[m] = part[m][0][1]
+    return data
+
+
+def scan_refs(
+    base: str | os.PathLike[str],
+    models: Sequence[str | os.PathLike[str]],
+    *,
+    chunk: int | None = None,
+    allow_missing: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> ScanResult:
+    """Open ``base`` and ``models`` (folders, files or hub ids), scan them once, close them.
+
+    ``progress`` draws a bar with bytes and throughput on stderr.
+
+    Example:
+        >>> r = scan_refs("zoo/base", ["zoo/add", "zoo/sort"])       # doctest: +SKIP
+        >>> r.stats.value("pcc", 0, 1)                               # doctest: +SKIP
+        0.31
+    """
+    from kinmerge.progress import progress_bar
+    from kinmerge.sources import open_models
+
+    with open_models([base, *models], allow_pickle=allow_pickle) as opened:
+        total = sum(info.nbytes for src in opened for info in src.tensors.values())
+        with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
+            return scan(opened[0], opened[1:], chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                        allow_missing=allow_missing, progress=advance)

@@ -32,7 +32,7 @@ def _scan_options(fn: Any) -> Any:
             click.option("--base", required=True, help="The shared base model the deltas are taken from."),
             click.option("--allow-missing", is_flag=True, help="Skip tensors absent from some model (reported)."),
             click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model*.bin (weights_only load)."),
-            click.option("--chunk", type=int, default=None, help="Elements per read (memory ~ 2 x chunk x models)."),
+            click.option("--chunk", type=click.IntRange(min=1), default=None, help="Elements per read (memory ~ 2 x chunk x models)."),
             click.option("--no-progress", is_flag=True, help="No progress bar on stderr."),
         ]
     ):
@@ -40,15 +40,12 @@ def _scan_options(fn: Any) -> Any:
     return fn
 
 
-def _run_scan(base: str, models: list[str], allow_missing: bool, allow_pickle: bool, chunk: int | None, no_progress: bool) -> Any:
-    from kinmerge.progress import progress_bar
-    from kinmerge.scan import DEFAULT_CHUNK, scan
-    from kinmerge.sources import open_models
+def _run_scan(base: str, models: list[str], allow_missing: bool, allow_pickle: bool, chunk: int | None,
+              no_progress: bool) -> Any:
+    from kinmerge.scan import scan_refs
 
-    with open_models([base, *models], allow_pickle=allow_pickle) as opened:
-        total = sum(info.nbytes for src in opened for info in src.tensors.values())
-        with progress_bar(total, "reading", unit="bytes", enabled=not no_progress) as advance:
-            return scan(opened[0], opened[1:], chunk=chunk or DEFAULT_CHUNK, allow_missing=allow_missing, progress=advance)
+    return scan_refs(base, models, chunk=chunk, allow_missing=allow_missing, allow_pickle=allow_pickle,
+                     progress=not no_progress)
 
 
 def _parse_metric_option(metrics: tuple[str, ...]) -> list[str]:
@@ -89,19 +86,12 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
       kinmerge kinship org/model-a org/model-b --base org/base --metric pcc,cs,ed
       kinmerge kinship ./a ./b --base ./base --per-layer --json
     """
-    from kinmerge.scan import result_dict
+    from kinmerge.scan import pair_dict
 
     chosen = _parse_metric_option(metrics)
     result = _run_scan(base, [model_a, model_b], allow_missing, allow_pickle, chunk, no_progress)
     breakdown = "layer" if per_layer else "tensor" if per_tensor else None
-    data = result_dict(result, chosen, breakdown=breakdown)
-    # A pair is one number per metric, not a 2x2 matrix.
-    data["kinship"] = {m: rows[0][1] for m, rows in data["kinship"].items()}
-    data["undefined"] = {m: next(iter(r.values())) for m, r in data["undefined"].items()}
-    if breakdown:
-        for part in data[f"per_{breakdown}"].values():
-            for m in chosen:
-                part[m] = part[m][0][1]
+    data = pair_dict(result, chosen, breakdown=breakdown)
     if as_json:
         echo_json(data)
         return
