@@ -25,11 +25,6 @@ MAX_NEW = 6
 MARGIN = 1e-3  # far above the float noise left padding adds; keeps greedy paths unambiguous
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _naive_greedy(model, tok, prompt: str, n: int) -> tuple[str, float]:
     ids = list(tok(prompt).input_ids)
     out, margin = [], float("inf")

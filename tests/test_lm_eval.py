@@ -20,13 +20,6 @@ from kinmerge.evaluate import EvalResult, Evaluator, get_evaluator  # noqa: E402
 from kinmerge.evaluate.lm_eval import PAPER_FEWSHOT, PAPER_METRICS, PAPER_TASKS, LmEvalEvaluator, _pick_metric  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("KINMERGE_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return make_family(tmp_path_factory.mktemp("family"), children=1)["child0"]

@@ -31,13 +31,6 @@ from kinmerge.merge import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("KINMERGE_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory) -> dict[str, Path]:
     return make_family(tmp_path_factory.mktemp("family"), children=3)

@@ -482,3 +482,34 @@ def test_several_evaluators_need_a_choice(tmp_path: Path) -> None:
     assert json.loads(result.output)["runs"][0]["final_best"] == 0.6
     result = runner.invoke(cli, ["compare", str(run_dir), "--evaluator", "nope"])
     assert result.exit_code == 2 and "no scores from evaluator 'nope'" in result.output
+
+
+def test_the_data_behind_every_figure(kin_dir: Path) -> None:
+    """What each PNG draws, checked number by number on the hand-made run."""
+    from kinmerge.report.figures import gain_points, heatmap_data, kinship_curve, score_curve, tree_nodes
+
+    (run,) = load_runs([kin_dir])
+    scores = score_curve(run)
+    assert list(scores.generations) == [0, 1, 2, 3] and list(scores.best) == [60.0, 61.0, 63.0, 63.5]
+    assert scores.mean[1] == pytest.approx((61.0 + 57.0 + 59.0) / 3) and scores.foundation_best == 60.0
+    kin = kinship_curve(run)
+    assert list(kin.generations) == [0, 1, 2, 3] and all(v is not None for v in kin.values)
+    assert kin.stopped_after == 3  # the early stop skipped generation 4
+    assert list(kin.values) == [t.kinship for t in run.topk]
+    points = gain_points([run])
+    assert len(points) == 11
+    by_gain = {round(p.gain, 6): p for p in points}
+    m7 = by_gain[round(63.0 - (61.0 + 55.0) / 2, 6)]  # m7 = m1 x chat, the exploration merge
+    assert m7.reason == "exploration" and set(m7.kinship) == {"pcc", "cs", "ed"}
+    assert sum(p.reason == "exploration" for p in points) == 2
+    nodes = {n.id: n for n in tree_nodes(run)}
+    assert len(nodes) == 14 and {k: n.rank for k, n in nodes.items() if n.rank} == {"m8": 1, "m7": 2, "m9": 3}
+    assert nodes["m11"].parents == ("m7", "code") and nodes["m11"].score == 62.5
+    labels, matrix = heatmap_data(run)
+    assert len(labels) == 14 and sum(lab.startswith("★ ") for lab in labels) == 3
+    n = len(labels)
+    assert all(matrix[i][i] == 1.0 and matrix[i][j] == matrix[j][i] for i in range(n) for j in range(n))
+    i, j = labels.index("math"), labels.index("code")
+    with RunStore(kin_dir, lock=False) as store:
+        assert matrix[i][j] == store.get_kinship("pcc")[frozenset(("math", "code"))]
+

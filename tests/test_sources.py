@@ -21,11 +21,6 @@ from kinmerge.sources import content_id, open_model, open_models
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def _cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("KINMERGE_CACHE", str(tmp_path / "kcache"))
-
-
 def _kinmerge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kinmerge.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)

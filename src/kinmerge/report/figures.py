@@ -17,7 +17,7 @@ from kinmerge.report.plots import GainPoint, KinshipCurve, ScoreCurve, plot_merg
 from kinmerge.report.queries import RunHistory
 from kinmerge.report.tree import TreeNode, plot_family_tree
 
-__all__ = ["gain_points", "make_figures"]
+__all__ = ["gain_points", "heatmap_data", "kinship_curve", "make_figures", "score_curve", "tree_nodes"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -27,7 +27,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
 
 
-def _score_curve(r: RunHistory) -> ScoreCurve:
+def score_curve(r: RunHistory) -> ScoreCurve:
+    """The data behind one run's lines in the score figure."""
     return ScoreCurve(
         label=r.label,
         generations=[s.generation for s in r.generations],
@@ -37,7 +38,8 @@ def _score_curve(r: RunHistory) -> ScoreCurve:
     )
 
 
-def _kinship_curve(r: RunHistory) -> KinshipCurve:
+def kinship_curve(r: RunHistory) -> KinshipCurve:
+    """The data behind one run's line in the top-k kinship figure."""
     return KinshipCurve(
         label=r.label,
         generations=[t.generation for t in r.topk],
@@ -79,7 +81,8 @@ def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
     return points
 
 
-def _tree_nodes(r: RunHistory) -> list[TreeNode]:
+def tree_nodes(r: RunHistory) -> list[TreeNode]:
+    """The data behind a run's family tree: one node per pool model, the final top-k ranked."""
     ranks = {mid: i + 1 for i, mid in enumerate(r.final_topk)}
     ordered = sorted(r.models.values(), key=lambda m: (m.generation, r.label_of(m.id)))
     return [
@@ -88,7 +91,15 @@ def _tree_nodes(r: RunHistory) -> list[TreeNode]:
     ]
 
 
+def heatmap_data(r: RunHistory) -> tuple[list[str], list[list[float]]]:
+    """The data behind a run's kinship heatmap: labels (★ = final top-k) and the matrix (NaN = unknown)."""
+    ids, matrix = r.kinship_matrix()
+    top = set(r.final_topk)
+    return [("★ " if mid in top else "") + r.label_of(mid) for mid in ids], matrix
+
+
 def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | None]:
+    """Every figure of the report for ``runs``, written into ``folder``; ``None`` for an empty one."""
     import numpy as np
 
     from kinmerge.report.heatmap import plot_kinship_heatmap
@@ -96,30 +107,26 @@ def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | N
     metric = runs[0].metric
     k = runs[0].k
     figures: dict[str, Path | None] = {
-        "scores": plot_scores([_score_curve(r) for r in runs], folder / "scores.png"),
+        "scores": plot_scores([score_curve(r) for r in runs], folder / "scores.png"),
         "topk": plot_topk_kinship(
-            [_kinship_curve(r) for r in runs], folder / "topk_kinship.png",
+            [kinship_curve(r) for r in runs], folder / "topk_kinship.png",
             metric=metric, k=k, thresholds=_thresholds(runs, metric),
         ),
         "gain": plot_merge_gains(gain_points(runs), folder / "merge_gain.png"),
     }
     for i, r in enumerate(runs):
         slug = f"{i + 1}-{_slug(r.run.id)}"
-        ids, matrix = r.kinship_matrix()
-        known = any(
-            math.isfinite(v) for a, row in enumerate(matrix) for b, v in enumerate(row) if a != b
-        )
-        top = set(r.final_topk)
-        labels = [("★ " if mid in top else "") + r.label_of(mid) for mid in ids]
+        labels, matrix = heatmap_data(r)
+        known = any(math.isfinite(v) for a, row in enumerate(matrix) for b, v in enumerate(row) if a != b)
         figures[f"heatmap-{i}"] = (
             plot_kinship_heatmap(
                 np.asarray(matrix, dtype=np.float64), labels, r.metric, folder / f"heatmap-{slug}.png",
                 title=f"{r.label}: kinship of the final pool ({METRIC_NAMES[r.metric]}), clustered; ★ = top-{r.k}",
             )
-            if len(ids) >= 2 and known
+            if len(labels) >= 2 and known
             else None
         )
         figures[f"tree-{i}"] = plot_family_tree(
-            _tree_nodes(r), folder / f"family-tree-{slug}.png", title=f"{r.label}: family tree", k=r.k
+            tree_nodes(r), folder / f"family-tree-{slug}.png", title=f"{r.label}: family tree", k=r.k
         )
     return figures
