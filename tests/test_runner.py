@@ -37,6 +37,7 @@ from kinmerge.evolve.config import RunConfig, evaluator_key, load_config  # noqa
 from kinmerge.evolve.executors import LocalExecutor, get_executor  # noqa: E402
 from kinmerge.evolve.runner import MODELS_DIR, evolve, read_summary  # noqa: E402
 from kinmerge.evolve.strategies import METRICS, STOP_REASONS, Plan  # noqa: E402
+from kinmerge.merge import is_temp_merge_folder  # noqa: E402
 from kinmerge.store import RunStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,7 +456,7 @@ def _last_event(db: Path) -> int:
 
 def _temp_dirs(run_dir: Path) -> list[str]:
     models = run_dir / MODELS_DIR
-    return sorted(p.name for p in models.iterdir() if p.name.startswith(".tmp-")) if models.is_dir() else []
+    return sorted(p.name for p in models.iterdir() if is_temp_merge_folder(p)) if models.is_dir() else []
 
 
 Condition = Callable[[list[tuple[int, str, int | None]], float, Path], bool]

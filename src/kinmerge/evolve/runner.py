@@ -40,7 +40,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -70,7 +69,6 @@ __all__ = [
 
 #: Merges live in ``RUN_DIR/models/<id>``.
 MODELS_DIR = "models"
-_TMP_PREFIX = ".tmp-"  # kinmerge.merge builds a merge in ``<out_root>/.tmp-<id>-<rand>``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,13 +729,11 @@ class _Run:
 
     def _remove_stale_temp(self) -> None:
         """Remove merge temp folders a killed run left (we hold the run lock: none is live)."""
-        if not self.models_dir.is_dir():
-            return
-        for p in sorted(self.models_dir.iterdir()):
-            if p.name.startswith(_TMP_PREFIX) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                self.store.log_event(self.run_id if self.store.get_run(self.run_id) else None,
-                                     "cleanup", f"removed unfinished merge folder {p.name}")
+        from kinmerge.merge import remove_stale_temp
+
+        for p in remove_stale_temp(self.models_dir):
+            self.store.log_event(self.run_id if self.store.get_run(self.run_id) else None,
+                                 "cleanup", f"removed unfinished merge folder {p.name}")
 
     def _summary(self, start: float, next_plan: Plan | None = None) -> RunSummary:
         s = _summarize(self.store, self.run_id, self.run_dir)
