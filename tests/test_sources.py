@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,7 +136,7 @@ def test_content_id_is_stable_and_content_based(tmp_path):
 
 
 def test_resolver_local_paths_absolute_relative_to_root_and_to_cwd(tmp_path, monkeypatch):
-    base, (a,) = make_family(tmp_path / "zoo", 1)
+    _, (a,) = make_family(tmp_path / "zoo", 1)
     assert resolve_ref(a).path == a.resolve() and resolve_ref(a).hub_id is None
     assert resolve_ref(f"  {a}  ").path == a.resolve()  # stray spaces from a config or a shell
     r = resolve_ref("zoo/child0", root=tmp_path)
@@ -153,7 +152,7 @@ def test_resolver_local_paths_absolute_relative_to_root_and_to_cwd(tmp_path, mon
 
 
 def test_resolver_hub_ids_offline_from_a_local_hf_cache(tmp_path, monkeypatch):
-    base, (a,) = make_family(tmp_path / "src", 1)
+    _, (a,) = make_family(tmp_path / "src", 1)
     cache = tmp_path / "hf_cache"
     snap = fake_hub_cache(cache, "org/model-a", a, "b" * 40)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -171,7 +170,7 @@ def test_resolver_hub_ids_offline_from_a_local_hf_cache(tmp_path, monkeypatch):
     with open_models(["org/model-a", snap]) as (hub, by_path):
         assert hub.display_name == "org/model-a" and hub.content_id() == content_id(a)
         assert by_path.hub_id == "org/model-a"
-    with pytest.raises(SourceError, match="org/missing: cannot fetch .* HF_HUB_OFFLINE is set"):
+    with pytest.raises(SourceError, match=r"org/missing: cannot fetch .* HF_HUB_OFFLINE is set"):
         resolve_ref("org/missing")
 
 
@@ -185,7 +184,7 @@ def test_a_mistyped_path_is_no_such_folder_not_a_hub_error(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SourceError, match=want):  # the scan's path: open_model
         open_model("zoo/chidl0")
-    with pytest.raises(SourceError, match="no such file or folder zoo/chidl0/x.safetensors"):
+    with pytest.raises(SourceError, match=r"no such file or folder zoo/chidl0/x\.safetensors"):
         open_model("zoo/chidl0/x.safetensors")
     from kinmerge.evolve.config import resolve_model_ref  # the run config's path, same rule
 

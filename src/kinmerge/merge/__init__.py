@@ -72,26 +72,9 @@ from kinmerge.merge.recipes import (
 )
 
 __all__ = [
-    "METADATA_FILE",
-    "PAPER_MLP_T",
-    "PAPER_SELF_ATTN_T",
-    "RECIPES",
-    "DareTies",
-    "Linear",
-    "MergeResult",
-    "Raw",
-    "Recipe",
-    "Slerp",
-    "TaskArithmetic",
-    "Ties",
-    "get_recipe",
-    "is_temp_merge_folder",
-    "merge",
-    "merge_id",
-    "model_card",
-    "read_metadata",
-    "remove_stale_temp",
-    "write_card",
+    "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "MergeResult", "Raw",
+    "Recipe", "Slerp", "TaskArithmetic", "Ties", "get_recipe", "is_temp_merge_folder", "merge", "merge_id",
+    "model_card", "read_metadata", "remove_stale_temp", "write_card"
 ]
 
 
@@ -287,7 +270,7 @@ def _build(
         "mergekit_config": recorded,
         "kinship": kinship,
         "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 3),
     }
     (tmp / "mergekit_config.yml").write_text(dump_yaml(recorded), encoding="utf-8")

@@ -130,7 +130,9 @@ def check_compatible(parents: Sequence[Parent], base: Parent | None) -> list[str
         for name, shape in first.shapes.items():
             got = m.shapes.get(name)
             if got is None:
-                raise MergeError(f"{m.ref} has no tensor {name} (present in {first.ref}); the models differ in structure")
+                raise MergeError(
+                    f"{m.ref} has no tensor {name} (present in {first.ref}); the models differ in structure"
+                )
             if got == shape:
                 continue
             if not is_vocab_tensor(name, [shape, got], [first.vocab_size, m.vocab_size]):

@@ -49,7 +49,9 @@ RAW_DTYPES: dict[str, np.dtype] = {
 }
 SUPPORTED_DTYPES = tuple(RAW_DTYPES)
 # numpy dtype -> safetensors dtype name, for arrays held in memory or written by kinmerge
-NUMPY_TO_DTYPE: dict[np.dtype, str] = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
+NUMPY_TO_DTYPE: dict[np.dtype, str] = {
+    np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16",
+}
 _COUNT_LOCK = threading.Lock()  # ReadStats are updated by the scan's worker threads
 # Names of embedding and output-head tensors across architectures (Llama, GPT-2, BERT, T5, GGUF).
 VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")

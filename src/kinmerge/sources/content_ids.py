@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,10 +57,8 @@ def content_id_of_files(files: list[Path]) -> str:
     # Re-read before writing: another process may have added ids since (the last writer wins,
     # so this keeps most of theirs; a lost entry only costs one more hash later).
     cache = {**_load_cache(cache_file), key: digest}
-    try:
+    with contextlib.suppress(OSError):  # a cache we cannot write only costs time
         atomic_write(cache_file, json.dumps(cache), fsync=False)
-    except OSError:
-        pass  # a cache we cannot write only costs time
     return digest
 
 

@@ -192,8 +192,8 @@ def to_bf16_bits(values: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
-def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *, bf16: Sequence[str] | bool = False,
-                     metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *,
+                     bf16: Sequence[str] | bool = False, metadata: dict[str, str] | None = None) -> Path:
     """Write ``tensors`` to a safetensors file atomically (unique temp file, then rename).
 
     numpy cannot hold bfloat16, so tensors named in ``bf16`` (or all, with ``bf16=True``) are
