@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.optin]
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    from kinmerge.gguf_source import gguf_to_hf
+    from kinmerge.sources.gguf import gguf_to_hf
 
     gguf = next(GGUF_DIR.glob("*.gguf"))
     root = tmp_path_factory.mktemp("smol")

@@ -24,7 +24,6 @@ LAYERS: tuple[str, ...] = (
     "_kernels",
     "sketch",
     "sources",
-    "gguf_source",  # until sources/ is a package
     "scan",
     "merge",
     "evaluate",

@@ -40,6 +40,10 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _pair(fam: dict[str, Path], out: Path, **kw):
+    return merge([fam["child0"], fam["child1"]], Slerp(), out, **kw)
+
+
 def _entries(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
@@ -137,8 +141,9 @@ def test_dare_ties_is_reproducible_with_its_seed(fam, tmp_path):
 # -- identity, idempotence, layout -----------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")  # mergekit's import
 def test_same_merge_twice_is_made_once(fam, tmp_path, monkeypatch):
-    import kinmerge.merge as km
+    import mergekit.merge
 
     parents = [fam["child0"], fam["child1"]]
     first = merge(parents, Slerp(), tmp_path)
@@ -147,7 +152,7 @@ def test_same_merge_twice_is_made_once(fam, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("merged again")
 
-    monkeypatch.setattr(km, "_run_mergekit", boom)
+    monkeypatch.setattr(mergekit.merge, "run_merge", boom)
     second = merge([str(p) for p in parents], Slerp(), tmp_path)
     assert second.reused and second.id == first.id and second.path == first.path
     assert (first.path / "kinmerge.json").stat().st_mtime_ns == stamp
@@ -178,6 +183,15 @@ def test_merge_id_counts_the_base_only_when_used():
     assert merge_id(["a", "b"], Ties(), "base1") != merge_id(["a", "b"], Ties(), "base2")
 
 
+def test_merge_ids_are_pinned():
+    # Run stores and the demo name merges by these ids: the same inputs must keep the same id.
+    a, b, base = "a" * 32, "b" * 32, "c" * 32
+    assert merge_id([a, b], Slerp()) == "54884bdbefcf11f3"
+    assert merge_id([a, b], Ties(density=0.3), base) == "fdc87fb5430d2c84"
+    assert merge_id([a, b], DareTies(seed=7, weight=(1, 0.5))) == "f0897288c5200201"
+    assert merge_id([a, b], Slerp(t=0.25, dtype="float32")) == "340df78e59da5d1e"
+
+
 def test_metadata_and_model_card(fam, tmp_path):
     import yaml
 
@@ -195,17 +209,23 @@ def test_metadata_and_model_card(fam, tmp_path):
     assert meta["versions"]["mergekit"] and meta["created"].endswith("+00:00")
     assert meta["mergekit_config"]["base_model"] == str(fam["base"].resolve())
 
+    assert meta["format"] == 2 and [p["hub_id"] for p in meta["parents"]] == [None, None]
+
     card = (res.path / "README.md").read_text()
     assert card.startswith("---\n")
     front = yaml.safe_load(card.split("---\n")[1])
     assert front == {
-        "base_model": [str(fam["child0"].resolve()), str(fam["child1"].resolve())],
+        "base_model": ["child0", "child1"],  # folder names, never this machine's paths
         "base_model_relation": "merge",
         "tags": ["merge", "mergekit", "kinmerge"],
         "library_name": "transformers",
     }
+    assert str(fam["base"].parent) not in card and str(tmp_path) not in card
     body = card.split("---\n", 2)[2]
-    assert "ties" in body and "| pcc | 0.4125 |" in body and meta["parents"][1]["content_id"] in body
+    assert "ties" in body and "| PCC (Pearson correlation) | 0.4125 |" in body
+    assert "| ED (Euclidean distance) | 1.5 |" in body
+    assert meta["parents"][1]["content_id"] in body
+    assert "| B | `child1` | local folder (not on the hub) |" in body and "not a hub id" in body
     config = yaml.safe_load((res.path / "mergekit_config.yml").read_text())
     assert config["merge_method"] == "ties"
 
@@ -292,7 +312,14 @@ def test_same_model_twice_is_refused(fam, tmp_path):
         (lambda f, o: merge([f["child0"], f["child1"], f["child2"]], Slerp(), o), "slerp merges exactly 2"),
         (lambda f, o: merge([f["child0"]], Linear(), o), "linear merges at least 2"),
         (lambda f, o: merge([f["child0"], f["child1"], f["child2"]], Linear(weight=(1, 2)), o), "2 values for 3 parents"),
-        (lambda f, o: merge([f["child0"], o / "nope"], Slerp(), o), "no such folder"),
+        (lambda f, o: merge([f["child0"], o / "nope"], Slerp(), o), "no such model folder"),
+        (lambda f, o: merge([f["child0"], f["child1"] / "model.safetensors"], Slerp(), o),
+         "a file, but a Hugging Face model folder"),
+        (lambda f, o: _pair(f, o, kinship={"pcc": 1.5}), r"kinship pcc=1\.5 must be a number in \[-1, 1\]"),
+        (lambda f, o: _pair(f, o, kinship={"ed": -0.1}), r"kinship ed=-0\.1 must be a number >= 0"),
+        (lambda f, o: _pair(f, o, kinship={"cs": float("nan")}), "kinship cs=nan"),
+        (lambda f, o: _pair(f, o, kinship={"pcc": "high"}), "kinship pcc='high'"),
+        (lambda f, o: _pair(f, o, kinship={"kl": 0.1}), "unknown metric"),
     ],
 )
 def test_bad_requests(fam, tmp_path, call, message):
@@ -402,3 +429,162 @@ def test_cli_errors_are_one_line(fam, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["recipe"]["method"] == "raw"
     assert "Example:" in runner.invoke(cli, ["merge", "--help"]).output
+
+
+# -- kinship of the parents: given (checked) or measured against the base -------------------------
+
+
+def test_kinship_is_measured_against_the_base_when_not_given(fam, tmp_path):
+    base, a, b = (load_state(fam[k]) for k in ("base", "child0", "child1"))
+    da = torch.cat([(a[k].double() - base[k].double()).flatten() for k in base])
+    db = torch.cat([(b[k].double() - base[k].double()).flatten() for k in base])
+    res = merge([fam["child0"], fam["child1"]], Slerp(t=0.5), tmp_path, base=fam["base"])  # SLERP: base not in the id
+    assert res.id == merge([fam["child0"], fam["child1"]], Slerp(t=0.5), tmp_path).id
+    kin = res.metadata["kinship"]
+    assert list(kin) == ["pcc", "cs", "ed"]
+    assert kin["pcc"] == pytest.approx(float(torch.corrcoef(torch.stack([da, db]))[0, 1]), rel=1e-9)
+    assert kin["cs"] == pytest.approx(float(torch.nn.functional.cosine_similarity(da, db, dim=0)), rel=1e-9)
+    assert kin["ed"] == pytest.approx(float((da - db).norm()), rel=1e-9)
+    assert f"| CS (cosine similarity) | {kin['cs']:.4g} |" in (res.path / "README.md").read_text()
+    # a parent that is the base has no delta: nothing to compare, and nothing made up
+    same = merge([fam["base"], fam["child1"]], TaskArithmetic(dtype="float32"), tmp_path, base=fam["base"])
+    assert same.metadata["kinship"] is None
+    assert "Not computed" in (same.path / "README.md").read_text()
+
+
+# -- vocabularies that differ only in their rows ---------------------------------------------------
+
+
+def _with_added_tokens(fam: dict[str, Path], folder: Path, *, tokenizer: bool = True) -> Path:
+    """child1 fine-tuned with two added tokens: 66 embedding and head rows, and its tokenizer."""
+    from tiny_models import tiny_tokenizer
+
+    state = load_state(fam["child1"])
+    g = torch.Generator().manual_seed(5)
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[k] = torch.cat([state[k], 0.02 * torch.randn(2, state[k].shape[1], generator=g)])
+    save_model(folder, state, tiny_config(vocab=66))
+    tok = tiny_tokenizer()
+    tok.add_tokens(["<tool>", "</tool>"])
+    tok.save_pretrained(folder)
+    if not tokenizer:
+        for f in folder.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                f.unlink()
+    return folder
+
+
+def test_a_fine_tune_with_a_larger_vocabulary_compares_and_merges(fam, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kinmerge.scan import scan
+    from kinmerge.sources import open_models
+
+    big = _with_added_tokens(fam, tmp_path / "big")
+    with open_models([fam["base"], fam["child0"], big]) as (base, a, b):
+        result = scan(base, [a, b])  # kinship compares the 64 rows all three have
+    assert any("vocabulary sizes differ" in n and "64 rows" in n for n in result.notes)
+
+    small_first = merge([fam["child0"], big], Slerp(t=0, dtype="float32"), tmp_path / "m")
+    assert _equal(load_state(small_first.path), load_state(fam["child0"]))  # t=0: parent A, A's vocabulary
+    big_first = merge([big, fam["child0"]], Slerp(t=0, dtype="float32"), tmp_path / "m")
+    assert _equal(load_state(big_first.path), load_state(big))
+    assert len(AutoTokenizer.from_pretrained(big_first.path)) == 66
+    assert AutoModelForCausalLM.from_pretrained(big_first.path).config.vocab_size == 66
+    ties = merge([fam["child0"], big], Ties(dtype="float32"), tmp_path / "m", base=fam["base"])
+    assert load_state(ties.path)["lm_head.weight"].shape == (64, 32)
+    assert ties.metadata["kinship"]["pcc"] is not None
+
+    bare = _with_added_tokens(fam, tmp_path / "bare", tokenizer=False)
+    with pytest.raises(MergeError, match=r"vocabularies differ .* has no tokenizer to align"):
+        merge([fam["child0"], bare], Slerp(), tmp_path / "n")
+    assert _entries(tmp_path / "n") == []
+
+
+# -- model cards that fit the hub -------------------------------------------------------------------
+
+
+def _card(folder: Path):
+    from huggingface_hub import ModelCard
+
+    return ModelCard((folder / "README.md").read_text())  # parses and checks the front matter offline
+
+
+def test_card_of_local_parents_is_valid_hub_metadata_and_takes_scores(fam, tmp_path):
+    from huggingface_hub import ModelCardData
+
+    from kinmerge.merge import write_card
+
+    res = merge([fam["child0"], fam["child1"]], Slerp(), tmp_path, kinship={"pcc": 0.25, "cs": 0.3, "ed": 2.0})
+    card = _card(res.path)
+    assert isinstance(card.data, ModelCardData)
+    assert card.data.base_model == ["child0", "child1"] and card.data.base_model_relation == "merge"
+    assert card.data.eval_results is None
+    assert str(fam["child0"]) not in card.content
+
+    write_card(res.path, scores={"add": 0.75, "reverse": 0.5}, generation=3, run="kinship-s0")
+    card = _card(res.path)
+    assert card.data.model_name == res.id
+    got = {(r.task_type, r.dataset_name, r.dataset_type, r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert got == {("text-generation", "add", "add", "accuracy", 0.75),
+                   ("text-generation", "reverse", "reverse", "accuracy", 0.5)}
+    assert "Made in generation 3 of run `kinship-s0`." in card.text and "| **average** | 0.6250 |" in card.text
+    assert json.loads((res.path / "kinmerge.json").read_text()) == res.metadata  # the lineage is untouched
+    assert sorted(p.name for p in res.path.iterdir() if p.name.startswith(".")) == []
+    with pytest.raises(MergeError, match="score of task 'add' must be a finite number"):
+        write_card(res.path, scores={"add": float("inf")})
+    with pytest.raises(MergeError, match=r"no readable kinmerge\.json"):
+        write_card(fam["child0"])
+
+
+def test_card_names_hub_parents_and_what_a_merge_descends_from(fam, tmp_path, monkeypatch):
+    from hub_cache import fake_hub_cache
+
+    cache = tmp_path / "hf_cache"
+    fake_hub_cache(cache, "org/model-a", fam["child0"], "a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # HF_HUB_OFFLINE=1 from the fixture
+    monkeypatch.chdir(tmp_path)
+    first = merge(["org/model-a", fam["child1"]], Slerp(), tmp_path / "m")
+    assert first.metadata["parents"][0]["hub_id"] == "org/model-a"
+    card = _card(first.path)
+    assert card.data.base_model == ["org/model-a", "child1"]
+    assert "| A | `org/model-a` | Hugging Face hub |" in card.text
+    # a merge of a merge: base_model names what the merge parent descends from
+    second = merge([first.path, fam["child2"]], Slerp(), tmp_path / "m")
+    card = _card(second.path)
+    assert card.data.base_model == ["org/model-a", "child1", "child2"]
+    assert f"| A | `{first.id}` | kinmerge merge of `org/model-a`, `child1` |" in card.text
+    assert second.metadata["parents"][0]["descends_from"] == ["org/model-a", "child1"]
+
+
+# -- temp folders -----------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")  # mergekit's import
+def test_merges_build_in_a_temp_folder_the_runner_can_recognise(fam, tmp_path, monkeypatch):
+    import mergekit.merge
+
+    from kinmerge.merge import is_temp_merge_folder, remove_stale_temp
+
+    seen: list[str] = []
+    real = mergekit.merge.run_merge
+
+    def spy(config, out_path, options, config_source=None):
+        seen.append(out_path)
+        return real(config, out_path, options)
+
+    monkeypatch.setattr(mergekit.merge, "run_merge", spy)
+    old = os.umask(0o022)
+    try:
+        res = merge([fam["child0"], fam["child1"]], Slerp(), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert len(seen) == 1 and is_temp_merge_folder(seen[0]) and Path(seen[0]).parent == tmp_path / "m"
+    assert not is_temp_merge_folder(res.path)
+    assert {oct(p.stat().st_mode & 0o777) for p in res.path.iterdir()} == {"0o644"}  # ordinary files
+    # a killed merge leaves its temp folder; the runner removes it on its next start
+    stale = [tmp_path / "m" / ".0123456789abcdef.4242-0a1b2c3d.tmp", tmp_path / "m" / ".tmp-0123-ab"]
+    for p in stale:
+        p.mkdir()
+    assert remove_stale_temp(tmp_path / "m") == sorted(stale)
+    assert _entries(tmp_path / "m") == [res.id]

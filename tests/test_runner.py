@@ -39,6 +39,7 @@ from kinmerge.evolve import evolve, read_summary  # noqa: E402
 from kinmerge.evolve.runner import MODELS_DIR  # noqa: E402
 from kinmerge.kinship import METRICS  # noqa: E402
 from kinmerge.pool import STOP_KINSHIP, STOP_REASONS, Plan  # noqa: E402
+from kinmerge.merge import is_temp_merge_folder  # noqa: E402
 from kinmerge.store import RunStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,23 @@ def test_store_records_everything(runs):
     models = runs.run_dir / MODELS_DIR
     assert not [p for p in models.iterdir() if p.name.startswith(".")]
     assert all((p / "kinmerge.json").is_file() for p in models.iterdir())
+
+
+def test_merge_cards_carry_scores_generation_and_run(runs):
+    """After evaluating a merge the runner writes its scores into the card, as the hub reads them."""
+    from huggingface_hub import ModelCard
+
+    s = runs.greedy
+    with RunStore(runs.run_dir, lock=False) as store:
+        scores = store.get_scores([e.id for e in s.pool], evaluator=store.get_run("greedy").config["evaluator"])
+    made_by_greedy = [e for e in s.pool if e.parents and e.generation == 1]
+    for e in made_by_greedy:
+        card = ModelCard.load(Path(e.path) / "README.md")
+        results = {r.dataset_name: r.metric_value for r in card.data.eval_results}
+        assert results == pytest.approx(scores[e.id]), e.id
+        assert card.data.base_model_relation == "merge" and len(card.data.base_model) == 2
+        assert not any(str(m).startswith("/") for m in card.data.base_model)  # no local paths on the hub
+        assert f"generation {e.generation}" in card.text
 
 
 def test_rerun_is_a_no_op(runs):
@@ -466,7 +484,7 @@ def _last_event(db: Path) -> int:
 
 def _temp_dirs(run_dir: Path) -> list[str]:
     models = run_dir / MODELS_DIR
-    return sorted(p.name for p in models.iterdir() if p.name.startswith(".tmp-")) if models.is_dir() else []
+    return sorted(p.name for p in models.iterdir() if is_temp_merge_folder(p)) if models.is_dir() else []
 
 
 Condition = Callable[[list[tuple[int, str, int | None]], float, Path], bool]

@@ -8,15 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_cache import fake_hub_cache
 from st_family import load_stored, make_family
 
-from kinmerge.errors import CorruptFileError, PickleNotAllowedError, SourceError
+from kinmerge.errors import CorruptFileError, PickleNotAllowedError, SourceError, UnsupportedDtypeError
 from kinmerge.scan import scan
-from kinmerge.sources import content_id, open_model, open_models
+from kinmerge.sources import content_id, is_vocab_tensor, open_model, open_models, resolve_ref
 
 torch = pytest.importorskip("torch")
 
@@ -98,23 +98,12 @@ def test_pickle_needs_allow_flag_and_loads_weights_only(tmp_path):
         open_model(pkl, allow_pickle=True)
 
 
-def _fake_hub_cache(cache: Path, repo: str, folder: Path, commit: str) -> None:
-    """Lay out ``folder`` as huggingface_hub's cache would after a download of ``repo``."""
-    repo_dir = cache / f"models--{repo.replace('/', '--')}"
-    snap = repo_dir / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in folder.iterdir():
-        shutil.copy(f, snap / f.name)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-
-
 def test_hub_ids_resolve_offline_from_the_hf_cache(tmp_path):
     base, (a, b) = make_family(tmp_path / "src", 2)
     cache = tmp_path / "hf_cache"
     commits = {"org/base": "a" * 40, "org/model-a": "b" * 40, "org/model-b": "c" * 40}
     for repo, folder in zip(commits, (base, a, b), strict=True):
-        _fake_hub_cache(cache, repo, folder, commits[repo])
+        fake_hub_cache(cache, repo, folder, commits[repo])
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf_home"),
            "KINMERGE_CACHE": str(tmp_path / "kc")}
     local = _kinmerge("kinship", str(a), str(b), "--base", str(base), "--json", "--no-progress", env=env)
@@ -136,3 +125,120 @@ def test_content_id_is_stable_and_content_based(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(a, copy)
     assert content_id(copy) == ida
+
+
+# -- one reference resolver ---------------------------------------------------------------------
+
+
+def test_resolver_local_paths_absolute_relative_to_root_and_to_cwd(tmp_path, monkeypatch):
+    _, (a,) = make_family(tmp_path / "zoo", 1)
+    assert resolve_ref(a).path == a.resolve() and resolve_ref(a).hub_id is None
+    assert resolve_ref(f"  {a}  ").path == a.resolve()  # stray spaces from a config or a shell
+    r = resolve_ref("zoo/child0", root=tmp_path)
+    assert r.path == a.resolve() and r.ref == str(a.resolve()) and r.given == "zoo/child0"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_ref("zoo/child0").path == a.resolve()
+    assert resolve_ref("./zoo/child0", want="folder").path == a.resolve()
+    with pytest.raises(SourceError, match="a file, but a Hugging Face model folder"):
+        resolve_ref("zoo/child0/model.safetensors", want="folder")
+    assert resolve_ref("zoo/child0/model.safetensors").path == (a / "model.safetensors").resolve()
+    with pytest.raises(SourceError, match="empty model reference"):
+        resolve_ref("  ")
+
+
+def test_resolver_hub_ids_offline_from_a_local_hf_cache(tmp_path, monkeypatch):
+    _, (a,) = make_family(tmp_path / "src", 1)
+    cache = tmp_path / "hf_cache"
+    snap = fake_hub_cache(cache, "org/model-a", a, "b" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)  # no local folder "org" here
+    r = resolve_ref("org/model-a")
+    assert r.path == snap and r.hub_id == "org/model-a" and r.ref == "org/model-a" and r.repo_id == "org/model-a"
+    pinned = resolve_ref(f"org/model-a@{'b' * 40}")
+    assert pinned.path == snap and pinned.repo_id == "org/model-a"
+    # not fetched: recognised only (what a run config keeps)
+    assert resolve_ref("org/other", fetch=False).path is None
+    # a local path inside a cache snapshot still came from the hub
+    local = resolve_ref(snap)
+    assert local.hub_id == "org/model-a" and local.ref == str(snap)
+    with open_models(["org/model-a", snap]) as (hub, by_path):
+        assert hub.display_name == "org/model-a" and hub.content_id() == content_id(a)
+        assert by_path.hub_id == "org/model-a"
+    with pytest.raises(SourceError, match=r"org/missing: cannot fetch .* HF_HUB_OFFLINE is set"):
+        resolve_ref("org/missing")
+
+
+def test_a_mistyped_path_is_no_such_folder_not_a_hub_error(tmp_path, monkeypatch):
+    make_family(tmp_path / "zoo", 1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    want = r"no such file or folder .*zoo/chidl0 \(zoo/ is a local folder, so this is not read as a hub id\)"
+    with pytest.raises(SourceError, match=want):
+        resolve_ref("zoo/chidl0", root=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=want):  # the scan's path: open_model
+        open_model("zoo/chidl0")
+    with pytest.raises(SourceError, match=r"no such file or folder zoo/chidl0/x\.safetensors"):
+        open_model("zoo/chidl0/x.safetensors")
+    from kinmerge.evolve.config import resolve_model_ref  # the run config's path, same rule
+
+    with pytest.raises(ValueError, match=r"no such model folder .*zoo/chidl0 \(zoo/ is a local folder"):
+        resolve_model_ref("zoo/chidl0", tmp_path)
+    assert resolve_model_ref("org/model", tmp_path) == "org/model"
+    assert resolve_model_ref("zoo/child0", tmp_path) == str((tmp_path / "zoo" / "child0").resolve())
+    cli = _kinmerge("kinship", "zoo/chidl0", "zoo/child0", "--base", "zoo/base")  # run in tmp_path
+    assert cli.returncode == 2 and cli.stderr.count("Error:") == 1
+    assert "zoo/ is a local folder" in cli.stderr and "Hugging Face hub" not in cli.stderr
+
+
+# -- one vocabulary-tensor rule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes", "vocab", "want"),
+    [
+        ("model.embed_tokens.weight", [(64, 8), (66, 8)], [None, None], True),  # by name
+        ("lm_head.weight", [(64, 8), (66, 8)], [64, 66], True),
+        ("transformer.wte.weight", [(64, 8), (70, 8)], [64, 70], True),
+        ("output.weight", [(64, 8), (66, 8)], [None, None], True),  # GGUF's head
+        ("model.custom_table", [(64, 8), (66, 8)], [64, 66], True),  # rows = each vocab_size
+        ("model.custom_table", [(64, 8), (66, 8)], [64, None], False),
+        ("model.layers.0.mlp.up_proj.weight", [(64, 8), (66, 8)], [None, None], False),
+        ("model.embed_tokens.weight", [(64, 8), (64, 9)], [64, 64], False),  # columns differ
+        ("model.embed_tokens.weight", [(64, 8), (64, 8, 1)], [64, 64], False),
+        ("model.norm.weight", [(), ()], [None, None], False),
+    ],
+)
+def test_vocab_tensor_rule(name, shapes, vocab, want):
+    assert is_vocab_tensor(name, shapes, vocab) is want
+
+
+def test_content_id_is_blake2b_of_names_and_bytes_and_its_cache_is_written_whole(tmp_path):
+    import hashlib
+
+    base, (a,) = make_family(tmp_path / "m", 1)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"model.safetensors\0" + (a / "model.safetensors").read_bytes())
+    assert content_id(a) == h.hexdigest()  # what is hashed is part of every stored id
+    cache = tmp_path / "kcache"
+    assert sorted(p.name for p in cache.iterdir()) == ["content_ids.json"]  # no temp file left
+    assert h.hexdigest() in json.loads((cache / "content_ids.json").read_text()).values()
+    content_id(base)
+    assert len(json.loads((cache / "content_ids.json").read_text())) == 2
+
+
+def test_save_safetensors_writes_whole_files_with_ordinary_permissions(tmp_path):
+    from kinmerge.sources import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        f = save_safetensors(tmp_path / "x.safetensors", {"w": np.ones(3, np.float32)})
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+    assert f.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(UnsupportedDtypeError, match="cannot write dtype int8"):
+        save_safetensors(tmp_path / "x.safetensors", {"w": np.ones(3, np.int8)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+    assert open_model(f).read("w").tolist() == [1.0, 1.0, 1.0]

@@ -58,7 +58,8 @@ def test_specialist_merges_load_keep_lineage_and_mostly_beat_their_parents(zoo, 
         card = (result.path / "README.md").read_text()
         front = card.split("---")[1]
         assert "base_model_relation: merge" in front
-        assert str(zoo.specialists[a]) in front and str(zoo.specialists[b]) in front
+        assert f"- {zoo.specialists[a].name}\n" in front and f"- {zoo.specialists[b].name}\n" in front
+        assert str(zoo.specialists[a].parent) not in card  # no local paths in a card
         score = evaluator.evaluate(result.path).average
         wins.append(score > (parent_scores[a] + parent_scores[b]) / 2)
     assert sum(wins) > len(wins) / 2, f"{sum(wins)} of {len(wins)} merges beat the mean of their parents"

@@ -40,7 +40,6 @@ __all__ = [
     "atomic_write",
     "canonical_json",
     "json_digest",
-    "sweep_temps",
     "temp_name",
 ]
 
@@ -175,25 +174,6 @@ def _remove(p: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             p.unlink()
-
-
-def sweep_temps(folder: str | os.PathLike[str], *, prefixes: tuple[str, ...] = ()) -> list[Path]:
-    """Remove the temp entries that killed writers left in ``folder``; return what was removed.
-
-    Only call it while holding whatever guarantees that no writer is live there (the evolve
-    runner holds the run lock). ``prefixes``: other names to treat as temp entries (folders
-    written by older versions).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for p in sorted(folder.iterdir()):
-        name = p.name
-        if (name.startswith(".") and name.endswith(TMP_SUFFIX)) or any(name.startswith(x) for x in prefixes):
-            _remove(p)
-            removed.append(p)
-    return removed
 
 
 def canonical_json(obj: Any) -> str:

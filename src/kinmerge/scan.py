@@ -39,11 +39,10 @@ from kinmerge.errors import (
     UnsupportedDtypeError,
 )
 from kinmerge.kinship import METRICS, KinshipStats, check_metric
-from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer
+from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer, is_vocab_tensor
 
 DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
 _WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds pending results)
-_VOCAB_NAME = re.compile(r"(embed|wte|word_embeddings|lm_head|embed_out|output\.weight|tok_embeddings|shared)")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 Progress = Callable[[int], None]  # called with the number of bytes just read
@@ -167,7 +166,7 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *, allow_missing: boo
         if all(s == shapes[0] for s in shapes):
             plans.append(TensorPlan(name, base.tensors[name].numel, shapes[0]))
             continue
-        if _is_vocab_mismatch(name, shapes, everyone):
+        if is_vocab_tensor(name, shapes, [src.vocab_size for src in everyone]):
             rows = min(s[0] for s in shapes)
             per_row = int(np.prod(shapes[0][1:], dtype=np.int64))
             plans.append(TensorPlan(name, rows * per_row, (rows, *shapes[0][1:])))
@@ -196,14 +195,6 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *, allow_missing: boo
                     f"reads only {', '.join(RAW_DTYPES)} — dequantise or convert the model first"
                 )
     return plans, notes, skipped
-
-
-def _is_vocab_mismatch(name: str, shapes: list[tuple[int, ...]], sources: list[ModelSource]) -> bool:
-    if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
-        return False
-    if _VOCAB_NAME.search(name):
-        return True
-    return all(src.vocab_size == s[0] for src, s in zip(sources, shapes, strict=True))
 
 
 def _check_distinct(sources: list[ModelSource]) -> None:

@@ -212,6 +212,6 @@ def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
     Example:
       kinmerge convert SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2
     """
-    from kinmerge.gguf_source import gguf_to_hf
+    from kinmerge.sources.gguf import gguf_to_hf
 
     click.echo(str(gguf_to_hf(gguf_file, out_dir, dtype=dtype)))

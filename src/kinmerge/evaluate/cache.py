@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from kinmerge.evaluate import EvalResult, Evaluator
+from kinmerge.sources import cache_dir as kinmerge_cache_dir
 from kinmerge.sources import content_id
 
 
@@ -31,7 +32,7 @@ def cache_key(evaluator: Evaluator, model_id: str) -> str:
 
 def cache_dir() -> Path:
     """``$KINMERGE_CACHE/evaluations`` (default ``~/.cache/kinmerge/evaluations``), read when called."""
-    return Path(os.environ.get("KINMERGE_CACHE") or Path.home() / ".cache" / "kinmerge") / "evaluations"
+    return kinmerge_cache_dir() / "evaluations"
 
 
 def evaluate_cached(evaluator: Evaluator, model_dir: str | os.PathLike[str], *, refresh: bool = False) -> tuple[EvalResult, bool]:

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kinmerge._io import json_digest
-from kinmerge.errors import ConfigError, KinmergeError
-from kinmerge.sources import HUB_ID
+from kinmerge.errors import ConfigError, KinmergeError, SourceError
+from kinmerge.sources import resolve_ref
 
 if TYPE_CHECKING:
     from kinmerge.evaluate import Evaluator
@@ -63,25 +63,17 @@ def _root(info: ValidationInfo) -> Path:
 def resolve_model_ref(ref: str, root: Path) -> str:
     """A model reference from a config: an existing local folder (made absolute) or a hub id.
 
-    A relative path is looked up under ``root``. Something shaped like ``org/name`` that is not
-    there counts as a hub id, unless its first component is a local folder (then it was surely
-    meant as a path and is reported missing).
+    The rule is ``kinmerge.sources.resolve_ref``'s (relative paths under ``root``; a hub-shaped
+    reference whose first folder exists under ``root`` is a mistyped path); hub ids are kept as
+    they are, not fetched.
 
     Raises:
-        ValueError: neither an existing folder nor a hub id.
+        ValueError: neither an existing folder nor a hub id (pydantic reports it for the field).
     """
-    text = str(ref).strip()
-    if not text:
-        raise ValueError("empty model reference")
-    path = Path(text).expanduser()
-    full = path if path.is_absolute() else root / path
-    if full.exists():
-        return str(full.resolve())
-    first = Path(text).parts[0] if Path(text).parts else ""
-    looks_local = text.startswith((".", "/", "~")) or (root / first).is_dir()
-    if HUB_ID.match(text) and not looks_local:
-        return text
-    raise ValueError(f"no such model folder {full} (and not a hub id like org/name[@revision])")
+    try:
+        return resolve_ref(ref, root=root, want="folder", fetch=False).ref
+    except SourceError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class _Section(BaseModel):

@@ -43,13 +43,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kinmerge._io import sweep_temps
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
 from kinmerge.evolve.steps import EvaluateTask, KinshipTask, MergeTask, hash_model, run_evaluation, run_kinship, run_merge
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
+from kinmerge.merge import remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
 from kinmerge.store import DB_NAME, RunStore
 
@@ -57,8 +57,6 @@ __all__ = ["MODELS_DIR", "evolve"]
 
 #: Merges live in ``RUN_DIR/models/<id>``.
 MODELS_DIR = "models"
-#: Temp folders of killed merges written by kinmerge 0.1.0 (newer ones end in ``.tmp``).
-_LEGACY_TMP_PREFIX = ".tmp-"
 
 
 def evolve(
@@ -173,7 +171,7 @@ class _Run:
 
     def _run(self, start: float) -> RunSummary:
         if not self.dry_run:
-            for p in sweep_temps(self.models_dir, prefixes=(_LEGACY_TMP_PREFIX,)):
+            for p in remove_stale_temp(self.models_dir):
                 self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
         foundations = self._start()
         try:
@@ -305,7 +303,7 @@ class _Run:
                 payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
                          "reused": res["reused"], "kinship": tasks[i].kinship},
             )
-        self._evaluate(children, generation=g)
+        self._evaluate(children, generation=g, cards=True)
         self.store.mark_plan_done(self.run_id, g)
 
     def _finish(self, stop: str | None) -> None:
@@ -319,8 +317,12 @@ class _Run:
 
     # -- steps ------------------------------------------------------------------------------------
 
-    def _evaluate(self, ids: list[str], *, generation: int) -> None:
-        """Evaluate the models that have no score under this evaluator yet; record each."""
+    def _evaluate(self, ids: list[str], *, generation: int, cards: bool = False) -> None:
+        """Evaluate the models that have no score under this evaluator yet; record each.
+
+        ``cards``: the models are this run's merges; their model cards get the scores, the
+        generation and the run (the hub's ``model-index``).
+        """
         averages = self.store.average_scores(ids, evaluator=self.eval_key)
         todo = [i for i in ids if averages.get(i) is None]
         tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings) for i in todo]
@@ -334,6 +336,8 @@ class _Run:
         for n, res in self.executor.imap(run_evaluation, started(tasks)):
             mid = todo[n]
             self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
+            if cards:
+                write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
             self.made["evaluations"] += 1
             self.store.log_event(
                 self.run_id, "evaluate", f"{mid}: {res['average']:.4f}", generation=generation,

@@ -16,15 +16,16 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kinmerge._io import atomic_dir
 from kinmerge.errors import CorruptFileError, SourceError
-from kinmerge.sources import ModelSource, TensorInfo
+from kinmerge.sources.base import ModelSource, ReadBuffer, TensorInfo
+
+__all__ = ["GgufSource", "gguf_to_hf", "open_gguf"]
 
 
 class GgufSource(ModelSource):
@@ -69,7 +70,7 @@ class GgufSource(ModelSource):
             self._cached = (name, np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
         return self._cached[1]
 
-    def read_range(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read_range(self, name: str, start: int, stop: int, out: np.ndarray | ReadBuffer | None = None) -> np.ndarray:
         chunk = self._dequantised(name)[start:stop]
         self._count(name, chunk.nbytes, start)
         return chunk
@@ -83,6 +84,8 @@ def open_gguf(ref: str, path: Path) -> GgufSource:
 def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Path:
     """Convert a GGUF file into a Hugging Face model folder (safetensors + tokenizer), atomically.
 
+    An existing ``out_dir`` is replaced once the new folder is complete.
+
     Uses transformers' GGUF loader (needs ``torch``, ``transformers`` and ``gguf``).
     """
     src = Path(gguf_file).resolve()
@@ -94,9 +97,7 @@ def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise SourceError("converting GGUF needs torch and transformers: pip install 'kinmerge[merge,gguf]'") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         try:
             # Loading dequantises every tensor to float32; the state dict is plain tensors.
             model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
@@ -118,10 +119,4 @@ def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str
         config.architectures = [type(model).__name__]
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -1,0 +1,160 @@
+r"""Running mergekit: its configuration checked, its options set, hub access off, caches dropped.
+
+Everything that knows mergekit's quirks lives here, so the rest of ``kinmerge.merge`` deals in
+our own terms:
+
+- mergekit reads ``a+b`` as model ``a`` with LoRA ``b`` and ``a@r`` as revision ``r`` of ``a``:
+  paths with ``+``, ``@`` or spaces reach it through symlinks with plain names (``safe_paths``);
+- every path it gets is local, so the hub is switched off while it runs (``_hub_offline``);
+- its loader cache is process-global and keeps files open: we drop our entries after each merge,
+  and run one merge at a time per process (``MERGE_LOCK``);
+- its errors become one-line ``MergeError`` messages.
+
+Example:
+    >>> one_line(RuntimeError("disk on fire\nsecond line"))
+    'disk on fire second line'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kinmerge.errors import KinmergeError, MergeError
+
+__all__ = ["MERGE_LOCK", "one_line", "run_mergekit", "safe_paths"]
+
+# mergekit reads "a+b" as model a with LoRA b, and "a@r" as revision r of a.
+_UNSAFE_PATH = re.compile(r"[+@\s\"']")
+#: mergekit's loader cache and the HF offline switch are process-global: one merge at a time.
+MERGE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def safe_paths(paths: Sequence[Path], names: Sequence[str]) -> Iterator[list[str]]:
+    """Paths mergekit reads literally: each unsafe one (``+``, ``@``, spaces) as a symlink named
+    from ``names``, in a temp folder removed on exit."""
+    links = Path(tempfile.mkdtemp(prefix="kinmerge-links-"))
+    try:
+        yield [_safe_path(p, links, n) for p, n in zip(paths, names, strict=True)]
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+
+
+def _safe_path(path: Path, links: Path, name: str) -> str:
+    """A path mergekit reads literally: symlink paths with ``+``, ``@`` or spaces to a safe name."""
+    text = str(path)
+    if not _UNSAFE_PATH.search(text):
+        return text
+    link = links / name
+    link.symlink_to(path, target_is_directory=True)
+    if _UNSAFE_PATH.search(str(link)):
+        raise MergeError(f"the temp folder {links} itself contains '+', '@' or spaces; set TMPDIR to a plain path")
+    return str(link)
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Forbid hub access while mergekit runs: every path it gets is local by then.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so the module constant is set too.
+    """
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:  # pragma: no cover - a dependency of mergekit
+        hf_constants = None
+    old_const = getattr(hf_constants, "HF_HUB_OFFLINE", None)
+    if hf_constants is not None:
+        hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+        if hf_constants is not None:
+            hf_constants.HF_HUB_OFFLINE = old_const
+
+
+def run_mergekit(
+    config: dict[str, Any],
+    out: Path,
+    seed: int | None,
+    *,
+    cuda: bool,
+    out_shard_bytes: int,
+    quiet: bool,
+) -> None:
+    """Run mergekit on ``config`` (a dict ``MergeConfiguration`` accepts), writing into ``out``.
+
+    Call it holding :data:`MERGE_LOCK`. ``seed`` seeds mergekit's random methods (and torch).
+
+    Raises:
+        MergeError: mergekit is missing, rejects the config, or fails while merging.
+    """
+    try:
+        with warnings.catch_warnings():
+            # mergekit's lazy unpickler touches numpy.core at import; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=r"numpy\.core is deprecated", category=DeprecationWarning)
+            from mergekit.config import MergeConfiguration
+            from mergekit.io.tasks import LoaderCache
+            from mergekit.merge import run_merge
+            from mergekit.options import MergeOptions
+    except ImportError as exc:
+        raise MergeError(f"merging needs mergekit ({exc.name} missing): pip install 'kinmerge[merge]'") from None
+
+    try:
+        merge_config = MergeConfiguration.model_validate(config)
+    except Exception as exc:  # pydantic ValidationError or mergekit's RuntimeError in validators
+        raise MergeError(f"invalid mergekit config: {one_line(exc)}") from None
+    options = MergeOptions(
+        cuda=cuda,
+        low_cpu_memory=cuda,  # keep intermediates on the GPU when using one
+        lazy_unpickle=True,
+        copy_tokenizer=True,
+        write_model_card=False,  # kinmerge writes its own card
+        out_shard_size=int(out_shard_bytes),  # bytes, despite mergekit's help text
+        random_seed=seed,
+        quiet=quiet,
+        safe_serialization=True,
+    )
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    try:
+        with _hub_offline():
+            run_merge(merge_config, str(out), options)
+    except KinmergeError:
+        raise
+    except Exception as exc:
+        raise MergeError(f"mergekit failed: {one_line(exc)}") from exc
+    finally:
+        _forget_loaders(merge_config, LoaderCache)
+
+
+def _forget_loaders(merge_config: Any, loader_cache: Any) -> None:
+    """Drop mergekit's cached readers for our models: it keys them by path and keeps files open."""
+    cache = loader_cache()
+    for ref in merge_config.referenced_models():
+        loader = cache.loaders.pop(ref, None)
+        if loader is not None:
+            with contextlib.suppress(Exception):
+                loader.flush()
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+

@@ -1,0 +1,183 @@
+"""Model sources: resolve a model reference to tensors that are read lazily, one chunk at a time.
+
+A reference is one of
+  * a local Hugging Face model folder (``model.safetensors``, or shards listed in
+    ``model.safetensors.index.json``; pickled ``pytorch_model*.bin`` only with ``allow_pickle``),
+  * a single ``.safetensors`` file,
+  * a GGUF file (``.gguf``, e.g. a llama.cpp export), dequantised tensor by tensor,
+  * a hub id ``org/name[@revision]``, fetched with huggingface_hub (config and safetensors only),
+    honouring ``HF_HUB_OFFLINE`` and the HF cache.
+
+One module per concept, each importing only those above it in this list:
+``hub`` (hub ids, fetching) and ``content_ids`` (weight hashes and their cache) at the bottom;
+``refs`` (:func:`resolve_ref`, the one rule for "local path or hub id"); ``base``
+(``ModelSource``, ``TensorInfo``, the raw dtypes, the vocabulary-tensor rule); one module per
+format: ``safetensors``, ``gguf``, ``pickle``; and this package, which picks the format.
+
+Example:
+    >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):     # doctest: +SKIP
+    ...     print(base.display_name, len(base.tensors))
+    base 21
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from kinmerge.errors import CorruptFileError, SourceError
+from kinmerge.sources.base import (
+    NUMPY_TO_DTYPE,
+    RAW_DTYPES,
+    SUPPORTED_DTYPES,
+    VOCAB_NAME,
+    ArraySource,
+    ModelSource,
+    ReadBuffer,
+    ReadStats,
+    TensorInfo,
+    is_vocab_tensor,
+)
+from kinmerge.sources.content_ids import cache_dir, content_id_of_files
+from kinmerge.sources.gguf import GgufSource, gguf_to_hf
+from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
+from kinmerge.sources.pickle import open_pickle
+from kinmerge.sources.refs import Resolved, resolve_ref
+from kinmerge.sources.safetensors import SafetensorsSource, index_shards, save_safetensors, to_bf16_bits
+
+__all__ = [
+    "HUB_ID",
+    "NUMPY_TO_DTYPE",
+    "RAW_DTYPES",
+    "SUPPORTED_DTYPES",
+    "VOCAB_NAME",
+    "WEIGHT_PATTERNS",
+    "ArraySource",
+    "GgufSource",
+    "ModelSource",
+    "ReadBuffer",
+    "ReadStats",
+    "Resolved",
+    "SafetensorsSource",
+    "TensorInfo",
+    "cache_dir",
+    "content_id",
+    "content_id_of_files",
+    "fetch_from_hub",
+    "gguf_to_hf",
+    "hub_id_of_cache_path",
+    "is_hub_id",
+    "is_vocab_tensor",
+    "open_model",
+    "open_models",
+    "read_config",
+    "resolve_ref",
+    "save_safetensors",
+    "to_bf16_bits",
+]
+
+
+def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> ModelSource:
+    """Resolve ``ref`` (with :func:`resolve_ref`) and open it as a ``ModelSource``.
+
+    Args:
+        ref: a local folder, a ``.safetensors`` or ``.gguf`` file, or a hub id ``org/name[@rev]``.
+        allow_pickle: accept pickled ``pytorch_model*.bin`` checkpoints (loaded with
+            ``torch.load(weights_only=True)``). Off by default: pickles can run code.
+
+    Raises:
+        SourceError: nothing usable at ``ref`` (with what was looked for).
+        CorruptFileError: a truncated file, a bad header, or a missing index shard.
+        PickleNotAllowedError: only ``.bin`` weights were found and ``allow_pickle`` is False.
+
+    Example:
+        >>> src = open_model("runs/zoo/base")            # doctest: +SKIP
+        >>> sorted(src.tensors)[:1]                      # doctest: +SKIP
+        ['lm_head.weight']
+    """
+    resolved = resolve_ref(ref)
+    assert resolved.path is not None  # fetched: resolve_ref fetches hub ids by default
+    src = _open_local(resolved.given, resolved.path, allow_pickle)
+    src.hub_id = resolved.hub_id
+    return src
+
+
+@contextlib.contextmanager
+def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = False) -> Iterator[list[ModelSource]]:
+    """Open several models at once and close them all on exit, even when one fails to open.
+
+    Example:
+        >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):   # doctest: +SKIP
+        ...     print(len(base.tensors))
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(open_model(ref, allow_pickle=allow_pickle)) for ref in refs]
+
+
+def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> str:
+    """A stable id for a model's weights: BLAKE2b over its weight files, 32 hex characters.
+
+    Hashing a 7B checkpoint takes seconds, so results are cached by (path, size, mtime) in
+    ``$KINMERGE_CACHE/content_ids.json`` (default ``~/.cache/kinmerge``); see ``content_ids``.
+    """
+    with open_model(ref, allow_pickle=allow_pickle) as src:
+        return src.content_id()
+
+
+def read_config(folder: Path) -> dict:
+    """A model folder's ``config.json`` ({} when absent); a composite config's ``vocab_size``
+    is lifted from its ``text_config``.
+
+    Raises:
+        CorruptFileError: the file is not valid JSON.
+    """
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        return {}
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{cfg}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        return {}
+    # Multimodal/composite configs keep the language model's fields under text_config.
+    if isinstance(data.get("text_config"), dict) and "vocab_size" not in data:
+        data = {**data, "vocab_size": data["text_config"].get("vocab_size")}
+    return data
+
+
+def _open_local(ref: str, path: Path, allow_pickle: bool) -> ModelSource:
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return SafetensorsSource(ref, path, [path])
+        if path.suffix == ".gguf":
+            return GgufSource(ref, path)
+        if path.suffix == ".bin":
+            return open_pickle(ref, path, [path], allow_pickle)
+        raise SourceError(f"{path}: not a .safetensors, .gguf or model folder")
+    config = read_config(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        src: ModelSource = SafetensorsSource(ref, path, index_shards(index))
+    elif (path / "model.safetensors").exists():
+        src = SafetensorsSource(ref, path, [path / "model.safetensors"])
+    else:
+        singles = sorted(path.glob("*.safetensors"))
+        bins = sorted(path.glob("pytorch_model*.bin"))
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(singles) == 1:
+            src = SafetensorsSource(ref, path, singles)
+        elif bins:
+            src = open_pickle(ref, path, bins, allow_pickle)
+        elif len(ggufs) == 1:
+            return _open_local(ref, ggufs[0], allow_pickle)
+        else:
+            raise SourceError(
+                f"{path}: no model.safetensors, model.safetensors.index.json, .gguf or "
+                "pytorch_model*.bin here — point at a Hugging Face model folder or a weights file"
+            )
+    src.config = config
+    return src
