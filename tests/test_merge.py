@@ -588,3 +588,13 @@ def test_merges_build_in_a_temp_folder_the_runner_can_recognise(fam, tmp_path, m
         p.mkdir()
     assert remove_stale_temp(tmp_path / "m") == sorted(stale)
     assert _entries(tmp_path / "m") == [res.id]
+
+
+def test_a_merge_prints_no_deprecation_notice(fam, tmp_path):
+    """transformers 5 warns about mergekit's ``config.torch_dtype``; our users must not see it
+    (a fresh process: the warning is printed once per process)."""
+    code = ("import sys; from kinmerge.merge import Slerp, merge; "
+            "merge(sys.argv[1:3], Slerp(t=0.3), sys.argv[3])")
+    out = subprocess.run([sys.executable, "-c", code, str(fam["child0"]), str(fam["child1"]), str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert "deprecated" not in out.stderr.lower(), out.stderr

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -87,6 +88,25 @@ def _hub_offline() -> Iterator[None]:
             hf_constants.HF_HUB_OFFLINE = old_const
 
 
+class _DropTorchDtypeNotice(logging.Filter):
+    """mergekit 0.1.5 sets ``config.torch_dtype`` on every merge, which transformers 5 answers with
+    "`torch_dtype` is deprecated! Use `dtype` instead!": mergekit's call, not the user's to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`torch_dtype` is deprecated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_mergekits_deprecation() -> Iterator[None]:
+    log = logging.getLogger("transformers.configuration_utils")
+    notice = _DropTorchDtypeNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
+
+
 def run_mergekit(
     config: dict[str, Any],
     out: Path,
@@ -134,7 +154,7 @@ def run_mergekit(
 
         torch.manual_seed(seed)
     try:
-        with _hub_offline():
+        with _hub_offline(), _without_mergekits_deprecation():
             run_merge(merge_config, str(out), options)
     except KinmergeError:
         raise
