@@ -59,7 +59,8 @@ def main() -> None:
         raws = [to_bf16_bits(base32)] + [to_bf16_bits(base32 + 0.01 * rng.standard_normal(m, dtype=np.float32))
                                          for _ in range(n)]
         dts = ["BF16"] * n
-        variants = {f"c:{isa}": (lambda isa: lambda b, ms: _kernels.accumulate(b, "BF16", ms, dts, backend="c", isa=isa))(isa)
+        variants = {f"c:{isa}": (lambda isa: lambda b, ms: _kernels.accumulate(b, "BF16", ms, dts, backend="c",
+                                                                               isa=isa))(isa)
                     for isa in _kernels.c_isas()}
         variants["numpy"] = lambda b, ms: _kernels.accumulate(b, "BF16", ms, dts, backend="numpy")
         if old is not None:

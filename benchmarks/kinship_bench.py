@@ -470,7 +470,7 @@ def w_startup(n_models: str) -> dict:
     import numpy as np
 
     t1 = time.perf_counter()
-    import kinmerge.cli  # noqa: F401
+    import kinmerge.cli
     import kinmerge.scan  # noqa: F401
 
     t2 = time.perf_counter()
@@ -738,7 +738,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     res["summary"] = {k: summarize(v) for k, v in runs.items() if v}
     res["kinship_json"] = runs["kinship"][-1]["data"]
     if do_matrix:
-        res["matrix_json"] = {k: v for k, v in runs["matrix"][-1]["data"].items() if k in ("kinship", "seconds", "bytes_read")}
+        res["matrix_json"] = {k: v for k, v in runs["matrix"][-1]["data"].items()
+                              if k in ("kinship", "seconds", "bytes_read")}
 
     # -- diagnostics: where the time goes -------------------------------------------------------
     if not args.no_diagnostics:
@@ -790,7 +791,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             print("[naive] once more with the reference tool's own torch reductions", flush=True)
             warm(pair_files)
             block("naive torch")
-            res["naive_torch"] = measure(worker_cmd("naive", "torch", *pair_files), label="naive fp32 (torch reductions)")
+            res["naive_torch"] = measure(worker_cmd("naive", "torch", *pair_files),
+                                         label="naive fp32 (torch reductions)")
         elif not _torch_available():
             res["naive_torch_skipped"] = "torch not installed"
         else:
@@ -997,7 +999,7 @@ def render_doc(results: list[dict], path: Path) -> None:
     w("  tool's own reductions (`torch.corrcoef` of the stacked deltas, `torch.dist`) for its exactness.")
     w("- **Exact reference**: an independent numpy pass, chunk by chunk, float64 throughout, chunk sums")
     w("  added with `math.fsum`; ED from the sum of squared differences (no cancellation).")
-    w(f"- Figures are medians of `--repeat` runs. The 1-minute load average is recorded before each block;")
+    w("- Figures are medians of `--repeat` runs. The 1-minute load average is recorded before each block;")
     w(f"  above {LOAD_LIMIT} other work was running (other users' training and tests share these 2 cores),")
     w("  which inflates absolute times and hides kinmerge's parallelism (one scan worker per core):")
     w("  then the ratios, measured back to back in the same run, are the figures to trust.")
@@ -1183,7 +1185,8 @@ def _render_diagnostics(res: dict, d: dict, w) -> None:
     w(f"| &nbsp; import numpy | {st['data']['numpy']:.2f} |")
     if "backend" in st["data"]:
         w(f"| &nbsp; import kinmerge.cli + kinmerge.scan | {st['data']['kinmerge_import']:.2f} |")
-        w(f"| &nbsp; first kernel call ({st['data']['backend']} kernel, {st['data']['isa']} code path; loads the library) "
+        w(f"| &nbsp; first kernel call ({st['data']['backend']} kernel, {st['data']['isa']} code path; "
+          "loads the library) "
           f"| {st['data']['first_kernel_call']:.3f} |")
         heavy = ", ".join(st["data"]["heavy_modules"]) or "none"
         w(f"| &nbsp; heavy modules imported (scipy, numba, llvmlite, matplotlib, torch, transformers) | {heavy} |")
@@ -1239,7 +1242,8 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
     ap.add_argument("--no-diagnostics", action="store_true", help="skip the where-does-the-time-go runs")
     ap.add_argument("--quiet-wait", type=float, default=0.0,
-                    help=f"before each timed block wait up to this many seconds for the load to drop below {LOAD_LIMIT}")
+                    help="before each timed block wait up to this many seconds for the load to drop below "
+                         f"{LOAD_LIMIT}")
     ap.add_argument("--ab-rounds", type=int, default=5, help="rounds of the in-process A/B diagnostics (default 5)")
     ap.add_argument("--kernel-elements", type=int, default=1 << 26,
                     help="positions per input for the kernel-alone diagnostic (default 64 M)")

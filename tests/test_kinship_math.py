@@ -100,7 +100,6 @@ def test_identities(backend):
 
 def test_pcc_invariant_to_shift_cosine_is_not():
     rng = np.random.default_rng(2)
-    base = np.zeros(1000)
     d = rng.standard_normal(1000)
     s = KinshipStats.empty(2)
     s.add_deltas(np.stack([d, d + 5.0]))
@@ -160,7 +159,8 @@ def test_exact_at_scale_where_float32_drifts():
     s = KinshipStats.empty(2)
     chunk = 1 << 22
     for lo in range(0, n, chunk):
-        sums, gram = _kernels.accumulate(base[lo : lo + chunk], "F32", [a[lo : lo + chunk], b[lo : lo + chunk]], ["F32", "F32"])
+        sums, gram = _kernels.accumulate(base[lo : lo + chunk], "F32", [a[lo : lo + chunk], b[lo : lo + chunk]],
+                                         ["F32", "F32"])
         s.n += min(chunk, n - lo)
         s.sums += sums
         s.gram += gram
@@ -299,7 +299,8 @@ def test_accumulate_rejects_bad_arguments():
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [("pcc", ["pcc"]), ("cs,pcc,ed", ["cs", "pcc", "ed"]), ("cs pcc ed", ["cs", "pcc", "ed"]), ("pcc, ED", ["pcc", "ed"]),
+    [("pcc", ["pcc"]), ("cs,pcc,ed", ["cs", "pcc", "ed"]), ("cs pcc ed", ["cs", "pcc", "ed"]),
+     ("pcc, ED", ["pcc", "ed"]),
      (["pcc", "cs,ed"], ["pcc", "cs", "ed"])],
 )
 def test_parse_metrics(text, want):

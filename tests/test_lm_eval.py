@@ -13,11 +13,10 @@ import pytest
 pytest.importorskip("lm_eval")
 pytest.importorskip("torch")
 
-from tiny_models import make_family  # noqa: E402
-
-from kinmerge.errors import ConfigError, EvaluationError  # noqa: E402
-from kinmerge.evaluate import EvalResult, Evaluator, get_evaluator  # noqa: E402
-from kinmerge.evaluate.lm_eval import PAPER_FEWSHOT, PAPER_METRICS, PAPER_TASKS, LmEvalEvaluator, _pick_metric  # noqa: E402
+from kinmerge.errors import ConfigError, EvaluationError
+from kinmerge.evaluate import EvalResult, Evaluator, get_evaluator
+from kinmerge.evaluate.lm_eval import PAPER_FEWSHOT, PAPER_METRICS, PAPER_TASKS, LmEvalEvaluator, _pick_metric
+from tiny_models import make_family
 
 
 @pytest.fixture(scope="module")

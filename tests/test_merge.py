@@ -14,8 +14,6 @@ import pytest
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
-from tiny_models import load_state, make_family, random_state, save_model, tiny_config  # noqa: E402
-
 from kinmerge.errors import KinmergeError, MergeError  # noqa: E402
 from kinmerge.merge import (  # noqa: E402
     RECIPES,
@@ -29,6 +27,7 @@ from kinmerge.merge import (  # noqa: E402
     merge,
     merge_id,
 )
+from tiny_models import load_state, make_family, random_state, save_model, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +252,8 @@ def test_stale_incomplete_folder_is_replaced(fam, tmp_path):
 
 
 def test_import_is_light():
-    code = "import sys, kinmerge.merge; print(sorted(m for m in ('torch', 'mergekit', 'transformers') if m in sys.modules))"
+    code = ("import sys, kinmerge.merge; "
+            "print(sorted(m for m in ('torch', 'mergekit', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -311,7 +311,8 @@ def test_same_model_twice_is_refused(fam, tmp_path):
         (lambda f, o: merge([f["child0"], f["child1"]], Ties(), o), "ties needs the parents' shared base"),
         (lambda f, o: merge([f["child0"], f["child1"], f["child2"]], Slerp(), o), "slerp merges exactly 2"),
         (lambda f, o: merge([f["child0"]], Linear(), o), "linear merges at least 2"),
-        (lambda f, o: merge([f["child0"], f["child1"], f["child2"]], Linear(weight=(1, 2)), o), "2 values for 3 parents"),
+        (lambda f, o: merge([f["child0"], f["child1"], f["child2"]], Linear(weight=(1, 2)), o),
+         "2 values for 3 parents"),
         (lambda f, o: merge([f["child0"], o / "nope"], Slerp(), o), "no such model folder"),
         (lambda f, o: merge([f["child0"], f["child1"] / "model.safetensors"], Slerp(), o),
          "a file, but a Hugging Face model folder"),

@@ -26,21 +26,20 @@ pytest.importorskip("torch")
 pytest.importorskip("mergekit")
 pytest.importorskip("pydantic")
 
-from click.testing import CliRunner  # noqa: E402
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: E402,F401
-from fixtures_zoo import micro_zoo  # noqa: E402,F401
+from click.testing import CliRunner
 
-from kinmerge.cli import cli  # noqa: E402
-from kinmerge.errors import ConfigError, StoreError  # noqa: E402
-from kinmerge.evolve import PoolModel, PoolState, get_strategy  # noqa: E402
-from kinmerge.evolve.config import RunConfig, evaluator_key, load_config  # noqa: E402
-from kinmerge.evolve.executors import LocalExecutor, get_executor  # noqa: E402
-from kinmerge.evolve import evolve, read_summary  # noqa: E402
-from kinmerge.evolve.runner import MODELS_DIR  # noqa: E402
-from kinmerge.kinship import METRICS  # noqa: E402
-from kinmerge.pool import STOP_KINSHIP, STOP_REASONS, Plan  # noqa: E402
-from kinmerge.merge import is_temp_merge_folder  # noqa: E402
-from kinmerge.store import RunStore  # noqa: E402
+from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
+from fixtures_zoo import micro_zoo  # noqa: F401
+from kinmerge.cli import cli
+from kinmerge.errors import ConfigError, StoreError
+from kinmerge.evolve import PoolModel, PoolState, evolve, read_summary
+from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
+from kinmerge.evolve.executors import LocalExecutor, get_executor
+from kinmerge.evolve.runner import MODELS_DIR
+from kinmerge.kinship import METRICS
+from kinmerge.merge import is_temp_merge_folder
+from kinmerge.pool import STOP_KINSHIP, STOP_REASONS, Plan
+from kinmerge.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,7 +205,8 @@ def test_rerun_is_a_no_op(runs):
 
 
 def test_changed_settings_are_refused_on_resume(runs, choice_tasks):  # noqa: F811
-    other = RunConfig.from_dict({**yaml_of(runs.greedy_cfg), "strategy": {"name": "greedy", "k": 2, "max_generations": 3}})
+    other = RunConfig.from_dict({**yaml_of(runs.greedy_cfg), "strategy": {"name": "greedy", "k": 2,
+                                                                          "max_generations": 3}})
     with pytest.raises(StoreError, match="different config"):
         evolve(other, runs.run_dir, progress=False)
 

@@ -7,12 +7,18 @@ import time
 
 import numpy as np
 import pytest
-from st_family import LLAMA_SHAPES, flat_delta, load_stored, make_family, write_model
 
-from kinmerge.errors import DuplicateModelError, MissingTensorError, NonFiniteError, ShapeMismatchError, UnsupportedDtypeError
+from kinmerge.errors import (
+    DuplicateModelError,
+    MissingTensorError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnsupportedDtypeError,
+)
 from kinmerge.kinship import reference_kinship
 from kinmerge.scan import layer_of, scan
 from kinmerge.sources import open_model, open_models, save_safetensors
+from st_family import LLAMA_SHAPES, flat_delta, load_stored, make_family, write_model
 
 
 def _scan(base, models, **kw):
@@ -66,7 +72,8 @@ def test_sharded_model_equals_single_file(tmp_path):
 def test_vocab_mismatch_compares_common_rows_and_says_so(tmp_path):
     base, (a,) = make_family(tmp_path, 1, dtype="F32")
     b_vals = load_stored(a)
-    extra = {k: (np.concatenate([v, np.ones((3, v.shape[1]))]) if k in ("model.embed_tokens.weight", "lm_head.weight") else v)
+    vocab = ("model.embed_tokens.weight", "lm_head.weight")
+    extra = {k: (np.concatenate([v, np.ones((3, v.shape[1]))]) if k in vocab else v)
              for k, v in b_vals.items()}
     b = write_model(tmp_path / "bigvocab", {k: v + 0.01 for k, v in extra.items()}, "F32", vocab=53)
     result, _ = _scan(base, [a, b])
@@ -87,7 +94,8 @@ def test_missing_tensor_is_an_error_listing_it_or_skipped_on_request(tmp_path):
     vals = load_stored(b)
     del vals["model.layers.1.mlp.up_proj.weight"]
     c = write_model(tmp_path / "lacking", vals, "F32")
-    with pytest.raises(MissingTensorError, match=r"lacking lacks 1 tensor.*model\.layers\.1\.mlp\.up_proj\.weight.*--allow-missing"):
+    with pytest.raises(MissingTensorError,
+                       match=r"lacking lacks 1 tensor.*model\.layers\.1\.mlp\.up_proj\.weight.*--allow-missing"):
         _scan(base, [a, c])
     result, _ = _scan(base, [a, c], allow_missing=True)
     assert result.skipped == ["model.layers.1.mlp.up_proj.weight"]
@@ -102,7 +110,8 @@ def test_shape_mismatch_names_model_and_tensor(tmp_path):
     vals = load_stored(a)
     vals["model.layers.0.mlp.up_proj.weight"] = np.zeros((32, 8))
     c = write_model(tmp_path / "odd", vals, "F32")
-    with pytest.raises(ShapeMismatchError, match=r"odd: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' has shape \[32, 8\] but the base has \[32, 16\]"):
+    want = r"odd: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' has shape \[32, 8\] but the base has \[32, 16\]"
+    with pytest.raises(ShapeMismatchError, match=want):
         _scan(base, [a, c])
 
 
@@ -113,7 +122,8 @@ def test_nan_or_inf_names_model_and_tensor(tmp_path, bad):
     vals["model.layers.1.self_attn.q_proj.weight"][3, 4] = bad
     c = write_model(tmp_path / "broken", vals, "F32")
     kind = "NaN" if np.isnan(bad) else "Inf"
-    with pytest.raises(NonFiniteError, match=rf"broken: tensor 'model\.layers\.1\.self_attn\.q_proj\.weight' contains {kind}"):
+    with pytest.raises(NonFiniteError,
+                       match=rf"broken: tensor 'model\.layers\.1\.self_attn\.q_proj\.weight' contains {kind}"):
         _scan(base, [a, c])
 
 

@@ -11,12 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from hub_cache import fake_hub_cache
-from st_family import load_stored, make_family
 
+from hub_cache import fake_hub_cache
 from kinmerge.errors import CorruptFileError, PickleNotAllowedError, SourceError, UnsupportedDtypeError
 from kinmerge.scan import scan
 from kinmerge.sources import content_id, is_vocab_tensor, open_model, open_models, resolve_ref
+from st_family import load_stored, make_family
 
 torch = pytest.importorskip("torch")
 
@@ -46,7 +46,7 @@ def test_transformers_written_models_match_torch_reference(tmp_path):
 
 
 def test_truncated_file_is_a_one_line_error(tmp_path):
-    base, (a,) = make_family(tmp_path, 1)
+    _base, (a,) = make_family(tmp_path, 1)
     f = a / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(CorruptFileError, match=r"truncated — re-download it"):
@@ -64,7 +64,8 @@ def test_missing_index_shard(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a.weight": "model-00001-of-00002.safetensors"}}))
-    with pytest.raises(CorruptFileError, match="shard 'model-00001-of-00002.safetensors' listed in the index is missing"):
+    with pytest.raises(CorruptFileError,
+                       match="shard 'model-00001-of-00002.safetensors' listed in the index is missing"):
         open_model(folder)
 
 
@@ -81,7 +82,8 @@ def test_pickle_needs_allow_flag_and_loads_weights_only(tmp_path):
     pkl = tmp_path / "b_pickle"
     pkl.mkdir()
     shutil.copy(b / "config.json", pkl / "config.json")
-    torch.save({k: torch.from_numpy(v.astype(np.float32)) for k, v in load_stored(b).items()}, pkl / "pytorch_model.bin")
+    torch.save({k: torch.from_numpy(v.astype(np.float32)) for k, v in load_stored(b).items()},
+               pkl / "pytorch_model.bin")
     with pytest.raises(PickleNotAllowedError, match="--allow-pickle"):
         open_model(pkl)
     with open_models([base, a, b]) as srcs:
@@ -107,7 +109,8 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf_home"),
            "KINMERGE_CACHE": str(tmp_path / "kc")}
     local = _kinmerge("kinship", str(a), str(b), "--base", str(base), "--json", "--no-progress", env=env)
-    hub = _kinmerge("kinship", "org/model-a", f"org/model-b@{'c' * 40}", "--base", "org/base", "--json", "--no-progress", env=env)
+    hub = _kinmerge("kinship", "org/model-a", f"org/model-b@{'c' * 40}", "--base", "org/base", "--json",
+                    "--no-progress", env=env)
     assert hub.returncode == 0, hub.stderr
     assert json.loads(hub.stdout)["kinship"] == json.loads(local.stdout)["kinship"]
     assert json.loads(hub.stdout)["models"] == ["org/model-a", f"org/model-b@{'c' * 40}"]
@@ -118,7 +121,7 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(tmp_path):
 
 
 def test_content_id_is_stable_and_content_based(tmp_path):
-    base, (a, b) = make_family(tmp_path, 2)
+    _base, (a, b) = make_family(tmp_path, 2)
     ida = content_id(a)
     assert ida == content_id(a) and len(ida) == 32
     assert ida != content_id(b)

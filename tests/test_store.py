@@ -178,11 +178,10 @@ def test_conflicting_writes_are_refused(store: RunStore) -> None:
 
 def test_a_failed_transaction_leaves_nothing(store: RunStore) -> None:
     _seed_run(store)
-    with pytest.raises(RuntimeError):
-        with store.transaction():
-            store.add_model("ab", origin="merge", generation=1, parents=("a", "b"), run_id="r1")
-            store.record_evaluations("ab", EVAL, {"t1": 1.0, "t2": 1.0})
-            raise RuntimeError("killed mid-step")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_model("ab", origin="merge", generation=1, parents=("a", "b"), run_id="r1")
+        store.record_evaluations("ab", EVAL, {"t1": 1.0, "t2": 1.0})
+        raise RuntimeError("killed mid-step")
     assert store.get_model("ab") is None
     assert "ab" not in store.get_scores(evaluator=EVAL)
 
@@ -221,9 +220,8 @@ def test_events_and_timed_steps(store: RunStore) -> None:
     store.log_event("r1", "plan", "generation 1: 3 merges", generation=1, payload={"n": 3})
     with store.timed("r1", "merge", "a+b", generation=1) as info:
         info["method"] = "slerp"
-    with pytest.raises(ZeroDivisionError):
-        with store.timed("r1", "evaluate", "a+b", generation=1):
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), store.timed("r1", "evaluate", "a+b", generation=1):
+        1 / 0  # noqa: B018
     events = store.events("r1")
     assert [e.kind for e in events] == ["plan", "merge", "evaluate_failed"]
     assert events[0].payload == {"n": 3} and events[0].generation == 1
@@ -276,9 +274,8 @@ def test_lock_refuses_a_second_run_and_frees_itself_on_sigkill(tmp_path: Path) -
 
 def test_lock_refuses_a_second_opener_in_the_same_process(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with RunStore(run):
-        with pytest.raises(StoreError, match=f"in use by pid {os.getpid()}"):
-            RunStore(run)
+    with RunStore(run), pytest.raises(StoreError, match=f"in use by pid {os.getpid()}"):
+        RunStore(run)
     RunStore(run).close()  # released on close
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
-import collections
 import random as pyrandom
 from collections.abc import Callable, Mapping
 
@@ -309,7 +309,7 @@ def test_greedy_loop_on_fake_scores_stops_and_never_remerges() -> None:
         a, b = (models[p] for p in parents)
         return (a.score + b.score) / 2 + 1.0 / (1 + max(a.generation, b.generation)) ** 2
 
-    models, plans, _ = evolve(GreedyStrategy(k=3), foundations(a=3.0, b=2.0, c=1.0), score)
+    _models, plans, _ = evolve(GreedyStrategy(k=3), foundations(a=3.0, b=2.0, c=1.0), score)
     assert plans[-1].stop in (STOP_TOPK_UNCHANGED, STOP_NO_PAIRS, STOP_BUDGET)
     all_pairs = [m.pair for p in plans for m in p.merges]
     assert len(all_pairs) == len(set(all_pairs))

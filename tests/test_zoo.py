@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
-from fixtures_zoo import micro_zoo  # noqa: E402,F401
 
+from fixtures_zoo import micro_zoo  # noqa: E402,F401
 from kinmerge.cli import cli  # noqa: E402
 from kinmerge.errors import ConfigError, SourceError  # noqa: E402
 from kinmerge.evaluate.builtin import BuiltinEvaluator  # noqa: E402

@@ -42,7 +42,8 @@ def test_slerp_at_t0_and_t1_returns_the_parents(zoo, tmp_path):
         got, want = _state(result.path), _state(parent)
         assert set(got) == set(want)
         for k in want:
-            torch.testing.assert_close(got[k].float(), want[k].float(), rtol=0, atol=1e-3 * want[k].abs().max().item() + 1e-6)
+            torch.testing.assert_close(got[k].float(), want[k].float(), rtol=0,
+                                       atol=1e-3 * want[k].abs().max().item() + 1e-6)
 
 
 @pytest.mark.slow
@@ -74,7 +75,7 @@ def test_kinship_low_between_specialists_high_between_merge_and_parent(zoo, merg
     pcc = json.loads(res.output)["kinship"]["pcc"]
     for i, j in combinations(range(len(names)), 2):
         assert pcc[i][j] < 0.5, (names[i], names[j], pcc[i][j])
-    (a, b), result = next(iter(merges.items()))
+    (a, _b), result = next(iter(merges.items()))
     res = CliRunner().invoke(cli, ["kinship", str(result.path), str(zoo.specialists[a]), "--base", str(zoo.base),
                                    "--metric", "pcc", "--json", "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -52,7 +52,8 @@ def save_model(folder: Path, state: dict, config=None) -> Path:
     config = config or tiny_config()
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
     tiny_tokenizer().save_pretrained(folder)
     return folder
 

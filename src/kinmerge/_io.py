@@ -126,7 +126,7 @@ def _normalise_modes(root: Path) -> None:
     """
     mask = _umask()
     file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         os.chmod(folder, dir_mode)
         for name in files:
             p = os.path.join(folder, name)

@@ -76,7 +76,8 @@ def foundation_sets(settings: DemoSettings, zoo: Any, max_sets: int | None = Non
     return sets[:max_sets] if max_sets else sets
 
 
-def write_configs(out: Path, settings: DemoSettings, zoo: Any, sets: Sequence[tuple[str, ...]]) -> list[tuple[Path, Path]]:
+def write_configs(out: Path, settings: DemoSettings, zoo: Any,
+                  sets: Sequence[tuple[str, ...]]) -> list[tuple[Path, Path]]:
     """Write one run config per (foundation set, strategy, seed); return (config, run dir) pairs."""
     missing = {t for fs in sets for t in fs} - set(zoo.specialists)
     if missing:
@@ -121,7 +122,8 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
         by_strategy.setdefault(run["strategy"], []).append(run)
     for strategy, runs in by_strategy.items():
         gains = [r["final_best"] - r["best_per_generation"][0] for r in runs
-                 if r["final_best"] is not None and r["best_per_generation"] and r["best_per_generation"][0] is not None]
+                 if r["final_best"] is not None and r["best_per_generation"]
+                 and r["best_per_generation"][0] is not None]
         merges = [r["merges_used"] for r in runs]
         rows.append({
             "strategy": strategy,

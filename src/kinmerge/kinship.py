@@ -126,9 +126,8 @@ class KinshipStats:
         zero = [k for k in (i, j) if self.gram[k, k] == 0.0]
         if zero:
             return "delta is all zeros (model identical to the base)"
-        if metric == "pcc":
-            if any(_centered_sq(self, k) <= 0.0 for k in (i, j)):
-                return "delta is constant (zero variance)"
+        if metric == "pcc" and any(_centered_sq(self, k) <= 0.0 for k in (i, j)):
+            return "delta is constant (zero variance)"
         return None
 
     def matrix(self, metric: str) -> np.ndarray:
@@ -145,9 +144,10 @@ class KinshipStats:
         """n-model kinship: the mean pairwise kinship over ``members`` (paper §1)."""
         idx = list(range(self.n_models)) if members is None else list(members)
         vals = [self.value(metric, i, j) for i, j in combinations(idx, 2)]
-        if not vals or any(v is None for v in vals):
+        known = [v for v in vals if v is not None]
+        if not vals or len(known) < len(vals):
             return None
-        return float(np.mean(vals))
+        return float(np.mean(known))
 
 
 def _centered_sq(s: KinshipStats, i: int) -> float:

@@ -26,7 +26,8 @@ from rich.progress import (
 
 
 @contextlib.contextmanager
-def progress_bar(total: float, description: str, *, unit: str = "items", enabled: bool = True) -> Iterator[Callable[[float], None]]:
+def progress_bar(total: float, description: str, *, unit: str = "items",
+                 enabled: bool = True) -> Iterator[Callable[[float], None]]:
     """Yield ``advance(amount)``; draws a bar on stderr (bytes with throughput when unit="bytes")."""
     if not enabled:
         yield lambda amount: None

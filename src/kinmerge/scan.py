@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,8 @@ _WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 Progress = Callable[[int], None]  # called with the number of bytes just read
+# A reduced chunk handed from a worker to the main thread: (index, sums, gram, bytes, error).
+_Done = tuple[int, "np.ndarray | None", "np.ndarray | None", int, "BaseException | None"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ def _layer_sort_key(label: str) -> tuple[int, int, str]:
     return (0 if "embed" in label or "wte" in label else 2, 0, label)
 
 
-def plan(base: ModelSource, models: Sequence[ModelSource], *, allow_missing: bool = False) -> tuple[list[TensorPlan], list[str], list[str]]:
+def plan(base: ModelSource, models: Sequence[ModelSource], *,
+         allow_missing: bool = False) -> tuple[list[TensorPlan], list[str], list[str]]:
     """Check that ``models`` line up with ``base``; return (tensors to compare, notes, skipped).
 
     Raises:
@@ -254,7 +258,7 @@ def scan(
     n_workers = max(1, min(threads or n_threads(), len(work)))
 
     next_chunk = itertools.count()  # next() on it is atomic: each chunk goes to exactly one worker
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
     window = threading.Condition()
     reduced = [0]  # chunks reduced so far (guarded by ``window``)
     stop = threading.Event()
@@ -283,7 +287,7 @@ def scan(
     per_tensor: dict[str, KinshipStats] = {}
     total = KinshipStats.empty(n)
     bytes_read = 0
-    pending: dict[int, tuple] = {}
+    pending: dict[int, _Done] = {}
     pool = [threading.Thread(target=worker, name=f"kinmerge-scan-{i}", daemon=True) for i in range(n_workers)]
     for t in pool:
         t.start()
@@ -358,7 +362,8 @@ def _reader(src: ModelSource) -> Reader:
     return read
 
 
-def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], readers: list[Reader], chunk: int) -> None:
+def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], readers: list[Reader],
+                  chunk: int) -> None:
     """NaN/Inf anywhere in a delta makes its sums non-finite: find the culprit only then."""
     if np.isfinite(st.sums).all() and np.isfinite(np.diag(st.gram)).all():
         return
@@ -379,11 +384,12 @@ def _check_finite(p: TensorPlan, st: KinshipStats, sources: list[ModelSource], r
     )
 
 
-def result_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | None = None) -> dict:
+def result_dict(result: ScanResult, metrics: Sequence[str], *,
+                breakdown: str | None = None) -> dict[str, Any]:
     """A JSON-ready view: matrices per metric (None where undefined, with the reason)."""
     st = result.stats
     n = st.n_models
-    out: dict = {
+    out: dict[str, Any] = {
         "base": result.base,
         "models": result.models,
         "elements_compared": st.n,
@@ -414,12 +420,13 @@ def result_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | 
             for key, s in parts.items()
         }
         out["breakdown_note"] = (
-            f"per-{breakdown} values are a breakdown, not the headline: the global kinship is computed over the whole delta"
+            f"per-{breakdown} values are a breakdown, not the headline: the global kinship is computed over "
+            "the whole delta"
         )
     return out
 
 
-def pair_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | None = None) -> dict:
+def pair_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | None = None) -> dict[str, Any]:
     """:func:`result_dict` of a two-model scan, as one number per metric instead of 2x2 matrices."""
     data = result_dict(result, metrics, breakdown=breakdown)
     data["kinship"] = {m: rows[0][1] for m, rows in data["kinship"].items()}

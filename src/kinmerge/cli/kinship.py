@@ -32,7 +32,8 @@ def _scan_options(fn: Any) -> Any:
             click.option("--base", required=True, help="The shared base model the deltas are taken from."),
             click.option("--allow-missing", is_flag=True, help="Skip tensors absent from some model (reported)."),
             click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model*.bin (weights_only load)."),
-            click.option("--chunk", type=click.IntRange(min=1), default=None, help="Elements per read (memory ~ 2 x chunk x models)."),
+            click.option("--chunk", type=click.IntRange(min=1), default=None,
+                         help="Elements per read (memory ~ 2 x chunk x models)."),
             click.option("--no-progress", is_flag=True, help="No progress bar on stderr."),
         ]
     ):
@@ -108,7 +109,8 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
     for m in chosen:
         table.add_row(f"{m} ({METRIC_NAMES[m]})", _fmt(data["kinship"][m]), data["undefined"].get(m, ""))
     console.print(table)
-    console.print(f"{result.stats.n:,} delta elements compared, {result.bytes_read / 1e9:.2f} GB read in {result.seconds:.2f} s")
+    console.print(f"{result.stats.n:,} delta elements compared, "
+                  f"{result.bytes_read / 1e9:.2f} GB read in {result.seconds:.2f} s")
     _print_notes(console, result)
     if breakdown:
         sub = Table(title=f"breakdown per {breakdown} (not the headline: kinship is global)")
@@ -125,12 +127,14 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
 @click.argument("models", nargs=-1, required=True)
 @_scan_options
 @_metrics_option("pcc")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the matrices to a CSV file.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the matrices to a CSV file.")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a clustered heatmap with dendrogram (PNG) of the first metric.")
 def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
-               plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None, no_progress: bool) -> None:
+               plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None,
+               no_progress: bool) -> None:
     """Kinship of every pair of MODELS, reading each file once.
 
     Also prints the n-model kinship (mean pairwise) of the whole set.
@@ -174,7 +178,8 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
             console.print(f"n-model kinship ({m}, mean pairwise): {mean:.6f}")
         for pair, why in data["undefined"].get(m, {}).items():
             console.print(f"[yellow]{m} undefined[/] for {pair}: {why}")
-    console.print(f"{result.stats.n:,} delta elements per model, {result.bytes_read / 1e9:.2f} GB read in {result.seconds:.2f} s")
+    console.print(f"{result.stats.n:,} delta elements per model, "
+                  f"{result.bytes_read / 1e9:.2f} GB read in {result.seconds:.2f} s")
     _print_notes(console, result)
     for path, what in ((csv_path, "CSV"), (plot_path, "heatmap")):
         if path:
@@ -201,7 +206,8 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
 
 @cli.command("convert")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write (replaced if present).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (replaced if present).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
 def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
     """Convert a GGUF file (llama.cpp export) into a Hugging Face model folder.

@@ -18,12 +18,13 @@ torch and transformers are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
@@ -107,9 +108,9 @@ class BuiltinEvaluator:
         """
         model, tokenizer = load_model(model_dir, device=self.device, dtype=self.dtype)
         threads = self.threads
-        if threads is None and str(self.device).startswith("cpu"):
-            if sum(p.numel() for p in model.parameters()) < _SMALL_MODEL:
-                threads = 1
+        on_cpu = str(self.device).startswith("cpu")
+        if threads is None and on_cpu and sum(p.numel() for p in model.parameters()) < _SMALL_MODEL:
+            threads = 1
         with _torch_threads(threads):
             return evaluate_loaded(model, tokenizer, self.tasks, limit=self.limit,
                                    batch_size=self.batch_size,
@@ -212,7 +213,7 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
         with torch.inference_mode(), _progress(progress, n_batches, label) as advance:
             for name, examples in plan.items():
                 advance(0, name)
-                step = lambda: advance(1, name)  # noqa: E731
+                step = functools.partial(advance, 1, name)
                 if tasks[name].mode == "choice":
                     acc, mean_ll = _score_choice(model, tokenizer, examples, pad_id, batch_size,
                                                  step)

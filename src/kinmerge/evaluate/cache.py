@@ -35,7 +35,8 @@ def cache_dir() -> Path:
     return kinmerge_cache_dir() / "evaluations"
 
 
-def evaluate_cached(evaluator: Evaluator, model_dir: str | os.PathLike[str], *, refresh: bool = False) -> tuple[EvalResult, bool]:
+def evaluate_cached(evaluator: Evaluator, model_dir: str | os.PathLike[str], *,
+                    refresh: bool = False) -> tuple[EvalResult, bool]:
     """Evaluate ``model_dir`` unless a cached result exists; return (result, came from cache)."""
     key = cache_key(evaluator, content_id(model_dir))
     path = cache_dir() / f"{key}.json"

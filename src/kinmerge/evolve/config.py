@@ -194,7 +194,9 @@ class EvaluatorConfig(BaseModel):
         if isinstance(extra.get("tasks"), list):
             # lm_eval: a task is a harness name or a path to YAMLs; resolve the ones that exist here.
             extra["tasks"] = [
-                str((root / t).resolve()) if isinstance(t, str) and not Path(t).is_absolute() and (root / t).exists() else t
+                str((root / t).resolve())
+                if isinstance(t, str) and not Path(t).is_absolute() and (root / t).exists()
+                else t
                 for t in extra["tasks"]
             ]
         try:

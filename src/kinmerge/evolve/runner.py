@@ -46,7 +46,15 @@ from typing import Any
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
-from kinmerge.evolve.steps import EvaluateTask, KinshipTask, MergeTask, hash_model, run_evaluation, run_kinship, run_merge
+from kinmerge.evolve.steps import (
+    EvaluateTask,
+    KinshipTask,
+    MergeTask,
+    hash_model,
+    run_evaluation,
+    run_kinship,
+    run_merge,
+)
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
 from kinmerge.merge import remove_stale_temp, write_card

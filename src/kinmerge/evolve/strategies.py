@@ -63,25 +63,24 @@ from kinmerge.pool import (
 )
 
 __all__ = [
-    "STRATEGIES",
-    "GreedyStrategy",
-    "KinshipStrategy",
-    "RandomStrategy",
-    "Strategy",
-    "get_strategy",
-    "kinship_is_high",
-    "least_related",
-    # the pool's vocabulary, which strategy authors need beside the strategies
     "DEFAULT_THRESHOLDS",
     "STOP_BUDGET",
     "STOP_KINSHIP",
     "STOP_NO_PAIRS",
     "STOP_REASONS",
     "STOP_TOPK_UNCHANGED",
+    "STRATEGIES",
+    "GreedyStrategy",
+    "KinshipStrategy",
     "Plan",
     "PlannedMerge",
     "PoolModel",
     "PoolState",
+    "RandomStrategy",
+    "Strategy",
+    "get_strategy",
+    "kinship_is_high",
+    "least_related",
 ]
 
 
@@ -428,7 +427,7 @@ def get_strategy(name: str, **settings: Any) -> Strategy:
     try:
         return cls(**settings)
     except TypeError as exc:  # an unknown keyword
-        allowed = sorted(cls().settings())  # type: ignore[call-arg]
+        allowed = sorted(cls().settings())
         unknown = sorted(set(settings) - set(allowed))
         raise ConfigError(
             f"strategy {name!r}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}"

@@ -73,7 +73,8 @@ from kinmerge.merge.recipes import (
 )
 
 __all__ = [
-    "DTYPES", "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "MergeResult", "Raw",
+    "DTYPES", "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "MergeResult",
+    "Raw",
     "Recipe", "Slerp", "TaskArithmetic", "Ties", "get_recipe", "is_temp_merge_folder", "merge", "merge_id",
     "model_card", "read_metadata", "remove_stale_temp", "write_card"
 ]

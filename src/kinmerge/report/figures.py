@@ -73,7 +73,8 @@ def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
             points.append(
                 GainPoint(
                     gain=row.merge_gain,
-                    kinship={m: (rows[row.child].kinship if row.child in rows else None) for m, rows in by_metric.items()},
+                    kinship={m: (rows[row.child].kinship if row.child in rows else None)
+                             for m, rows in by_metric.items()},
                     reason=row.reason,
                     group=r.label if several else "",
                 )

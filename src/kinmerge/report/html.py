@@ -21,12 +21,12 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kinmerge._version import __version__
 from kinmerge._io import atomic_write
+from kinmerge._version import __version__
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
 from kinmerge.report.compare import compare_runs
 from kinmerge.report.figures import gain_points, make_figures
@@ -150,7 +150,7 @@ def _when(ts: str | None) -> str:
     if not ts:
         return "—"
     try:
-        return datetime.fromisoformat(ts).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromisoformat(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except ValueError:
         return ts
 
@@ -161,7 +161,8 @@ def _config_items(r: RunHistory) -> list[tuple[str, str]]:
         f"<code>{_e(r.label_of(m.id))}</code>" + (f" <span class='muted'>({_e(m.path)})</span>" if m.path else "")
         for m in r.foundations
     ) or "—"
-    status = r.run.status + ("" if r.pending_generation is None else f" (generation {r.pending_generation} in progress)")
+    in_progress = "" if r.pending_generation is None else f" (generation {r.pending_generation} in progress)"
+    status = r.run.status + in_progress
     threshold = "—" if r.threshold is None else f"{r.threshold:g}"
     config = json.dumps(r.run.config, indent=2, sort_keys=True, default=str)
     return [
@@ -317,7 +318,7 @@ def _compare_section(runs: Sequence[RunHistory]) -> str:
 def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> str:
     """The report page for ``runs`` with the given figures (PNG paths or ``None``) embedded."""
     title = "kinmerge report: " + ", ".join(r.label for r in runs)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -167,7 +167,8 @@ def plot_topk_kinship(
         thresholds: ``(value, label)`` pairs drawn as red dashed lines.
 
     Example:
-        ``plot_topk_kinship([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95])], "k.png", thresholds=[(0.9, "early stop")])``
+        ``plot_topk_kinship([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95])], "k.png",
+        thresholds=[(0.9, "early stop")])``
     """
     if not any(v is not None for c in curves for v in c.values):
         return None

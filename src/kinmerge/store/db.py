@@ -348,10 +348,10 @@ class RunStore:
         """
         if self.get_model(ref) is not None:
             return ref
-        matches = [r[0] for r in self._query(
+        matches: list[str] = [r[0] for r in self._query(
             "SELECT id FROM models WHERE substr(id, 1, ?) = ? ORDER BY id", (len(ref), ref))]
         if len(matches) == 1:
-            return matches[0]
+            return str(matches[0])
         if not matches:
             raise StoreError(f"no model {ref!r} in {self.db_path}; `kinmerge status` lists the pool")
         raise StoreError(f"{ref!r} matches {len(matches)} models ({', '.join(m[:16] for m in matches[:4])}, ...); "
@@ -382,7 +382,7 @@ class RunStore:
                 built[mid] = LineageNode(
                     id=mid, origin=r["origin"], generation=r["generation"], path=r["path"],
                     recipe=_loads(r["recipe"]),
-                    parents=tuple(build(p, path + (mid,)) for p in parents.get(mid, ())),
+                    parents=tuple(build(p, (*path, mid)) for p in parents.get(mid, ())),
                 )
             return built[mid]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kinmerge.errors import StoreError
 
@@ -122,7 +122,7 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS migrations (
 
 def now() -> str:
     """The current time as the store writes it: ISO 8601, UTC, microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:
