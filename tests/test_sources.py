@@ -217,14 +217,14 @@ def test_vocab_tensor_rule(name, shapes, vocab, want):
     assert is_vocab_tensor(name, shapes, vocab) is want
 
 
-def test_content_id_is_blake2b_of_names_and_bytes_and_its_cache_is_written_whole(tmp_path):
+def test_content_id_is_blake2b_of_names_and_bytes_and_its_cache_is_written_whole(tmp_path, offline):
     import hashlib
 
     base, (a,) = make_family(tmp_path / "m", 1)
     h = hashlib.blake2b(digest_size=16)
     h.update(b"model.safetensors\0" + (a / "model.safetensors").read_bytes())
     assert content_id(a) == h.hexdigest()  # what is hashed is part of every stored id
-    cache = tmp_path / "kcache"
+    cache = offline  # the conftest fixture's KINMERGE_CACHE
     assert sorted(p.name for p in cache.iterdir()) == ["content_ids.json"]  # no temp file left
     assert h.hexdigest() in json.loads((cache / "content_ids.json").read_text()).values()
     content_id(base)
