@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite, slow end-to-end tests included.
+# Set up (if needed) and run every check: lint (ruff), types (mypy, strict where the math and the
+# decisions live), the whole test suite (slow end-to-end tests included), and the light install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
+bash scripts/test_light.sh

@@ -56,9 +56,8 @@ def test_unknown_metric_exit_2(family):
 
 def test_matrix_json_csv_and_heatmap(family, tmp_path):
     base, kids = family
-    out_csv, out_png = tmp_path / "k.csv", tmp_path / "k.png"
-    res = _run("matrix", *kids, "--base", base, "--metric", "pcc,ed", "--csv", out_csv, "--plot", out_png, "--json",
-               "--no-progress")
+    out_csv = tmp_path / "k.csv"
+    res = _run("matrix", *kids, "--base", base, "--metric", "pcc,ed", "--csv", out_csv, "--json", "--no-progress")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     pcc = np.array(data["kinship"]["pcc"], dtype=float)
@@ -69,7 +68,20 @@ def test_matrix_json_csv_and_heatmap(family, tmp_path):
     assert rows[0] == ["metric", "model", "child0", "child1", "child2"]
     assert [r[0] for r in rows[1:]] == ["pcc"] * 3 + ["ed"] * 3
     assert float(rows[1][3]) == pytest.approx(pcc[0, 1])
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_matrix_heatmap_or_the_extra_it_needs(family, tmp_path):
+    """With the plot extra: a PNG. In a light install (no matplotlib): one line naming the extra."""
+    import importlib.util
+
+    base, kids = family
+    out_png = tmp_path / "k.png"
+    res = _run("matrix", *kids, "--base", base, "--plot", out_png, "--no-progress")
+    if importlib.util.find_spec("matplotlib") and importlib.util.find_spec("scipy"):
+        assert res.exit_code == 0, res.output
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert res.exit_code == 2 and "kinmerge[plot]" in res.output and not out_png.exists()
 
 
 def test_matrix_undefined_pair_reported(family, tmp_path):

@@ -37,6 +37,7 @@ __all__ = [
     "TMP_SUFFIX",
     "atomic_dir",
     "atomic_file",
+    "atomic_symlink",
     "atomic_write",
     "canonical_json",
     "json_digest",
@@ -174,6 +175,20 @@ def _remove(p: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             p.unlink()
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Make ``link`` point at ``target`` (relative targets stay relative), replacing an older link
+    in one rename, so a reader always finds the old target or the new one."""
+    link = Path(link)
+    tmp = temp_name(link)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return link
 
 
 def canonical_json(obj: Any) -> str:

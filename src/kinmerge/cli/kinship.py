@@ -190,7 +190,8 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
     """One block per metric: ``metric,model,<model 1>,...``; empty cells where undefined."""
     import csv
     import io
-    import os
+
+    from kinmerge._io import atomic_write
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -198,10 +199,7 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
     for m in metrics:
         for name, row in zip(names, matrices[m], strict=True):
             writer.writerow([m, name, *["" if v is None else repr(v) for v in row]])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 @cli.command("convert")

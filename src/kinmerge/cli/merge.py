@@ -99,8 +99,7 @@ def merge_cmd(
 
 def _link_name(target: Any, name: str) -> None:
     """Point ``target.parent/name`` at ``target`` (atomically replacing an older link)."""
-    import os
-
+    from kinmerge._io import atomic_symlink
     from kinmerge.errors import MergeError
 
     if not name or "/" in name or name.startswith("."):
@@ -108,10 +107,7 @@ def _link_name(target: Any, name: str) -> None:
     link = Path(target).parent / name
     if link.exists() and not link.is_symlink():
         raise MergeError(f"{link} exists and is not a kinmerge link; pick another --name")
-    tmp = link.with_name(f".{name}.link-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(Path(target).name, target_is_directory=True)
-    os.replace(tmp, link)
+    atomic_symlink(link, Path(target).name)
 
 
 def _evaluator_settings(evaluator: str, tasks: str, limit: int | None, batch_size: int | None,

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
+from kinmerge._io import atomic_write
 from kinmerge.evaluate import EvalResult, Evaluator
 from kinmerge.sources import cache_dir as kinmerge_cache_dir
 from kinmerge.sources import content_id
@@ -47,12 +49,7 @@ def evaluate_cached(evaluator: Evaluator, model_dir: str | os.PathLike[str], *,
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is recomputed and rewritten
     result = evaluator.evaluate(Path(model_dir))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"scores": result.scores, "details": result.details, "model": str(model_dir),
-                                   "evaluator": evaluator.name, "settings": evaluator.settings()}, default=str))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache we cannot write only costs time
+    with contextlib.suppress(OSError):  # a cache we cannot write only costs time
+        atomic_write(path, json.dumps({"scores": result.scores, "details": result.details, "model": str(model_dir),
+                                       "evaluator": evaluator.name, "settings": evaluator.settings()}, default=str))
     return result, False

@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kinmerge._io import atomic_file
 from kinmerge.errors import EvaluationError
 
 __all__ = ["Example", "Task", "load_task", "load_tasks", "write_task"]
@@ -167,16 +167,8 @@ def load_tasks(tasks_dir: str | os.PathLike[str],
 
 
 def write_task(path: str | os.PathLike[str], examples: Iterable[Example]) -> Path:
-    """Write ``examples`` as a task file, atomically (temp file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for ex in examples:
-                fh.write(ex.to_json() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``examples`` as a task file, atomically (temp file, then rename)."""
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(ex.to_json() + "\n")
+    return Path(path)
