@@ -82,13 +82,8 @@ class BuiltinEvaluator:
             raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.tasks_dir = Path(tasks_dir)
         self.tasks = load_tasks(self.tasks_dir, tasks)
-        self.limit = limit
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.device = device
-        self.dtype = dtype
-        self.threads = threads
-        self.progress = progress
+        self.limit, self.batch_size, self.max_new_tokens = limit, batch_size, max_new_tokens
+        self.device, self.dtype, self.threads, self.progress = device, dtype, threads, progress
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the scores: task contents (sha256), limit, lengths, dtype."""

@@ -122,13 +122,8 @@ class LmEvalEvaluator:
             self.num_fewshot = {t: int(num_fewshot) for t in self.task_names}
         else:
             self.num_fewshot = dict(PAPER_FEWSHOT)
-        self.batch_size = batch_size
-        self.device = device
-        self.limit = limit
-        self.dtype = dtype
-        self.seed = seed
-        self.apply_chat_template = apply_chat_template
-        self.bootstrap_iters = bootstrap_iters
+        self.batch_size, self.device, self.limit, self.dtype = batch_size, device, limit, dtype
+        self.seed, self.apply_chat_template, self.bootstrap_iters = seed, apply_chat_template, bootstrap_iters
 
     def _add_task(self, spec: str | os.PathLike[str]) -> None:
         text = os.fspath(spec)

@@ -48,7 +48,6 @@ from kinmerge.pool import (
     STOP_BUDGET,
     STOP_KINSHIP,
     STOP_NO_PAIRS,
-    STOP_REASONS,
     STOP_TOPK_UNCHANGED,
     Candidates,
     Metric,
@@ -62,26 +61,8 @@ from kinmerge.pool import (
     topk,
 )
 
-__all__ = [
-    "DEFAULT_THRESHOLDS",
-    "STOP_BUDGET",
-    "STOP_KINSHIP",
-    "STOP_NO_PAIRS",
-    "STOP_REASONS",
-    "STOP_TOPK_UNCHANGED",
-    "STRATEGIES",
-    "GreedyStrategy",
-    "KinshipStrategy",
-    "Plan",
-    "PlannedMerge",
-    "PoolModel",
-    "PoolState",
-    "RandomStrategy",
-    "Strategy",
-    "get_strategy",
-    "kinship_is_high",
-    "least_related",
-]
+__all__ = ["STRATEGIES", "GreedyStrategy", "KinshipStrategy", "RandomStrategy", "Strategy", "get_strategy",
+           "kinship_is_high", "least_related"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,6 +102,24 @@ def _legend(fig: Any, ax: Any, inside: int = 6) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns, frameon=False)
 
 
+def _per_generation_axes() -> tuple[Any, Any]:
+    """A figure for values per generation (scores, top-k kinship): one shape for both charts."""
+    return _pyplot().subplots(figsize=(8.0, 4.6))
+
+
+def _finish_per_generation(fig: Any, ax: Any, curves: Sequence[Any], title: str,
+                           path: str | os.PathLike[str]) -> Path:
+    """Generation ticks, grid, legend and title; then save."""
+    max_gen = max((g for c in curves for g in c.generations), default=0)
+    ax.set_xlabel("generation (0 = foundation models)")
+    ax.set_xticks(range(0, max_gen + 1))
+    ax.grid(alpha=0.3)
+    _legend(fig, ax)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, title: str | None = None) -> Path | None:
     """Best (solid) and mean (dotted) average score per generation, one colour per run.
 
@@ -113,9 +131,7 @@ def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, t
     """
     if not any(y is not None for c in curves for y in (*c.best, *c.mean)):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 4.6))
-    max_gen = max((g for c in curves for g in c.generations), default=0)
+    fig, ax = _per_generation_axes()
     for color, curve in zip(_colors(len(curves)), curves, strict=True):
         xs, ys = _points(curve.generations, curve.best)
         ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=f"{curve.label}: best in pool")
@@ -124,14 +140,8 @@ def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, t
     foundation = sorted({round(c.foundation_best, 9) for c in curves if c.foundation_best is not None})
     for i, value in enumerate(foundation):
         ax.axhline(value, color="#555555", ls="--", lw=1.2, label="foundation best" if i == 0 else None)
-    ax.set_xlabel("generation (0 = foundation models)")
     ax.set_ylabel("average task score")
-    ax.set_xticks(range(0, max_gen + 1))
-    ax.grid(alpha=0.3)
-    _legend(fig, ax)
-    ax.set_title(title or "Score per generation", fontsize=11)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_per_generation(fig, ax, curves, title or "Score per generation", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +182,7 @@ def plot_topk_kinship(
     """
     if not any(v is not None for c in curves for v in c.values):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 4.6))
-    max_gen = max((g for c in curves for g in c.generations), default=0)
+    fig, ax = _per_generation_axes()
     for color, curve in zip(_colors(len(curves)), curves, strict=True):
         xs, ys = _points(curve.generations, curve.values)
         ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=curve.label)
@@ -184,18 +192,13 @@ def plot_topk_kinship(
                     label=f"{curve.label}: early stop")
     for i, (value, label) in enumerate(dict.fromkeys((float(v), lab) for v, lab in thresholds)):
         ax.axhline(value, color="#d62728", ls="--", lw=1.3, label=label or ("early-stop threshold" if i == 0 else None))
-    ax.set_xlabel("generation (0 = foundation models)")
     closer = "higher" if HIGHER_IS_CLOSER[metric] else "lower"
     ax.set_ylabel(f"top-{k} mean pairwise {METRIC_SHORT[metric]} ({closer} = closer kin)")
     if metric in ("pcc", "cs"):
         lo = min([v for c in curves for v in c.values if v is not None] + [0.0])
         ax.set_ylim(max(-1.05, lo - 0.05), 1.05)
-    ax.set_xticks(range(0, max_gen + 1))
-    ax.grid(alpha=0.3)
-    _legend(fig, ax)
-    ax.set_title(title or f"Kinship of the top-{k} per generation ({METRIC_NAMES[metric]})", fontsize=11)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_per_generation(fig, ax, curves, title or f"Kinship of the top-{k} per generation "
+                                  f"({METRIC_NAMES[metric]})", path)
 
 
 # ---------------------------------------------------------------------------------------------
