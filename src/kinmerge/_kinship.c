@@ -187,11 +187,6 @@ int km_accumulate_isa(const void *base, int base_dtype, const void *const *model
     return 0;
 }
 
-int km_accumulate(const void *base, int base_dtype, const void *const *models, const int *model_dtypes,
-                  int n_models, int64_t m, double *sums, double *gram) {
-    return km_accumulate_isa(base, base_dtype, models, model_dtypes, n_models, m, sums, gram, KM_ISA_BEST);
-}
-
 /* An importable (empty) module, so the packaging machinery builds and finds the library. */
 static struct PyModuleDef km_module = {
     PyModuleDef_HEAD_INIT, "_kinship_c", "kinmerge's C kinship kernel; called through ctypes (kinmerge._kernels).",

@@ -32,7 +32,6 @@ from kinmerge.errors import CorruptFileError, SourceError
 from kinmerge.sources.base import (
     NUMPY_TO_DTYPE,
     RAW_DTYPES,
-    SUPPORTED_DTYPES,
     VOCAB_NAME,
     ArraySource,
     ModelSource,
@@ -52,7 +51,6 @@ __all__ = [
     "HUB_ID",
     "NUMPY_TO_DTYPE",
     "RAW_DTYPES",
-    "SUPPORTED_DTYPES",
     "VOCAB_NAME",
     "WEIGHT_PATTERNS",
     "ArraySource",

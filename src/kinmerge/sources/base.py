@@ -30,7 +30,6 @@ from kinmerge.sources.content_ids import content_id_of_files
 __all__ = [
     "NUMPY_TO_DTYPE",
     "RAW_DTYPES",
-    "SUPPORTED_DTYPES",
     "VOCAB_NAME",
     "ArraySource",
     "ModelSource",
@@ -47,7 +46,6 @@ RAW_DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # raw bits: numpy has no bfloat16
 }
-SUPPORTED_DTYPES = tuple(RAW_DTYPES)
 # numpy dtype -> safetensors dtype name, for arrays held in memory or written by kinmerge
 NUMPY_TO_DTYPE: dict[np.dtype, str] = {
     np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16",
@@ -195,7 +193,7 @@ class ArraySource(ModelSource):
         if info.dtype not in RAW_DTYPES:
             raise UnsupportedDtypeError(
                 f"{self.path}: tensor '{name}' has dtype {info.dtype}; kinship reads only "
-                f"{', '.join(SUPPORTED_DTYPES)}"
+                f"{', '.join(RAW_DTYPES)}"
             )
         chunk = self._arrays[name][start:stop]
         self._count(name, chunk.nbytes, start)

@@ -32,7 +32,7 @@ import numpy as np
 
 from kinmerge._io import atomic_file
 from kinmerge.errors import CorruptFileError, UnsupportedDtypeError
-from kinmerge.sources.base import NUMPY_TO_DTYPE, RAW_DTYPES, SUPPORTED_DTYPES, ModelSource, ReadBuffer, TensorInfo
+from kinmerge.sources.base import NUMPY_TO_DTYPE, RAW_DTYPES, ModelSource, ReadBuffer, TensorInfo
 
 __all__ = ["SafetensorsSource", "index_shards", "parse_header", "save_safetensors", "to_bf16_bits"]
 
@@ -66,7 +66,7 @@ class SafetensorsSource(ModelSource):
         if raw is None:
             raise UnsupportedDtypeError(
                 f"{info.file}: tensor '{name}' has dtype {info.dtype}; kinship reads only "
-                f"{', '.join(SUPPORTED_DTYPES)} — dequantise or convert the model first"
+                f"{', '.join(RAW_DTYPES)} — dequantise or convert the model first"
             )
         count = stop - start
         offset = info.offset + start * raw.itemsize
