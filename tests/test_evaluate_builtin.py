@@ -284,3 +284,24 @@ def test_eval_results_are_cached_by_content_and_settings(micro_zoo, tmp_path, mo
     assert other["cached"] is False
     fresh = json.loads(CliRunner().invoke(cli, [*args, "--no-cache"]).stdout)
     assert fresh["cached"] is False and fresh["scores"] == first["scores"]
+
+
+def test_a_copy_with_another_config_never_shares_cached_scores(micro_zoo, tmp_path):  # noqa: F811
+    """Issue 8: identity covers config.json. A copy with ``rms_norm_eps: 10`` is another model:
+    it is scored afresh, and scoring it never overwrites the original's cached result."""
+    import shutil
+
+    model = micro_zoo.specialists["add"]
+    args = ["--tasks", str(micro_zoo.tasks_dir), "--limit", "5", "--json"]
+    original = json.loads(CliRunner().invoke(cli, ["eval", str(model), *args]).stdout)
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["rms_norm_eps"] = 10.0
+    (copy / "config.json").write_text(json.dumps(config))
+    changed = json.loads(CliRunner().invoke(cli, ["eval", str(copy), *args]).stdout)
+    assert changed["cached"] is False
+    again = json.loads(CliRunner().invoke(cli, ["eval", str(copy), *args, "--no-cache"]).stdout)
+    assert again["scores"] == changed["scores"]
+    back = json.loads(CliRunner().invoke(cli, ["eval", str(model), *args]).stdout)
+    assert back["cached"] is True and back["scores"] == original["scores"]

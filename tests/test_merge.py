@@ -599,3 +599,16 @@ def test_a_merge_prints_no_deprecation_notice(fam, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(fam["child0"]), str(fam["child1"]), str(tmp_path)],
                          capture_output=True, text=True, check=True)
     assert "deprecated" not in out.stderr.lower(), out.stderr
+
+
+def test_a_parent_with_another_config_is_another_merge(fam, tmp_path):
+    """Issue 8: a merge id covers the parents' configs, so a changed config is never 'reused'."""
+    first = merge([fam["child0"], fam["child1"]], Slerp(t=0.5), tmp_path / "m")
+    copy = tmp_path / "copy"
+    shutil.copytree(fam["child0"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["rms_norm_eps"] = 10.0
+    (copy / "config.json").write_text(json.dumps(config))
+    second = merge([copy, fam["child1"]], Slerp(t=0.5), tmp_path / "m")
+    assert second.id != first.id and not second.reused
+    assert json.loads((second.path / "config.json").read_text())["rms_norm_eps"] == 10.0

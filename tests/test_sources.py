@@ -217,18 +217,71 @@ def test_vocab_tensor_rule(name, shapes, vocab, want):
     assert is_vocab_tensor(name, shapes, vocab) is want
 
 
-def test_content_id_is_blake2b_of_names_and_bytes_and_its_cache_is_written_whole(tmp_path, offline):
+def _expected_id(files) -> str:
+    """The content id computed independently from its definition (version tag, then each file)."""
     import hashlib
 
-    base, (a,) = make_family(tmp_path / "m", 1)
     h = hashlib.blake2b(digest_size=16)
-    h.update(b"model.safetensors\0" + (a / "model.safetensors").read_bytes())
-    assert content_id(a) == h.hexdigest()  # what is hashed is part of every stored id
+    h.update(b"kinmerge-content-id/2\0")
+    for f in sorted(files, key=lambda p: p.name):
+        data = f.read_bytes()
+        h.update(f.name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def test_content_id_covers_weights_config_and_tokenizer_and_its_cache_is_written_whole(tmp_path, offline):
+    base, (a,) = make_family(tmp_path / "m", 1)
+    (a / "config.json").write_text(json.dumps({"model_type": "llama", "rms_norm_eps": 1e-6}))
+    (a / "tokenizer.json").write_text("{}")
+    (a / "README.md").write_text("not behaviour: not hashed")
+    want = _expected_id([a / "model.safetensors", a / "config.json", a / "tokenizer.json"])
+    assert content_id(a) == want  # what is hashed is part of every stored id
     cache = offline  # the conftest fixture's KINMERGE_CACHE
     assert sorted(p.name for p in cache.iterdir()) == ["content_ids.json"]  # no temp file left
-    assert h.hexdigest() in json.loads((cache / "content_ids.json").read_text()).values()
+    assert want in [e["id"] for e in json.loads((cache / "content_ids.json").read_text()).values()]
     content_id(base)
     assert len(json.loads((cache / "content_ids.json").read_text())) == 2
+    # a lone weights file is itself only
+    assert content_id(a / "model.safetensors") == _expected_id([a / "model.safetensors"])
+
+
+def test_a_changed_config_is_another_model(tmp_path):
+    """Issue 8: a copy with ``rms_norm_eps: 10`` behaves differently, so it must not share an id."""
+    _, (a,) = make_family(tmp_path / "m", 1)
+    (a / "config.json").write_text(json.dumps({"model_type": "llama", "rms_norm_eps": 1e-6}))
+    copy = tmp_path / "copy"
+    shutil.copytree(a, copy)
+    assert content_id(copy) == content_id(a)  # a byte-identical copy is the same model
+    (copy / "config.json").write_text(json.dumps({"model_type": "llama", "rms_norm_eps": 10.0}))
+    assert content_id(copy) != content_id(a)
+    (copy / "generation_config.json").write_text("{}")
+    changed = content_id(copy)
+    (copy / "generation_config.json").write_text('{"do_sample": true}')
+    assert content_id(copy) != changed
+
+
+def test_the_id_cache_is_not_fooled_by_a_reset_mtime(tmp_path):
+    """Issue 8: replace the weights with another model's of the same size, put the mtime back."""
+    _, (a, b) = make_family(tmp_path / "m", 2)
+    weights = a / "model.safetensors"
+    first = content_id(a)
+    st = weights.stat()
+    assert (b / "model.safetensors").stat().st_size == st.st_size
+    shutil.copyfile(b / "model.safetensors", weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # what `touch -d` does
+    assert content_id(a) == content_id(b) != first
+
+
+def test_a_file_changed_behind_an_unchanged_stat_is_rehashed(tmp_path, offline):
+    """A cache hit re-checks a sample of the bytes: an entry that no longer matches is not trusted."""
+    _, (a, b) = make_family(tmp_path / "m", 2)
+    true_a = content_id(a)
+    cache_file = offline / "content_ids.json"
+    ((key, entry),) = json.loads(cache_file.read_text()).items()
+    # As if the bytes had changed under the same stat key: the stored sample no longer matches.
+    cache_file.write_text(json.dumps({key: {"id": content_id(b), "sample": "0" * 32}}))
+    assert content_id(a) == true_a
+    assert json.loads(cache_file.read_text())[key] == entry  # and the entry is mended
 
 
 def test_save_safetensors_writes_whole_files_with_ordinary_permissions(tmp_path):

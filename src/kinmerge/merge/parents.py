@@ -25,24 +25,10 @@ from typing import Any
 from kinmerge.errors import MergeError
 from kinmerge.merge.card import base_model_names, read_metadata
 from kinmerge.sources import is_vocab_tensor, open_model, resolve_ref
+from kinmerge.sources.content_ids import TOKENIZER_FILES
 
-__all__ = ["TOKENIZER_FILES", "Parent", "check_compatible", "copy_tokenizer", "load_parent"]
+__all__ = ["Parent", "check_compatible", "copy_tokenizer", "load_parent"]
 
-#: Files a tokenizer may consist of; copied from the first parent so the merge loads as-is.
-TOKENIZER_FILES = (
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 # What merging fetches of a hub model: weights, configs and the tokenizer (never pickles).
 _HUB_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja")
 

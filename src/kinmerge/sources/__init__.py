@@ -116,10 +116,12 @@ def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = 
 
 
 def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> str:
-    """A stable id for a model's weights: BLAKE2b over its weight files, 32 hex characters.
+    """A stable id for everything that makes a model behave as it does: BLAKE2b over its weight
+    files, config, generation config and tokenizer, 32 hex characters.
 
-    Hashing a 7B checkpoint takes seconds, so results are cached by (path, size, mtime) in
-    ``$KINMERGE_CACHE/content_ids.json`` (default ``~/.cache/kinmerge``); see ``content_ids``.
+    Hashing a 7B checkpoint takes seconds, so results are cached (keyed by path, size, mtime,
+    ctime and inode; every hit re-checks a sample of the bytes) in
+    ``$KINMERGE_CACHE/content_ids.json``; see ``kinmerge.sources.content_ids``.
     """
     with open_model(ref, allow_pickle=allow_pickle) as src:
         return src.content_id()

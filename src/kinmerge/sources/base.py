@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kinmerge.errors import UnsupportedDtypeError
-from kinmerge.sources.content_ids import content_id_of_files
+from kinmerge.sources.content_ids import content_id_of_files, identity_files
 
 __all__ = [
     "NUMPY_TO_DTYPE",
@@ -164,8 +164,9 @@ class ModelSource:
         return int(v) if isinstance(v, int) else None
 
     def content_id(self) -> str:
-        """A content hash of the weight files (see ``content_id``)."""
-        return content_id_of_files(self.files)
+        """The model's content id: its weights, and for a folder its config and tokenizer too
+        (``kinmerge.sources.content_ids``)."""
+        return content_id_of_files(identity_files(self.path if self.path.is_dir() else None, self.files))
 
     def _count(self, name: str, nbytes: int, start: int) -> None:
         with _COUNT_LOCK:
