@@ -207,7 +207,7 @@ def test_rerun_is_a_no_op(runs):
 def test_changed_settings_are_refused_on_resume(runs, choice_tasks):  # noqa: F811
     other = RunConfig.from_dict({**yaml_of(runs.greedy_cfg), "strategy": {"name": "greedy", "k": 2,
                                                                           "max_generations": 3}})
-    with pytest.raises(StoreError, match="different config"):
+    with pytest.raises(StoreError, match=r"started with other settings: strategy\.k: 3 -> 2; rerun with the same"):
         evolve(other, runs.run_dir, progress=False)
 
 

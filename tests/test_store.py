@@ -73,7 +73,7 @@ def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
                 "plans", "events"} <= tables
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = conn.execute("SELECT name, applied_at FROM migrations").fetchall()
-    assert [r[0] for r in rows] == ["0001_initial"] and rows[0][1]
+    assert [r[0] for r in rows] == [m.name for m in MIGRATIONS] and rows[0][1]
 
 
 def test_reopening_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_lock_refuses_a_second_run_and_frees_itself_on_sigkill(tmp_path: Path) -
         assert "wait for it" in str(exc.value)
         # A report may still read while the run writes.
         with RunStore(run, lock=False) as reader:
-            assert reader.applied_migrations() == ["0001_initial"]
+            assert reader.applied_migrations() == [m.name for m in MIGRATIONS]
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=10)
     finally:
@@ -269,7 +269,7 @@ def test_lock_refuses_a_second_run_and_frees_itself_on_sigkill(tmp_path: Path) -
             holder.stdout.close()
     # No stale lock: resume right away, with no file to delete.
     with RunStore(run) as s:
-        assert s.applied_migrations() == ["0001_initial"]
+        assert s.applied_migrations() == [m.name for m in MIGRATIONS]
 
 
 def test_lock_refuses_a_second_opener_in_the_same_process(tmp_path: Path) -> None:

@@ -303,6 +303,8 @@ class RunFingerprint:
         recipe: the merge recipe's parameters (``{"method": "slerp", ...}``).
         evaluator: the evaluator key (evaluator name + hash of its settings).
         metric: the kinship metric the run decides and reports with.
+        identity: the content-id version the model ids were made with (``None``: kinmerge 0.1,
+            whose ids covered the weight files only).
     """
 
     foundation: tuple[str, ...]
@@ -312,6 +314,7 @@ class RunFingerprint:
     recipe: Mapping[str, Any]
     evaluator: str
     metric: str = "pcc"
+    identity: int | None = None
 
     @property
     def k(self) -> int:
@@ -331,9 +334,10 @@ class RunFingerprint:
 
     def to_dict(self) -> dict[str, Any]:
         """The stored shape (see the class docstring)."""
-        return {"foundation": list(self.foundation), "base": self.base,
-                "strategy": {"name": self.strategy, **dict(self.settings)}, "merge": dict(self.recipe),
-                "evaluator": self.evaluator, "metric": self.metric}
+        out = {"foundation": list(self.foundation), "base": self.base,
+               "strategy": {"name": self.strategy, **dict(self.settings)}, "merge": dict(self.recipe),
+               "evaluator": self.evaluator, "metric": self.metric}
+        return out if self.identity is None else {**out, "identity": self.identity}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunFingerprint | None:
@@ -345,20 +349,30 @@ class RunFingerprint:
         metric = data.get("metric") or settings.get("metric") or "pcc"
         return cls(foundation=tuple(data.get("foundation") or ()), base=str(data.get("base") or ""),
                    strategy=str(strategy.get("name", "")), settings=settings, recipe=dict(data.get("merge") or {}),
-                   evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc")
+                   evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc",
+                   identity=data.get("identity"))
 
-    def changes(self, other: RunFingerprint) -> list[str]:
-        """Names of the settings that differ from ``other`` (foundation *order* is no change)."""
-        out = []
+    def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
+        """The settings that differ from ``other``: ``{name: (mine, other's)}``.
+
+        Foundation *order* is no change (the pool is a set); the model ids of the foundations and
+        the base, and the evaluator key (a hash of its settings), are compared as they are.
+
+        Example:
+            >>> a = RunFingerprint(("x", "y"), "b", "greedy", {"k": 3}, {"method": "slerp"}, "e")
+            >>> a.changes(RunFingerprint(("y", "x"), "b", "greedy", {"k": 4}, {"method": "slerp"}, "e"))
+            {'strategy.k': (3, 4)}
+        """
+        out: dict[str, tuple[Any, Any]] = {}
         if set(self.foundation) != set(other.foundation):
-            out.append("foundation")
-        for name in ("base", "strategy", "evaluator", "metric"):
+            out["foundation"] = (list(self.foundation), list(other.foundation))
+        for name in ("base", "strategy", "evaluator", "metric", "identity"):
             if getattr(self, name) != getattr(other, name):
-                out.append(name)
-        out += [f"strategy.{k}" for k in sorted(set(self.settings) | set(other.settings))
-                if self.settings.get(k) != other.settings.get(k)]
-        out += [f"merge.{k}" for k in sorted(set(self.recipe) | set(other.recipe))
-                if self.recipe.get(k) != other.recipe.get(k)]
+                out[name] = (getattr(self, name), getattr(other, name))
+        for prefix, mine, theirs in (("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)):
+            for k in sorted(set(mine) | set(theirs)):
+                if mine.get(k) != theirs.get(k):
+                    out[f"{prefix}.{k}"] = (mine.get(k), theirs.get(k))
         return out
 
 

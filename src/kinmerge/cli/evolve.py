@@ -178,6 +178,8 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
     if summary.status == "interrupted":
         console.print("the run was interrupted; rerun `kinmerge evolve CONFIG` with the same run dir to resume",
                       highlight=False)
+    for problem in summary.problems:
+        click.echo(f"warning: {problem} (the store lost it; rerun `kinmerge evolve CONFIG` to redo it)", err=True)
 
 
 @cli.command("lineage")

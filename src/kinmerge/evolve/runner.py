@@ -33,19 +33,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
 import sqlite3
-import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
+from kinmerge.evolve.resume import reconcile
 from kinmerge.evolve.steps import (
     EvaluateTask,
     KinshipTask,
@@ -57,9 +59,11 @@ from kinmerge.evolve.steps import (
 )
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
-from kinmerge.merge import remove_stale_temp, write_card
-from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
-from kinmerge.store import DB_NAME, RunStore
+from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
+from kinmerge.pool import STOP_BUDGET, ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
+from kinmerge.progress import StatusLines
+from kinmerge.sources.content_ids import ID_VERSION
+from kinmerge.store import DB_NAME, RunStore, check_run
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -101,6 +105,11 @@ def evolve(
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     target = cfg.run_dir(run_dir)
+    with _sigterm_interrupts():
+        return _evolve(cfg, target, progress=progress, dry_run=dry_run)
+
+
+def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> RunSummary:
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="kinmerge-dry-run-") as scratch:
             _copy_store(target, Path(scratch))
@@ -110,35 +119,22 @@ def evolve(
         return _Run(cfg, store, target, progress=progress, dry_run=False).run()
 
 
-class _Reporter:
-    """One line per generation on stderr; on a terminal also a live status of the step running."""
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's preemption, ``kill``) stops a run like Ctrl-C: recorded as interrupted,
+    resumable. Only the main thread may install signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._status: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
 
-            self._console = Console(stderr=True)
-            self._status = self._console.status("starting")
-            self._status.start()
-
-    def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self._status is not None:
-            self._console.print(text, soft_wrap=True, highlight=False, markup=False)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def step(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(text)
-
-    def close(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Run:
@@ -160,10 +156,11 @@ class _Run:
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
-        self.report = _Reporter(progress)
+        self.report = StatusLines(progress)
         self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
         self._scanned: set[frozenset[str]] = set()  # pairs scanned by this call (some undefined)
         self._paths: dict[str, str] = {}
+        self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
         self.executor: Executor = get_executor(cfg.executor.name, workers=cfg.executor.workers)
 
@@ -185,6 +182,7 @@ class _Run:
         try:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
+                self._repair()
             while True:
                 plan = self._next_plan()
                 if self.dry_run:
@@ -198,10 +196,10 @@ class _Run:
                 self.store.log_event(self.run_id, "run_failed", f"{type(exc).__name__}: {exc}")
                 self.store.finish_run(self.run_id, "failed")
             raise
-        except BaseException:  # KeyboardInterrupt: the run stays resumable
+        except BaseException:  # Ctrl-C or SIGTERM: the run stays resumable
             if not self.dry_run:
                 self.store.log_event(self.run_id, "run_interrupted", "interrupted")
-                self.store.finish_run(self.run_id, "failed")
+                self.store.finish_run(self.run_id, "interrupted")
             raise
         return self._summary(start)
 
@@ -220,13 +218,26 @@ class _Run:
         fingerprint = RunFingerprint(
             foundation=tuple(foundation_ids), base=base_id, strategy=self.strategy.name,
             settings=self.strategy.settings(), recipe=self.recipe.params(), evaluator=self.eval_key,
-            metric=self.metric,
+            metric=self.metric, identity=ID_VERSION,
         )
-        resumed = self.store.get_run(self.run_id) is not None
+        existing = self.store.get_run(self.run_id)
+        resumed = existing is not None
+        if existing is not None:
+            resume = reconcile(existing.fingerprint, existing.seed, fingerprint, self.cfg.seed, run=self.run_id,
+                               where=str(self.run_dir), decided=bool(self.store.plans(self.run_id)))
+            fingerprint = resume.fingerprint
+            if resume.raised_budget is not None and not self.dry_run:
+                self._raise_budget(fingerprint, *resume.raised_budget)
+            elif fingerprint.to_dict() != existing.config:  # nothing decided yet: the new settings hold
+                self.store.update_run_config(self.run_id, fingerprint.to_dict())
+                self.store.drop_foundations(self.run_id, keep=foundation_ids)
+        else:
+            self._check_family()
         self.store.start_run(self.run_id, strategy=self.strategy.name, config=fingerprint.to_dict(), seed=self.cfg.seed)
         for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             self.store.add_model(cid, origin="foundation", generation=0, path=ref, run_id=self.run_id)
             self._paths[cid] = ref
+            self._foundations.add(cid)
         if not self.dry_run:
             verb = "resumed" if resumed else "started"
             self.store.log_event(
@@ -240,16 +251,45 @@ class _Run:
             )
         return foundation_ids
 
+    def _raise_budget(self, fingerprint: RunFingerprint, old: int | None, new: int | None) -> None:
+        """A larger generation budget continues the run: forget a stop made for the old budget."""
+        self.store.update_run_config(self.run_id, fingerprint.to_dict())
+        reopened = self.store.discard_stop(self.run_id, STOP_BUDGET)
+        self.store.log_event(self.run_id, "budget_raised", f"max_generations {old} -> {new}",
+                             payload={"old": old, "new": new, "reopened_generation": reopened})
+        self.report.line(f"generation budget raised from {old} to {new}: the run goes on")
+
+    def _check_family(self) -> None:
+        """Before anything is evaluated: every foundation must fit the base tensor for tensor (a
+        model of another size or family fails here, naming it, not after minutes of scoring)."""
+        from kinmerge.scan import plan as align
+        from kinmerge.sources import open_models
+
+        self.report.step("checking that the models fit the base")
+        with open_models([self.cfg.base, *self.cfg.foundation]) as sources:
+            align(sources[0], sources[1:])
+
+    def _repair(self) -> None:
+        """Redo the steps of done generations whose records are lost (the store checks itself)."""
+        problems = check_run(self.store, self.run_id)
+        for generation in sorted({p.generation for p in problems if p.generation > 0}):
+            lost = [p.what for p in problems if p.generation == generation]
+            self.store.reopen_plan(self.run_id, generation)
+            self.store.log_event(self.run_id, "repair", f"generation {generation}: {'; '.join(lost)}",
+                                 generation=generation, payload={"problems": lost})
+            self.report.line(f"gen {generation}: the store lost {len(lost)} record(s) ({lost[0]}...); "
+                             "redoing those steps")
+
     def _next_plan(self) -> Plan:
         """The saved pending plan, or a new one (kinship computed as the strategy asks), saved."""
-        if self.store.stop_reason(self.run_id) is not None:  # a finished run: nothing to decide
-            stored = self.store.get_plan(self.run_id, self.store.last_completed_generation(self.run_id) + 1)
-            if stored is not None and stored.stop is not None:
-                return stored
         pending = self.store.pending_plan(self.run_id)
         if pending is not None:
             self.report.line(f"gen {pending.generation}: resuming the saved plan ({pending.describe()})")
             return pending
+        if self.store.stop_reason(self.run_id) is not None:  # a finished run: nothing to decide
+            stored = self.store.get_plan(self.run_id, self.store.last_completed_generation(self.run_id) + 1)
+            if stored is not None and stored.stop is not None:
+                return stored
         state = self._state()
         self.report.step(f"gen {state.generation + 1}: planning")
         plan = self.strategy.plan(state)
@@ -300,7 +340,8 @@ class _Run:
         children: list[str] = [""] * len(tasks)
         for i, res in self.executor.imap(run_merge, started(tasks)):
             merge = plan.merges[i]
-            self.store.add_model(res["id"], origin="merge", generation=g, path=res["path"], recipe=res["recipe"],
+            self.store.add_model(res["id"], origin="merge", generation=g, path=self.store.stored_path(res["path"]),
+                                 recipe=res["recipe"],
                                  parents=merge.parents, run_id=self.run_id)
             self._paths[res["id"]] = res["path"]
             children[i] = res["id"]
@@ -393,30 +434,41 @@ class _Run:
             return set()
         return {frozenset(p) for p in itertools.combinations(topk(state, self.k), 2)}
 
+    def _located(self, rec: ModelRecord) -> str:
+        """Where a recorded model is now. The store resolves paths it keeps relative; an absolute
+        merge path (kinmerge 0.1) of a run directory that has since moved is found by its id."""
+        assert rec.path is not None
+        if rec.origin == "merge" and not Path(rec.path).exists() and (self.models_dir / rec.id).exists():
+            return str(self.models_dir / rec.id)
+        return rec.path
+
     def _path(self, model_id: str) -> str:
-        """The folder of a model; a merge whose folder was deleted is merged again (same id)."""
-        if model_id not in self._paths:
+        """The folder of a model. A merge whose folder is gone — deleted before or *during* the
+        run — is merged again from its recorded parents and recipe (same id, same bytes)."""
+        path = self._paths.get(model_id)
+        if path is None or (model_id not in self._foundations and not (Path(path) / METADATA_FILE).is_file()):
             rec = self.store.get_model(model_id)
             if rec is None or rec.path is None:
-                raise StoreError(f"model {model_id} has no recorded folder in {self.store.db_path}")
-            if rec.origin == "merge" and not (Path(rec.path) / "kinmerge.json").is_file():
-                self._remerge(rec)
-            self._paths[model_id] = rec.path
-        return self._paths[model_id]
+                raise StoreError(f"model {model_id} has no recorded folder in {self.store.db_path}; "
+                                 "rerun to let the store repair itself, or restore the run directory")
+            path = self._located(rec)
+            if rec.origin == "merge" and not (Path(path) / METADATA_FILE).is_file():
+                self._remerge(rec, Path(path))
+            self._paths[model_id] = path
+        return path
 
-    def _remerge(self, rec: ModelRecord) -> None:
+    def _remerge(self, rec: ModelRecord, folder: Path) -> None:
         """Rebuild a deleted merge folder from its recorded parents and recipe."""
         params = dict(rec.recipe or {})
         method = params.pop("method", None)
         if method is None or method == "raw":
-            raise StoreError(f"merge {rec.id} is missing from {rec.path} and its recipe cannot be replayed; "
+            raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
                              "restore the folder")
         self.report.step(f"re-merging deleted {rec.id}")
         res = run_merge(MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                                  out_root=str(Path(str(rec.path)).parent), base=self.cfg.base,
-                                  cuda=self.cfg.merge.cuda))
+                                  out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda))
         if res["id"] != rec.id:
-            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {rec.path}")
+            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
         self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
 
     def _undefined_message(self, requests: Iterable[tuple[str, str]]) -> str:

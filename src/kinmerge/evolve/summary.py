@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kinmerge.pool import Plan, PoolModel, known_mean_kinship, with_merge_facts
-from kinmerge.store import RunStore, is_locked
+from kinmerge.store import RunStore, check_run, is_locked
 
 __all__ = ["RunSummary", "read_summary", "summarize"]
 
@@ -43,6 +43,8 @@ class RunSummary:
             ``kinship_pairs``, ``kinship_scans``.
         seconds: how long this call took.
         next_plan: the plan a dry run would execute next.
+        problems: records a done generation promised and the store lacks (the next
+            ``kinmerge evolve`` redoes those steps).
     """
 
     run_id: str
@@ -60,6 +62,7 @@ class RunSummary:
     made: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     next_plan: Plan | None = None
+    problems: tuple[str, ...] = ()
 
     @property
     def best(self) -> PoolModel | None:
@@ -88,6 +91,7 @@ class RunSummary:
             "made": dict(self.made),
             "seconds": round(self.seconds, 3),
             "next_plan": self.next_plan.to_dict() if self.next_plan else None,
+            "problems": list(self.problems),
         }
 
 
@@ -128,6 +132,7 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
         pool=pool,
         merges=sum(1 for m in pool if m.parents),
         pending=pending.generation if pending else None,
+        problems=tuple(p.describe() for p in check_run(store, run_id)),
     )
 
 

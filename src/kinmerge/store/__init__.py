@@ -3,7 +3,8 @@
 - :mod:`~kinmerge.store.db`: :class:`RunStore`, the connection, reads and writes;
 - :mod:`~kinmerge.store.schema`: the named migrations;
 - :mod:`~kinmerge.store.lock`: the run lock (``is_locked`` tells whether a run is going);
-- :mod:`~kinmerge.store.records`: the rows it returns besides pool data.
+- :mod:`~kinmerge.store.records`: the rows it returns besides pool data;
+- :mod:`~kinmerge.store.integrity`: what a done generation promised and the records lack.
 
 The store speaks the pool's vocabulary (:mod:`kinmerge.pool`) and never imports the evolution
 loop or the reports above it.
@@ -18,9 +19,10 @@ Example:
 from __future__ import annotations
 
 from kinmerge.store.db import DB_NAME, RunStore
+from kinmerge.store.integrity import Problem, check_run
 from kinmerge.store.lock import LOCK_NAME, is_locked
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
 from kinmerge.store.schema import MIGRATIONS, Migration
 
-__all__ = ["DB_NAME", "LOCK_NAME", "MIGRATIONS", "Event", "LineageNode", "Migration", "RunRecord", "RunStatus",
-           "RunStore", "is_locked"]
+__all__ = ["DB_NAME", "LOCK_NAME", "MIGRATIONS", "Event", "LineageNode", "Migration", "Problem", "RunRecord",
+           "RunStatus", "RunStore", "check_run", "is_locked"]

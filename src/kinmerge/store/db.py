@@ -38,6 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ from kinmerge.kinship import check_metric
 from kinmerge.pool import ModelRecord, Origin, Plan, PoolModel, PoolState
 from kinmerge.store import lock as run_lock
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
-from kinmerge.store.schema import applied, migrate, now
+from kinmerge.store.schema import applied, migrate, now, pending_migrations
 
 __all__ = ["DB_NAME", "RunStore"]
 
 DB_NAME = "kinmerge.db"
+#: The prefix of a recorded path that is relative to the run directory.
+RELATIVE = "./"
 
 
 def _dumps(obj: Any) -> str:
@@ -105,6 +108,9 @@ class RunStore:
             self._lock_fd = run_lock.acquire(self.run_dir)
         elif not self.db_path.exists():
             raise StoreError(f"no kinmerge store at {self.db_path}; start a run there first")
+        elif self.db_path.stat().st_size == 0:
+            raise StoreError(f"{self.db_path} is empty (0 bytes), not a kinmerge store: the run's record is lost; "
+                             "restore the file from a copy, or delete it and rerun to start over")
         try:
             self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
             self._conn.row_factory = sqlite3.Row
@@ -115,13 +121,34 @@ class RunStore:
                 # NORMAL in WAL mode is durable against a killed process (not a power cut): the
                 # failure the runner must survive, at a fraction of FULL's fsyncs.
                 self._conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(self._conn, self.db_path, apply=lock)
+            if not lock and pending_migrations(self._conn):
+                self._migrate_as_reader()
+            else:
+                migrate(self._conn, self.db_path, apply=lock)
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreError(f"{self.db_path} is not a readable kinmerge store: {exc}") from exc
+            raise StoreError(f"{self.db_path} is not a readable kinmerge store ({exc}); if it is a damaged run "
+                             "store, restore it from a copy or start a new run directory (merges already made "
+                             "in its models/ folder are found again by content)") from exc
         except BaseException:
             self.close()
             raise
+
+    def _migrate_as_reader(self) -> None:
+        """A reader found an older schema (a kinmerge upgrade): migrate it under the run lock.
+
+        No run can be going (a run migrates when it starts), so the lock is free unless an older
+        kinmerge is running there; then say so.
+        """
+        assert self._conn is not None
+        try:
+            fd = run_lock.acquire(self.run_dir)
+        except StoreError as exc:
+            raise StoreError(f"{self.db_path} needs a schema upgrade, and {exc}") from None
+        try:
+            migrate(self._conn, self.db_path, apply=True)
+        finally:
+            run_lock.release(fd)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -222,10 +249,16 @@ class RunStore:
         assert run is not None
         return run
 
+    def update_run_config(self, run_id: str, config: Mapping[str, Any]) -> None:
+        """Replace a run's stored config (the runner does so only for a change that continues the
+        same experiment: a larger generation budget)."""
+        with self._write(f"update the config of run {run_id!r}") as conn:
+            conn.execute("UPDATE runs SET config = ? WHERE id = ?", (_dumps(dict(config)), run_id))
+
     def finish_run(self, run_id: str, status: RunStatus = "finished") -> None:
-        """Mark a run finished or failed (a later ``start_run`` can resume it)."""
-        if status not in ("finished", "failed"):
-            raise ValueError(f"a run finishes as 'finished' or 'failed', not {status!r}")
+        """Mark a run finished, failed or interrupted (a later ``start_run`` can resume it)."""
+        if status not in ("finished", "failed", "interrupted"):
+            raise ValueError(f"a run ends as 'finished', 'failed' or 'interrupted', not {status!r}")
         with self._write(f"finish run {run_id!r}") as conn:
             cur = conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, now(), run_id))
             if cur.rowcount == 0:
@@ -323,6 +356,15 @@ class RunStore:
                 (run_id, model_id, generation, now()),
             )
 
+    def drop_foundations(self, run_id: str, keep: Sequence[str]) -> list[str]:
+        """Take the foundation models not in ``keep`` out of a run's pool (a run that has decided
+        nothing yet and was restarted with other foundations); returns the ids dropped."""
+        with self._write(f"update the foundations of run {run_id!r}") as conn:
+            rows = conn.execute("SELECT model_id FROM pool WHERE run_id = ? AND generation = 0", (run_id,)).fetchall()
+            gone = [r[0] for r in rows if r[0] not in set(keep)]
+            conn.executemany("DELETE FROM pool WHERE run_id = ? AND model_id = ?", [(run_id, g) for g in gone])
+        return gone
+
     def _parents_of_one(self, child: str) -> tuple[str, ...]:
         rows = self._query("SELECT parent FROM parents WHERE child = ? ORDER BY position", (child,))
         return tuple(r[0] for r in rows)
@@ -338,7 +380,25 @@ class RunStore:
     def get_model(self, model_id: str) -> ModelRecord | None:
         """A model with its parents, or ``None``."""
         rows = self._query("SELECT * FROM models WHERE id = ?", (model_id,))
-        return _model_record(rows[0], self._parents_of_one(model_id)) if rows else None
+        if not rows:
+            return None
+        record = _model_record(rows[0], self._parents_of_one(model_id))
+        return replace(record, path=self.resolve_path(record.path))
+
+    def resolve_path(self, path: str | None) -> str | None:
+        """A recorded model path as a usable one. Paths inside the run directory are stored as
+        ``./models/<id>``, relative to it, so a copied or moved run directory still works; they come
+        back absolute. Other paths (and hub ids) come back as stored."""
+        if path is not None and path.startswith(RELATIVE):
+            return str(self.run_dir / path[len(RELATIVE):])
+        return path
+
+    def stored_path(self, path: str | os.PathLike[str]) -> str:
+        """How :meth:`add_model` should record ``path``: relative (``./...``) inside the run directory."""
+        p = Path(path)
+        if p.is_absolute() and p.is_relative_to(self.run_dir.absolute()):
+            return RELATIVE + p.relative_to(self.run_dir.absolute()).as_posix()
+        return str(path)
 
     def find_model(self, ref: str) -> str:
         """A model id from an id or a unique prefix of one (as ``kinmerge status`` shows them).
@@ -380,7 +440,7 @@ class RunStore:
             if mid not in built:
                 r = models[mid]
                 built[mid] = LineageNode(
-                    id=mid, origin=r["origin"], generation=r["generation"], path=r["path"],
+                    id=mid, origin=r["origin"], generation=r["generation"], path=self.resolve_path(r["path"]),
                     recipe=_loads(r["recipe"]),
                     parents=tuple(build(p, (*path, mid)) for p in parents.get(mid, ())),
                 )
@@ -571,6 +631,23 @@ class RunStore:
                            (run_id,))
         return {r["generation"]: (Plan.from_dict(json.loads(r["plan"])), r["status"]) for r in rows}
 
+    def discard_stop(self, run_id: str, reason: str) -> int | None:
+        """Forget a saved stop decision made for ``reason`` (e.g. the generation budget after the
+        budget was raised); returns its generation, or ``None`` if there was none."""
+        with self._write(f"reopen run {run_id!r}") as conn:
+            row = conn.execute("SELECT generation FROM plans WHERE run_id = ? AND stop = ?", (run_id, reason)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM plans WHERE run_id = ? AND generation = ?", (run_id, row[0]))
+            return int(row[0])
+
+    def reopen_plan(self, run_id: str, generation: int) -> None:
+        """Mark a done generation as planned again: its steps run again on the next resume (they
+        are idempotent: what exists is reused, what is missing is made)."""
+        with self._write(f"reopen generation {generation} of run {run_id!r}") as conn:
+            conn.execute("UPDATE plans SET status = 'planned', finished = NULL "
+                         "WHERE run_id = ? AND generation = ? AND stop IS NULL", (run_id, generation))
+
     def pending_plan(self, run_id: str) -> Plan | None:
         """The saved plan not yet done (what a resumed run must finish first), or ``None``."""
         return next((p for p, status in self.plans(run_id).values() if status == "planned"), None)
@@ -670,7 +747,8 @@ class RunStore:
         tasks = self.get_scores(ids, evaluator=key) if key is not None else {}
         parents = self._parents_of(ids)
         return tuple(PoolModel(r["id"], r["generation"], parents.get(r["id"], ()), scores.get(r["id"]),
-                               path=r["path"], task_scores=tasks.get(r["id"], {})) for r in rows)
+                               path=self.resolve_path(r["path"]), task_scores=tasks.get(r["id"], {}))
+                     for r in rows)
 
     def merged_pairs(self, run_id: str) -> frozenset[frozenset[str]]:
         """Every pair in any saved plan of the run (done or pending): never planned twice."""

@@ -9,7 +9,7 @@ from kinmerge.pool import Origin, RunFingerprint
 
 __all__ = ["Event", "LineageNode", "RunRecord", "RunStatus"]
 
-RunStatus = Literal["running", "finished", "failed"]
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,20 @@ from datetime import UTC, datetime
 
 from kinmerge.errors import StoreError
 
-__all__ = ["MIGRATIONS", "Migration", "applied", "migrate", "now"]
+__all__ = ["MIGRATIONS", "Migration", "applied", "migrate", "now", "pending_migrations"]
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema change. Never edit a released migration: add a new one after it."""
+    """One schema change. Never edit a released migration: add a new one after it.
+
+    ``rebuilds``: the migration rebuilds a table (SQLite cannot alter a CHECK constraint in
+    place), so foreign keys are switched off while it runs and checked before it commits.
+    """
 
     name: str
     statements: tuple[str, ...]
+    rebuilds: bool = False
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -112,6 +117,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX events_run ON events(run_id, id)",
         ),
     ),
+    Migration(
+        "0002_interrupted_runs",
+        (
+            # A run stopped by Ctrl-C (or SIGTERM) is neither finished nor failed: it resumes.
+            """CREATE TABLE runs_new (
+                id TEXT PRIMARY KEY,
+                strategy TEXT NOT NULL,
+                config TEXT NOT NULL,
+                seed INTEGER,
+                status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+                started TEXT NOT NULL,
+                finished TEXT
+            )""",
+            "INSERT INTO runs_new (id, strategy, config, seed, status, started, finished) "
+            "SELECT id, strategy, config, seed, status, started, finished FROM runs",
+            "DROP TABLE runs",
+            "ALTER TABLE runs_new RENAME TO runs",
+        ),
+        rebuilds=True,
+    ),
 )
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS migrations (
@@ -128,6 +153,13 @@ def now() -> str:
 def applied(conn: sqlite3.Connection) -> list[str]:
     """Names of the migrations applied to this database, in the order they were applied."""
     return [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the known migrations this database lacks (all of them for an empty file)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    done = set(applied(conn)) if "migrations" in tables else set()
+    return [m.name for m in MIGRATIONS if m.name not in done]
 
 
 def migrate(conn: sqlite3.Connection, where: object, *, apply: bool) -> None:
@@ -164,6 +196,9 @@ def migrate(conn: sqlite3.Connection, where: object, *, apply: bool) -> None:
             f"{where} needs schema migrations ({', '.join(m.name for m in pending)}); "
             "open it with the run lock (no run active) to apply them"
         )
+    rebuilds = any(m.rebuilds for m in pending)
+    if rebuilds:  # only takes effect outside a transaction
+        conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(_MIGRATIONS_TABLE)
@@ -175,7 +210,15 @@ def migrate(conn: sqlite3.Connection, where: object, *, apply: bool) -> None:
             for statement in m.statements:
                 conn.execute(statement)
             conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (m.name, now()))
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise StoreError(f"{where}: migrating would break {len(broken)} reference(s) between tables; "
+                             "the store is damaged — restore it from a copy or use another run directory")
     except BaseException:
         conn.execute("ROLLBACK")
+        if rebuilds:
+            conn.execute("PRAGMA foreign_keys = ON")
         raise
     conn.execute("COMMIT")
+    if rebuilds:
+        conn.execute("PRAGMA foreign_keys = ON")

@@ -1,0 +1,83 @@
+"""Resuming a run: which changes of its settings continue the same experiment, and which start another.
+
+A run is identified by its fingerprint (models, strategy and settings, recipe, evaluator, kinship
+metric) and its seed. Rerunning the same config resumes it. Two changes are not changes: the
+foundation models listed in another order (the pool is a set), and a larger generation budget,
+which simply lets the same run go on ("three more generations" without starting over). Anything
+else would mix two experiments in one pool, so it is refused with every difference named.
+
+Example:
+    >>> from kinmerge.pool import RunFingerprint
+    >>> old = RunFingerprint(("a", "b"), "base", "greedy", {"k": 3, "max_generations": 3}, {}, "e")
+    >>> reconcile(old, 0, RunFingerprint(("b", "a"), "base", "greedy", {"k": 3, "max_generations": 5}, {}, "e"), 0,
+    ...           run="greedy").raised_budget
+    (3, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kinmerge.errors import StoreError
+from kinmerge.pool import RunFingerprint
+
+__all__ = ["Resume", "reconcile"]
+
+_BUDGET = "strategy.max_generations"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """How to resume: the fingerprint to keep, and the budget raise to apply (``None``: none)."""
+
+    fingerprint: RunFingerprint
+    raised_budget: tuple[int | None, int | None] | None = None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def reconcile(stored: RunFingerprint | None, stored_seed: int | None, new: RunFingerprint, seed: int | None, *,
+              run: str, where: str = "", decided: bool = True) -> Resume:
+    """Decide whether run ``run`` (stored with ``stored``/``stored_seed``) may resume as ``new``/``seed``.
+
+    ``decided``: whether the run has saved any plan. A run that has decided nothing yet (it failed
+    while scoring its foundation models, say, and the user fixed one) simply takes the new settings:
+    no record depends on the old ones.
+
+    Raises:
+        StoreError: the settings differ in a way that starts another experiment; the message names
+            each difference (``strategy.k: 3 -> 4``) and what to do.
+    """
+    if stored is None or not decided:  # hand-recorded (only the same text resumes), or nothing decided yet
+        return Resume(new)
+    changes = stored.changes(new)
+    if stored_seed != seed:
+        changes["seed"] = (stored_seed, seed)
+    budget = changes.pop(_BUDGET, None)
+    if budget is not None and not _is_raise(*budget):
+        changes[_BUDGET] = budget
+    if changes:
+        detail = "; ".join(f"{name}: {_show(old)} -> {_show(now)}" for name, old, now in
+                           ((n, *v) for n, v in changes.items()))
+        hint = ""
+        if "identity" in changes or ("foundation" in changes and stored.identity != new.identity):
+            hint = (" (model ids now cover config and tokenizer files too, so a run recorded by kinmerge 0.1 "
+                    "cannot continue; its records stay readable)")
+        raise StoreError(f"run {run!r}{f' in {where}' if where else ''} was started with other settings: "
+                         f"{detail}{hint}; rerun with the same settings (a larger max_generations continues "
+                         "the run) or give a new run_id")
+    # Keep the stored text (its foundation order) unless the budget grew.
+    if budget is None:
+        return Resume(stored)
+    return Resume(replace(stored, settings={**stored.settings, "max_generations": budget[1]}), budget)
+
+
+def _is_raise(old: Any, new: Any) -> bool:
+    """A budget raise: a larger number, or none at all (``None``) where there was one."""
+    if new is None:
+        return old is not None
+    return isinstance(old, int) and isinstance(new, int) and new > old
