@@ -29,14 +29,14 @@ add (``_sketch.c``) instead of a random scatter. See docs/index.md for the measu
 
 **Estimates.** Cosine is estimated by the cosine of the two sketches, PCC by the cosine of the
 *centred* sketches ``S(δ) − mean(δ)·S(1)`` (``S(1)``, the sketch of the all-ones vector on the
-same positions, is kept in every sketch: ``ones``). With 4-wise independent signs and pairwise
-collision probability ``<= 1/size``, the linearised error of this ratio estimator has variance
-at most ``(1 − c²)² / size`` for true similarity ``c`` (the same bound as a Gaussian projection:
-docs/index.md derives it), so the stated bound is ``z · (1 − c'²) / sqrt(size)`` with ``c'`` the
-estimate moved ``z`` standard errors towards 0 (the pessimistic end). ED comes from the exact
-norms and the cosine estimate, or from the sketch of the difference, whichever states the
-smaller error. Property tests check that the exact value lies within the bound at the stated
-rate (tests/test_sketch.py).
+same positions, is kept in every sketch: ``ones``), ED from the exact norms and the cosine. The
+bound at a stated confidence is the larger of two standard errors: the variance bound — with
+4-wise independent signs and pairwise collision probability ``<= 1/size`` the linearised error
+of the ratio estimator has variance at most ``(1 − c²)² / size`` (the Gaussian projection's;
+docs/index.md derives it) — and a jackknife over ``GROUPS`` bucket groups, which catches deltas
+whose mass sits in a few coordinates (then a collision of two of them is a rare, large error
+that no normal approximation of the variance bound covers). Property tests check that the exact
+value lies within the bound at the stated rate (tests/test_sketch.py).
 
 Example:
     >>> import numpy as np
@@ -65,7 +65,8 @@ from kinmerge.errors import KinmergeError
 DEFAULT_SIZE = 1 << 17  # buckets; chosen from the size/accuracy table in docs/index.md
 DEFAULT_SEED = 0x4B494E4D  # "KINM": every sketch of a family must use the same seed
 DEFAULT_CONFIDENCE = 0.99
-MIN_LOG2, MAX_LOG2 = 4, 26
+MIN_LOG2, MAX_LOG2 = 8, 26
+GROUPS = 32  # contiguous bucket groups for the jackknife standard error
 METRICS = ("pcc", "cs", "ed")
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -299,7 +300,8 @@ class Estimate:
     """An estimated kinship: ``value ± bound`` holds with probability ``confidence``.
 
     ``value`` is None when the kinship is undefined (``reason`` says why, like
-    ``KinshipStats.why_undefined``); ``stderr`` is the standard error behind the bound.
+    ``KinshipStats.why_undefined``); ``stderr`` is ``bound / z``, the normal-equivalent
+    standard error (for ranking and for combining with other errors).
     """
 
     metric: str
@@ -321,6 +323,18 @@ def z_score(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
+def t_score(confidence: float, dof: int) -> float:
+    """Two-sided Student-t quantile (Cornish-Fisher; within 1e-4 of the exact value for dof >= 15).
+
+    >>> round(t_score(0.99, 31), 3)
+    2.744
+    """
+    z = z_score(confidence)
+    g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+         (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(gk / dof ** (k + 1) for k, gk in enumerate(g))
+
+
 def estimate(a: Sketch, b: Sketch, metric: str, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
     """Estimated kinship of the two sketched models under ``metric`` ("pcc", "cs" or "ed").
 
@@ -328,53 +342,100 @@ def estimate(a: Sketch, b: Sketch, metric: str, confidence: float = DEFAULT_CONF
         SketchMismatchError: the sketches differ in seed, size or positions covered.
         ValueError: an unknown metric or a confidence outside (0, 1).
     """
-    vals, bounds, ses, reasons = estimate_matrix([a, b], metric, confidence)
-    return Estimate(metric, None if reasons[0][1] else float(vals[0, 1]), float(bounds[0, 1]), confidence,
-                    float(ses[0, 1]), reasons[0][1])
+    vals, bounds, reasons = estimate_matrix([a, b], metric, confidence)
+    why = reasons[0][1]
+    return Estimate(metric, None if why else float(vals[0, 1]), float(bounds[0, 1]), confidence,
+                    float(bounds[0, 1]) / z_score(confidence), why)
 
 
 def estimate_matrix(sketches: Sequence[Sketch], metric: str, confidence: float = DEFAULT_CONFIDENCE
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str | None]]]:
-    """Estimates for every pair at once: (values, bounds, standard errors, reasons).
+                    ) -> tuple[np.ndarray, np.ndarray, list[list[str | None]]]:
+    """Estimates for every pair at once: (values, bounds, reasons).
 
-    Values are NaN where undefined; ``reasons[i][j]`` then says why (else None). One matrix
-    product over the stacked sketches, so thousands of models take well under a second.
+    Values and bounds are NaN where undefined; ``reasons[i][j]`` then says why (else None).
+    Costs about one matrix product over the stacked sketches.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown kinship metric '{metric}': choose from {', '.join(METRICS)}")
-    z = z_score(confidence)
     first = sketches[0]
     for s in sketches[1:]:
         first._check(s, same_positions=True)
     k = len(sketches)
-    size = first.size
-    mean = np.array([s.mean for s in sketches])
     v = np.stack([s.values for s in sketches])
     if metric == "pcc":
-        v = v - mean[:, None] * first.ones[None, :]
-    g = v @ v.T
-    diag = np.diag(g).copy()
+        v = v - np.array([s.mean for s in sketches])[:, None] * first.ones[None, :]
+    parts = _group_grams(v)
+    g = parts.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.clip(g / np.sqrt(np.outer(diag, diag)), -1.0, 1.0)
-        # Standard error (1 - c^2)/sqrt(size), evaluated z errors nearer 0 (the pessimistic end).
-        c_edge = np.maximum(np.abs(c) - z * (1.0 - c * c) / math.sqrt(size), 0.0)
-        se = (1.0 - c_edge * c_edge) / math.sqrt(size)
-        vals, bounds = c, z * se
+        c, half = _cosine_bound(parts, first.size, confidence)
         if metric == "ed":
-            vals, bounds = _ed(sketches, c, se, g, z)
-            se = bounds / z
-    np.fill_diagonal(vals, 0.0 if metric == "ed" else 1.0)
-    np.fill_diagonal(bounds, 0.0)
-    np.fill_diagonal(se, 0.0)
-    bad = [_why_undefined(s, metric, diag[i]) for i, s in enumerate(sketches)]
+            c, half = _ed_bound(sketches, parts, c, half, confidence)
+    np.fill_diagonal(c, 0.0 if metric == "ed" else 1.0)
+    np.fill_diagonal(half, 0.0)
+    bad = [_why_undefined(s, metric, g[i, i]) for i, s in enumerate(sketches)]
     reasons: list[list[str | None]] = [[None] * k for _ in range(k)]
     for i in range(k):
         for j in range(k):
-            why = bad[i] or bad[j]
-            if why:
+            if why := bad[i] or bad[j]:
                 reasons[i][j] = why
-                vals[i, j] = bounds[i, j] = se[i, j] = np.nan
-    return vals, bounds, se, reasons
+                c[i, j] = half[i, j] = np.nan
+    return c, half, reasons
+
+
+def _group_grams(v: np.ndarray) -> np.ndarray:
+    """(GROUPS, K, K): the Gram of the stacked sketches over each of GROUPS contiguous bucket ranges."""
+    k, size = v.shape
+    v3 = v.reshape(k, GROUPS, size // GROUPS)
+    return np.einsum("irw,jrw->rij", v3, v3, optimize=True)
+
+
+def _cosine_bound(parts: np.ndarray, size: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio estimate ĉ = g_ab / sqrt(g_aa g_bb) and its bound at ``confidence``.
+
+    The bound is the larger of z·(1 − c'²)/sqrt(size) (the variance bound; c' is ĉ moved z
+    errors towards 0) and t·SE_jackknife, leaving out one bucket group at a time (t with
+    GROUPS − 1 degrees of freedom). The jackknife sees what the variance bound cannot: deltas
+    whose mass sits in a few coordinates, where one collision of two of them is a rare, large
+    error (measured: docs/index.md).
+    """
+    z, t = z_score(confidence), t_score(confidence, GROUPS - 1)
+    g = parts.sum(axis=0)
+    d = np.diag(g)
+    c = np.clip(g / np.sqrt(np.outer(d, d)), -1.0, 1.0)
+    c_edge = np.maximum(np.abs(c) - z * (1.0 - c * c) / math.sqrt(size), 0.0)
+    analytic = z * (1.0 - c_edge * c_edge) / math.sqrt(size)
+    rest = g[None] - parts  # leave one group out
+    rd = np.diagonal(rest, axis1=1, axis2=2)
+    c_out = rest / np.sqrt(rd[:, :, None] * rd[:, None, :])
+    se_jack = np.sqrt((GROUPS - 1) / GROUPS * ((c_out - c_out.mean(axis=0)) ** 2).sum(axis=0))
+    return c, np.maximum(analytic, t * se_jack)
+
+
+def _ed_bound(sketches: Sequence[Sketch], parts: np.ndarray, c: np.ndarray, c_half: np.ndarray, confidence: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """ED and its bound. With both Σδ² exact: ED² = na² + nb² − 2·na·nb·ĉ, whose error is
+    2·na·nb times the cosine's. Otherwise (a ``combine`` without a Gram): ED² = ‖S_a − S_b‖²,
+    bounded like the cosine (variance bound sqrt(2/size)·ED², or the jackknife). The bound on ED
+    is the larger distance from ED to the ends of ``sqrt(ED² ± bound(ED²))``.
+    """
+    size = sketches[0].size
+    z, t = z_score(confidence), t_score(confidence, GROUPS - 1)
+    sq = np.array([np.nan if s.sumsq is None else s.sumsq for s in sketches])
+    nn = np.sqrt(np.outer(sq, sq))
+    zero = nn == 0.0  # a zero delta: ED is the other norm, exactly
+    ed_sq = np.maximum(sq[:, None] + sq[None, :] - 2.0 * nn * np.where(zero, 0.0, c), 0.0)
+    half_sq = np.where(zero, 0.0, 2.0 * nn * c_half)
+    diag = np.diagonal(parts, axis1=1, axis2=2)  # (GROUPS, K)
+    d_parts = diag[:, :, None] + diag[:, None, :] - 2.0 * parts  # ‖S_a − S_b‖² per group
+    sk_sq = np.maximum(d_parts.sum(axis=0), 0.0)
+    out = (d_parts.sum(axis=0)[None] - d_parts) * GROUPS / (GROUPS - 1)
+    se_jack = np.sqrt((GROUPS - 1) / GROUPS * ((out - out.mean(axis=0)) ** 2).sum(axis=0))
+    sk_half = np.maximum(z * math.sqrt(2.0 / size) * sk_sq, t * se_jack)
+    exact = np.isfinite(nn)
+    ed_sq = np.where(exact, ed_sq, sk_sq)
+    half_sq = np.where(exact, half_sq, sk_half)
+    ed = np.sqrt(ed_sq)
+    return ed, np.maximum(ed - np.sqrt(np.maximum(ed_sq - half_sq, 0.0)), np.sqrt(ed_sq + half_sq) - ed)
 
 
 def _why_undefined(s: Sketch, metric: str, sketch_sq: float) -> str | None:
@@ -389,27 +450,3 @@ def _why_undefined(s: Sketch, metric: str, sketch_sq: float) -> str | None:
     if sketch_sq == 0.0:
         return "the sketch of this delta is zero; compare it with an exact scan"
     return None
-
-
-def _ed(sketches: Sequence[Sketch], c: np.ndarray, se_c: np.ndarray, g: np.ndarray, z: float
-        ) -> tuple[np.ndarray, np.ndarray]:
-    """ED and its bound, from the exact norms + the cosine, or from the sketch of the difference.
-
-    With both norms exact: ED² = na² + nb² − 2·na·nb·ĉ, SE(ED²) = 2·na·nb·SE(ĉ). From the sketch
-    alone: ED² = ‖S_a − S_b‖², SE(ED²) <= sqrt(2/size)·ED². Each pair takes the smaller stated
-    error. The bound is the larger distance from ED to the ends of ``sqrt(ED² ± z·SE(ED²))``.
-    """
-    size = sketches[0].size
-    gd = np.diag(g)
-    sk_sq = np.maximum(gd[:, None] + gd[None, :] - 2.0 * g, 0.0)
-    sk_se = math.sqrt(2.0 / size) * sk_sq
-    sq = np.array([np.nan if s.sumsq is None else s.sumsq for s in sketches])
-    nn = np.sqrt(np.outer(sq, sq))
-    ex_sq = np.maximum(sq[:, None] + sq[None, :] - 2.0 * nn * c, 0.0)
-    ex_se = 2.0 * nn * se_c
-    use_exact = np.isfinite(ex_se) & (ex_se < sk_se)
-    ed_sq = np.where(use_exact, ex_sq, sk_sq)
-    half = z * np.where(use_exact, ex_se, sk_se)
-    ed = np.sqrt(ed_sq)
-    bound = np.maximum(ed - np.sqrt(np.maximum(ed_sq - half, 0.0)), np.sqrt(ed_sq + half) - ed)
-    return ed, bound
