@@ -66,7 +66,7 @@ DEFAULT_SIZE = 1 << 17  # buckets; chosen from the size/accuracy table in docs/i
 DEFAULT_SEED = 0x4B494E4D  # "KINM": every sketch of a family must use the same seed
 DEFAULT_CONFIDENCE = 0.99
 MIN_LOG2, MAX_LOG2 = 8, 26
-GROUPS = 32  # contiguous bucket groups for the jackknife standard error
+GROUPS = 32  # bucket groups (bucket mod GROUPS) for the jackknife standard error
 METRICS = ("pcc", "cs", "ed")
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -383,10 +383,15 @@ def estimate_matrix(sketches: Sequence[Sketch], metric: str, confidence: float =
 
 
 def _group_grams(v: np.ndarray) -> np.ndarray:
-    """(GROUPS, K, K): the Gram of the stacked sketches over each of GROUPS contiguous bucket ranges."""
+    """(GROUPS, K, K): the Gram of the stacked sketches over each bucket group (h mod GROUPS).
+
+    Interleaved, not contiguous: a run of positions (a tensor smaller than a block fills one
+    contiguous run of buckets) then spreads over every group, so differences between tensors
+    do not pass for collision noise.
+    """
     k, size = v.shape
-    v3 = v.reshape(k, GROUPS, size // GROUPS)
-    return np.einsum("irw,jrw->rij", v3, v3, optimize=True)
+    v3 = np.ascontiguousarray(v.reshape(k, size // GROUPS, GROUPS).transpose(2, 0, 1))  # (GROUPS, K, size/GROUPS)
+    return v3 @ v3.transpose(0, 2, 1)
 
 
 def _cosine_bound(parts: np.ndarray, size: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
