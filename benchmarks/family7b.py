@@ -52,16 +52,20 @@ CHUNK = 1 << 22  # values per generated chunk, and the size of the random block
 G_OFFSET = 0.25  # mean of the family direction
 FAMILY_WEIGHT = 0.3  # a: every child's share of the family direction
 STRENGTHS = (0.95, 0.7, 0.4, 0.0)  # b for pair i (children 2i-1, 2i), cycling
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, vocab_size=32000)
+
+
+def shape(hidden: int, intermediate: int, layers: int, heads: int, vocab: int, kv_heads: int | None = None) -> dict:
+    """A Llama config's shape fields (``kv_heads`` defaults to ``heads``: no grouped-query attention)."""
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads or heads, "vocab_size": vocab}
+
+
+LLAMA2_7B = shape(4096, 11008, 32, 32, 32000)
 SCALES = {  # same names, smaller shapes
     "7b": LLAMA2_7B,
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=1000),
-    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=4, vocab_size=8000),
-    "medium": dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16,
-                   num_key_value_heads=16, vocab_size=32000),
+    "tiny": shape(64, 176, 2, 4, 1000),
+    "small": shape(256, 688, 4, 4, 8000),
+    "medium": shape(1024, 2752, 8, 16, 32000),
 }
 DTYPES = {"bf16": ("BF16", 2), "f16": ("F16", 2), "f32": ("F32", 4)}
 _MASK = (1 << 64) - 1

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -47,20 +48,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import family7b  # noqa: E402
+import family7b
 
-from kinmerge.scan import scan  # noqa: E402
-from kinmerge.sketch import DEFAULT_SIZE, METRICS, combine, estimate_matrix  # noqa: E402
-from kinmerge.sketch_scan import sketch_models  # noqa: E402
-from kinmerge.sources import open_models  # noqa: E402
+from kinmerge.scan import scan
+from kinmerge.sketch import DEFAULT_SIZE, METRICS, combine, estimate_matrix
+from kinmerge.sketch_scan import sketch_models
+from kinmerge.sources import open_models
 
 # name, preset, shape overrides, children, dtype, seed, extra vocabulary rows for the last child
 FAMILIES = [
     ("tiny-f32", "tiny", {}, 8, "f32", 1, 0),
     ("small-bf16", "small", {}, 8, "bf16", 2, 0),
     ("small-f16", "small", {}, 8, "f16", 3, 0),
-    ("mid-bf16-vocab", "small", dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=6,
-                                     num_attention_heads=8, num_key_value_heads=8, vocab_size=32000), 6, "bf16", 4, 64),
+    ("mid-bf16-vocab", "small", family7b.shape(512, 1376, 6, 8, 32000), 6, "bf16", 4, 64),
     ("medium-bf16", "medium", {}, 4, "bf16", 5, 0),
 ]
 SIZES = [1 << k for k in (12, 13, 14, 15, 16, 17, 18)]
@@ -158,7 +158,8 @@ def _predictions(source: dict, sketches: list, stats, truth: dict, seed: int) ->
         for metric in METRICS:
             est, bound, _ = estimate_matrix([pred] + [sketches[j] for j in others], metric)
             for col, j in enumerate(others, start=1):
-                out.append((seed, label, metric, j, float(est[0, col]), float(bound[0, col]), float(truth[metric][k, j])))
+                out.append((seed, label, metric, j, float(est[0, col]), float(bound[0, col]),
+                            float(truth[metric][k, j])))
     return out
 
 
@@ -212,7 +213,8 @@ def render(results: list[dict], meta: dict) -> str:
     w("**Size / accuracy trade-off** (all sources pooled; |error| of PCC and cosine, relative error of ED; "
       "coverage: share of estimates whose stated 99% bound contains the exact value):")
     w("")
-    w("| size (buckets) | bytes / sketch (compact / full) | estimates | PCC median | PCC p99 | PCC max | CS p99 | CS max | "
+    w("| size (buckets) | bytes / sketch (compact / full) | estimates | PCC median | PCC p99 | PCC max | CS p99 "
+      "| CS max | "
       "ED rel. p99 | PCC & CS <= 0.01 | coverage PCC / CS / ED | median PCC bound |")
     w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     sizes = sorted({r[1] for r in all_rows})
@@ -220,7 +222,8 @@ def render(results: list[dict], meta: dict) -> str:
     for size in sizes:
         s = summary([r[1:] for r in all_rows if r[1] == size])
         table[size] = s
-        w(f"| 2^{size.bit_length() - 1} = {size:,} | {size * 8 // 1024} KB / {size * 16 // 1024} KB | {s['estimates']} | "
+        w(f"| 2^{size.bit_length() - 1} = {size:,} | {size * 8 // 1024} KB / {size * 16 // 1024} KB | "
+          f"{s['estimates']} | "
           f"{s['pcc']['median']:.4f} | {s['pcc']['p99']:.4f} | {s['pcc']['max']:.4f} | {s['cs']['p99']:.4f} | "
           f"{s['cs']['max']:.4f} | {s['ed']['p99']:.2%} | {s['share_within_0.01']:.1%} | "
           f"{s['pcc']['coverage']:.1%} / {s['cs']['coverage']:.1%} / {s['ed']['coverage']:.1%} | "
@@ -233,7 +236,8 @@ def render(results: list[dict], meta: dict) -> str:
     w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for src in results:
         s = summary([r for r in src["rows"] if r[0] == DEFAULT_SIZE])
-        w(f"| {src['name']} | {s['estimates']} | {s['pcc']['p99']:.4f} | {s['pcc']['max']:.4f} | {s['cs']['p99']:.4f} | "
+        w(f"| {src['name']} | {s['estimates']} | {s['pcc']['p99']:.4f} | {s['pcc']['max']:.4f} | "
+          f"{s['cs']['p99']:.4f} | "
           f"{s['cs']['max']:.4f} | {s['ed']['p99']:.2%} | {s['share_within_0.01']:.1%} | "
           f"{s['pcc']['coverage']:.1%} / {s['cs']['coverage']:.1%} / {s['ed']['coverage']:.1%} |")
     w("")
@@ -290,15 +294,16 @@ def main() -> None:
         t0 = time.perf_counter()
         sizes = [1 << 12, 1 << 14, DEFAULT_SIZE] if args.quick else SIZES
         seeds, seeds_default = (2, 2) if args.quick else (args.seeds, args.seeds_default)
-        sources = families(args.workdir, args.quick) + ([] if args.no_zoo or args.quick else [zoo_with_merges(args.workdir)])
+        zoo = [] if args.no_zoo or args.quick else [zoo_with_merges(args.workdir)]
+        sources = families(args.workdir, args.quick) + zoo
         results = []
         for src in sources:
             print(f"[accuracy] {src['name']}: {len(src['models'])} models", flush=True)
             results.append(measure(src, sizes, seeds, seeds_default, args.threads))
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+                                text=True, check=False).stdout.strip()
         meta = {"when": _dt.datetime.now().isoformat(timespec="seconds"), "commit": commit or "?",
-                "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+                "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
                 "command": "python benchmarks/sketch_accuracy.py " + " ".join(sys.argv[1:]),
                 "seconds": time.perf_counter() - t0, "threads": args.threads or "all"}
         data = {"meta": meta, "results": results}

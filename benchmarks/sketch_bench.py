@@ -41,17 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import family7b  # noqa: E402
-from kinship_bench import evict, loadavg, w_floor, wait_quiet  # noqa: E402
+import family7b
+from kinship_bench import evict, loadavg, w_floor, wait_quiet
 
-from kinmerge import _kernels, _sketch_kernels  # noqa: E402
-from kinmerge.scan import DEFAULT_CHUNK, n_threads, scan  # noqa: E402
-from kinmerge.sketch import DEFAULT_SIZE, tensor_key  # noqa: E402
-from kinmerge.sketch_scan import sketch_models  # noqa: E402
-from kinmerge.sources import open_models  # noqa: E402
+from kinmerge import _kernels, _sketch_kernels
+from kinmerge.scan import DEFAULT_CHUNK, n_threads, scan
+from kinmerge.sketch import DEFAULT_SIZE, tensor_key
+from kinmerge.sketch_scan import sketch_models
+from kinmerge.sources import open_models
 
-HALF_B = dict(hidden_size=1408, intermediate_size=3840, num_hidden_layers=17, num_attention_heads=22,
-              num_key_value_heads=22, vocab_size=32000)  # 0.50 B, kinship_bench's 0.5 B shape
+HALF_B = family7b.shape(1408, 3840, 17, 22, 32000)  # 0.50 B: kinship_bench's 0.5 B shape
 
 
 def family(workdir: Path, cfg: dict, children: int) -> list[Path]:
@@ -137,8 +136,8 @@ def main() -> None:
     if args.layers:
         cfg["num_hidden_layers"] = args.layers
     if args.hidden:
-        cfg.update(hidden_size=args.hidden, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
-                   intermediate_size=int(args.hidden * 8 / 3) // 64 * 64)
+        cfg.update(family7b.shape(args.hidden, int(args.hidden * 8 / 3) // 64 * 64, cfg["num_hidden_layers"],
+                                  args.hidden // 64, cfg["vocab_size"]))
     dirs = family(args.workdir, cfg, args.children)
     files = files_of(dirs)
     nbytes = sum(Path(f).stat().st_size for f in files)

@@ -18,12 +18,12 @@ from kinmerge.sources import open_model, open_models
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "family7b.py"
 sys.path.insert(0, str(SCRIPT.parent))
-import family7b  # noqa: E402
+import family7b
 
 
 def _generate(out: Path, *args: str) -> dict:
     run = subprocess.run([sys.executable, str(SCRIPT), str(out), "--scale", "tiny", *args],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     return json.loads((out / "family.json").read_text())
 
@@ -80,7 +80,7 @@ def test_the_safetensors_library_reads_the_shards(tmp_path):
     src = open_model(out / "child1")
     for shard in sorted((out / "child1").glob("*.safetensors")):
         with safe_open(shard, framework="numpy") as fh:
-            for name in fh.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+            for name in fh.keys():
                 assert np.array_equal(fh.get_tensor(name), src.read(name))
 
 
@@ -89,7 +89,7 @@ def test_bf16_matches_torch(family):
     from safetensors.torch import load_file
 
     src = open_model(family / "child2")
-    shard = sorted((family / "child2").glob("*.safetensors"))[0]
+    shard = min((family / "child2").glob("*.safetensors"))
     for name, tensor in load_file(shard).items():
         assert tensor.dtype == torch.bfloat16
         bits = tensor.view(torch.int16).numpy().view(np.uint16).ravel()
@@ -111,6 +111,7 @@ def test_deterministic_for_a_seed(tmp_path, family):
 
 
 def test_help_states_disk_and_time():
-    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert run.returncode == 0
     assert "40.4 GB" in run.stdout and "minutes" in run.stdout

@@ -3,6 +3,7 @@ line up across models, and the stated error bounds hold at the stated rate."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _sketch_pair(a: np.ndarray, b: np.ndarray, size: int, seed: int) -> list[Ske
     n = a.size
     cuts = [0, n // 2, (4 * n) // 5, n]
     out, ones = np.zeros((2, size)), np.zeros(size, np.int32)
-    for t, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+    for t, (lo, hi) in enumerate(itertools.pairwise(cuts)):
         if hi > lo:
             _sketch_kernels.accumulate(out, ones, np.zeros(hi - lo), "F64", [a[lo:hi], b[lo:hi]], ["F64"] * 2,
                                        tensor_key(seed, f"t{t}"), 0)
@@ -128,7 +129,7 @@ def test_chunking_does_not_move_positions(backend, n, cuts, seed):
     whole = project(delta, key, 0, 1024)
     out, ones = np.zeros((1, 1024)), np.zeros(1024, np.int32)
     bounds = sorted({0, n, *[c % n for c in cuts]})
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    for lo, hi in itertools.pairwise(bounds):
         _acc(out, ones, np.zeros(hi - lo), "F64", [delta[lo:hi]], ["F64"], key, lo, backend)
     assert np.allclose(out[0], whole, rtol=0, atol=1e-9 * np.abs(whole).max())
     assert np.array_equal(ones, project(np.ones(n), key, 0, 1024))
@@ -303,9 +304,9 @@ def test_bound_holds_at_the_stated_rate_pooled():
             for rho in (0.0, 0.8, 0.97)]
     for i, (kind, size, rho) in enumerate(grid):
         a, b = _pair(rng, 16 * size, kind, rho, 0.2)
-        for conf in total:
+        for conf, misses in total.items():
             for m, k in _misses(a, b, size, trials, conf, seed0=1000 * i).items():
-                total[conf][m] += k
+                misses[m] += k
     n = trials * len(grid)
     for conf, misses in total.items():
         assert max(misses.values()) <= _binomial_limit(n, 1 - conf), (conf, misses, n)

@@ -35,7 +35,15 @@ import numpy as np
 
 from kinmerge import _kernels, _sketch_kernels
 from kinmerge.kinship import KinshipStats
-from kinmerge.scan import DEFAULT_CHUNK, Progress, TensorPlan, _check_finite, _reader, n_threads, plan
+from kinmerge.scan import (
+    DEFAULT_CHUNK,
+    Progress,
+    TensorPlan,
+    _check_finite,
+    _reader,
+    n_threads,
+    plan,
+)
 from kinmerge.sketch import DEFAULT_SEED, DEFAULT_SIZE, Sketch, check_size, tensor_key
 from kinmerge.sources import ModelSource, ReadBuffer
 
