@@ -106,6 +106,7 @@ typedef void (*ks_seg_fn)(const void *, int, const void *const *, int, int, int6
 typedef void (*ks_seg32_fn)(const void *, const void *const *, int, int, int64_t, int64_t, int64_t, uint64_t,
                             float *const *);
 typedef void (*ks_ones_fn)(int64_t, int64_t, int64_t, uint64_t, int32_t *);
+typedef void (*ks_flush_fn)(double *, float *, int64_t);
 
 /* Pass 1: portable. */
 #define KS_PASS 1
@@ -188,9 +189,12 @@ int ks_sketch_isa(const void *base, int base_dtype, const void *const *models, c
     ks_seg_fn seg = segment_generic;
     ks_seg32_fn seg32 = segment32_generic;
     ks_ones_fn seg_ones = segment_ones_generic;
+    ks_flush_fn flush = flush_generic;
 #ifdef KS_X86
-    if (isa == KS_ISA_AVX2) seg = segment_avx2, seg32 = segment32_avx2, seg_ones = segment_ones_avx2;
-    if (isa == KS_ISA_AVX512) seg = segment_avx512, seg32 = segment32_avx512, seg_ones = segment_ones_avx512;
+    if (isa == KS_ISA_AVX2)
+        seg = segment_avx2, seg32 = segment32_avx2, seg_ones = segment_ones_avx2, flush = flush_avx2;
+    if (isa == KS_ISA_AVX512)
+        seg = segment_avx512, seg32 = segment32_avx512, seg_ones = segment_ones_avx512, flush = flush_avx512;
 #endif
     const int64_t d = (int64_t)1 << logd, mask = d - 1;
     /* runs: chunk offset, length, first bucket; a block's buckets wrap at most once: <= 2 runs a block */
@@ -242,12 +246,7 @@ int ks_sketch_isa(const void *base, int base_dtype, const void *const *models, c
                         seg(base, base_dtype, models + i0 + j, model_dtypes[i0 + j], 1, from, len, start, key, rows + j);
             }
             if (f32) /* the tile's float32 sums into the float64 rows; scratch back to zero */
-                for (int j = 0; j < g; j++) {
-                    double *row = out + (int64_t)(i0 + j) * d + t0;
-                    float *t = scratch + (int64_t)j * tile;
-                    for (int64_t k = 0; k < tile; k++) row[k] += (double)t[k];
-                    memset(t, 0, sizeof(float) * (size_t)tile);
-                }
+                for (int j = 0; j < g; j++) flush(out + (int64_t)(i0 + j) * d + t0, scratch + (int64_t)j * tile, tile);
         }
         if (ones)
             for (int64_t r = 0; r < n_runs; r++) {
@@ -484,6 +483,32 @@ static void KS_FN(segment32)(const void *base, const void *const *x, int dt, int
     KS_RUNS(KS_F32);
 #undef KS_RUNS
 #undef KS_RUN
+}
+
+/* row[0..len) += tile[0..len) (float32 -> float64), then tile[0..len) = 0; len a multiple of 16. */
+static void KS_FN(flush)(double *row, float *tile, int64_t len) {
+    int64_t k = 0;
+#if KS_PASS == 3
+    for (; k + 16 <= len; k += 16) {
+        __m512 t = _mm512_loadu_ps(tile + k);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(t));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+        _mm512_storeu_pd(row + k, _mm512_add_pd(_mm512_loadu_pd(row + k), lo));
+        _mm512_storeu_pd(row + k + 8, _mm512_add_pd(_mm512_loadu_pd(row + k + 8), hi));
+        _mm512_storeu_ps(tile + k, _mm512_setzero_ps());
+    }
+#elif KS_PASS == 2
+    for (; k + 8 <= len; k += 8) {
+        __m256 t = _mm256_loadu_ps(tile + k);
+        _mm256_storeu_pd(row + k, _mm256_add_pd(_mm256_loadu_pd(row + k), _mm256_cvtps_pd(_mm256_castps256_ps128(t))));
+        _mm256_storeu_pd(row + k + 4, _mm256_add_pd(_mm256_loadu_pd(row + k + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1))));
+        _mm256_storeu_ps(tile + k, _mm256_setzero_ps());
+    }
+#endif
+    for (; k < len; k++) {
+        row[k] += (double)tile[k];
+        tile[k] = 0.0f;
+    }
 }
 
 /* -- the sketch of ones (int32: exact): ±1 per position ------------------------------------------ */
