@@ -9,10 +9,11 @@ options give smaller families with the same names (tests, the sketch accuracy st
 
 **Disk and time at full size** (the defaults): 13.5 GB per model in bf16, so base + 2 children
 is 40.4 GB (f32 doubles it). Written chunk by chunk (4M values), never a model in memory: peak
-RSS ~0.3 GB. Generation is numpy on one core at ~90 M values/s per model (measured at small
-scale on the 2-core dev VM, docs/benchmarks.md), i.e. about 75 s of CPU per 7B model plus the
-disk writes: expect 4-6 minutes for base + 2 children on a quiet machine with a disk that
-writes >= 500 MB/s, about twice that under load. ``--threads 2`` writes two models at once.
+RSS ~0.2 GB. Generation runs at 150-190 M values/s on one core (numpy; measured on the shared
+2-core dev VM with families of 0.17 B and 0.5 B parameters), so the 20.2 G values of base + 2
+children take ~2 minutes of CPU. The 40 GB of writes take ~70 s more at that VM's disk speed
+(580 MB/s): expect 3-4 minutes in all, longer under load. ``--threads 2`` writes two models at
+once.
 
 **The deltas.** Every value is drawn from one block of 4M float32 normals (PCG64, seeded), read
 at a hashed offset per (tensor, chunk, component): cheap, deterministic for a seed, and
