@@ -84,9 +84,11 @@ def have_c() -> bool:
 def c_isas() -> list[str]:
     """The C code paths this CPU can run (``generic`` always; ``avx2``, ``avx512`` on x86-64)."""
     lib = _clib()
-    if lib is None:
-        return []
-    mask = lib.km_isa_mask()
+    return [] if lib is None else isa_names(lib.km_isa_mask())
+
+
+def isa_names(mask: int) -> list[str]:
+    """The code paths in a C kernel's ISA bit mask (``1 << code`` per path it can run)."""
     return [name for name, code in ISAS.items() if mask & (1 << code)]
 
 

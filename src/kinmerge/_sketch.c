@@ -116,37 +116,28 @@ typedef void (*ks_flush_fn)(double *, float *, int64_t);
 #undef KS_PASS
 
 #ifdef KS_X86
+/* Passes 2 and 3: AVX2 + FMA + F16C, then AVX-512F (+ the above), for the functions in between. */
+#define KS_STR(x) #x
+#define KS_PRAGMA(x) _Pragma(KS_STR(x))
+#if defined(__clang__)
+#define KS_TARGET(t) KS_PRAGMA(clang attribute push(__attribute__((target(t))), apply_to = function))
+#define KS_TARGET_END KS_PRAGMA(clang attribute pop)
+#else
+#define KS_TARGET(t) KS_PRAGMA(GCC push_options) KS_PRAGMA(GCC target(t))
+#define KS_TARGET_END KS_PRAGMA(GCC pop_options)
+#endif
 #define KS_PASS 2
 #define KS_FN(name) name##_avx2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+KS_TARGET("avx2,fma,f16c")
 #include "_sketch.c"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+KS_TARGET_END
 #undef KS_FN
 #undef KS_PASS
-
 #define KS_PASS 3
 #define KS_FN(name) name##_avx512
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma,f16c")
-#endif
+KS_TARGET("avx512f,avx2,fma,f16c")
 #include "_sketch.c"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+KS_TARGET_END
 #undef KS_FN
 #undef KS_PASS
 #endif

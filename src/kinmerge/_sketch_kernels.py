@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kinmerge._kernels import BACKENDS, DTYPE_CODES, ISAS, _c_input, load_library, widen
+from kinmerge._kernels import BACKENDS, DTYPE_CODES, ISAS, _c_input, isa_names, load_library, widen
 from kinmerge.sketch import buckets, check_size, signs
 
 
@@ -48,7 +48,7 @@ def have_c() -> bool:
 def c_isas() -> list[str]:
     """The C code paths this CPU can run."""
     lib = _clib()
-    return [] if lib is None else [name for name, code in ISAS.items() if lib.ks_isa_mask() & (1 << code)]
+    return [] if lib is None else isa_names(lib.ks_isa_mask())
 
 
 def default_backend() -> str:

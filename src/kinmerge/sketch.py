@@ -149,7 +149,7 @@ def project(values: np.ndarray, key: int, start: int, size: int) -> np.ndarray:
 # == sketches ================================================================================
 
 
-@dataclass
+@dataclass(eq=False)  # arrays inside: compare coverage_id, values, moments explicitly
 class Sketch:
     """The sketch of one model's delta: projection, projection of ones, and exact moments.
 
