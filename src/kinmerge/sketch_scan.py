@@ -16,11 +16,12 @@ added chunk by chunk in file order, exactly like ``scan.scan``: they are bit-ide
 Memory: per worker, one chunk per model plus N + 1 sketch rows (1 MB each at the default size).
 
 Example:
+    >>> from kinmerge.sketch import estimate                                       # doctest: +SKIP
     >>> from kinmerge.sources import open_models                                  # doctest: +SKIP
     >>> with open_models(["zoo/base", "zoo/add", "zoo/sort"]) as (base, *models):  # doctest: +SKIP
     ...     result = sketch_models(base, models)
     >>> estimate(*result.sketches, "pcc")                                          # doctest: +SKIP
-    Estimate(metric='pcc', value=0.213, bound=0.0071, confidence=0.99, ...)
+    Estimate(metric='pcc', value=-0.0097, bound=0.0109, confidence=0.99, ...)
 """
 
 from __future__ import annotations
