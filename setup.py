@@ -1,7 +1,7 @@
-"""Builds kinmerge's optional C kinship kernel; everything else is declared in pyproject.toml.
+"""Builds kinmerge's optional C kernels (kinship, sketch); everything else is in pyproject.toml.
 
-The extension is ``optional``: without a working C compiler the install goes on and kinmerge
-uses its numpy kernel (same numbers, slower). ``python -c "from kinmerge import _kernels;
+The extensions are ``optional``: without a working C compiler the install goes on and kinmerge
+uses its numpy kernels (same numbers, slower). ``python -c "from kinmerge import _kernels;
 print(_kernels.default_backend())"`` says which one an install got.
 """
 
@@ -22,6 +22,9 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("kinmerge._kinship_c", ["src/kinmerge/_kinship.c"], optional=True)],
+    ext_modules=[
+        Extension("kinmerge._kinship_c", ["src/kinmerge/_kinship.c"], optional=True),
+        Extension("kinmerge._sketch_c", ["src/kinmerge/_sketch.c"], optional=True),
+    ],
     cmdclass={"build_ext": BuildExt},
 )

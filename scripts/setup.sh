@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install kinmerge with every extra. Idempotent: a second run is fast.
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel.
-# `pip install -e .` also builds the C kinship kernel (setup.py; optional: without a C compiler
-# kinmerge falls back to numpy). It is rebuilt when its source changes or it is missing.
+# `pip install -e .` also builds the C kinship and sketch kernels (setup.py; optional: without a C
+# compiler kinmerge falls back to numpy). They are rebuilt when a source changes or one is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,13 +11,13 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 stamp=.venv/.kinmerge-installed
-has_kernel() { .venv/bin/python -c "import kinmerge._kinship_c" >/dev/null 2>&1; }
+has_kernel() { .venv/bin/python -c "import kinmerge._kinship_c, kinmerge._sketch_c" >/dev/null 2>&1; }
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ src/kinmerge/_kinship.c -nt "$stamp" ] || { ! has_kernel && command -v "${CC:-cc}" >/dev/null; }; then
+   || [ src/kinmerge/_kinship.c -nt "$stamp" ] || [ src/kinmerge/_sketch.c -nt "$stamp" ] || { ! has_kernel && command -v "${CC:-cc}" >/dev/null; }; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[all,test]" "torch==2.13.0"
   touch "$stamp"
 fi
 if ! has_kernel; then
-  echo "warning: the C kinship kernel was not built (no C compiler?): kinship runs on numpy, 3-10x slower" >&2
+  echo "warning: the C kernels were not built (no C compiler?): kinship and sketches run on numpy, 3-100x slower" >&2
 fi

@@ -43,21 +43,30 @@ def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
         return raw.astype(np.float64)
 
 
-@cache
-def _clib() -> Any:
-    """The C kernel (a ctypes library), or None when the extension was not built."""
+def load_library(module: str) -> Any:
+    """An optional C extension (``kinmerge._kinship_c``, ...) as a ctypes library, or None."""
     import ctypes
     import importlib.util
 
     try:
-        spec = importlib.util.find_spec("kinmerge._kinship_c")
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.origin or not os.path.exists(spec.origin):
         return None
     try:
-        lib = ctypes.CDLL(spec.origin)
+        return ctypes.CDLL(spec.origin)
     except OSError:
+        return None
+
+
+@cache
+def _clib() -> Any:
+    """The C kernel (a ctypes library), or None when the extension was not built."""
+    import ctypes
+
+    lib = load_library("kinmerge._kinship_c")
+    if lib is None:
         return None
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.km_accumulate_isa.argtypes = [p, i, p, p, i, i64, p, p, i]
@@ -75,9 +84,11 @@ def have_c() -> bool:
 def c_isas() -> list[str]:
     """The C code paths this CPU can run (``generic`` always; ``avx2``, ``avx512`` on x86-64)."""
     lib = _clib()
-    if lib is None:
-        return []
-    mask = lib.km_isa_mask()
+    return [] if lib is None else isa_names(lib.km_isa_mask())
+
+
+def isa_names(mask: int) -> list[str]:
+    """The code paths in a C kernel's ISA bit mask (``1 << code`` per path it can run)."""
     return [name for name, code in ISAS.items() if mask & (1 << code)]
 
 
