@@ -84,7 +84,7 @@ def tensor_list(cfg: dict, vocab: int | None = None) -> list[tuple[str, tuple[in
                 (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
                 (p + "mlp.down_proj.weight", (h, inter)), (p + "input_layernorm.weight", (h,)),
                 (p + "post_attention_layernorm.weight", (h,))]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    return [*out, ("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
 
 
 def numel(shape: tuple[int, ...]) -> int:

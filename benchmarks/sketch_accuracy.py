@@ -49,7 +49,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import family7b
-
 from kinmerge.scan import scan
 from kinmerge.sketch import DEFAULT_SIZE, METRICS, combine, estimate_matrix
 from kinmerge.sketch_scan import sketch_models

@@ -18,7 +18,7 @@ from kinmerge.sources import open_model, open_models
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "family7b.py"
 sys.path.insert(0, str(SCRIPT.parent))
-import family7b
+import family7b  # noqa: E402
 
 
 def _generate(out: Path, *args: str) -> dict:
@@ -80,7 +80,7 @@ def test_the_safetensors_library_reads_the_shards(tmp_path):
     src = open_model(out / "child1")
     for shard in sorted((out / "child1").glob("*.safetensors")):
         with safe_open(shard, framework="numpy") as fh:
-            for name in fh.keys():
+            for name in fh.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
                 assert np.array_equal(fh.get_tensor(name), src.read(name))
 
 

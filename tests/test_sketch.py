@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from st_family import LLAMA_SHAPES, load_stored, make_family, stored, write_model
 
 from kinmerge import _sketch_kernels
 from kinmerge.errors import NonFiniteError
@@ -29,6 +28,7 @@ from kinmerge.sketch import (
 )
 from kinmerge.sketch_scan import sketch_models
 from kinmerge.sources import open_model, open_models, to_bf16_bits
+from st_family import LLAMA_SHAPES, load_stored, make_family, stored, write_model
 
 ZOO = Path(__file__).resolve().parents[1] / "src" / "kinmerge" / "data" / "zoo"
 BACKENDS = ["numpy"] + [f"c:{isa}" for isa in _sketch_kernels.c_isas()]

@@ -635,7 +635,8 @@ class RunStore:
         """Forget a saved stop decision made for ``reason`` (e.g. the generation budget after the
         budget was raised); returns its generation, or ``None`` if there was none."""
         with self._write(f"reopen run {run_id!r}") as conn:
-            row = conn.execute("SELECT generation FROM plans WHERE run_id = ? AND stop = ?", (run_id, reason)).fetchone()
+            row = conn.execute("SELECT generation FROM plans WHERE run_id = ? AND stop = ?",
+                               (run_id, reason)).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM plans WHERE run_id = ? AND generation = ?", (run_id, row[0]))
