@@ -612,3 +612,42 @@ def test_a_parent_with_another_config_is_another_merge(fam, tmp_path):
     second = merge([copy, fam["child1"]], Slerp(t=0.5), tmp_path / "m")
     assert second.id != first.id and not second.reused
     assert json.loads((second.path / "config.json").read_text())["rms_norm_eps"] == 10.0
+
+
+def test_a_merge_with_nan_is_refused_and_nothing_is_written(fam, tmp_path):
+    """Issue 8: a NaN parent makes a NaN merge; it is refused like kinship refuses the parent."""
+    state = load_state(fam["child1"])
+    name = next(k for k in state if k.endswith("q_proj.weight"))
+    state[name] = state[name].clone()
+    state[name].view(-1)[7] = float("nan")
+    nanny = save_model(tmp_path / "nanny", state, tiny_config())
+    with pytest.raises(MergeError, match=rf"has NaN in tensor '{name}'.*nothing was written"):
+        merge([fam["child0"], nanny], Linear(weight=0.5), tmp_path / "m")
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs: too small for a merge. Needs the rights to mount (root, as CI runs)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(fam, small_disk):
+    """Issue 8: disk full named the source file (or nothing), after mergekit's logged traceback."""
+    out = small_disk / "merges"
+    code = ("import sys; from kinmerge.cli import main; sys.argv = ['kinmerge', 'merge', *sys.argv[1:]]; main()")
+    res = subprocess.run([sys.executable, "-c", code, str(fam["child0"]), str(fam["child1"]), "--out", str(out),
+                          "--json"], capture_output=True, text=True)  # --json: no progress bars on stderr
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no space left on the device of ") and str(out) in lines[0]
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written

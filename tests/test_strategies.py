@@ -224,6 +224,10 @@ def test_registry_and_settings() -> None:
         ("kinship", {"metric": "l2"}, "unknown kinship metric 'l2'"),
         ("kinship", {"metric": "ed"}, "no default early-stop threshold"),
         ("kinship", {"exploration_candidates": "all"}, "exploration_candidates must be one of"),
+        ("kinship", {"threshold": float("nan")}, "threshold must be a finite number"),
+        ("kinship", {"threshold": 5}, "a pcc threshold lies in [-1, 1]"),
+        ("kinship", {"metric": "cs", "threshold": -1.5}, "a cs threshold lies in [-1, 1]"),
+        ("kinship", {"metric": "ed", "threshold": 0}, "an ed threshold is a distance > 0"),
         ("random", {"seed": "x"}, "seed must be an integer"),
     ],
 )

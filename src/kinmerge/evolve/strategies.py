@@ -35,6 +35,7 @@ Definitions used throughout
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -302,6 +303,13 @@ class KinshipStrategy(GreedyStrategy):
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS.get(self.metric))
         elif isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise ConfigError(f"{self.name}: threshold must be a number, got {self.threshold!r}")
+        elif not math.isfinite(self.threshold):
+            raise ConfigError(f"{self.name}: threshold must be a finite number, got {self.threshold!r}")
+        elif self.metric in ("pcc", "cs") and not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"{self.name}: a {self.metric} threshold lies in [-1, 1] (kinship never exceeds 1, so "
+                              f"{self.threshold!r} would never stop the run); the paper uses 0.9")
+        elif self.metric == "ed" and self.threshold <= 0:
+            raise ConfigError(f"{self.name}: an ed threshold is a distance > 0, got {self.threshold!r}")
 
     def _check_state(self, state: PoolState) -> None:
         if state.kinship_metric is not None and state.kinship_metric != self.metric:

@@ -71,6 +71,7 @@ from kinmerge.merge.recipes import (
     Ties,
     get_recipe,
 )
+from kinmerge.sources import first_nonfinite, open_model
 
 __all__ = [
     "DTYPES", "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "MergeResult",
@@ -240,6 +241,18 @@ def merge(
     return MergeResult(id=mid, path=final, recipe=recipe, reused=False, metadata=meta)
 
 
+def _refuse_nonfinite(folder: Path, parents: Sequence[Parent]) -> None:
+    """A merged tensor with NaN or Inf is no model: refuse it (as kinship refuses such inputs)."""
+    with open_model(folder) as merged:
+        found = first_nonfinite(merged)
+    if found is not None:
+        name, kind = found
+        who = " and ".join(p.ref for p in parents)
+        raise MergeError(f"the merge of {who} has {kind} in tensor '{name}' (a parent holds NaN/Inf, or the "
+                         "recipe overflowed its dtype); nothing was written — check the parents with "
+                         "`kinmerge kinship`")
+
+
 def _build(
     tmp: Path,
     mid: str,
@@ -260,6 +273,7 @@ def _build(
             # A fine-tune that added tokens: align every model's vocabulary rows to parent A's.
             config["tokenizer_source"] = names[0]
         run_mergekit(config, tmp, recipe.seed_value, **options)
+    _refuse_nonfinite(tmp, models)
     copy_tokenizer(models[0].path, tmp)
     # Record the real paths, not the temporary safe-name links mergekit saw.
     recorded = replace_strings(config, {n: str(p) for n, p in zip(names, paths, strict=True)})

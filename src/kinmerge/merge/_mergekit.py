@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -107,6 +108,31 @@ def _without_mergekits_deprecation() -> Iterator[None]:
         log.removeFilter(notice)
 
 
+@contextlib.contextmanager
+def _mergekit_logs_quiet() -> Iterator[None]:
+    """mergekit logs its own tracebacks (e.g. a tokenizer it could not copy, which we copy anyway);
+    kinmerge reports every failure itself, in one line."""
+    log = logging.getLogger("mergekit")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # safetensors raises its own error type with the OS error in its text, not an OSError.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "StorageFull" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def run_mergekit(
     config: dict[str, Any],
     out: Path,
@@ -154,11 +180,14 @@ def run_mergekit(
 
         torch.manual_seed(seed)
     try:
-        with _hub_offline(), _without_mergekits_deprecation():
+        with _hub_offline(), _without_mergekits_deprecation(), _mergekit_logs_quiet():
             run_merge(merge_config, str(out), options)
     except KinmergeError:
         raise
     except Exception as exc:
+        if _disk_full(exc):
+            raise MergeError(f"no space left on the device of {out.parent} while writing the merge; free some "
+                             "space (a merge needs about one model's size) and rerun") from None
         raise MergeError(f"mergekit failed: {one_line(exc)}") from exc
     finally:
         _forget_loaders(merge_config, LoaderCache)

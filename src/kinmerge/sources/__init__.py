@@ -38,6 +38,7 @@ from kinmerge.sources.base import (
     ReadBuffer,
     ReadStats,
     TensorInfo,
+    first_nonfinite,
     is_vocab_tensor,
 )
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
@@ -65,6 +66,7 @@ __all__ = [
     "content_id",
     "content_id_of_files",
     "fetch_from_hub",
+    "first_nonfinite",
     "gguf_to_hf",
     "hub_id_of_cache_path",
     "is_hub_id",

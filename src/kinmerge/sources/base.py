@@ -36,6 +36,7 @@ __all__ = [
     "ReadBuffer",
     "ReadStats",
     "TensorInfo",
+    "first_nonfinite",
     "is_vocab_tensor",
 ]
 
@@ -228,3 +229,32 @@ def is_vocab_tensor(name: str, shapes: Sequence[tuple[int, ...]], vocab_sizes: S
     if VOCAB_NAME.search(name):
         return True
     return len(vocab_sizes) == len(shapes) and all(v == s[0] for v, s in zip(vocab_sizes, shapes, strict=True))
+
+
+def first_nonfinite(src: ModelSource, chunk: int = 1 << 20) -> tuple[str, str] | None:
+    """The first tensor holding NaN or Inf, as ``(name, "NaN" | "Inf")``, else ``None``.
+
+    Reads every tensor once, a chunk at a time (bounded memory). BF16 is checked on its raw bits:
+    an all-ones exponent is Inf (zero mantissa) or NaN. Tensors of dtypes kinship does not read
+    (integers) are skipped: they cannot hold either.
+
+    Example:
+        >>> src = ArraySource("m", Path("."), [], {"w": np.array([1.0, np.nan], np.float32)})
+        >>> first_nonfinite(src)
+        ('w', 'NaN')
+    """
+    for name, info in src.tensors.items():
+        if info.dtype not in RAW_DTYPES:
+            continue
+        for start in range(0, info.numel, chunk):
+            raw = src.read_range(name, start, min(info.numel, start + chunk))
+            if info.dtype == "BF16":
+                special = (raw & 0x7F80) == 0x7F80
+                if special.any():
+                    return name, "NaN" if ((raw[special] & 0x7F) != 0).any() else "Inf"
+            else:
+                with np.errstate(invalid="ignore"):
+                    bad = ~np.isfinite(raw)
+                if bad.any():
+                    return name, "NaN" if np.isnan(raw[bad]).any() else "Inf"
+    return None
