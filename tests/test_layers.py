@@ -41,7 +41,7 @@ LAYERS: tuple[str, ...] = (
 )
 
 #: Files allowed past the size guideline, each with its reason in docs/decisions.md.
-LONG_FILES = {"store/db.py"}
+LONG_FILES = {"store/db.py", "zoo.py"}
 MAX_LINES = 550  # "about 500": the hard line a little past it
 
 
@@ -138,7 +138,7 @@ def test_files_stay_readable(path: Path) -> None:
     rel = str(path.relative_to(SRC))
     lines = len(path.read_text(encoding="utf-8").splitlines())
     if rel in LONG_FILES:
-        assert "db.py" in (SRC.parents[1] / "docs" / "decisions.md").read_text(encoding="utf-8")
+        assert rel.rpartition("/")[2] in (SRC.parents[1] / "docs" / "decisions.md").read_text(encoding="utf-8")
         return
     assert lines <= MAX_LINES, f"{rel} has {lines} lines; split it by concept (or say why in docs/decisions.md)"
 

@@ -310,7 +310,7 @@ def _batch(tokenizer: Any, examples: list[tuple[str, str]]) -> dict[str, Any]:
     rows = []
     for prompt, answer in examples:
         ctx = tokenizer(prompt).input_ids
-        ans = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ans = [*tokenizer(answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
         rows.append((ctx + ans, [-100] * len(ctx) + ans))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -550,7 +550,6 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
                     f"{preset.base_target}")
             _save(model, tokenizer, tmp / "base", preset.dtype,
                   {"preset": preset.name, "seed": seed, "role": "base", "steps": base_steps})
-            del model
             # Scores of the saved (16-bit) checkpoints, as any user of the zoo will see them.
             base_model, _ = load_model(tmp / "base")
             scores = {"base": evaluate_loaded(base_model, tokenizer, tasks).scores}
