@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from kinmerge.pool import (
     topk_by_generation,
     with_merge_facts,
 )
+from kinmerge.report.anytime import Anytime, curve
 from kinmerge.store import RunRecord, RunStore
 
 __all__ = [
@@ -161,6 +163,25 @@ class RunHistory:
     stop_generation: int | None
     pending_generation: int | None
     plans: dict[int, Plan] = field(default_factory=dict)
+    merge_order: tuple[str, ...] = ()
+    examples: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def anytime(self) -> Anytime:
+        """Best score of the pool after each merge, in the order the merges were made."""
+        return curve(list(self.models.values()), merge_order=self.merge_order,
+                     examples=self.examples if self.examples else None)
+
+    @property
+    def testbed(self) -> tuple[tuple[str, ...], str | None]:
+        """What makes two runs comparable pair by pair: the same foundation models (as a set) scored
+        by the same evaluator (task set, held-out sample and settings)."""
+        return tuple(sorted(m.id for m in self.foundations)), self.evaluator
+
+    @property
+    def variant(self) -> str:
+        """The strategy variant: the run id without a trailing seed (``random-s1`` -> ``random``)."""
+        return re.sub(r"-s\d+$", "", self.run.id)
 
     def label_of(self, model_id: str) -> str:
         """The short display name of a model (a parent outside the pool: its id's prefix)."""
@@ -280,6 +301,9 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
     models = {m.id: m for m in with_merge_facts(pool, scores=scores, kinship=kinship[metric], reasons=reasons)}
     stops = [g for g, p in plans.items() if p.stop is not None]
     pending = [g for g, s in statuses.items() if s == "planned"]
+    children = {m.parents: m.id for m in pool if m.parents}
+    order = tuple(children[pm.parents] for _, plan in sorted(plans.items()) for pm in plan.merges
+                  if pm.parents in children)
     return RunHistory(
         run_dir=store.run_dir,
         run=run,
@@ -299,6 +323,8 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         stop_generation=max(stops) if stops else None,
         pending_generation=min(pending) if pending else None,
         plans=plans,
+        merge_order=order,
+        examples=store.examples_scored(ids, evaluator=key) if key is not None else {},
     )
 
 

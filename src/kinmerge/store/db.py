@@ -523,6 +523,19 @@ class RunStore:
                 out[r["model_id"]][r["task"]] = r["score"]
         return dict(out)
 
+    def examples_scored(self, model_ids: Iterable[str] | None = None, *,
+                        evaluator: str | None = None) -> dict[str, int]:
+        """Examples each model was scored on (the sum over tasks of each evaluation's ``n``), for
+        models whose evaluations record it: the cost axis of evaluation-budget comparisons."""
+        key = self.resolve_evaluator(evaluator)
+        wanted = None if model_ids is None else set(model_ids)
+        out: dict[str, int] = defaultdict(int)
+        for r in self._query("SELECT model_id, details FROM evaluations WHERE evaluator = ?", (key,)):
+            n = (_loads(r["details"]) or {}).get("n") if r["details"] else None
+            if (wanted is None or r["model_id"] in wanted) and isinstance(n, (int, float)):
+                out[r["model_id"]] += int(n)
+        return dict(out)
+
     def average_scores(self, model_ids: Iterable[str] | None = None, *,
                        evaluator: str | None = None) -> dict[str, float | None]:
         """Average task score ``P̄`` per model (paper §2), ``None`` if not fully evaluated.

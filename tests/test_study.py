@@ -1,0 +1,165 @@
+"""The study's arithmetic on known inputs: statistics, anytime curves, budget-matched tables,
+early-stop replay (hand-made stores: every number below is checked by hand)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from kinmerge.pool import Plan, PlannedMerge, PoolModel, RunFingerprint
+from kinmerge.report.anytime import area, curve, replay_early_stop
+from kinmerge.report.budget import budget_table, default_budgets, early_stop_table
+from kinmerge.report.queries import load_runs
+from kinmerge.report.stats import bootstrap_ci, paired, sign_test, spread
+from kinmerge.store import RunStore
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def test_spread_and_sign_test_on_known_values() -> None:
+    s = spread([0.1, 0.2, 0.3, None])
+    assert s.n == 3 and s.mean == pytest.approx(0.2) and s.std == pytest.approx(0.1)
+    assert s.sem == pytest.approx(0.1 / 3**0.5) and (s.low, s.high) == (0.1, 0.3)
+    assert spread([]).mean is None and spread([2.0]).std is None
+    assert sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test(3, 3) == 1.0
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean() -> None:
+    values = [0.01 * i for i in range(20)]
+    lo, hi = bootstrap_ci(values)
+    assert lo < sum(values) / 20 < hi and bootstrap_ci(values) == (lo, hi)
+    assert bootstrap_ci([1.0]) is None
+    constant = bootstrap_ci([0.5] * 8)
+    assert constant == (pytest.approx(0.5), pytest.approx(0.5))
+
+
+def test_paired_counts_ties_as_ties() -> None:
+    d = paired([0.5, 0.6, 0.7, 0.4], [0.5, 0.5, 0.6, 0.5])
+    assert (d.n, d.wins, d.ties, d.losses) == (4, 2, 1, 1) and d.mean == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired([1.0], [1.0, 2.0])
+
+
+# -- anytime curves and replay -------------------------------------------------------------------
+
+
+def _pool() -> list[PoolModel]:
+    return [PoolModel("a", 0, score=0.50), PoolModel("b", 0, score=0.40), PoolModel("c", 0, score=0.30),
+            PoolModel("ab", 1, ("a", "b"), 0.55), PoolModel("ac", 1, ("a", "c"), 0.45),
+            PoolModel("bc", 1, ("b", "c"), 0.35), PoolModel("x", 2, ("ab", "a"), 0.60),
+            PoolModel("y", 3, ("x", "ab"), 0.61)]
+
+
+def test_anytime_curve_counts_merges_in_the_order_made() -> None:
+    c = curve(_pool(), merge_order=["ab", "ac", "bc", "x", "y"], examples={m.id: 10 for m in _pool()})
+    assert c.best == (0.5, 0.55, 0.55, 0.55, 0.60, 0.61)
+    assert c.evaluations == (3, 4, 5, 6, 7, 8) and c.examples == (30, 40, 50, 60, 70, 80)
+    assert c.best_after(100) == 0.61 and c.best_within(5) == 0.55 and c.best_within(2) is None
+    assert c.best_within(55, unit="examples") == 0.55
+    assert area(c, 2) == pytest.approx((0.5 + 0.55 + 0.55) / 3)
+
+
+def test_early_stop_replay() -> None:
+    kin = {0: 0.1, 1: 0.83, 2: 0.95, 3: 0.99}
+    at_09 = replay_early_stop(_pool(), kin, 0.9)
+    assert (at_09.stopped_after, at_09.merges_used, at_09.merges_saved) == (2, 4, 1)
+    assert at_09.best == 0.60 and at_09.best_lost == pytest.approx(0.01)
+    at_08 = replay_early_stop(_pool(), kin, 0.8)
+    assert (at_08.stopped_after, at_08.merges_saved, at_08.best) == (1, 2, 0.55)
+    never = replay_early_stop(_pool(), kin, 0.999)
+    assert never.stopped_after is None and never.merges_saved == 0 and never.best_lost == 0
+    ed = replay_early_stop(_pool(), {1: 5.0, 2: 1.0, 3: 0.5}, 2.0, metric="ed")  # a distance: lower is closer
+    assert ed.stopped_after == 2
+
+
+# -- budget-matched tables on hand-made stores ---------------------------------------------------
+
+EVAL = "builtin-sample"
+
+
+def _record(store: RunStore, run_id: str, strategy: str, found: dict[str, float],
+            merges: list[list[tuple[tuple[str, str], str, float]]], *, evaluator: str = EVAL, seed: int = 0,
+            settings: dict | None = None, kinship: dict[int, float] | None = None) -> None:
+    """A run: foundations with scores, then generations of (parents, reason, child score)."""
+    fp = RunFingerprint(tuple(found), "base", strategy, {"k": 3, **(settings or {})}, {"method": "slerp"},
+                        evaluator, identity=2)
+    store.start_run(run_id, strategy=strategy, config=fp.to_dict(), seed=seed)
+    for name, score in found.items():
+        store.add_model(name, origin="foundation", generation=0, path=f"/zoo/{name}", run_id=run_id)
+        store.record_evaluations(name, evaluator, {"t": score}, details={"t": {"n": 100}})
+    for g, gen in enumerate(merges, start=1):
+        store.save_plan(run_id, Plan(g, merges=tuple(PlannedMerge(p, why) for p, why, _ in gen)))  # type: ignore[arg-type]
+        for parents, _, score in gen:
+            child = f"{run_id}:{'+'.join(parents)}"
+            store.add_model(child, origin="merge", generation=g, parents=parents, run_id=run_id)
+            store.record_evaluations(child, evaluator, {"t": score}, details={"t": {"n": 100}})
+        store.mark_plan_done(run_id, g)
+    ids = [m.id for m in store.pool(run_id, evaluator=evaluator)]
+    for a, b in itertools.combinations(ids, 2):  # every pair's kinship: by generation of the later one
+        g = max(store.get_model(a).generation, store.get_model(b).generation)  # type: ignore[union-attr]
+        store.record_kinship(a, b, "pcc", (kinship or {}).get(g, 0.5))
+    store.finish_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two testbeds; greedy, kinship (early stop off) and random with two seeds on each.
+
+    Gains over the best foundation (0.5) after 1, 2, 3 merges:
+      testbed 1: greedy .05 .05 .05 (stops) | kinship .05 .05 .10 | random-s0 .02 .08 .08, -s1 .04 .04 .04
+      testbed 2: greedy .01 .03 .03 | kinship .01 .03 .03 | random-s0 .00 .00 .00, -s1 .02 .02 .06
+    """
+    found = {"f1": 0.5, "f2": 0.45, "f3": 0.4}
+    specs = {
+        1: {"greedy": [0.55, 0.5, 0.5], "kinship": [0.55, 0.5, 0.6], "random-s0": [0.52, 0.58, 0.5],
+            "random-s1": [0.54, 0.5, 0.5]},
+        2: {"greedy": [0.51, 0.53, 0.5], "kinship": [0.51, 0.53, 0.5], "random-s0": [0.5, 0.5, 0.5],
+            "random-s1": [0.52, 0.5, 0.56]},
+    }
+    dirs = []
+    for bed, runs in specs.items():
+        run_dir = tmp_path_factory.mktemp(f"bed{bed}") / "run"
+        with RunStore(run_dir) as store:
+            for run_id, scores in runs.items():
+                strategy = run_id.split("-")[0]
+                pairs = [("f1", "f2"), ("f1", "f3"), ("f2", "f3")]
+                gens = [[(pairs[0], "greedy", scores[0]), (pairs[1], "greedy", scores[1])],
+                        [(pairs[2], "exploration" if strategy == "kinship" else strategy if strategy == "random"
+                          else "greedy", scores[2])]]
+                settings = {"early_stop": False, "threshold": 0.9, "metric": "pcc"} if strategy == "kinship" else {}
+                _record(store, run_id, strategy, found, gens, evaluator=f"{EVAL}-{bed}", settings=settings,
+                        kinship={0: 0.1, 1: 0.85, 2: 0.97})
+        dirs.append(run_dir)
+    return dirs
+
+
+def test_budget_table_pairs_variants_with_greedy_testbed_by_testbed(study: list[Path]) -> None:
+    runs = load_runs(study)
+    assert default_budgets(runs) == (1, 2, 3)
+    table = budget_table(runs, budgets=(1, 3))
+    assert table["testbeds"] == 2 and table["budgets"] == ["1", "3"]
+    rows = {r["variant"]: r for r in table["variants"]}
+    assert set(rows) == {"greedy", "kinship", "random"} and rows["random"]["runs"] == 4
+    assert rows["greedy"]["gain"]["3"]["mean"] == pytest.approx((0.05 + 0.03) / 2)
+    # random averages its seeds per testbed: bed 1 (0.08 + 0.04) / 2, bed 2 (0.00 + 0.06) / 2 at 3 merges
+    assert rows["random"]["gain"]["3"]["mean"] == pytest.approx((0.06 + 0.03) / 2)
+    k3 = rows["kinship"]["vs_reference"]["3"]
+    assert (k3["n"], k3["wins"], k3["ties"], k3["losses"]) == (2, 1, 1, 0) and k3["mean"] == pytest.approx(0.025)
+    r1 = rows["random"]["vs_reference"]["1"]  # bed 1: .03 - .05; bed 2: .01 - .01
+    assert (r1["wins"], r1["ties"], r1["losses"]) == (0, 1, 1) and r1["mean"] == pytest.approx(-0.01)
+    assert "vs_reference" not in rows["greedy"]
+    assert rows["greedy"]["merges_used"]["mean"] == 3
+
+
+def test_early_stop_table_replays_the_unstopped_kinship_runs(study: list[Path]) -> None:
+    table = early_stop_table(load_runs(study), thresholds=(0.8, 0.9, 0.99))
+    assert table["runs"] == 2
+    by_t = {row["threshold"]: row for row in table["rows"]}
+    # top-k kinship after generation 1 is 0.85: at 0.8 both runs stop before generation 2
+    assert by_t[0.8]["fired"] == 2 and by_t[0.8]["merges_saved"]["mean"] == 1
+    assert by_t[0.8]["share_saved"] == pytest.approx(2 / 6)
+    assert by_t[0.8]["runs_that_lost"] == 1 and by_t[0.8]["best_lost"]["high"] == pytest.approx(0.05)
+    assert by_t[0.9]["fired"] == 0 and by_t[0.99]["fired"] == 0
