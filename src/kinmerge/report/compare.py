@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from kinmerge.report.budget import budget_table, early_stop_table
 from kinmerge.report.queries import RunHistory, load_runs
 
 __all__ = ["compare_runs", "compare_table"]
@@ -58,6 +59,8 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
         "seed": r.run.seed,
         "status": r.run.status,
         "foundations": [r.label_of(m.id) for m in r.foundations],
+        "testbed": r.run_dir.name,
+        "variant": r.variant,
         "best_per_generation": [per_gen.get(g) for g in range(last + 1)],
         "merges_used": r.merges_used,
         "stop_reason": r.stop_reason,
@@ -66,7 +69,17 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
     }
 
 
-def compare_runs(runs: Sequence[RunHistory]) -> dict[str, Any]:
+def resolution(runs: Sequence[RunHistory]) -> dict[str, Any]:
+    """How finely the scores can move: one example of one task changes an average by
+    ``1 / (examples x tasks)``; tables print as many decimals as that needs (at least 2)."""
+    counts = [n for r in runs for n in r.examples.values() if n]
+    per_model = min(counts) if counts else None
+    digits = 2 if not per_model else max(2, math.ceil(math.log10(per_model) + 1e-9))
+    return {"examples_per_model": per_model, "step": 1 / per_model if per_model else None, "digits": digits}
+
+
+def compare_runs(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = None,
+                 reference: str = "greedy") -> dict[str, Any]:
     """:func:`compare_table` of runs already loaded."""
     rows = [_run_row(r) for r in runs]
     # Runs group by strategy *and* foundation set: scores of different foundations don't average.
@@ -88,11 +101,13 @@ def compare_runs(runs: Sequence[RunHistory]) -> dict[str, Any]:
                 "early_stops": sum(1 for row in group if row["early_stop_generation"] is not None),
             }
         )
-    return {"runs": rows, "strategies": strategies}
+    return {"runs": rows, "strategies": strategies, "resolution": resolution(runs),
+            "budget": budget_table(runs, budgets=budgets, reference=reference), "early_stop": early_stop_table(runs)}
 
 
 def compare_table(
-    run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None
+    run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None,
+    budgets: Sequence[int] | None = None, reference: str = "greedy",
 ) -> dict[str, Any]:
     """Compare runs (strategies, seeds): the data behind ``kinmerge compare``.
 
@@ -107,7 +122,10 @@ def compare_table(
         stopped earlier counts with its final pool best; ``std`` is the sample standard
         deviation, ``None`` for a single run), plus ``early_stops`` (how many runs early-stopped).
         Runs of one strategy on different foundation sets form separate groups (their scores
-        are not comparable); each group lists its ``foundations``.
+        are not comparable); each group lists its ``foundations``. ``budget``: every variant at
+        equal budgets, paired with ``reference`` testbed by testbed (``report.budget``);
+        ``early_stop``: kinship early stopping replayed on runs recorded without it;
+        ``resolution``: how finely scores move (decimals worth printing).
 
     Raises:
         StoreError: a directory holds no store or no run, or its evaluator is ambiguous.
@@ -115,4 +133,4 @@ def compare_table(
     Example:
         ``compare_table(["runs/greedy-s0", "runs/greedy-s1", "runs/kinship-s0"])["strategies"]``
     """
-    return compare_runs(load_runs(run_dirs, evaluator=evaluator))
+    return compare_runs(load_runs(run_dirs, evaluator=evaluator), budgets=budgets, reference=reference)
