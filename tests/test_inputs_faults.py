@@ -278,3 +278,23 @@ def test_a_task_line_with_a_duplicate_key_is_refused(tmp_path):
     path.write_text('{"prompt": "a", "answer": "b", "answer": "c"}\n', encoding="utf-8")
     with pytest.raises(EvaluationError, match=r"t.jsonl:1: duplicate key 'answer'"):
         load_task(path)
+
+
+@pytest.mark.parametrize("record", [{"parents": 3}, {"parents": ["x"]}, {"parents": [{"descends_from": 5}]},
+                                    {"parents": [{"path": ["a"]}]}])
+def test_a_damaged_kinmerge_json_is_not_taken_for_lineage(family, record):
+    """A parent folder's ``kinmerge.json`` is read to list what it descends from (the model card)."""
+    from kinmerge.merge.parents import load_parent
+
+    _, (a, _) = family
+    (a / "kinmerge.json").write_text(json.dumps(record))
+    assert load_parent(a).descends_from is None  # read as a plain model, not a merge
+
+
+def test_a_merge_with_a_damaged_kinmerge_json_in_a_parent(hf_family, tmp_path):
+    pytest.importorskip("mergekit")
+    a, b = hf_family["child0"], hf_family["base"]
+    (a / "kinmerge.json").write_text(json.dumps({"parents": [{"descends_from": 5}]}))
+    res = _run("merge", a, b, "--out", tmp_path / "m", "--json")
+    assert res.exit_code == 0, res.output
+    assert (Path(json.loads(res.stdout)["path"]) / "config.json").exists()
