@@ -84,3 +84,16 @@ def test_kinship_merge_and_eval_on_a_real_llm(smol, tmp_path):
     res = CliRunner().invoke(cli, ["eval", str(merged), "--tasks", str(tasks), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["scores"]["capitals"] == 1.0
+
+
+def test_converted_folders_are_readable_by_others(smol):
+    """``convert`` writes through ``_io.atomic_dir``: ordinary modes, not mkdtemp's 0700 (issue 8)."""
+    import os
+    import stat
+
+    _, hf = smol
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(hf.stat().st_mode) == 0o777 & ~mask
+    for f in hf.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f

@@ -19,6 +19,7 @@ LAYERS: tuple[str, ...] = (
     "_version",
     "errors",
     "_io",
+    "_json",
     "progress",
     "kinship",
     "_kernels",

@@ -143,22 +143,18 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
     """
     _check_distinct([base, *models])
     everyone = [base, *models]
+    labels = display_labels(everyone)
     names_all = set(base.tensors)
     for m in models:
         names_all |= set(m.tensors)
-    missing = {src.display_name: sorted(names_all - set(src.tensors)) for src in everyone}
+    missing = {label: sorted(names_all - set(src.tensors)) for src, label in zip(everyone, labels, strict=True)}
     missing = {k: v for k, v in missing.items() if v}
     skipped: list[str] = []
     notes: list[str] = []
     if missing:
         if not allow_missing:
-            first, names = next(iter(missing.items()))
-            listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            others = f" (and tensors missing from {len(missing) - 1} other model(s))" if len(missing) > 1 else ""
-            raise MissingTensorError(
-                f"{first} lacks {len(names)} tensor(s) the others have: {listed}{others}; "
-                "pass --allow-missing to skip them and report what was skipped"
-            )
+            raise MissingTensorError(_missing_message(everyone, labels) + "; pass --allow-missing to skip them and "
+                                     "report what was skipped")
         skipped = sorted(set().union(*missing.values()))
         notes.append(f"skipped {len(skipped)} tensor(s) missing from some model: " + _short_list(skipped))
     common = [n for n in base.tensors if n not in set(skipped)]  # base's file order
@@ -175,13 +171,13 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
             per_row = int(np.prod(shapes[0][1:], dtype=np.int64))
             plans.append(TensorPlan(name, rows * per_row, (rows, *shapes[0][1:])))
             trimmed.append(name)
-            for src, s in zip(everyone, shapes, strict=True):
-                rows_seen[src.display_name] = s[0]
+            for label, s in zip(labels, shapes, strict=True):
+                rows_seen[label] = s[0]
             continue
-        for src, s in zip(everyone[1:], shapes[1:], strict=True):
+        for label, s in zip(labels[1:], shapes[1:], strict=True):
             if s != shapes[0]:
                 raise ShapeMismatchError(
-                    f"{src.display_name}: tensor '{name}' has shape {list(s)} but the base has "
+                    f"{label}: tensor '{name}' has shape {list(s)} but the base has "
                     f"{list(shapes[0])}; kinship needs models fine-tuned from this base"
                 )
     if trimmed:
@@ -192,13 +188,68 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
             + ", ".join(trimmed)
         )
     for name in common:
-        for src in everyone:
+        for src, label in zip(everyone, labels, strict=True):
             if src.tensors[name].dtype not in RAW_DTYPES:
                 raise UnsupportedDtypeError(
-                    f"{src.display_name}: tensor '{name}' has dtype {src.tensors[name].dtype}; kinship "
+                    f"{label}: tensor '{name}' has dtype {src.tensors[name].dtype}; kinship "
                     f"reads only {', '.join(RAW_DTYPES)} — dequantise or convert the model first"
                 )
     return plans, notes, skipped
+
+
+def _missing_message(everyone: Sequence[ModelSource], labels: Sequence[str]) -> str:
+    """Which model differs from the base (``everyone[0]``), and how: it lacks tensors, or has extra ones."""
+    have = set(everyone[0].tensors)
+    problems = []
+    for m, label in zip(everyone[1:], labels[1:], strict=True):
+        if lacks := sorted(have - set(m.tensors)):
+            problems.append(f"{label} lacks {len(lacks)} tensor(s) the base has: {_short_list(lacks, 4)}")
+        if extra := sorted(set(m.tensors) - have):
+            problems.append(f"{label} has {len(extra)} tensor(s) the base ({labels[0]}) lacks: {_short_list(extra, 4)}")
+    more = f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def display_labels(sources: Sequence[ModelSource]) -> list[str]:
+    """Each source's ``display_name``, lengthened by parent folders where two would read the same.
+
+    Tables, JSON keys, CSV headers and plot labels need one distinct name per model: the
+    shortest path suffix that tells them apart.
+
+    Example:
+        >>> from kinmerge.sources import ArraySource
+        >>> srcs = [ArraySource(p, Path(p), [], {}) for p in ("/r/a/ckpt-500", "/r/b/ckpt-500", "/r/base")]
+        >>> display_labels(srcs)
+        ['a/ckpt-500', 'b/ckpt-500', 'base']
+    """
+    labels = [src.display_name for src in sources]
+    depth = [1] * len(labels)
+    while True:
+        seen: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            seen.setdefault(label, []).append(i)
+        grew = False
+        for clash in (ix for ix in seen.values() if len(ix) > 1):
+            for i in clash:
+                longer = _path_suffix(sources[i], depth[i] + 1)
+                if longer is not None and longer != labels[i]:
+                    depth[i] += 1
+                    labels[i] = longer
+                    grew = True
+        if not grew:  # all distinct, or nothing left to tell them apart
+            return labels
+
+
+def _path_suffix(src: ModelSource, k: int) -> str | None:
+    """The last ``k`` components of a local model's path (a weights file without its suffix)."""
+    if src.hub_id is not None:
+        return None
+    p = Path(src.path).absolute()
+    if p.suffix in (".safetensors", ".gguf"):
+        parts = [*p.parent.parts[1:], p.stem]
+    else:
+        parts = list(p.parts[1:])
+    return "/".join(parts[-k:]) if k <= len(parts) else None
 
 
 def _check_distinct(sources: list[ModelSource]) -> None:
@@ -250,6 +301,7 @@ def scan(
         raise ValueError("chunk must be a positive number of elements")
     t0 = time.perf_counter()
     plans, notes, skipped = plan(base, models, allow_missing=allow_missing)
+    labels = display_labels([base, *models])
     n = len(models)
     sources = [base, *models]
     readers = [_reader(src) for src in sources]
@@ -324,8 +376,8 @@ def scan(
         for t in pool:
             t.join()
     return ScanResult(
-        base=base.display_name,
-        models=[m.display_name for m in models],
+        base=labels[0],
+        models=labels[1:],
         stats=total,
         per_tensor=per_tensor,
         notes=notes,
@@ -460,6 +512,7 @@ def scan_refs(
     from kinmerge.sources import open_models
 
     with open_models([base, *models], allow_pickle=allow_pickle) as opened:
+        plan(opened[0], opened[1:], allow_missing=allow_missing)  # refuse before a progress bar is drawn
         total = sum(info.nbytes for src in opened for info in src.tensors.values())
         with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
             return scan(opened[0], opened[1:], chunk=DEFAULT_CHUNK if chunk is None else chunk,

@@ -21,11 +21,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
-    """A click group that turns every ``KinmergeError`` into one line on stderr and exit code 2."""
+    """A click group that turns every ``KinmergeError``, and every bad option or argument of its
+    commands, into one line on stderr and exit code 2 (click's own usage errors print the usage
+    and a hint first: four lines for one problem)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"Error: {exc.format_message()} (see '{where} -h')", err=True)
+            ctx.exit(exc.exit_code)
         except KinmergeError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)

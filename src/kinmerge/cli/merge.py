@@ -76,7 +76,7 @@ def merge_cmd(
             raise MergeError("--method raw needs --config RAW.yaml (a mergekit YAML with ${parent_a}, ${parent_b})")
     elif raw_config:
         raise MergeError(f"--config is the raw recipe; drop --method {method} or --config")
-    weights = [float(w) for item in weight for w in item.split(",") if w.strip()] if weight else []
+    weights = _parse_weights(weight)
     given = {"t": t, "weight": tuple(weights) or None, "density": density, "seed": seed, "dtype": dtype}
     fields_of = set(RECIPES[method].__dataclass_fields__)
     for key, value in given.items():
@@ -95,6 +95,25 @@ def merge_cmd(
         click.echo(f"id: {result.id}")
         click.echo(f"path: {result.path}")
         click.echo(f"reused: {'yes' if result.reused else 'no (merged now)'}")
+
+
+def _parse_weights(given: tuple[str, ...]) -> list[float]:
+    """``--weight`` values (repeated and/or comma-separated) as finite numbers."""
+    import math
+
+    weights = []
+    for item in given:
+        for text in (w.strip() for w in item.split(",")):
+            if not text:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise click.BadParameter(f"{text!r} is not a number", param_hint="'--weight'") from None
+            if not math.isfinite(value):
+                raise click.BadParameter(f"{text!r} is not a finite number", param_hint="'--weight'")
+            weights.append(value)
+    return weights
 
 
 def _link_name(target: Any, name: str) -> None:

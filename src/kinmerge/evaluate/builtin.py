@@ -9,6 +9,12 @@ For each task folder file (``kinmerge.evaluate.tasks``):
 - **choice** tasks: the log-likelihood of each choice given the prompt, teacher-forced; the
   argmax is the prediction (lm-evaluation-harness ``acc``).
 
+Before anything is scored, every example is checked against the model at hand
+(``kinmerge.evaluate.checks.check_examples``): a line the tokenizer cannot represent, an answer
+that tokenizes to nothing, choices that tokenize the same, or a prompt with its answer longer
+than the model's positions would give a score that means nothing, so the run stops with the
+file and line.
+
 Every task also reports ``mean_loglik``: the mean over examples of log p(answer | prompt),
 summed over the answer's tokens. Scores do not depend on ``batch_size`` or ``device`` beyond
 float rounding, so those are not part of ``settings()``.
@@ -28,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
+from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
+from kinmerge.evaluate.checks import pad_id as pad_id_of
 from kinmerge.evaluate.tasks import Task, load_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,15 +139,20 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own load/save progress bars (ours is on stderr); restore after."""
+    """Hide transformers' own load/save progress bars (ours is on stderr) and its warnings, such
+    as the ~20-line load report it prints before raising; restore both after. What the report
+    says that matters is checked by ``load_model`` and said in one line."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     if was_enabled:
         hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -148,8 +161,14 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
                dtype: str = "float32") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local folder, in eval mode.
 
+    The weights are checked against ``config.json`` first (every tensor the config's model has
+    must have the shape the config gives it), and a load that leaves any weight at its random
+    initialisation is refused: either would score a model that is not the one in the folder.
+
     Raises:
-        EvaluationError: if the folder is missing or the model/tokenizer cannot be loaded.
+        EvaluationError: if the folder is missing, a tensor's shape does not match the config,
+            weights are missing, or the model/tokenizer cannot be loaded.
+        CorruptFileError: ``config.json`` or a weights header is malformed.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,15 +182,57 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
     except Exception as exc:  # transformers raises many types; the user needs one line
         raise EvaluationError(f"{model_dir}: cannot load tokenizer ({type(exc).__name__}: "
                               f"{_first_line(exc)})") from None
+    _check_weights_fit_config(model_dir)
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+            model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                               output_loading_info=True)
     except Exception as exc:
         raise EvaluationError(f"{model_dir}: cannot load model ({type(exc).__name__}: "
                               f"{_first_line(exc)})") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise EvaluationError(
+            f"{model_dir}: the weights lack {len(missing)} tensor(s) the model in config.json needs "
+            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); transformers would leave them "
+            "random — re-save the model, or check that the config belongs to these weights")
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _check_weights_fit_config(model_dir: Path) -> None:
+    """Every tensor in the folder's weights has the shape its ``config.json`` gives it.
+
+    The model is built from the config on torch's ``meta`` device (no memory, milliseconds) and
+    compared with the weight headers, so a folder whose weights come from another size of model
+    gets one line naming the tensor, before transformers loads anything.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kinmerge.errors import PickleNotAllowedError
+    from kinmerge.sources import open_model, read_config
+
+    config = read_config(model_dir)  # strict: a malformed config.json is named here
+    try:
+        with open_model(model_dir) as src:  # a damaged weights header is named here
+            have = {name: info.shape for name, info in src.tensors.items()}
+    except PickleNotAllowedError:  # pickled weights are not opened here: transformers checks them
+        return
+    try:
+        with quiet_transformers(), torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    except Exception:  # transformers will say why when it loads the folder
+        return
+    for name, tensor in skeleton.state_dict().items():
+        got = have.get(name)
+        if got is not None and got != tuple(tensor.shape):
+            sizes = ", ".join(f"{k} {config[k]}" for k in ("hidden_size", "intermediate_size", "vocab_size")
+                              if k in config)
+            raise EvaluationError(
+                f"{model_dir}: tensor {name} is {list(got)} in the weights but {list(tensor.shape)} in the model "
+                f"config.json describes ({sizes}); the weights and config.json are of different models")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,9 +254,11 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
     torch.manual_seed(0)
     was_training = model.training
     model.eval()
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_id_of(tokenizer)
     plan = {name: list(task.examples[:limit] if limit else task.examples)
             for name, task in tasks.items()}
+    for name, examples in plan.items():
+        check_examples(model, tokenizer, tasks[name], examples, max_new_tokens=max_new_tokens, label=label)
     n_batches = 0
     for name, examples in plan.items():
         if tasks[name].mode == "choice":  # one log-likelihood pass over every choice
@@ -242,37 +305,12 @@ def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int, 
         yield advance
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0  # pragma: no cover
-
-
-def _encode_pair(tokenizer: Any, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt and of the continuation as it is tokenized after the prompt."""
-    ctx = list(tokenizer(prompt).input_ids)
-    whole = list(tokenizer(prompt + continuation).input_ids)
-    if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-        cont = whole[len(ctx):]
-    else:  # the tokenizer merged across the boundary or appended specials: encode separately
-        cont = list(tokenizer(continuation, add_special_tokens=False).input_ids)
-    if not ctx:  # condition on something: the model needs one position to predict from
-        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
-               else _pad_id(tokenizer)]
-    return ctx, cont
-
-
-def _max_positions(model: Any) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
-
-
 def _logliks(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int,
              batch_size: int, step: Callable[[], None]) -> list[float]:
     """Sum of log p(continuation | context) for each (context ids, continuation ids) pair."""
     import torch
 
-    limit = _max_positions(model)
+    limit = max_positions(model)
     seqs = []
     for ctx, cont in pairs:
         ids = ctx + cont
@@ -307,7 +345,7 @@ def _score_choice(model: Any, tokenizer: Any, examples: list[Any], pad_id: int,
     pairs, owners = [], []
     for k, ex in enumerate(examples):
         for choice in ex.choices:
-            pairs.append(_encode_pair(tokenizer, ex.prompt, choice))
+            pairs.append(encode_pair(tokenizer, ex.prompt, choice))
             owners.append(k)
     lls = _logliks(model, pairs, pad_id, batch_size, step)
     correct, answer_ll, pos = 0, 0.0, 0
@@ -339,7 +377,7 @@ def _score_generate(model: Any, tokenizer: Any, examples: list[Any], pad_id: int
     import torch
     from transformers import GenerationConfig
 
-    pairs = [_encode_pair(tokenizer, ex.prompt, ex.answer) for ex in examples]
+    pairs = [encode_pair(tokenizer, ex.prompt, ex.answer) for ex in examples]
     if max_new_tokens is None:
         max_new_tokens = max(len(cont) for _, cont in pairs) + 1
     stop = _stop_ids(model, tokenizer)

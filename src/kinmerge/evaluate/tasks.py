@@ -7,7 +7,10 @@ Each non-blank line is one example::
 
 Without ``choices`` the model must generate ``answer`` exactly (greedy, up to a newline or end
 of sequence); with ``choices`` the choice with the highest log-likelihood given the prompt wins.
-A task is one mode or the other, never a mix. Keys other than these three are ignored.
+A task is one mode or the other, never a mix. Keys other than these three are ignored; a key
+given twice on one line is an error (JSON readers disagree on which one counts). Whether a line
+makes sense for a given model (its tokenizer, its length limit) is checked by the evaluator
+before it scores anything (``kinmerge.evaluate.builtin.check_examples``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kinmerge._io import atomic_file
+from kinmerge._json import StrictJSONError, loads_strict
 from kinmerge.errors import EvaluationError
 
 __all__ = ["Example", "Task", "load_task", "load_tasks", "write_task"]
@@ -30,11 +34,15 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt with its reference answer and, for choice tasks, the candidates."""
+    """One prompt with its reference answer and, for choice tasks, the candidates.
+
+    ``line`` is where it was read (1-based; 0 for examples made in code), for error messages.
+    """
 
     prompt: str
     answer: str
     choices: tuple[str, ...] | None = None
+    line: int = field(default=0, compare=False)
 
     def to_json(self) -> str:
         """The example as one JSONL line (no trailing newline)."""
@@ -62,9 +70,9 @@ class Task:
 def _parse_line(path: Path, lineno: int, line: str) -> Example:
     where = f"{path}:{lineno}"
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise EvaluationError(f"{where}: not valid JSON ({exc.msg}); each line must be one "
+        record = loads_strict(line)
+    except StrictJSONError as exc:
+        raise EvaluationError(f"{where}: {exc}; each line must be one "
                               f'JSON object like {{"prompt": "...", "answer": "..."}}') from None
     if not isinstance(record, dict):
         raise EvaluationError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -79,7 +87,7 @@ def _parse_line(path: Path, lineno: int, line: str) -> Example:
         raise EvaluationError(f"{where}: 'answer' is empty")
     choices = record.get("choices")
     if choices is None:
-        return Example(prompt, answer)
+        return Example(prompt, answer, line=lineno)
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise EvaluationError(f"{where}: 'choices' must be a list of strings")
     if len(choices) < 2:
@@ -88,7 +96,7 @@ def _parse_line(path: Path, lineno: int, line: str) -> Example:
         raise EvaluationError(f"{where}: 'choices' has duplicate entries")
     if answer not in choices:
         raise EvaluationError(f"{where}: 'answer' {answer!r} is not one of 'choices'")
-    return Example(prompt, answer, tuple(choices))
+    return Example(prompt, answer, tuple(choices), line=lineno)
 
 
 def load_task(path: str | os.PathLike[str]) -> Task:

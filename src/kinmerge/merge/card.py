@@ -57,12 +57,25 @@ _MAX_DEPTH = 32  # generations followed back through parents' kinmerge.json (gua
 
 
 def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``kinmerge.json`` of a merge folder; None when there is none (or it is unreadable)."""
+    """The ``kinmerge.json`` of a merge folder; None when there is none (or it is unreadable, or
+    its ``parents`` are not records of the shape kinmerge writes: the folder is then not taken
+    for a merge, rather than failing a later merge with a traceback)."""
     try:
         data = json.loads((Path(folder) / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if isinstance(data, dict) and _parents_well_formed(data.get("parents")) else None
+
+
+def _parents_well_formed(parents: Any) -> bool:
+    def text(v: Any) -> bool:
+        return v is None or isinstance(v, str)
+
+    return parents is None or (isinstance(parents, list) and all(
+        isinstance(p, dict) and all(text(p.get(k)) for k in ("path", "ref", "hub_id"))
+        and (p.get("descends_from") is None or (isinstance(p["descends_from"], list)
+                                                and all(isinstance(n, str) for n in p["descends_from"])))
+        for p in parents))
 
 
 def base_model_names(meta: Mapping[str, Any], _depth: int = 0) -> list[str]:

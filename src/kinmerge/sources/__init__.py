@@ -9,7 +9,8 @@ A reference is one of
     honouring ``HF_HUB_OFFLINE`` and the HF cache.
 
 One module per concept, each importing only those above it in this list:
-``hub`` (hub ids, fetching) and ``content_ids`` (weight hashes and their cache) at the bottom;
+``hub`` (hub ids, fetching), ``content_ids`` (weight hashes and their cache) and ``config``
+(``config.json``, read strictly) at the bottom;
 ``refs`` (:func:`resolve_ref`, the one rule for "local path or hub id"); ``base``
 (``ModelSource``, ``TensorInfo``, the raw dtypes, the vocabulary-tensor rule); one module per
 format: ``safetensors``, ``gguf``, ``pickle``; and this package, which picks the format.
@@ -23,12 +24,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kinmerge.errors import CorruptFileError, SourceError
+from kinmerge.errors import SourceError
 from kinmerge.sources.base import (
     NUMPY_TO_DTYPE,
     RAW_DTYPES,
@@ -41,12 +41,13 @@ from kinmerge.sources.base import (
     first_nonfinite,
     is_vocab_tensor,
 )
+from kinmerge.sources.config import read_config
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
 from kinmerge.sources.gguf import GgufSource, gguf_to_hf
 from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
 from kinmerge.sources.pickle import open_pickle
 from kinmerge.sources.refs import Resolved, resolve_ref
-from kinmerge.sources.safetensors import SafetensorsSource, index_shards, save_safetensors, to_bf16_bits
+from kinmerge.sources.safetensors import SafetensorsSource, save_safetensors, to_bf16_bits
 
 __all__ = [
     "HUB_ID",
@@ -129,28 +130,6 @@ def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> st
         return src.content_id()
 
 
-def read_config(folder: Path) -> dict:
-    """A model folder's ``config.json`` ({} when absent); a composite config's ``vocab_size``
-    is lifted from its ``text_config``.
-
-    Raises:
-        CorruptFileError: the file is not valid JSON.
-    """
-    cfg = folder / "config.json"
-    if not cfg.exists():
-        return {}
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"{cfg}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        return {}
-    # Multimodal/composite configs keep the language model's fields under text_config.
-    if isinstance(data.get("text_config"), dict) and "vocab_size" not in data:
-        data = {**data, "vocab_size": data["text_config"].get("vocab_size")}
-    return data
-
-
 def _open_local(ref: str, path: Path, allow_pickle: bool) -> ModelSource:
     if path.is_file():
         if path.suffix == ".safetensors":
@@ -163,7 +142,7 @@ def _open_local(ref: str, path: Path, allow_pickle: bool) -> ModelSource:
     config = read_config(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        src: ModelSource = SafetensorsSource(ref, path, index_shards(index))
+        src: ModelSource = SafetensorsSource.from_index(ref, path, index)
     elif (path / "model.safetensors").exists():
         src = SafetensorsSource(ref, path, [path / "model.safetensors"])
     else:
@@ -172,6 +151,14 @@ def _open_local(ref: str, path: Path, allow_pickle: bool) -> ModelSource:
         ggufs = sorted(path.glob("*.gguf"))
         if len(singles) == 1:
             src = SafetensorsSource(ref, path, singles)
+        elif len(singles) > 1:
+            names = [f.name for f in singles]
+            found = (f"{', '.join(names[:-1])} and {names[-1]}" if len(names) <= 4
+                     else f"{', '.join(names[:3])} and {len(names) - 3} more")
+            raise SourceError(
+                f"{path}: found {found} but no model.safetensors.index.json, so which file holds which "
+                "tensor is unknown — add the index (or re-download the model), or point at one .safetensors file"
+            )
         elif bins:
             src = open_pickle(ref, path, bins, allow_pickle)
         elif len(ggufs) == 1:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -31,12 +32,21 @@ from pathlib import Path
 import numpy as np
 
 from kinmerge._io import atomic_file
+from kinmerge._json import StrictJSONError, loads_strict
 from kinmerge.errors import CorruptFileError, UnsupportedDtypeError
 from kinmerge.sources.base import NUMPY_TO_DTYPE, RAW_DTYPES, ModelSource, ReadBuffer, TensorInfo
 
-__all__ = ["SafetensorsSource", "index_shards", "parse_header", "save_safetensors", "to_bf16_bits"]
+__all__ = [
+    "SafetensorsSource",
+    "check_index",
+    "index_shards",
+    "parse_header",
+    "read_index",
+    "save_safetensors",
+    "to_bf16_bits",
+]
 
-_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+_HEADER_LIMIT = 100_000_000  # the reference reader's cap on the JSON header (MAX_HEADER_SIZE)
 
 
 class SafetensorsSource(ModelSource):
@@ -55,17 +65,25 @@ class SafetensorsSource(ModelSource):
             for info in parse_header(f):
                 if info.name in self.tensors:
                     raise CorruptFileError(
-                        f"{f}: tensor '{info.name}' also appears in {self.tensors[info.name].file}; "
+                        f"{f}: tensor {info.name!r} also appears in {self.tensors[info.name].file}; "
                         "the shards overlap — re-download or re-save the model"
                     )
                 self.tensors[info.name] = info
+
+    @classmethod
+    def from_index(cls, ref: str, path: Path, index: Path) -> SafetensorsSource:
+        """The shards a ``model.safetensors.index.json`` lists, checked against it both ways."""
+        weight_map = read_index(index)
+        src = cls(ref, path, index_shards(index, weight_map))
+        check_index(index, weight_map, src.tensors)
+        return src
 
     def read_range(self, name: str, start: int, stop: int, out: np.ndarray | ReadBuffer | None = None) -> np.ndarray:
         info = self.tensors[name]
         raw = RAW_DTYPES.get(info.dtype)
         if raw is None:
             raise UnsupportedDtypeError(
-                f"{info.file}: tensor '{name}' has dtype {info.dtype}; kinship reads only "
+                f"{info.file}: tensor {name!r} has dtype {info.dtype}; kinship reads only "
                 f"{', '.join(RAW_DTYPES)} — dequantise or convert the model first"
             )
         count = stop - start
@@ -79,7 +97,7 @@ class SafetensorsSource(ModelSource):
         got = _pread_into(self._fd(info.file), memoryview(buf).cast("B"), offset)
         if got != count * raw.itemsize:
             raise CorruptFileError(
-                f"{info.file}: tensor '{name}' is cut short ({got} of {count * raw.itemsize} bytes); "
+                f"{info.file}: tensor {name!r} is cut short ({got} of {count * raw.itemsize} bytes); "
                 "the file is truncated — re-download it"
             )
         self._count(name, got, start)
@@ -127,62 +145,209 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
 
 
 def parse_header(f: Path) -> list[TensorInfo]:
-    """Parse and validate a safetensors header without reading any tensor data."""
+    """Parse and validate a safetensors header, by the reference reader's rules, before any read.
+
+    The rules are those of huggingface/safetensors (``Metadata::validate``): a header of at most
+    100,000,000 bytes that fits the file, UTF-8 JSON holding one object; ``__metadata__`` absent,
+    null or a str → str mapping; every other entry a tensor with a known ``dtype`` name, a
+    ``shape`` of non-negative integers and ``data_offsets`` ``[begin, end]`` of integers. Sorted
+    by offset, the tensors must tile the data exactly: the first begins at 0, each begins where
+    the previous ends (no gap, no overlap: no tensor reads header bytes or another tensor's
+    bytes), each extent is its shape × dtype size, and the last ends at the end of the file. We
+    also refuse what the reference reader lets through silently: duplicate JSON keys (two
+    tensors under one name) and strings that are not valid Unicode.
+
+    A valid file may hold dtypes kinship cannot read (I8, U8, F8_E4M3, ...): those parse, and
+    reading them raises ``UnsupportedDtypeError`` naming the tensor.
+
+    Returns:
+        The tensors in file order.
+
+    Raises:
+        CorruptFileError: naming the file, the tensor and the rule it breaks.
+    """
     size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CorruptFileError(f"{f}: only {size} bytes, too short for a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > _HEADER_LIMIT or 8 + n > size:
+            raise CorruptFileError(
+                f"{f}: header length {n} does not fit the {size}-byte file (safetensors allows at most "
+                f"{_HEADER_LIMIT:,}); the file is truncated or not safetensors — re-download it"
+            )
+        raw = fh.read(n)
     try:
-        with open(f, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CorruptFileError(f"{f}: only {size} bytes, too short for a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            if n > _HEADER_LIMIT or 8 + n > size:
-                raise CorruptFileError(
-                    f"{f}: header length {n} does not fit the {size}-byte file; the file is "
-                    "truncated or not safetensors — re-download it"
-                )
-            header = json.loads(fh.read(n))
-    except (ValueError, UnicodeDecodeError) as exc:
+        header = loads_strict(raw)
+    except StrictJSONError as exc:
         raise CorruptFileError(f"{f}: unreadable safetensors header ({exc})") from None
     if not isinstance(header, dict):
-        raise CorruptFileError(f"{f}: safetensors header is not a JSON object")
+        raise CorruptFileError(f"{f}: safetensors header is {_kind(header)}, not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CorruptFileError(f"{f}: safetensors '__metadata__' must map names to strings")
     data_start = 8 + n
+    entries = [(name, _tensor_entry(f, name, entry)) for name, entry in header.items() if name != "__metadata__"]
+    entries.sort(key=lambda e: (e[1][2], e[1][3]))  # by (begin, end), as the reference reader orders them
+    _check_tiling(f, entries)
     infos: list[TensorInfo] = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = meta["dtype"], tuple(int(s) for s in meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CorruptFileError(f"{f}: tensor '{name}' has a malformed header entry") from None
-        if data_start + end > size:
+    pos = 0
+    for name, (dtype, shape, begin, end) in entries:
+        numel = 1
+        for dim in shape:
+            numel *= dim
+            if numel > _USIZE_MAX:
+                raise CorruptFileError(f"{f}: tensor {name!r} shape {list(shape)} overflows a 64-bit size")
+        bits = numel * _DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != end - begin:
             raise CorruptFileError(
-                f"{f}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; "
-                "the file is truncated — re-download it"
+                f"{f}: tensor {name!r} holds {end - begin} bytes but shape {list(shape)} of {dtype} needs "
+                f"{bits // 8 if bits % 8 == 0 else bits / 8}; the header does not describe the file's bytes — "
+                "re-download or re-save the model"
             )
-        info = TensorInfo(name, shape, dtype, f, data_start + begin, end - begin)
-        raw = RAW_DTYPES.get(dtype)
-        if raw is not None and info.numel * raw.itemsize != info.nbytes:
-            raise CorruptFileError(f"{f}: tensor '{name}' size does not match its shape {shape} and {dtype}")
-        infos.append(info)
-    infos.sort(key=lambda i: i.offset)  # file order: sequential reads
+        infos.append(TensorInfo(name, shape, dtype, f, data_start + begin, end - begin))
+        pos = end
+    if data_start + pos != size:
+        more = size - data_start - pos
+        raise CorruptFileError(
+            f"{f}: the tensors end at byte {data_start + pos} but the file has {size} bytes; "
+            + ("the file has extra bytes after the last tensor" if more > 0 else "the file is truncated")
+            + " — re-download it"
+        )
     return infos
 
 
-def index_shards(index: Path) -> list[Path]:
-    """The shard files a ``model.safetensors.index.json`` lists, each checked to exist."""
+# Bits per element of every dtype the reference reader knows (kinship reads only RAW_DTYPES).
+_DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+_USIZE_MAX = 2**64 - 1
+_DRIVE = re.compile(r"^[A-Za-z]:")  # a Windows drive ("C:...") makes a shard name absolute
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _short(value: object) -> str:
+    """A JSON value for a one-line message: its repr, cut at 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_size(v: object) -> bool:
+    """A JSON unsigned integer as serde reads a ``usize`` (booleans and floats are not)."""
+    return type(v) is int and 0 <= v <= _USIZE_MAX
+
+
+def _tensor_entry(f: Path, name: str, entry: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field's type checked."""
+    where = f"{f}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CorruptFileError(f"{where}: its header entry is {_kind(entry)}, not an object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise CorruptFileError(f"{where}: its header entry has no '{key}'")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
+        raise CorruptFileError(f"{where}: unknown dtype {_short(dtype)} (safetensors knows {', '.join(_DTYPE_BITS)})")
+    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+        raise CorruptFileError(f"{where}: shape {_short(shape)} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
+        raise CorruptFileError(f"{where}: data_offsets {_short(offsets)} is not [begin, end], two non-negative "
+                               "integers")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _check_tiling(f: Path, entries: list[tuple[str, tuple[str, tuple[int, ...], int, int]]]) -> None:
+    """Tensors sorted by offset cover the data bytes exactly once: no reversed range, overlap or gap."""
+    fix = "the header does not describe the file's bytes — re-download or re-save the model"
+    reach, holder = 0, ""
+    for name, (_, _, begin, end) in entries:  # first the worst: bytes read as two tensors at once
+        if end < begin:
+            raise CorruptFileError(f"{f}: tensor {name!r} ends (data byte {end}) before it begins ({begin}); {fix}")
+        if begin < reach:
+            raise CorruptFileError(f"{f}: tensors {holder!r} and {name!r} share data bytes {begin}..{min(end, reach)}; "
+                                   f"{fix}")
+        if end > reach:
+            reach, holder = end, name
+    pos = 0
+    for name, (_, _, begin, end) in entries:
+        if begin != pos:
+            raise CorruptFileError(f"{f}: data bytes {pos}..{begin} belong to no tensor (the next one, {name!r}, "
+                                   f"begins at {begin}); {fix}")
+        pos = end
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a ``model.safetensors.index.json``.
+
+    Raises:
+        CorruptFileError: not strict JSON, no ``weight_map`` object of str -> str, or a shard
+            name that is not a relative ``.safetensors`` path inside the index's folder (no
+            absolute path, no ``..``).
+    """
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{index}: not a valid safetensors index ({exc!r})") from None
-    files: list[Path] = []
-    for shard in dict.fromkeys(weight_map.values()):
-        f = index.parent / shard
-        if not f.exists():
+        data = loads_strict(index.read_bytes())
+    except (OSError, StrictJSONError) as exc:
+        raise CorruptFileError(f"{index}: not a valid safetensors index ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptFileError(f"{index}: not a valid safetensors index (needs a non-empty 'weight_map' object "
+                               "of tensor name -> shard file)")
+    if "metadata" in data and not isinstance(data["metadata"], dict | None):
+        raise CorruptFileError(f"{index}: 'metadata' must be an object")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CorruptFileError(f"{index}: tensor {name!r} maps to {_short(shard)}, not a shard file name")
+        parts = shard.split("/")
+        if (shard.startswith("/") or "\\" in shard or _DRIVE.match(shard) or any(p in ("", ".", "..") for p in parts)
+                or not shard.endswith(".safetensors")):
             raise CorruptFileError(
-                f"{index}: shard '{shard}' listed in the index is missing — re-download the model"
+                f"{index}: shard {shard!r} (of tensor {name!r}) is not a .safetensors file inside "
+                f"{index.parent} — an index may only name files in its own folder"
+            )
+    return weight_map
+
+
+def index_shards(index: Path, weight_map: dict[str, str] | None = None) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` lists, in order, each checked to exist."""
+    files: list[Path] = []
+    for shard in dict.fromkeys((weight_map if weight_map is not None else read_index(index)).values()):
+        f = index.parent / shard
+        if not f.is_file():
+            raise CorruptFileError(
+                f"{index}: shard {shard!r} listed in the index is missing — re-download the model"
             )
         files.append(f)
     return files
+
+
+def check_index(index: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor the index lists is in the shard it names, and every shard tensor is listed.
+
+    Raises:
+        CorruptFileError: naming the index, the tensor and both places.
+    """
+    for name, shard in weight_map.items():
+        info = tensors.get(name)
+        if info is None:
+            raise CorruptFileError(f"{index}: tensor {name!r} is listed in shard {shard!r}, which does not hold it "
+                                   "— the index and its shards disagree; re-download the model")
+        if info.file != index.parent / shard:
+            raise CorruptFileError(f"{index}: tensor {name!r} is listed in shard {shard!r} but is in "
+                                   f"{info.file.name!r} — the index and its shards disagree; re-download the model")
+    unlisted = [name for name in tensors if name not in weight_map]
+    if unlisted:
+        raise CorruptFileError(
+            f"{index}: shard {tensors[unlisted[0]].file.name!r} holds tensor {unlisted[0]!r}"
+            + (f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else "")
+            + " that the index does not list — the index and its shards disagree; re-download the model"
+        )
 
 
 def to_bf16_bits(values: np.ndarray) -> np.ndarray:
