@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,28 +62,88 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
 
 
 def print_compare(data: dict) -> None:
-    """The ``compare`` tables: one row per run, then the spread per strategy and foundation set."""
+    """The ``compare`` tables: one row per run; every variant at equal budgets against the reference,
+    with intervals; the early-stop trade-off where unstopped kinship runs allow a replay."""
     from rich.table import Table
 
-    num = fmt_num
+    digits = data.get("resolution", {}).get("digits", 2)
+
+    def num(v: float | None, d: int = digits) -> str:
+        return fmt_num(v, d)
+
     console = wide_console()
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
-    table = Table(title="runs: best score of the pool after each generation")
-    for col in ("run", "strategy", "seed", *[f"gen {g}" for g in range(gens)], "merges", "early stop at", "final best"):
-        table.add_column(col, justify="left" if col in ("run", "strategy") else "right")
+    runs = Table(title="runs: best score of the pool after each generation")
+    for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best"):
+        runs.add_column(col, justify="left" if col in ("testbed", "run", "stop") else "right")
     for r in data["runs"]:
         best = r["best_per_generation"] + [None] * (gens - len(r["best_per_generation"]))
-        table.add_row(r["run_id"], r["strategy"], "—" if r["seed"] is None else str(r["seed"]),
-                      *[num(b) for b in best], str(r["merges_used"]),
-                      "—" if r["early_stop_generation"] is None else str(r["early_stop_generation"]),
-                      num(r["final_best"]))
-    summary = Table(title="by strategy and foundation set (std: sample standard deviation)")
-    for col in ("strategy", "foundations", "runs", "final best mean", "std", "min – max", "merges mean", "min – max",
-                "early stops"):
-        summary.add_column(col, justify="left" if col in ("strategy", "foundations") else "right")
-    for s in data["strategies"]:
-        fb, mu = s["final_best"], s["merges_used"]
-        summary.add_row(s["strategy"], ", ".join(s["foundations"]), str(s["runs"]), num(fb["mean"]), num(fb["std"]),
-                        f"{num(fb['min'])} – {num(fb['max'])}", num(mu["mean"], 1),
-                        f"{num(mu['min'], 0)} – {num(mu['max'], 0)}", str(s["early_stops"]))
-    print_tables(console, table, summary)
+        stop = r["stop_reason"] or "—"
+        runs.add_row(r.get("testbed", ""), r["run_id"], "—" if r["seed"] is None else str(r["seed"]),
+                     *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]))
+    tables = [runs]
+    budget = data.get("budget")
+    if budget and budget["variants"]:
+        tables.append(_budget_table(budget, num))
+    early = data.get("early_stop")
+    if early and early["runs"]:
+        tables.append(_early_stop_table(early, num))
+    print_tables(console, *tables)
+    res = data.get("resolution", {})
+    if res.get("examples_per_model"):
+        console.print(f"scores move in steps of 1/{res['examples_per_model']} (examples per model, all tasks); "
+                      f"gains are over each testbed's best foundation model; ± is one standard error; "
+                      f"[lo, hi] a bootstrap 95% interval of the paired difference, then wins/ties/losses and a "
+                      f"sign test", highlight=False, markup=False)
+
+
+def _budget_table(budget: dict, num: Callable[..., str]) -> Any:
+    from rich.table import Table
+
+    ref = budget["reference"]
+    table = Table(title=f"at equal budgets (merges made): gain over the best foundation model, and the paired "
+                        f"difference from {ref} over {budget['testbeds']} testbed(s)")
+    table.add_column("variant")
+    table.add_column("runs", justify="right")
+    for b in budget["budgets"]:
+        table.add_column(f"{b} merges", justify="right")
+        table.add_column(f"vs {ref} @{b}", justify="right")
+    table.add_column(f"area (0-{budget['auc_budget']})", justify="right")
+    table.add_column("merges used", justify="right")
+    for v in budget["variants"]:
+        cells = [v["variant"], str(v["runs"])]
+        for b in budget["budgets"]:
+            g = v["gain"][b]
+            cells.append(f"{num(g['mean'])} ± {num(g['sem'])}" if g["sem"] is not None else num(g["mean"]))
+            cells.append(_paired_cell(v.get("vs_reference", {}).get(b), num))
+        cells.append(_paired_cell(v.get("auc_vs_reference"), num) if "auc_vs_reference" in v else num(v["auc"]["mean"]))
+        cells.append(fmt_num(v["merges_used"]["mean"], 1))
+        table.add_row(*cells)
+    return table
+
+
+def _paired_cell(p: dict | None, num: Callable[..., str]) -> str:
+    if not p or p["mean"] is None:
+        return "—"
+    ci = f" [{num(p['ci95'][0])}, {num(p['ci95'][1])}]" if p["ci95"] else ""
+    return f"{p['mean']:+.{_digits(num)}f}{ci} {p['wins']}/{p['ties']}/{p['losses']} p={p['p_sign']:.2g}"
+
+
+def _digits(num: Callable[..., str]) -> int:
+    return len(num(0.0).split(".")[-1])
+
+
+def _early_stop_table(early: dict, num: Callable[..., str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"kinship early stop, replayed on {early['runs']} run(s) recorded without it "
+                        f"({early['variant']})")
+    for col in ("threshold", "fired", "merges saved (mean)", "share saved", "best lost (mean)", "max lost",
+                "runs that lost"):
+        table.add_column(col, justify="right")
+    for row in early["rows"]:
+        share = "—" if row["share_saved"] is None else f"{100 * row['share_saved']:.0f}%"
+        table.add_row(f"{row['threshold']:g}", f"{row['fired']}/{row['runs']}",
+                      fmt_num(row["merges_saved"]["mean"], 1), share, num(row["best_lost"]["mean"]),
+                      num(row["best_lost"]["high"]), str(row["runs_that_lost"]))
+    return table
