@@ -205,7 +205,7 @@ def test_all_merged_pairs_includes_parents_of_children() -> None:
 
 
 def test_registry_and_settings() -> None:
-    assert set(STRATEGIES) == {"greedy", "kinship", "random"}
+    assert set(STRATEGIES) == {"greedy", "kinship", "random", "diverse", "predicted"}
     assert isinstance(get_strategy("greedy"), GreedyStrategy)
     ks = get_strategy("kinship", k=4, metric="cs")
     assert isinstance(ks, KinshipStrategy) and ks.threshold == 0.9 and ks.k == 4
@@ -217,7 +217,12 @@ def test_registry_and_settings() -> None:
 @pytest.mark.parametrize(
     ("name", "settings_", "message"),
     [
-        ("evolutionary", {}, "unknown strategy 'evolutionary'; choose one of greedy, kinship, random"),
+        ("evolutionary", {}, "unknown strategy 'evolutionary'; choose one of diverse, greedy, kinship, predicted, "
+                             "random"),
+        ("diverse", {"cap": 2.0}, "a pcc cap lies in [-1, 1]"),
+        ("diverse", {"window": 0}, "window must be an integer >= 1"),
+        ("predicted", {"merges": 0}, "merges must be an integer >= 1"),
+        ("predicted", {"optimism": -1}, "optimism must be a number >= 0"),
         ("greedy", {"topk": 3}, "unknown setting(s) ['topk']"),
         ("greedy", {"k": 1}, "k must be an integer >= 2"),
         ("greedy", {"max_generations": 0}, "max_generations must be an integer >= 1"),
@@ -608,3 +613,91 @@ def test_invariants_over_whole_runs(strategy, n: int, data: st.DataObject) -> No
             cid = child_id(*m.parents)
             models[cid] = PoolModel(cid, plan.generation, m.parents, data.draw(score_draws))
         generation = plan.generation
+
+
+# ---------------------------------------------------------------------------------------------
+# diverse top-k
+# ---------------------------------------------------------------------------------------------
+
+
+def test_diverse_topk_skips_near_relatives_and_fills_when_too_few_qualify() -> None:
+    from kinmerge.evolve.strategies import diverse_topk
+
+    kinship = {pair(a, b): 0.95 for a, b in itertools.combinations("abcd", 2)}  # one family
+    kinship[pair("a", "d")] = kinship[pair("b", "d")] = kinship[pair("c", "d")] = 0.2
+    assert diverse_topk(list("abcd"), kinship, k=3, cap=0.9) == ("a", "b", "d")  # d qualifies; b fills
+    assert diverse_topk(list("abcd"), kinship, k=2, cap=0.9) == ("a", "d")
+    assert diverse_topk(list("abc"), kinship, k=3, cap=0.99) == ("a", "b", "c")  # all qualify
+    distances = {p: 10.0 - 9.0 * v for p, v in kinship.items()}  # ED: near relatives are close
+    assert diverse_topk(list("abcd"), distances, k=2, cap=2.0, metric="ed") == ("a", "d")
+
+
+def test_diverse_merges_the_capped_set_and_asks_for_its_kinship_at_once() -> None:
+    from kinmerge.evolve.strategies import DiverseStrategy
+
+    models = foundations(a=5.0, b=4.0, c=3.0, d=2.0)
+    models["ab"] = PoolModel("ab", 1, ("a", "b"), 6.0)
+    models["ac"] = PoolModel("ac", 1, ("a", "c"), 5.5)
+    models["bc"] = PoolModel("bc", 1, ("b", "c"), 1.0)
+    strategy = DiverseStrategy(k=3, cap=0.9, window=2)
+    asked = strategy.plan(state_of(models, 1, metric="pcc", merged={pair("a", "b"), pair("a", "c"),
+                                                                     pair("b", "c")}))
+    window_now = ["ab", "ac", "a", "b", "c", "d"]  # the best 2k = 6 now (all models but bc)
+    assert set(asked.kinship_requests) >= {tuple(sorted(p)) for p in itertools.combinations(window_now, 2)}
+    kinship = {pair(*p): 0.5 for p in itertools.combinations(list(models), 2)}
+    kinship[pair("ab", "ac")] = 0.97  # the two best are near-identical: only one of them joins S
+    plan = strategy.plan(state_of(models, 1, kinship, {pair("a", "b"), pair("a", "c"), pair("b", "c")}, "pcc"))
+    assert {m.pair for m in plan.merges} == {pair("ab", "a"), pair("ab", "b"), pair("a", "b")} - {pair("a", "b")}
+    assert all(m.reason == "diverse" for m in plan.merges)
+
+
+def test_diverse_runs_to_a_stop_on_made_up_scores() -> None:
+    from kinmerge.evolve.strategies import DiverseStrategy
+
+    _, plans, _ = evolve(DiverseStrategy(k=3, max_generations=6), foundations(a=3.0, b=2.0, c=1.0, d=0.5),
+                              lambda ps, ms: max(ms[p].score for p in ps) + 0.1,  # type: ignore[type-var]
+                              kinship_of=lambda a, b: 0.95 if len(a) > 1 and len(b) > 1 else 0.3)
+    assert plans[-1].stop is not None and len(plans) > 2
+    assert all(m.reason == "diverse" for p in plans[1:] for m in p.merges)
+
+
+# ---------------------------------------------------------------------------------------------
+# predicted gain
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gain_fit_is_least_squares_and_falls_back_without_data() -> None:
+    from kinmerge.evolve.strategies import fit_gain
+
+    m = fit_gain([(0.0, 0.10), (0.5, 0.05), (1.0, 0.0)])
+    assert m.a == pytest.approx(0.10) and m.b == pytest.approx(-0.10) and m.sd == pytest.approx(0.0)
+    assert fit_gain([]).predict(0.7) == 0.0
+    two = fit_gain([(0.2, 0.04), (0.4, 0.02)])  # fewer than three: the mean gain, no slope
+    assert two.b == 0.0 and two.a == pytest.approx(0.03) and two.n == 2
+
+
+def test_predicted_prefers_unrelated_strong_parents_and_stops_without_gain() -> None:
+    from kinmerge.evolve.strategies import PredictedGainStrategy
+
+    models = foundations(a=0.50, b=0.48, c=0.46, d=0.30)
+    # generation 1 made three children; gains fall with kinship on this run
+    for (p, q), gain in ((("a", "b"), 0.06), (("a", "c"), 0.03), (("b", "c"), 0.0)):
+        cid = child_id(p, q)
+        models[cid] = PoolModel(cid, 1, (p, q), (models[p].score + models[q].score) / 2 + gain)  # type: ignore[operator]
+    merged = {pair("a", "b"), pair("a", "c"), pair("b", "c")}
+    strategy = PredictedGainStrategy(k=3, window=2, merges=2, optimism=0.0)
+    asked = strategy.plan(state_of(models, 1, merged=merged, metric="pcc"))
+    assert asked.kinship_requests and ("a", "b") in asked.kinship_requests  # children's parents, for the fit
+    kinship = {pair(*p): 0.5 for p in itertools.combinations(list(models), 2)}
+    kinship.update({pair("a", "b"): 0.1, pair("a", "c"): 0.5, pair("b", "c"): 0.9})
+    kinship[pair("(a+b)", "c")] = 0.05  # strong and unrelated: predicted best
+    kinship[pair("(a+b)", "(a+c)")] = 0.95  # strong but near-identical: predicted poor
+    plan = strategy.plan(state_of(models, 1, kinship, merged, "pcc"))
+    assert plan.merges[0].parents == ("(a+b)", "c") and len(plan.merges) == 2
+    assert all(m.reason == "predicted" for m in plan.merges)
+    # when no gain was ever seen and every pair is closely related, nothing beats the best: stop
+    flat = {pair(*p): 0.99 for p in itertools.combinations(list(models), 2)}
+    flat_models = {k: dataclasses.replace(m, score=(models[m.parents[0]].score + models[m.parents[1]].score) / 2 - 0.01)
+                   if m.parents else m for k, m in models.items()}  # every merge lost a little
+    assert PredictedGainStrategy(optimism=0.0).plan(state_of(flat_models, 1, flat, merged, "pcc")).stop == \
+        "no predicted gain"

@@ -34,13 +34,14 @@ from typing import Any, Literal, get_args
 from kinmerge.kinship import METRICS
 
 __all__ = [
-    "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "STOP_BUDGET", "STOP_KINSHIP", "STOP_NO_PAIRS",
+    "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "STOP_BUDGET", "STOP_KINSHIP", "STOP_NO_GAIN",
+    "STOP_NO_PAIRS",
     "STOP_REASONS", "STOP_TOPK_UNCHANGED", "ModelRecord", "Plan", "PlannedMerge", "PoolModel", "PoolState",
     "RunFingerprint", "best_by_generation", "known_mean_kinship", "mean_pairwise_kinship", "merge_gain",
     "missing_kinship", "pair", "parents_mean", "ranked", "topk", "topk_by_generation", "with_merge_facts",
 ]
 
-Reason = Literal["greedy", "exploration", "random"]
+Reason = Literal["greedy", "exploration", "random", "diverse", "predicted"]
 Metric = Literal["pcc", "cs", "ed"]
 Candidates = Literal["pool", "previous", "top_k"]
 Origin = Literal["foundation", "merge"]
@@ -52,7 +53,8 @@ STOP_TOPK_UNCHANGED = "top-k unchanged"
 STOP_KINSHIP = "kinship early stop"
 STOP_BUDGET = "generation budget"
 STOP_NO_PAIRS = "no new pairs"
-STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET, STOP_NO_PAIRS)
+STOP_NO_GAIN = "no predicted gain"
+STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET, STOP_NO_PAIRS, STOP_NO_GAIN)
 
 #: Early-stop thresholds when none is given. The paper's 0.9 is for PCC; signed cosine is close to
 #: PCC on (nearly mean-zero) weight deltas. ED has no default: a distance depends on model size

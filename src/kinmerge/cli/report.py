@@ -82,6 +82,17 @@ def print_compare(data: dict) -> None:
         runs.add_row(r.get("testbed", ""), r["run_id"], "—" if r["seed"] is None else str(r["seed"]),
                      *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]))
     tables = [runs]
+    if any(s["runs"] > 1 for s in data["strategies"]):  # seeds of one strategy on one testbed: their spread
+        summary = Table(title="across seeds: each strategy on each foundation set (std: sample standard deviation)")
+        for col in ("strategy", "foundations", "runs", "final best mean", "std", "min – max", "merges mean",
+                    "early stops"):
+            summary.add_column(col, justify="left" if col in ("strategy", "foundations") else "right")
+        for s in data["strategies"]:
+            fb, mu = s["final_best"], s["merges_used"]
+            summary.add_row(s["strategy"], ", ".join(s["foundations"]), str(s["runs"]), num(fb["mean"]),
+                            num(fb["std"]), f"{num(fb['min'])} – {num(fb['max'])}", fmt_num(mu["mean"], 1),
+                            str(s["early_stops"]))
+        tables.append(summary)
     budget = data.get("budget")
     if budget and budget["variants"]:
         tables.append(_budget_table(budget, num))
