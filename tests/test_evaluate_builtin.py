@@ -242,7 +242,7 @@ def test_cli_eval_json(micro_zoo):  # noqa: F811
         micro_zoo.base)
     assert data["scores"] == expected.scores
     assert data["average"] == pytest.approx(expected.average)
-    assert set(data["details"]["add"]) == {"accuracy", "mean_loglik", "n"}
+    assert set(data["details"]["add"]) == {"accuracy", "mean_loglik", "n", "of"}  # n scored of the set's "of"
 
 
 def test_cli_eval_table_and_errors(micro_zoo, tmp_path):  # noqa: F811

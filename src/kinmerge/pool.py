@@ -307,6 +307,7 @@ class RunFingerprint:
         metric: the kinship metric the run decides and reports with.
         identity: the content-id version the model ids were made with (``None``: kinmerge 0.1,
             whose ids covered the weight files only).
+        racing: the racing settings, if children are scored in rounds (``evolve.racing``).
     """
 
     foundation: tuple[str, ...]
@@ -317,6 +318,7 @@ class RunFingerprint:
     evaluator: str
     metric: str = "pcc"
     identity: int | None = None
+    racing: Mapping[str, Any] | None = None
 
     @property
     def k(self) -> int:
@@ -336,10 +338,14 @@ class RunFingerprint:
 
     def to_dict(self) -> dict[str, Any]:
         """The stored shape (see the class docstring)."""
-        out = {"foundation": list(self.foundation), "base": self.base,
-               "strategy": {"name": self.strategy, **dict(self.settings)}, "merge": dict(self.recipe),
-               "evaluator": self.evaluator, "metric": self.metric}
-        return out if self.identity is None else {**out, "identity": self.identity}
+        out: dict[str, Any] = {"foundation": list(self.foundation), "base": self.base,
+                               "strategy": {"name": self.strategy, **dict(self.settings)},
+                               "merge": dict(self.recipe), "evaluator": self.evaluator, "metric": self.metric}
+        if self.identity is not None:
+            out["identity"] = self.identity
+        if self.racing is not None:
+            out["racing"] = dict(self.racing)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunFingerprint | None:
@@ -352,7 +358,7 @@ class RunFingerprint:
         return cls(foundation=tuple(data.get("foundation") or ()), base=str(data.get("base") or ""),
                    strategy=str(strategy.get("name", "")), settings=settings, recipe=dict(data.get("merge") or {}),
                    evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc",
-                   identity=data.get("identity"))
+                   identity=data.get("identity"), racing=data.get("racing"))
 
     def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from ``other``: ``{name: (mine, other's)}``.
@@ -368,7 +374,7 @@ class RunFingerprint:
         out: dict[str, tuple[Any, Any]] = {}
         if set(self.foundation) != set(other.foundation):
             out["foundation"] = (list(self.foundation), list(other.foundation))
-        for name in ("base", "strategy", "evaluator", "metric", "identity"):
+        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing"):
             if getattr(self, name) != getattr(other, name):
                 out[name] = (getattr(self, name), getattr(other, name))
         for prefix, mine, theirs in (("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)):

@@ -103,8 +103,12 @@ class BuiltinEvaluator:
             "dtype": self.dtype,
         }
 
-    def evaluate(self, model_dir: Path) -> EvalResult:
-        """Load ``model_dir`` and score it on every task.
+    #: examples ``[start, stop)`` of each task can be scored on their own (racing, see evolve.racing)
+    supports_parts = True
+
+    def evaluate(self, model_dir: Path, part: tuple[int, int] | None = None) -> EvalResult:
+        """Load ``model_dir`` and score it on every task (``part``: only examples ``[start, stop)``
+        of each task's evaluation set; scores are those the full set would give these examples).
 
         Raises:
             EvaluationError: if the folder is missing or transformers cannot load it.
@@ -115,7 +119,7 @@ class BuiltinEvaluator:
         if threads is None and on_cpu and sum(p.numel() for p in model.parameters()) < _SMALL_MODEL:
             threads = 1
         with _torch_threads(threads):
-            return evaluate_loaded(model, tokenizer, self.tasks, limit=self.limit,
+            return evaluate_loaded(model, tokenizer, self.tasks, limit=self.limit, part=part,
                                    batch_size=self.batch_size,
                                    max_new_tokens=self.max_new_tokens,
                                    progress=self.progress,
@@ -241,7 +245,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
-                    limit: int | None = None, batch_size: int = 64,
+                    limit: int | None = None, part: tuple[int, int] | None = None, batch_size: int = 64,
                     max_new_tokens: int | None = None, progress: bool = False,
                     label: str = "model") -> EvalResult:
     """Score an already-loaded model and tokenizer on ``tasks`` (what ``evaluate`` runs).
@@ -255,8 +259,13 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
     was_training = model.training
     model.eval()
     pad_id = pad_id_of(tokenizer)
-    plan = {name: list(task.examples[:limit] if limit else task.examples)
-            for name, task in tasks.items()}
+    full = {name: list(task.examples[:limit] if limit else task.examples) for name, task in tasks.items()}
+    plan = full if part is None else {name: exs[part[0]:part[1]] for name, exs in full.items()}
+    plan = {name: exs for name, exs in plan.items() if exs}  # a part past a short task's end
+    # A part is scored as the whole set would score it: generation length from the whole set.
+    lengths = {name: max_new_tokens if max_new_tokens is not None or tasks[name].mode == "choice" or part is None
+               else max(len(encode_pair(tokenizer, ex.prompt, ex.answer)[1]) for ex in full[name]) + 1
+               for name in plan}
     for name, examples in plan.items():
         check_examples(model, tokenizer, tasks[name], examples, max_new_tokens=max_new_tokens, label=label)
     n_batches = 0
@@ -277,10 +286,10 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
                                                  step)
                 else:
                     acc, mean_ll = _score_generate(model, tokenizer, examples, pad_id,
-                                                   batch_size, max_new_tokens, step)
+                                                   batch_size, lengths[name], step)
                 scores[name] = acc
                 details[name] = {"accuracy": acc, "mean_loglik": mean_ll,
-                                 "n": float(len(examples))}
+                                 "n": float(len(examples)), "of": float(len(full[name]))}
     finally:
         model.train(was_training)
     return EvalResult(scores=scores, details=details)

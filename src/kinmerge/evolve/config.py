@@ -246,6 +246,16 @@ class OutConfig(_Section):
         return (v if v.is_absolute() else _root(info) / v).resolve()
 
 
+class RacingConfig(_Section):
+    """``racing:`` score each child on ``first`` examples per task first, then on slices growing by
+    ``growth``; stop a child whose upper bound (at ``confidence``) cannot reach the top-k
+    (``kinmerge.evolve.racing``). Needs an evaluator that scores parts of a task (builtin)."""
+
+    first: int = Field(50, ge=1)
+    growth: float = Field(2.0, gt=1.0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+
 class RunConfig(_Section):
     """A whole run: what to merge, how to choose merges, how to score them, where to record.
 
@@ -263,6 +273,8 @@ class RunConfig(_Section):
         out: ``{run_dir}``.
         run_id: the run's name in the store (default: the strategy name); several runs may
             share one run directory and its merges and evaluations.
+        racing: evaluate children in rounds and stop those that cannot reach the top-k (see
+            :class:`RacingConfig`); default off (every model scored on every example).
         final_kinship_matrix: record the kinship of every pair of the final pool (the report's
             heatmap); one more scan at the end.
         source: the file it was loaded from (not a YAML field).
@@ -279,6 +291,7 @@ class RunConfig(_Section):
     out: OutConfig = OutConfig()
     run_id: str | None = None
     final_kinship_matrix: bool = True
+    racing: RacingConfig | None = None
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("foundation", mode="after")
@@ -322,6 +335,9 @@ class RunConfig(_Section):
             self.build_strategy()
         except KinmergeError as exc:
             raise ValueError(f"strategy: {exc}") from None
+        if self.racing is not None and not getattr(type(self.evaluator.build()), "supports_parts", False):
+            raise ValueError(f"racing: the {self.evaluator.name} evaluator cannot score part of a task; "
+                             "race with the builtin evaluator, or drop racing")
         return self
 
     # -- derived values --------------------------------------------------------------------------

@@ -16,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from kinmerge.errors import StoreError
-from kinmerge.pool import RunFingerprint
+from kinmerge.pool import STOP_BUDGET, RunFingerprint
+from kinmerge.store import RunStore, check_run
 
-__all__ = ["Resume", "reconcile"]
+__all__ = ["Resume", "raise_budget", "reconcile", "repair"]
 
 _BUDGET = "strategy.max_generations"
 
@@ -81,3 +83,25 @@ def _is_raise(old: Any, new: Any) -> bool:
     if new is None:
         return old is not None
     return isinstance(old, int) and isinstance(new, int) and new > old
+
+
+def raise_budget(store: RunStore, run_id: str, fingerprint: RunFingerprint, old: int | None, new: int | None, *,
+                 say: Callable[[str], None]) -> None:
+    """A larger generation budget continues the run: forget a stop made for the old budget."""
+    store.update_run_config(run_id, fingerprint.to_dict())
+    reopened = store.discard_stop(run_id, STOP_BUDGET)
+    store.log_event(run_id, "budget_raised", f"max_generations {old} -> {new}",
+                    payload={"old": old, "new": new, "reopened_generation": reopened})
+    say(f"generation budget raised from {old} to {new}: the run goes on")
+
+
+def repair(store: RunStore, run_id: str, *, say: Callable[[str], None]) -> None:
+    """Reopen the done generations whose records are lost (the store checks itself): the loop then
+    redoes their steps, which are idempotent — what exists is reused, what is missing is made."""
+    problems = check_run(store, run_id)
+    for generation in sorted({p.generation for p in problems if p.generation > 0}):
+        lost = [p.what for p in problems if p.generation == generation]
+        store.reopen_plan(run_id, generation)
+        store.log_event(run_id, "repair", f"generation {generation}: {'; '.join(lost)}", generation=generation,
+                        payload={"problems": lost})
+        say(f"gen {generation}: the store lost {len(lost)} record(s) ({lost[0]}...); redoing those steps")

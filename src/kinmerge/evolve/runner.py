@@ -35,19 +35,22 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import signal
 import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
-from kinmerge.evolve.resume import reconcile
+from kinmerge.evolve.racing import RaceSettings, race
+from kinmerge.evolve.resume import raise_budget, reconcile, repair
 from kinmerge.evolve.steps import (
     EvaluateTask,
     KinshipTask,
@@ -60,10 +63,10 @@ from kinmerge.evolve.steps import (
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
-from kinmerge.pool import STOP_BUDGET, ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
+from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import DB_NAME, RunStore, check_run
+from kinmerge.store import DB_NAME, RunStore
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -163,6 +166,7 @@ class _Run:
         self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
         self.executor: Executor = get_executor(cfg.executor.name, workers=cfg.executor.workers)
+        self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -182,7 +186,7 @@ class _Run:
         try:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
-                self._repair()
+                repair(self.store, self.run_id, say=self.report.line)
             while True:
                 plan = self._next_plan()
                 if self.dry_run:
@@ -219,6 +223,7 @@ class _Run:
             foundation=tuple(foundation_ids), base=base_id, strategy=self.strategy.name,
             settings=self.strategy.settings(), recipe=self.recipe.params(), evaluator=self.eval_key,
             metric=self.metric, identity=ID_VERSION,
+            racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -227,7 +232,7 @@ class _Run:
                                where=str(self.run_dir), decided=bool(self.store.plans(self.run_id)))
             fingerprint = resume.fingerprint
             if resume.raised_budget is not None and not self.dry_run:
-                self._raise_budget(fingerprint, *resume.raised_budget)
+                raise_budget(self.store, self.run_id, fingerprint, *resume.raised_budget, say=self.report.line)
             elif fingerprint.to_dict() != existing.config:  # nothing decided yet: the new settings hold
                 self.store.update_run_config(self.run_id, fingerprint.to_dict())
                 self.store.drop_foundations(self.run_id, keep=foundation_ids)
@@ -251,14 +256,6 @@ class _Run:
             )
         return foundation_ids
 
-    def _raise_budget(self, fingerprint: RunFingerprint, old: int | None, new: int | None) -> None:
-        """A larger generation budget continues the run: forget a stop made for the old budget."""
-        self.store.update_run_config(self.run_id, fingerprint.to_dict())
-        reopened = self.store.discard_stop(self.run_id, STOP_BUDGET)
-        self.store.log_event(self.run_id, "budget_raised", f"max_generations {old} -> {new}",
-                             payload={"old": old, "new": new, "reopened_generation": reopened})
-        self.report.line(f"generation budget raised from {old} to {new}: the run goes on")
-
     def _check_family(self) -> None:
         """Before anything is evaluated: every foundation must fit the base tensor for tensor (a
         model of another size or family fails here, naming it, not after minutes of scoring)."""
@@ -268,17 +265,6 @@ class _Run:
         self.report.step("checking that the models fit the base")
         with open_models([self.cfg.base, *self.cfg.foundation]) as sources:
             align(sources[0], sources[1:])
-
-    def _repair(self) -> None:
-        """Redo the steps of done generations whose records are lost (the store checks itself)."""
-        problems = check_run(self.store, self.run_id)
-        for generation in sorted({p.generation for p in problems if p.generation > 0}):
-            lost = [p.what for p in problems if p.generation == generation]
-            self.store.reopen_plan(self.run_id, generation)
-            self.store.log_event(self.run_id, "repair", f"generation {generation}: {'; '.join(lost)}",
-                                 generation=generation, payload={"problems": lost})
-            self.report.line(f"gen {generation}: the store lost {len(lost)} record(s) ({lost[0]}...); "
-                             "redoing those steps")
 
     def _next_plan(self) -> Plan:
         """The saved pending plan, or a new one (kinship computed as the strategy asks), saved."""
@@ -372,8 +358,11 @@ class _Run:
         ``cards``: the models are this run's merges; their model cards get the scores, the
         generation and the run (the hub's ``model-index``).
         """
-        averages = self.store.average_scores(ids, evaluator=self.eval_key)
+        averages = self.store.average_scores(ids, evaluator=self.eval_key, partial=self.race is not None)
         todo = [i for i in ids if averages.get(i) is None]
+        if self.race is not None and generation > 0:
+            self._race(todo, generation=generation, cards=cards)
+            return
         tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings) for i in todo]
 
         def started(items: list[EvaluateTask]) -> Iterator[EvaluateTask]:
@@ -392,6 +381,30 @@ class _Run:
                 self.run_id, "evaluate", f"{mid}: {res['average']:.4f}", generation=generation,
                 duration_s=res["seconds"], payload={"id": mid, "scores": res["scores"], "average": res["average"]},
             )
+
+    def _race(self, todo: list[str], *, generation: int, cards: bool) -> None:
+        """Score a generation's children in rounds; stop those that cannot reach the top-k."""
+        assert self.race is not None
+        before = [m.score for m in self.store.pool(self.run_id, evaluator=self.eval_key, partial=True)
+                  if m.generation < generation and m.score is not None]
+        bar = sorted(before, reverse=True)[self.k - 1] if len(before) >= self.k else -math.inf
+
+        def score_part(ids: Sequence[str], part: tuple[int, int]) -> Iterator[tuple[str, dict[str, Any]]]:
+            self.report.step(f"gen {generation}: racing {len(ids)} children on examples {part[0]}-{part[1]}")
+            tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings, part=part) for i in ids]
+            for n, res in self.executor.imap(run_evaluation, tasks):
+                yield ids[n], res
+
+        for mid, res, early in race(todo, score_part, bar=bar, settings=self.race):
+            self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
+            if cards and not early:
+                write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
+            self.made["evaluations"] += 1
+            used = sum(int(d["n"]) for d in res["details"].values())
+            self.store.log_event(self.run_id, "evaluate", f"{mid}: {res['average']:.4f}"
+                                 + (" (stopped early)" if early else ""), generation=generation,
+                                 payload={"id": mid, "scores": res["scores"], "average": res["average"],
+                                          "examples": used, "stopped_early": early, "bar": bar})
 
     def _ensure_kinship(self, pairs: Iterable[frozenset[str]], *, generation: int | None, why: str) -> None:
         """Scan, in one pass, every model of the pairs whose kinship is unknown; record all metrics.
@@ -427,7 +440,8 @@ class _Run:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _state(self) -> PoolState:
-        return self.store.pool_state(self.run_id, evaluator=self.eval_key, metric=self.metric)
+        return self.store.pool_state(self.run_id, evaluator=self.eval_key, metric=self.metric,
+                                     partial=self.race is not None)
 
     def _topk_pairs(self, state: PoolState) -> set[frozenset[str]]:
         if not state.models or any(m.score is None for m in state.models):

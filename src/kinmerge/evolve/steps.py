@@ -69,6 +69,7 @@ class EvaluateTask:
     model: str
     evaluator: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    part: tuple[int, int] | None = None  # only examples [start, stop) of each task (racing)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ def run_evaluation(task: EvaluateTask) -> dict[str, Any]:
 
     start = time.perf_counter()
     evaluator = get_evaluator(task.evaluator, **dict(task.settings))
-    result = evaluator.evaluate(Path(task.model))
+    result = evaluator.evaluate(Path(task.model)) if task.part is None else \
+        evaluator.evaluate(Path(task.model), part=task.part)  # type: ignore[call-arg]
     return {**result.to_dict(), "seconds": time.perf_counter() - start}
 
 

@@ -537,20 +537,25 @@ class RunStore:
         return dict(out)
 
     def average_scores(self, model_ids: Iterable[str] | None = None, *,
-                       evaluator: str | None = None) -> dict[str, float | None]:
+                       evaluator: str | None = None, partial: bool = False) -> dict[str, float | None]:
         """Average task score ``P̄`` per model (paper §2), ``None`` if not fully evaluated.
 
         The task set is every task recorded under the evaluator key; a model missing one of them
         gets ``None`` rather than a mean over fewer tasks, which would not be comparable.
+        ``partial``: also accept scores on part of each task's examples (a racing run stopped
+        scoring a child early); otherwise such a model counts as not yet scored.
         """
         key = self.resolve_evaluator(evaluator)
+        raced = set() if partial else {r[0] for r in self._query(
+            "SELECT DISTINCT model_id FROM evaluations WHERE evaluator = ? AND details LIKE ?",
+            (key, '%"partial":true%'))}
         tasks = {r[0] for r in self._query("SELECT DISTINCT task FROM evaluations WHERE evaluator = ?", (key,))}
         scores = self.get_scores(model_ids, evaluator=key) if key is not None else {}
         ids = set(scores) if model_ids is None else set(model_ids)
         out: dict[str, float | None] = {}
         for mid in sorted(ids):
             s = scores.get(mid, {})
-            out[mid] = math.fsum(s.values()) / len(s) if tasks and set(s) == tasks else None
+            out[mid] = math.fsum(s.values()) / len(s) if tasks and set(s) == tasks and mid not in raced else None
         return out
 
     # -- kinship --------------------------------------------------------------------------------
@@ -741,8 +746,8 @@ class RunStore:
 
     # -- the pool -------------------------------------------------------------------------------
 
-    def pool(self, run_id: str, *, evaluator: str | None = None,
-             generation: int | None = None) -> tuple[PoolModel, ...]:
+    def pool(self, run_id: str, *, evaluator: str | None = None, generation: int | None = None,
+             partial: bool = False) -> tuple[PoolModel, ...]:
         """A run's pool, scored: every member (by generation joined, then id) with its average
         score, task scores, parents and path. ``generation``: only members that joined by then.
 
@@ -757,7 +762,7 @@ class RunStore:
         rows = [r for r in rows if generation is None or r["generation"] <= generation]
         ids = [r["id"] for r in rows]
         key = self.resolve_evaluator(evaluator)
-        scores = self.average_scores(ids, evaluator=key) if key is not None else {}
+        scores = self.average_scores(ids, evaluator=key, partial=partial) if key is not None else {}
         tasks = self.get_scores(ids, evaluator=key) if key is not None else {}
         parents = self._parents_of(ids)
         return tuple(PoolModel(r["id"], r["generation"], parents.get(r["id"], ()), scores.get(r["id"]),
@@ -769,7 +774,7 @@ class RunStore:
         return frozenset(m.pair for plan, _ in self.plans(run_id).values() for m in plan.merges)
 
     def pool_state(self, run_id: str, *, evaluator: str | None = None, metric: str = "pcc",
-                   scope: str = "global") -> PoolState:
+                   scope: str = "global", partial: bool = False) -> PoolState:
         """The run's pool after its last completed generation, as the strategies see it.
 
         - models: the pool members from generations ``<=`` the last completed one, with their
@@ -787,7 +792,7 @@ class RunStore:
         if self.get_run(run_id) is None:
             raise StoreError(f"no run {run_id!r} in {self.db_path}")
         generation = self.last_completed_generation(run_id)
-        models = self.pool(run_id, evaluator=evaluator, generation=generation)
+        models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial)
         return PoolState(
             models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
             kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope),
