@@ -35,6 +35,7 @@ LAYERS: tuple[str, ...] = (
     "store",
     "index",
     "evolve",
+    "suggest",
     "report",
     "demo",
     "cli",
