@@ -180,3 +180,32 @@ def test_scores_of_a_merge(tmp_path, task_dir):
     res = merge([fam["child0"], fam["child1"]], Slerp(), tmp_path / "merges")
     out = LmEvalEvaluator(tasks=[task_dir / "choice.yaml"], limit=4, dtype="float32").evaluate(res.path)
     assert math.isfinite(out.average) and 0.0 <= out.average <= 1.0
+
+
+def test_eval_cli_speaks_lm_evals_language(model, task_dir, tmp_path, monkeypatch):
+    """Issue 10: comma-separated tasks, --batch-size auto, --num-fewshot, --device, --model-args,
+    --option, and a hub id for the model (from an offline local cache)."""
+    from click.testing import CliRunner
+    from hub_cache import fake_hub_cache
+
+    from kinmerge.cli import cli
+
+    tasks = f"{task_dir / 'choice.yaml'},{task_dir / 'echo.yaml'}"
+    args = ["eval", str(model), "--evaluator", "lm_eval", "--tasks", tasks, "--limit", "4", "--batch-size", "auto",
+            "--num-fewshot", "1", "--device", "cpu", "--model-args", "max_length=64", "--option", "seed=7", "--json"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # the harness's own notes went to stderr
+    assert set(data["scores"]) == {"tiny_choice", "tiny_echo"}
+    assert all(d["num_fewshot"] == 1 and d["n"] == 4 for d in data["details"].values())
+    snap = fake_hub_cache(tmp_path / "hub", "org/tiny", model, "c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    res = CliRunner().invoke(cli, ["eval", "org/tiny", *args[2:]])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["scores"] == data["scores"] and snap.is_dir()
+    bad = CliRunner().invoke(cli, ["eval", str(model), "--tasks", str(task_dir), "--num-fewshot", "2"])
+    assert bad.exit_code == 2 and "unknown setting 'num_fewshot' for evaluator 'builtin'" in bad.output
+    assert bad.output.count("\n") == 1
+    bad = CliRunner().invoke(cli, ["eval", str(model), "--evaluator", "lm_eval", "--tasks", tasks,
+                                   "--model-args", "device=cuda"])
+    assert bad.exit_code == 2 and "have their own settings" in bad.output

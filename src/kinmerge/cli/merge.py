@@ -125,49 +125,97 @@ def _link_name(target: Any, name: str) -> None:
     atomic_symlink(link, Path(target).name)
 
 
-def _evaluator_settings(evaluator: str, tasks: str, limit: int | None, batch_size: int | None,
-                        progress: bool) -> dict[str, Any]:
-    """Map ``kinmerge eval``'s options onto the chosen evaluator's constructor."""
-    settings: dict[str, Any] = {"limit": limit}
+def _evaluator_settings(evaluator: str, tasks: list[str], *, limit: float | None, batch_size: str | None,
+                        device: str | None, num_fewshot: int | None, model_args: str | None, dtype: str | None,
+                        options: tuple[str, ...], progress: bool) -> dict[str, Any]:
+    """Map ``kinmerge eval``'s options (lm-eval's names where they overlap) onto the evaluator's
+    settings; the evaluator itself refuses, in one line, any setting it does not take."""
+    import yaml
+
+    from kinmerge.errors import ConfigError
+
+    settings: dict[str, Any] = {}
+    if limit is not None:
+        settings["limit"] = int(limit) if float(limit).is_integer() else float(limit)
     if batch_size is not None:
-        settings["batch_size"] = batch_size
+        if batch_size != "auto" and not batch_size.isdigit():
+            raise ConfigError(f"--batch-size {batch_size!r}: give a positive integer or 'auto'")
+        settings["batch_size"] = batch_size if batch_size == "auto" else int(batch_size)
+    for key, value in (("device", device), ("num_fewshot", num_fewshot), ("dtype", dtype)):
+        if value is not None:
+            settings[key] = value
+    if model_args:
+        settings["model_args"] = _key_values(model_args, "--model-args", yaml)
+    for option in options:
+        settings.update(_key_values(option, "--option", yaml))
     if evaluator == "builtin":
-        settings.update(tasks_dir=tasks, progress=progress)
+        if len(tasks) != 1:
+            raise ConfigError(f"--tasks: the builtin evaluator reads one folder of <task>.jsonl files, got {tasks}")
+        settings.update(tasks_dir=tasks[0], progress=progress)
     else:
-        settings["tasks"] = [tasks]
+        settings["tasks"] = tasks
     return settings
 
 
+def _key_values(text: str, option: str, yaml: Any) -> dict[str, Any]:
+    """``"a=1,b=true"`` -> ``{"a": 1, "b": True}`` (values read as YAML scalars, as lm-eval does)."""
+    from kinmerge.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
 @cli.command("eval")
-@click.argument("model", type=click.Path(exists=True, file_okay=False))
-@click.option("--tasks", "tasks", required=True,
-              help="Folder of <task>.jsonl files (format: docs/tasks.md).")
+@click.argument("model")
+@click.option("--tasks", "tasks", required=True, multiple=True,
+              help="builtin: a folder of <task>.jsonl files (docs/tasks.md); lm_eval: harness task names or "
+                   "YAML folders, comma-separated or repeated (winogrande,gsm8k).")
 @click.option("--evaluator", type=click.Choice(sorted(EVALUATORS)), default="builtin", show_default=True,
-              help="Evaluator name (see kinmerge.evaluate.EVALUATORS).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Use only the first N examples of each task.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Sequences per forward pass  [default: the evaluator's, 64 for builtin]")
+              help="Who scores: the builtin JSONL tasks, or lm-evaluation-harness.")
+@click.option("--limit", type=float, default=None,
+              help="Examples per task: a count, or (lm_eval) a fraction below 1.")
+@click.option("--batch-size", default=None, help="Sequences per forward pass, or 'auto' (lm_eval).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ...")
+@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="lm_eval: few-shot examples per task.")
+@click.option("--dtype", default=None, help="The dtype the model runs in (builtin: float32, bfloat16, float16).")
+@click.option("--model-args", default=None,
+              help="lm_eval: extra arguments for the harness's model, KEY=VALUE,... (as lm_eval's --model_args).")
+@click.option("--option", "options", multiple=True,
+              help="Any other evaluator setting as KEY=VALUE (repeatable), e.g. seed=1, apply_chat_template=true.")
 @click.option("--no-cache", is_flag=True, help="Recompute even if a cached result exists.")
 @json_option
-def eval_cmd(model: str, tasks: str, evaluator: str, limit: int | None, batch_size: int | None,
-             as_json: bool, no_cache: bool) -> None:
-    """Score MODEL (a local Hugging Face folder) on a task set.
+def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | None, batch_size: str | None,
+             device: str | None, num_fewshot: int | None, dtype: str | None, model_args: str | None,
+             options: tuple[str, ...], as_json: bool, no_cache: bool) -> None:
+    """Score MODEL (a model folder or a hub id org/name[@rev]) on a task set.
 
-    Prints each task's accuracy and mean answer log-likelihood, and the average accuracy over
-    the tasks (the paper's P̄). Results are cached by (model content id, evaluator, settings
-    incl. the task set's content) under ~/.cache/kinmerge/evaluations; --no-cache recomputes.
+    Prints each task's score, the examples it was scored on and its mean answer log-likelihood,
+    and the average over the tasks (the paper's P̄). Results are cached by (model content id,
+    evaluator, settings incl. the task set's content) under ~/.cache/kinmerge/evaluations;
+    --no-cache recomputes. Options follow lm-evaluation-harness's names where they overlap.
 
     \b
     Example:
       kinmerge eval src/kinmerge/data/zoo/specialists/add --tasks src/kinmerge/data/zoo/tasks
       kinmerge eval ./merged --tasks ./my-tasks --limit 50 --json
+      kinmerge eval ./merged --evaluator lm_eval --tasks winogrande,gsm8k --num-fewshot 5 --batch-size auto
     """
     from kinmerge.evaluate import get_evaluator
     from kinmerge.evaluate.cache import evaluate_cached
+    from kinmerge.sources import resolve_ref
 
-    settings = _evaluator_settings(evaluator, tasks, limit, batch_size, progress=True)
-    result, cached = evaluate_cached(get_evaluator(evaluator, **settings), model, refresh=no_cache)
+    names = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
+    settings = _evaluator_settings(evaluator, names, limit=limit, batch_size=batch_size, device=device,
+                                   num_fewshot=num_fewshot, model_args=model_args, dtype=dtype, options=options,
+                                   progress=not as_json)
+    folder = resolve_ref(model, want="folder").path
+    assert folder is not None
+    result, cached = evaluate_cached(get_evaluator(evaluator, **settings), folder, refresh=no_cache)
     if as_json:
         echo_json({"model": model, "evaluator": evaluator, "cached": cached, **result.to_dict()})
         return

@@ -22,8 +22,10 @@ is light: lm_eval, torch and transformers load inside ``evaluate()``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,8 @@ class LmEvalEvaluator:
         seed: the harness's random, numpy, torch and few-shot sampling seed.
         apply_chat_template: format prompts with the tokenizer's chat template.
         bootstrap_iters: bootstrap resamples for standard errors (0: none, fastest).
+        model_args: more keyword arguments for the harness's ``HFLM`` (e.g. ``max_length``,
+            ``trust_remote_code``), as ``lm_eval --model_args``; part of the cache key.
 
     Raises:
         ConfigError: a task path that does not exist or defines no task, or a bad option.
@@ -89,6 +93,7 @@ class LmEvalEvaluator:
         seed: int = 1234,
         apply_chat_template: bool = False,
         bootstrap_iters: int = 0,
+        model_args: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(tasks, (str, os.PathLike)):
             tasks = [tasks]
@@ -124,6 +129,11 @@ class LmEvalEvaluator:
             self.num_fewshot = dict(PAPER_FEWSHOT)
         self.batch_size, self.device, self.limit, self.dtype = batch_size, device, limit, dtype
         self.seed, self.apply_chat_template, self.bootstrap_iters = seed, apply_chat_template, bootstrap_iters
+        reserved = {"pretrained", "device", "batch_size", "dtype"} & set(model_args or {})
+        if reserved:
+            raise ConfigError(f"model_args {sorted(reserved)}: these have their own settings (device, batch_size, "
+                              "dtype; the model is the folder evaluated)")
+        self.model_args = dict(model_args or {})
 
     def _add_task(self, spec: str | os.PathLike[str]) -> None:
         text = os.fspath(spec)
@@ -163,16 +173,23 @@ class LmEvalEvaluator:
             "dtype": self.dtype,
             "seed": self.seed,
             "apply_chat_template": self.apply_chat_template,
+            **({"model_args": self.model_args} if self.model_args else {}),
         }
 
     def evaluate(self, model_dir: Path) -> EvalResult:
         """Load ``model_dir`` once and score it on every task.
 
+        The harness prints notes of its own (e.g. the batch size ``auto`` found) on stdout; they
+        go to stderr here, so stdout carries only kinmerge's results (``--json`` stays parseable).
+
         Raises:
             EvaluationError: the folder is not a model, lm_eval is not installed, a task is
                 unknown or its data cannot be loaded, or a task lacks the configured metric.
         """
-        model_dir = Path(model_dir)
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._evaluate(Path(model_dir))
+
+    def _evaluate(self, model_dir: Path) -> EvalResult:
         if not (model_dir / "config.json").is_file():
             raise EvaluationError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
         try:
@@ -198,7 +215,7 @@ class LmEvalEvaluator:
 
         try:
             lm = HFLM(pretrained=str(model_dir), device=self.device, batch_size=self.batch_size,
-                      dtype=self.dtype, trust_remote_code=False)
+                      dtype=self.dtype, **{"trust_remote_code": False, **self.model_args})
         except Exception as exc:
             raise EvaluationError(f"{model_dir}: lm_eval could not load the model: {_one_line(exc)}") from None
 
