@@ -186,8 +186,8 @@ def test_eval_cli_speaks_lm_evals_language(model, task_dir, tmp_path, monkeypatc
     """Issue 10: comma-separated tasks, --batch-size auto, --num-fewshot, --device, --model-args,
     --option, and a hub id for the model (from an offline local cache)."""
     from click.testing import CliRunner
-    from hub_cache import fake_hub_cache
 
+    from hub_cache import fake_hub_cache
     from kinmerge.cli import cli
 
     tasks = f"{task_dir / 'choice.yaml'},{task_dir / 'echo.yaml'}"
