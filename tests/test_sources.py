@@ -298,3 +298,19 @@ def test_save_safetensors_writes_whole_files_with_ordinary_permissions(tmp_path)
         save_safetensors(tmp_path / "x.safetensors", {"w": np.ones(3, np.int8)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
     assert open_model(f).read("w").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_zoo_references_name_the_shipped_models(tmp_path, monkeypatch):
+    """``zoo:add``, ``zoo:base``, ``zoo:tasks`` work from any folder; a wrong name lists the right ones."""
+    from kinmerge.sources import resolve_ref, zoo_path
+
+    monkeypatch.chdir(tmp_path)
+    assert zoo_path("zoo:add").name == "add" and (zoo_path("zoo:add") / "config.json").is_file()
+    assert resolve_ref("zoo:base").path == zoo_path("zoo:base").resolve()
+    assert zoo_path("zoo:tasks").is_dir() and zoo_path("zoo:tiny/sort") == zoo_path("zoo:sort")
+    with pytest.raises(SourceError, match=r"zoo:nope: the tiny zoo has no 'nope'; it has: add, base, "):
+        zoo_path("zoo:nope")
+    with pytest.raises(SourceError, match="no shipped zoo 'gone'"):
+        zoo_path("zoo:gone/base")
+    with open_model("zoo:add") as src:
+        assert len(src.tensors) > 0

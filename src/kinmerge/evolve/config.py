@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from kinmerge._io import json_digest
 from kinmerge.errors import ConfigError, KinmergeError, SourceError
-from kinmerge.sources import resolve_ref
+from kinmerge.sources import ZOO_PREFIX, resolve_ref, zoo_path
 
 if TYPE_CHECKING:
     from kinmerge.evaluate import Evaluator
@@ -185,8 +185,14 @@ class EvaluatorConfig(BaseModel):
                 items = value if isinstance(value, list) else [value]
                 resolved = []
                 for item in items:
-                    p = Path(str(item)).expanduser()
-                    p = p if p.is_absolute() else root / p
+                    if str(item).startswith(ZOO_PREFIX):  # zoo:tasks, the shipped task folder
+                        try:
+                            p = zoo_path(str(item))
+                        except SourceError as exc:
+                            raise ValueError(f"{key}: {exc}") from None
+                    else:
+                        p = Path(str(item)).expanduser()
+                        p = p if p.is_absolute() else root / p
                     if not p.exists():
                         raise ValueError(f"{key}: no such folder {p}")
                     resolved.append(str(p.resolve()))

@@ -46,7 +46,7 @@ from kinmerge.sources.content_ids import cache_dir, content_id_of_files
 from kinmerge.sources.gguf import GgufSource, gguf_to_hf
 from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
 from kinmerge.sources.pickle import open_pickle
-from kinmerge.sources.refs import Resolved, resolve_ref
+from kinmerge.sources.refs import ZOO_PREFIX, Resolved, resolve_ref, zoo_path
 from kinmerge.sources.safetensors import SafetensorsSource, save_safetensors, to_bf16_bits
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "RAW_DTYPES",
     "VOCAB_NAME",
     "WEIGHT_PATTERNS",
+    "ZOO_PREFIX",
     "ArraySource",
     "GgufSource",
     "ModelSource",
@@ -78,6 +79,7 @@ __all__ = [
     "resolve_ref",
     "save_safetensors",
     "to_bf16_bits",
+    "zoo_path",
 ]
 
 

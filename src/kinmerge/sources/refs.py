@@ -29,7 +29,40 @@ from typing import Literal
 from kinmerge.errors import SourceError
 from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
 
-__all__ = ["Resolved", "resolve_ref"]
+__all__ = ["ZOO_PREFIX", "Resolved", "resolve_ref", "zoo_path"]
+
+#: ``zoo:add``, ``zoo:base``, ``zoo:tasks``: the models and task folder kinmerge ships (docs/zoo.md).
+ZOO_PREFIX = "zoo:"
+_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _shipped_zoos() -> dict[str, Path]:
+    if not _DATA.is_dir():
+        return {}
+    return {("tiny" if p.name == "zoo" else p.name.removeprefix("zoo-")): p
+            for p in sorted(_DATA.iterdir()) if p.is_dir() and (p.name == "zoo" or p.name.startswith("zoo-"))}
+
+
+def zoo_path(ref: str) -> Path:
+    """The folder a ``zoo:`` reference names: ``zoo:NAME`` in the tiny zoo (``base``, ``tasks`` or a
+    specialist such as ``add``), ``zoo:ZOO/NAME`` in another shipped zoo. Short names make every
+    example in the docs runnable as written, from any folder.
+
+    Raises:
+        SourceError: no such shipped zoo or model (the message lists what there is).
+    """
+    spec = ref[len(ZOO_PREFIX):].strip()
+    zoo, _, name = spec.rpartition("/")
+    zoos = _shipped_zoos()
+    root = zoos.get(zoo or "tiny")
+    if root is None:
+        raise SourceError(f"{ref}: no shipped zoo {zoo!r}; shipped: {', '.join(zoos) or 'none'}")
+    for candidate in (root / name, root / "specialists" / name, root / "models" / name):
+        if name and candidate.exists():
+            return candidate
+    names = sorted({"base", "tasks", *(p.name for sub in ("specialists", "models") if (root / sub).is_dir()
+                                       for p in (root / sub).iterdir() if p.is_dir())})
+    raise SourceError(f"{ref}: the {zoo or 'tiny'} zoo has no {name!r}; it has: {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -71,8 +104,8 @@ def resolve_ref(
     """Resolve a model reference to a local path, fetching hub ids into the HF cache.
 
     Args:
-        ref: a local file or folder (``~`` expanded; relative paths are taken under ``root``), or
-            a hub id ``org/name[@revision]``.
+        ref: a local file or folder (``~`` expanded; relative paths are taken under ``root``), a
+            hub id ``org/name[@revision]``, or a shipped model (``zoo:add``, see :func:`zoo_path`).
         root: the folder relative paths start from (a config file's folder); default the
             working directory.
         want: ``"folder"`` refuses a single file (merging needs a Hugging Face model folder).
@@ -91,7 +124,7 @@ def resolve_ref(
     if not given:
         raise SourceError("empty model reference: give a model folder, a weights file or a hub id")
     here = Path(root).expanduser() if root is not None else Path.cwd()
-    path = Path(given).expanduser()
+    path = zoo_path(given) if given.startswith(ZOO_PREFIX) else Path(given).expanduser()
     full = path if path.is_absolute() else here / path
     what = "model folder" if want == "folder" else "file or folder"
     if full.exists():
