@@ -47,7 +47,7 @@ def cli() -> None:
 
     \b
     Example:
-      kinmerge kinship org/model-a org/model-b --base org/base --metric pcc,cs,ed
+      kinmerge kinship zoo:add zoo:sort --base zoo:base --metric pcc,cs,ed
     """
 
 

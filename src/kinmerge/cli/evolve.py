@@ -40,7 +40,7 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo_r
     \b
     Example:
       kinmerge demo
-      kinmerge demo --out demo-out --generations 4 --json
+      kinmerge demo --out demo-short --generations 3 --json
     """
     from kinmerge.demo import DemoSettings, run_demo, summary_lines
 
@@ -84,9 +84,9 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
 
     \b
     Example:
-      kinmerge evolve examples/evolve.yaml
-      kinmerge evolve examples/evolve.yaml --run-dir runs/kinship-seed1
       kinmerge evolve examples/evolve.yaml --dry-run
+      kinmerge evolve examples/evolve.yaml
+      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy
     """
     from kinmerge.evolve.runner import evolve
 
@@ -138,8 +138,8 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
 
     \b
     Example:
-      kinmerge status runs/evolve
-      kinmerge status runs/evolve --run greedy --json
+      kinmerge status runs/evolve-kinship
+      kinmerge status runs/evolve-kinship --run kinship --json
     """
     from kinmerge.evolve import read_summary
 
@@ -188,15 +188,23 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
               help="The run directory holding the model.")
 @json_option
 def lineage_cmd(model_id: str, run_dir: str, as_json: bool) -> None:
-    """The family tree of MODEL_ID (an id or a unique prefix): parents, theirs, ... to foundations.
+    """The family tree of MODEL_ID (an id, a unique prefix, or ``best``: the run's best-scored
+    model): parents, theirs, ... down to the foundations.
 
     \b
     Example:
-      kinmerge lineage 0ab0718c --run runs/evolve
-      kinmerge lineage 0ab0718cc0970b8b --run runs/evolve --json
+      kinmerge lineage best --run runs/evolve-kinship
+      kinmerge lineage best --run runs/evolve-kinship --json
     """
+    from kinmerge.errors import StoreError
+    from kinmerge.evolve.summary import read_summary
     from kinmerge.store import RunStore
 
+    if model_id == "best":
+        best = read_summary(run_dir).best
+        if best is None:
+            raise StoreError(f"{run_dir}: no model of the run is scored yet, so there is no best")
+        model_id = best.id
     with RunStore(run_dir, lock=False) as store:
         mid = store.find_model(model_id)
         node = store.lineage(mid)

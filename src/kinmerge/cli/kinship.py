@@ -84,8 +84,8 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
 
     \b
     Example:
-      kinmerge kinship org/model-a org/model-b --base org/base --metric pcc,cs,ed
-      kinmerge kinship ./a ./b --base ./base --per-layer --json
+      kinmerge kinship zoo:add zoo:sort --base zoo:base --metric pcc,cs,ed
+      kinmerge kinship zoo:add zoo:reverse --base zoo:base --per-layer --json
     """
     from kinmerge.scan import pair_dict
 
@@ -141,7 +141,8 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
 
     \b
     Example:
-      kinmerge matrix m1 m2 m3 m4 --base base --metric pcc,ed --csv kinship.csv --plot kinship.png
+      kinmerge matrix zoo:add zoo:reverse zoo:sort zoo:count --base zoo:base --metric pcc,ed --plot kinship.png
+      kinmerge matrix zoo:add zoo:reverse zoo:sort --base zoo:base --csv kinship.csv --json
     """
     from kinmerge.scan import result_dict
 

@@ -58,10 +58,10 @@ def merge_cmd(
 
     \b
     Example:
-      kinmerge merge zoo/math zoo/code --out merges
-      kinmerge merge zoo/math zoo/code --method slerp --t 0.3 --out merges --json
-      kinmerge merge zoo/math zoo/code --method ties --base zoo/base --density 0.5 --weight 0.5 --out merges
-      kinmerge merge zoo/math zoo/code --config nuslerp.yaml --out merges --name math-code
+      kinmerge merge zoo:add zoo:sort --out merges
+      kinmerge merge zoo:add zoo:sort --method slerp --t 0.3 --out merges --json
+      kinmerge merge zoo:add zoo:sort --method ties --base zoo:base --density 0.5 --weight 0.5 --out merges
+      kinmerge merge zoo:add zoo:sort --config examples/nuslerp.yaml --out merges --name add-sort
     """
     from kinmerge.errors import MergeError
     from kinmerge.merge import RECIPES, Raw, get_recipe, merge
@@ -204,9 +204,9 @@ def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | 
 
     \b
     Example:
-      kinmerge eval src/kinmerge/data/zoo/specialists/add --tasks src/kinmerge/data/zoo/tasks
-      kinmerge eval ./merged --tasks ./my-tasks --limit 50 --json
-      kinmerge eval ./merged --evaluator lm_eval --tasks winogrande,gsm8k --num-fewshot 5 --batch-size auto
+      kinmerge eval zoo:add --tasks zoo:tasks
+      kinmerge eval merges/add-sort --tasks zoo:tasks --limit 50 --json
+      kinmerge eval zoo:add --evaluator lm_eval --tasks examples/lm-eval/zoo_add.yaml --num-fewshot 0 --batch-size auto
     """
     from kinmerge.evaluate import get_evaluator
     from kinmerge.evaluate.cache import evaluate_cached
@@ -263,8 +263,8 @@ def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top
 
     \b
     Example:
-      kinmerge suggest zoo/specialists/add zoo/specialists/sort zoo/specialists/count --base zoo/base
-      kinmerge suggest m1 m2 m3 m4 --base base --scores scores.json --top 3 --json
+      kinmerge suggest zoo:add zoo:sort zoo:count --base zoo:base
+      kinmerge suggest zoo:add zoo:reverse zoo:sort zoo:count --base zoo:base --scores examples/scores.json --top 3
     """
     import json
 

@@ -28,8 +28,8 @@ def report_cmd(run_dirs: tuple[str, ...], out_dir: str | None, evaluator: str | 
 
     \b
     Example:
-      kinmerge report runs/kinship
-      kinmerge report runs/greedy runs/kinship --out runs/report
+      kinmerge report runs/evolve-kinship
+      kinmerge report runs/evolve-kinship runs/evolve-greedy --out runs/report
     """
     from kinmerge.report.html import write_report
 
@@ -49,8 +49,8 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
 
     \b
     Example:
-      kinmerge compare runs/greedy-s0 runs/greedy-s1 runs/kinship-s0 runs/kinship-s1
-      kinmerge compare runs/* --json
+      kinmerge compare runs/evolve-greedy runs/evolve-kinship
+      kinmerge compare runs/evolve-* --json
     """
     from kinmerge.report.compare import compare_table
 

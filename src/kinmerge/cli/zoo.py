@@ -21,7 +21,7 @@ def zoo_group() -> None:
     \b
     Example:
       kinmerge zoo list
-      kinmerge zoo build ./my-zoo --preset micro
+      kinmerge zoo build ./micro-zoo --preset micro
     """
 
 
@@ -41,7 +41,7 @@ def zoo_build_cmd(directory: str, preset: str, seed: int, force: bool, as_json: 
 
     \b
     Example:
-      kinmerge zoo build ./my-zoo --preset tiny --seed 0
+      kinmerge zoo build ./my-zoo --preset micro --seed 1
       kinmerge eval ./my-zoo/base --tasks ./my-zoo/tasks
     """
     from kinmerge.zoo import build_zoo

@@ -10,7 +10,7 @@ Example::
 
     from kinmerge.evolve import evolve, read_summary
     evolve("examples/evolve.yaml")
-    print(read_summary("examples/runs/evolve-kinship").best)
+    print(read_summary("runs/evolve-kinship").best)
 
 The strategy API (``get_strategy``, ``PoolModel``, ``PoolState``, ...) is importable from here
 too; the runner, its config (pydantic) and the store load only when first used.

@@ -5,7 +5,7 @@ view of the store (read without the run lock, so it works while the run is going
 the pool's pure helpers.
 
 Example:
-    >>> summary = read_summary("runs/evolve")                 # doctest: +SKIP
+    >>> summary = read_summary("runs/evolve-kinship")              # doctest: +SKIP
     >>> summary.status, summary.best.id                       # doctest: +SKIP
     ('finished', '0ab0718cc0970b8b')
 """
