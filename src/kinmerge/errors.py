@@ -63,3 +63,8 @@ class EvaluationError(KinmergeError, RuntimeError):
 
 class StoreError(KinmergeError, RuntimeError):
     """The run store is locked by another run, or has an unknown schema."""
+
+
+class ClusterError(KinmergeError, RuntimeError):
+    """A cluster cannot run the steps: unreachable, a node that does not see the shared storage, a
+    request no node can meet, or a worker lost more often than its retries allow."""

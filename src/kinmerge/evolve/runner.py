@@ -11,7 +11,9 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
 2. **Execute.** Record the kinship of every merge's parents (all metrics), make the merges into
    ``RUN_DIR/models/<id>`` (content-addressed: a merge that exists is reused), evaluate each child
    (the store's evaluations are the cache, keyed by model id and evaluator settings), and mark
-   the plan done.
+   the plan done. Merges and evaluations are pipelined (``executor.chain``): a child is recorded
+   as soon as its merge lands and its evaluation starts then, while the generation's other merges
+   may still run; only marking the plan done waits for all of them.
 
 Generation 0 is the foundation models: content ids, evaluated once. When the strategy stops, the
 kinship of every pair of the final pool is recorded (the report's heatmap) and the run is marked
@@ -43,6 +45,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
@@ -60,7 +63,16 @@ from kinmerge.evolve.steps import (
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
-from kinmerge.pool import STOP_BUDGET, ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
+from kinmerge.pool import (
+    STOP_BUDGET,
+    ModelRecord,
+    Plan,
+    PlannedMerge,
+    PoolState,
+    RunFingerprint,
+    known_mean_kinship,
+    topk,
+)
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
 from kinmerge.store import DB_NAME, RunStore, check_run
@@ -162,7 +174,7 @@ class _Run:
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
-        self.executor: Executor = get_executor(cfg.executor.name, workers=cfg.executor.workers)
+        self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -176,8 +188,9 @@ class _Run:
 
     def _run(self, start: float) -> RunSummary:
         if not self.dry_run:
-            for p in remove_stale_temp(self.models_dir):
-                self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
+            self._remove_stale_temp()
+        # Every machine that runs steps must see the models and the run directory (a cluster).
+        self.executor.check_storage(self.cfg.shared_paths(), None if self.dry_run else str(self.models_dir))
         foundations = self._start()
         try:
             if not self.dry_run:
@@ -337,23 +350,36 @@ class _Run:
                                      payload={"parents": list(merge.parents), "reason": merge.reason})
                 yield item
 
-        children: list[str] = [""] * len(tasks)
-        for i, res in self.executor.imap(run_merge, started(tasks)):
-            merge = plan.merges[i]
-            self.store.add_model(res["id"], origin="merge", generation=g, path=self.store.stored_path(res["path"]),
-                                 recipe=res["recipe"],
-                                 parents=merge.parents, run_id=self.run_id)
-            self._paths[res["id"]] = res["path"]
-            children[i] = res["id"]
-            self.made["merges_reused" if res["reused"] else "merges"] += 1
-            self.store.log_event(
-                self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=g,
-                duration_s=res["seconds"],
-                payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
-                         "reused": res["reused"], "kinship": tasks[i].kinship},
-            )
-        self._evaluate(children, generation=g, cards=True)
+        # Pipelined: each child is recorded as its merge lands, then evaluated (unless scored),
+        # while the other merges of the generation still run. The plan is done when all are.
+        children: dict[int, str] = {}
+
+        def evaluation(i: int, _: object) -> EvaluateTask | None:
+            self.report.step(f"gen {g}: {len(children)}/{len(tasks)} merged, evaluating {children[i][:8]}")
+            return None if self._scored(children[i]) else self._start_evaluation(children[i], g)
+
+        for i, stage, res in self.executor.chain(run_merge, run_evaluation, started(tasks), evaluation):
+            if stage == 0:
+                children[i] = self._record_merge(plan.merges[i], tasks[i], res, generation=g)
+            else:
+                self._record_evaluation(children[i], res, generation=g, card=True)
+        self._remove_stale_temp()  # left by a worker that died mid-merge (its step was run again)
         self.store.mark_plan_done(self.run_id, g)
+
+    def _record_merge(self, merge: PlannedMerge, task: MergeTask, res: dict[str, Any], *, generation: int) -> str:
+        """Record a made (or reused) merge: the model, its parents, its event. Returns its id."""
+        self.store.add_model(res["id"], origin="merge", generation=generation,
+                             path=self.store.stored_path(res["path"]), recipe=res["recipe"],
+                             parents=merge.parents, run_id=self.run_id)
+        self._paths[res["id"]] = res["path"]
+        self.made["merges_reused" if res["reused"] else "merges"] += 1
+        self.store.log_event(
+            self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=generation,
+            duration_s=res["seconds"],
+            payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
+                     "reused": res["reused"], "kinship": task.kinship},
+        )
+        return str(res["id"])
 
     def _finish(self, stop: str | None) -> None:
         ids = [m.id for m in self._state().models]
@@ -374,24 +400,33 @@ class _Run:
         """
         averages = self.store.average_scores(ids, evaluator=self.eval_key)
         todo = [i for i in ids if averages.get(i) is None]
-        tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings) for i in todo]
 
-        def started(items: list[EvaluateTask]) -> Iterator[EvaluateTask]:
-            for n, item in enumerate(items):
+        def started(items: list[str]) -> Iterator[EvaluateTask]:
+            for n, mid in enumerate(items):
                 self.report.step(f"gen {generation}: evaluating {n + 1}/{len(items)}")
-                self.store.log_event(self.run_id, "evaluate_start", todo[n], generation=generation)
-                yield item
+                yield self._start_evaluation(mid, generation)
 
-        for n, res in self.executor.imap(run_evaluation, started(tasks)):
-            mid = todo[n]
-            self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
-            if cards:
-                write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
-            self.made["evaluations"] += 1
-            self.store.log_event(
-                self.run_id, "evaluate", f"{mid}: {res['average']:.4f}", generation=generation,
-                duration_s=res["seconds"], payload={"id": mid, "scores": res["scores"], "average": res["average"]},
-            )
+        for n, res in self.executor.imap(run_evaluation, started(todo)):
+            self._record_evaluation(todo[n], res, generation=generation, card=cards)
+
+    def _scored(self, mid: str) -> bool:
+        return self.store.average_scores([mid], evaluator=self.eval_key).get(mid) is not None
+
+    def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
+        """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
+        self.store.log_event(self.run_id, "evaluate_start", mid, generation=generation)
+        return EvaluateTask(self._path(mid), self.cfg.evaluator.name, self.eval_settings)
+
+    def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool) -> None:
+        """Record one evaluation; ``card``: a merge of this run, whose model card gets the scores."""
+        self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
+        if card:
+            write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
+        self.made["evaluations"] += 1
+        self.store.log_event(
+            self.run_id, "evaluate", f"{mid}: {res['average']:.4f}", generation=generation,
+            duration_s=res["seconds"], payload={"id": mid, "scores": res["scores"], "average": res["average"]},
+        )
 
     def _ensure_kinship(self, pairs: Iterable[frozenset[str]], *, generation: int | None, why: str) -> None:
         """Scan, in one pass, every model of the pairs whose kinship is unknown; record all metrics.
@@ -425,6 +460,10 @@ class _Run:
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _remove_stale_temp(self) -> None:
+        for p in remove_stale_temp(self.models_dir):
+            self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
 
     def _state(self) -> PoolState:
         return self.store.pool_state(self.run_id, evaluator=self.eval_key, metric=self.metric)
