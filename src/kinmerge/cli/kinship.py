@@ -132,9 +132,13 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a clustered heatmap with dendrogram (PNG) of the first metric.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Scan on a Ray cluster in tensor shards (same numbers): at ADDRESS (auto, HOST:PORT, "
+                   "ray://HOST:10001), else RAY_ADDRESS or a local cluster. Give it after the models or as "
+                   "--ray=ADDRESS.")
 def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
                plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None,
-               no_progress: bool) -> None:
+               no_progress: bool, ray_address: str | None) -> None:
     """Kinship of every pair of MODELS, reading each file once.
 
     Also prints the n-model kinship (mean pairwise) of the whole set.
@@ -142,13 +146,20 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
     \b
     Example:
       kinmerge matrix m1 m2 m3 m4 --base base --metric pcc,ed --csv kinship.csv --plot kinship.png
+      kinmerge matrix m1 m2 m3 m4 --base base --ray=auto          # on the Ray cluster of this machine
     """
     from kinmerge.scan import result_dict
 
     if len(models) < 2:
         raise click.BadParameter("give at least two models", param_hint="MODELS")
     chosen = _parse_metric_option(metrics)
-    result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
+    if ray_address is not None:
+        from kinmerge.scan_ray import scan_ray
+
+        result = scan_ray(base, list(models), address=None if ray_address == "local" else ray_address, chunk=chunk,
+                          allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
+    else:
+        result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
     data = result_dict(result, chosen)
     if csv_path:
         _write_matrix_csv(Path(csv_path), result.models, chosen, data["kinship"])
