@@ -54,6 +54,15 @@ def test_shards_are_contiguous_byte_balanced_and_fixed():
         shard_plans(plans, sizes, 0)
 
 
+def test_ray_is_imported_only_when_used():
+    import subprocess
+
+    code = ("import sys, kinmerge, kinmerge.scan_ray, kinmerge.evolve.runner; "
+            "from kinmerge.evolve.executors import get_executor; get_executor('ray', address='auto'); "
+            "assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_ray_executor_config(micro_zoo, choice_tasks):  # noqa: F811
     data = run_config(micro_zoo, choice_tasks, executor={
         "name": "ray", "address": "auto", "merge_gpus": 1, "eval_gpus": 0.5, "max_retries": 2,
@@ -141,7 +150,8 @@ def test_ray_executor_contract(ray_cluster):
             ex.map(hash_model, ["/nonexistent/model"])
         assert "/nonexistent/model" in str(err.value) and "\n" not in str(err.value)
     assert ray.is_initialized()  # not ours to shut down
-    with pytest.raises(ClusterError, match=r"can run a merge step \(1 CPU, 1 GPU asked; nodes: \S+: 2 CPU, 0 GPU\); lower"):
+    infeasible = r"can run a merge step \(1 CPU, 1 GPU asked; nodes: \S+: 2 CPU, 0 GPU\); lower merge_cpus"
+    with pytest.raises(ClusterError, match=infeasible):
         RayExecutor(merge_gpus=1).workers  # noqa: B018 - it would wait forever otherwise
 
 
@@ -254,9 +264,8 @@ def test_killed_workers_are_retried_and_the_pool_is_unchanged(ray_cluster, refer
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_on_the_cluster(ray_cluster, reference, tmp_path):
-    from test_runner import _mid_merge, _run_until
-
     from kinmerge.evolve import read_summary
+    from test_runner import _mid_merge, _run_until
 
     data, local, _ = reference
     cfg = _ray_config(tmp_path, data, address=ray_cluster)

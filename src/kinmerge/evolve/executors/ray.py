@@ -72,9 +72,10 @@ class RayExecutor(BaseExecutor):
                 raise ConfigError(f"executor {label} must be an integer >= 0, got {value!r}")
         requests = {"merge": {"CPU": merge_cpus, "GPU": merge_gpus}, "evaluate": {"CPU": eval_cpus, "GPU": eval_gpus}}
         for kind, req in requests.items():
-            for res, value in req.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or math.isinf(value):
-                    raise ConfigError(f"executor {kind} {res} request must be a number >= 0, got {value!r}")
+            for res, amount in req.items():
+                number = isinstance(amount, int | float) and not isinstance(amount, bool)
+                if not number or not amount >= 0 or math.isinf(amount):
+                    raise ConfigError(f"executor {kind} {res} request must be a number >= 0, got {amount!r}")
         self._workers = workers
         self.max_retries = max_retries
         self.requests = requests
@@ -118,8 +119,9 @@ class RayExecutor(BaseExecutor):
     def _submit(self, fn: Callable[[Any], Any], task: Any) -> Hashable:
         self._connect()
         req = self._request(fn)
-        return self.cluster.submit(fn, task, name=getattr(fn, "__name__", "step"), num_cpus=req["CPU"],
-                                   num_gpus=req["GPU"], max_retries=self.max_retries)  # type: ignore[no-any-return]
+        ref: Hashable = self.cluster.submit(fn, task, name=getattr(fn, "__name__", "step"), num_cpus=req["CPU"],
+                                            num_gpus=req["GPU"], max_retries=self.max_retries)
+        return ref
 
     def _wait(self, handles: Sequence[Hashable]) -> Iterable[Hashable]:
         return self.cluster.wait(handles)
