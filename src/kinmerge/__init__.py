@@ -70,7 +70,8 @@ def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = 
 
     Args:
         ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan_ray``; same
-            numbers): ``True`` for ``RAY_ADDRESS`` or a local cluster, or the cluster's address.
+            numbers): the cluster's address, or ``True`` for ``RAY_ADDRESS``, this machine's ``ray start``
+            cluster or a new local one.
 
     Returns:
         :class:`~kinmerge.scan.ScanResult`; ``result.matrix("pcc")`` is the N×N matrix (NaN where

@@ -56,10 +56,11 @@ class RayCluster:
     one that was already connected (``ray.init`` called by the user) is left as it was.
 
     Args:
-        address: ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:10001"``; None: ``RAY_ADDRESS`` if
-            set, else start a local cluster.
-        num_cpus, num_gpus: the local cluster's size (default: this machine's); not for an
-            existing cluster.
+        address: ``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"`` or ``"local"`` (a new local
+            cluster); None: as Ray decides — ``RAY_ADDRESS`` if set, else the cluster ``ray start``
+            started on this machine, else a new local cluster.
+        num_cpus, num_gpus: the size of a new local cluster (default: this machine's); given
+            without an address, they start one even where ``ray start`` has run.
         runtime_env: Ray's runtime environment for this job (``env_vars``, ``py_modules``, ...).
     """
 
@@ -81,18 +82,21 @@ class RayCluster:
             return self._ray
         ray = import_ray()
         if not ray.is_initialized():
-            local = self.address in (None, "local") and not os.environ.get("RAY_ADDRESS")
-            kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
-                                      "runtime_env": self.runtime_env}
-            if local:
-                kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False)
-            elif self.num_cpus is not None or self.num_gpus is not None:
+            sized = self.num_cpus is not None or self.num_gpus is not None
+            address = self.address
+            if sized and address is None and not os.environ.get("RAY_ADDRESS"):
+                address = "local"  # a size was asked for: a cluster of our own, not one found on this machine
+            elif sized and address != "local":
                 raise ConfigError("num_cpus and num_gpus size a local Ray cluster; an existing cluster at "
-                                  f"{self.address or os.environ.get('RAY_ADDRESS')} has its own size")
+                                  f"{address or os.environ.get('RAY_ADDRESS')} has its own size")
+            kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                                      "runtime_env": self.runtime_env, "include_dashboard": False}
+            if sized:
+                kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
             try:
-                ray.init(address=self.address, **kwargs)
+                ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
                 raise ClusterError(f"cannot connect to the Ray cluster at {where} ({_first_line(exc)}); start "
                                    "one with `ray start --head` and give its address") from None
             self._owned = True

@@ -107,8 +107,9 @@ def scan_ray(
     """Kinship statistics of ``models`` against ``base``, the tensors scanned in shards on Ray.
 
     Args:
-        address: the Ray cluster (``auto``, ``HOST:PORT``, ``ray://...``); None: ``RAY_ADDRESS``,
-            else a local cluster started for this call (or the one this process is connected to).
+        address: the Ray cluster (``auto``, ``HOST:PORT``, ``ray://...``, ``local``); None: the
+            one this process is connected to, else ``RAY_ADDRESS``, else the cluster ``ray start``
+            started on this machine, else a local cluster started for this call.
         shards: how many tasks (default: the cluster's CPUs / ``cpus_per_shard``).
         cpus_per_shard: CPUs each task asks for, and its scan threads.
         max_retries: how often a shard whose worker died is run again.

@@ -132,10 +132,10 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a clustered heatmap with dendrogram (PNG) of the first metric.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Scan on a Ray cluster in tensor shards (same numbers): at ADDRESS (auto, HOST:PORT, "
-                   "ray://HOST:10001), else RAY_ADDRESS or a local cluster. Give it after the models or as "
-                   "--ray=ADDRESS.")
+                   "ray://HOST:10001, local), else RAY_ADDRESS, this machine's `ray start` cluster or a new local "
+                   "one. Give it after the models or as --ray=ADDRESS.")
 def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
                plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None,
                no_progress: bool, ray_address: str | None) -> None:
@@ -156,7 +156,7 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
     if ray_address is not None:
         from kinmerge.scan_ray import scan_ray
 
-        result = scan_ray(base, list(models), address=None if ray_address == "local" else ray_address, chunk=chunk,
+        result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
                           allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
     else:
         result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)

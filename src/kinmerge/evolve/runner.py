@@ -504,8 +504,9 @@ class _Run:
             raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
                              "restore the folder")
         self.report.step(f"re-merging deleted {rec.id}")
-        res = run_merge(MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                                  out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda))
+        task = MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
+                         out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda)
+        res = self.executor.map(run_merge, [task])[0]  # where merges run (a GPU node on a cluster)
         if res["id"] != rec.id:
             raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
         self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])

@@ -43,9 +43,10 @@ class RayExecutor(BaseExecutor):
     Args:
         workers: steps in flight at once; default: as many merges or evaluations (whichever
             fits more) as the cluster's CPUs and GPUs hold when the run starts.
-        address: an existing cluster (``auto``, ``HOST:PORT``, ``ray://HOST:10001``); default:
-            ``RAY_ADDRESS``, else a local cluster started for the run and stopped after it.
-        num_cpus, num_gpus: the size of that local cluster (default: the machine's).
+        address: an existing cluster (``auto``, ``HOST:PORT``, ``ray://HOST:10001``) or ``local``;
+            default: ``RAY_ADDRESS``, else the cluster ``ray start`` started on this machine, else
+            a local cluster started for the run and stopped after it.
+        num_cpus, num_gpus: the size of a local cluster of the run's own (default: the machine's).
         merge_cpus, merge_gpus: what each merge asks for (e.g. ``merge_gpus: 1`` with
             ``merge: {cuda: true}``).
         eval_cpus, eval_gpus: what each evaluation asks for (e.g. ``eval_gpus: 1`` with the
