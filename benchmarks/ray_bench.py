@@ -101,12 +101,12 @@ def _shard_with_rss(task):  # defined in __main__: Ray ships it by value to the 
 def bench_matrix(args: argparse.Namespace) -> dict:
     import numpy as np
     import ray
-    from kinship_bench import generate_family
 
     from kinmerge._ray import RayCluster
     from kinmerge.scan import scan_refs
     from kinmerge.scan_ray import ShardTask, scan_ray, shard_plans, tensor_bytes
     from kinmerge.sources import open_models
+    from kinship_bench import generate_family
 
     fam = generate_family(Path(args.workdir), args.params, args.models)
     base, children = fam["dirs"][0], fam["dirs"][1:]
@@ -322,14 +322,15 @@ def render(matrix: dict | None, evolve: dict | None) -> str:
         w("evaluations between the driver's start event and its result event (for Ray a start is a")
         w("submission, at most `workers` at once); sampled every 0.5 s from the store's events.")
         w("")
-        w("| executor | wall s (median) | runs | load | steps | step s (sum) | max in flight | mean in flight when busy "
-          "| evaluations started before their generation's last merge |")
+        w("| executor | wall s (median) | runs | load | steps | step s (sum) | max in flight "
+          "| mean in flight when busy | evaluations started before their generation's last merge |")
         w("|---|---:|---|---|---:|---:|---:|---:|---:|")
         base = _med([x["wall_s"] for x in runs["local, sequential"]])
         for key, rs in runs.items():
             walls = [x["wall_s"] for x in rs]
+            loads = ", ".join(format(x["load"], ".1f") for x in rs)
             w(f"| {key} | {_med(walls):.1f} ({_med(walls) / base:.2f}x) | {', '.join(f'{x:.1f}' for x in walls)} | "
-              f"{', '.join(f'{x['load']:.1f}' for x in rs)} | {rs[-1]['steps']} | "
+              f"{loads} | {rs[-1]['steps']} | "
               f"{_med([x['step_seconds'] for x in rs]):.1f} | {max(x['max_in_flight'] for x in rs)} | "
               f"{_med([x['mean_in_flight_when_busy'] for x in rs]):.2f} | {rs[-1]['pipelined_evaluations']} |")
         w("")
