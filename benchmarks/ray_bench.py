@@ -63,7 +63,10 @@ def commit() -> str:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    # One torch thread everywhere: a Ray task gets OMP_NUM_THREADS = its CPUs (1), and a merge's bytes
+    # depend on torch's thread count (its reductions), so with the machine's default (2 here) the
+    # local runs would make other bytes for the same merges than the Ray runs (docs/distributed.md).
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 
 def kinmerge_cmd(*args: str) -> list[str]:
@@ -88,14 +91,23 @@ def warm(files: list[str]) -> None:
 # == 1. the sharded matrix ====================================================================
 
 
-def _shard_with_rss(task):  # defined in __main__: Ray ships it by value to the workers
-    import resource
+def _shard_with_memory(task):  # defined in __main__: Ray ships it by value to the workers
+    """A shard scanned under tracemalloc (numpy reports its buffers to it): what the task allocates,
+    and the worker process's resident size before it (Ray, numpy, kinmerge imported)."""
+    import tracemalloc
 
     from kinmerge.scan_ray import scan_shard
 
-    out = scan_shard(task)
-    out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
+    def rss_mb() -> float:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+    before = rss_mb()
+    tracemalloc.start()
+    scan_shard(task)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"rss_before_mb": before, "task_peak_alloc_mb": peak / 2**20, "rss_after_mb": rss_mb()}
 
 
 def bench_matrix(args: argparse.Namespace) -> dict:
@@ -145,9 +157,9 @@ def bench_matrix(args: argparse.Namespace) -> dict:
         sizes = [tensor_bytes(opened, p) for p in plans]
         paths = tuple(str(s.path) for s in opened)
     with RayCluster() as cluster:
-        refs = [cluster.submit(_shard_with_rss, ShardTask(paths, tuple(part)), name="rss_probe")
+        refs = [cluster.submit(_shard_with_memory, ShardTask(paths, tuple(part)), name="memory_probe")
                 for part in shard_plans(plans, sizes, 2)]
-        rss = [cluster.result(r, "rss probe")["worker_rss_mb"] for r in refs]
+        memory = [cluster.result(r, "memory probe") for r in refs]
     # whole commands: local, --ray=<the running cluster>, --ray (a cluster of its own)
     margs = ["matrix", *children, "--base", base, "--json", "--no-progress"]
     cli: dict[str, list[float]] = {"local": [], "ray_connect": [], "ray_own_cluster": []}
@@ -165,7 +177,7 @@ def bench_matrix(args: argparse.Namespace) -> dict:
         "when": datetime.now().isoformat(timespec="seconds"), "commit": commit(), "family": {
             "params": fam["config"]["params"], "children": len(children), "file_bytes": fam["file_bytes"]},
         "cluster_start_s": cluster_start, "rounds": rounds, "loads": loads, "exact": exact,
-        "worker_rss_mb": rss, "cli": cli, "cli_same_output": all(o == outputs["local"] for o in outputs.values()),
+        "memory": memory, "cli": cli, "cli_same_output": all(o == outputs["local"] for o in outputs.values()),
         "command": " ".join(["python benchmarks/ray_bench.py matrix", f"--workdir {args.workdir}",
                              f"--rounds {args.rounds}"]),
     }
@@ -174,7 +186,7 @@ def bench_matrix(args: argparse.Namespace) -> dict:
 # == 2. an evolution run ======================================================================
 
 
-def evolve_config(path: Path, executor: dict) -> Path:
+def evolve_config(path: Path, executor: dict, limit: int) -> Path:
     import yaml
 
     data = {
@@ -183,7 +195,7 @@ def evolve_config(path: Path, executor: dict) -> Path:
         "strategy": {"name": "greedy", "k": 3, "max_generations": 3},
         "merge": {"method": "slerp"},
         "evaluator": {"name": "builtin", "tasks_dir": str(ZOO / "tasks"), "tasks": ["add", "reverse", "sort"],
-                      "limit": 50, "threads": 1},
+                      "limit": limit, "threads": 1},
         "run_id": "bench",
         "final_kinship_matrix": False,
         "executor": executor,
@@ -248,7 +260,7 @@ def bench_evolve(args: argparse.Namespace) -> dict:
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for r in range(args.repeat):
         for key, executor in variants.items():
-            cfg = evolve_config(work / f"{key.replace(' ', '_').replace(',', '')}.yaml", executor)
+            cfg = evolve_config(work / f"{key.replace(' ', '_').replace(',', '')}.yaml", executor, args.limit)
             run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
             load = loadavg()
             seconds, _ = timed(kinmerge_cmd("evolve", str(cfg), "--run-dir", str(run_dir), "--no-progress"))
@@ -259,8 +271,9 @@ def bench_evolve(args: argparse.Namespace) -> dict:
     ray.shutdown()
     pools = {json.dumps(run["pool"]) for rs in runs.values() for run in rs}
     return {"when": datetime.now().isoformat(timespec="seconds"), "commit": commit(), "runs": runs,
-            "same_pool": len(pools) == 1,
-            "command": f"python benchmarks/ray_bench.py evolve --workdir {args.workdir} --repeat {args.repeat}"}
+            "same_pool": len(pools) == 1, "limit": args.limit,
+            "command": f"python benchmarks/ray_bench.py evolve --workdir {args.workdir} --repeat {args.repeat} "
+                       f"--limit {args.limit}"}
 
 
 # == rendering ================================================================================
@@ -270,7 +283,7 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def render(matrix: dict | None, evolve: dict | None) -> str:
+def render(matrix: dict | None, evolves: list[dict]) -> str:
     L: list[str] = [START, "", "## Ray: the sharded matrix and evolution runs on a local cluster", ""]
     w = L.append
     w("Generated by `benchmarks/ray_bench.py render` (docs/distributed.md). Same machine as above: 2 cores")
@@ -302,8 +315,11 @@ def render(matrix: dict | None, evolve: dict | None) -> str:
         w("Equality with the local scan: " + "; ".join(
             f"{k.replace('_', ' ')}: max relative difference {v['max_rel_diff']:.1e}, statistics bit-identical "
             f"{'yes' if v['bit_identical'] else 'no'}" for k, v in ex.items()) + ".")
-        w(f"Peak RSS of a Ray worker streaming one of 2 shards (its whole process, imports included): "
-          f"{', '.join(f'{x:.0f} MB' for x in matrix['worker_rss_mb'])}.")
+        mem = matrix["memory"]
+        w("Memory of a task streaming one of 2 shards (1 scan thread, 1M-element chunks, 7 inputs): it "
+          f"allocates at most {max(x['task_peak_alloc_mb'] for x in mem):.1f} MB (tracemalloc, numpy "
+          f"buffers included); its worker process is {min(x['rss_before_mb'] for x in mem):.0f}-"
+          f"{max(x['rss_after_mb'] for x in mem):.0f} MB resident, most of it Ray's own runtime.")
         w("")
         c = matrix["cli"]
         w(f"Whole `kinmerge matrix ... --json` commands ({len(c['local'])} runs each, median): local "
@@ -311,14 +327,16 @@ def render(matrix: dict | None, evolve: dict | None) -> str:
           f"`--ray` starting a cluster of its own {_med(c['ray_own_cluster']):.2f} s. Same JSON output: "
           f"{'yes' if matrix['cli_same_output'] else 'no'}.")
         w("")
-    if evolve:
+    for evolve in evolves:
         runs = evolve["runs"]
         n = len(next(iter(runs.values())))
-        w("### Evolution run on the tiny zoo")
+        w(f"### Evolution run on the tiny zoo, {evolve['limit']} examples per task")
         w("")
         w(f"Run {evolve['when']}, commit {evolve['commit']}: `{evolve['command']}`. Greedy, k = 3, 3 generations,")
-        w("3 foundations (add, reverse, sort), SLERP merges, builtin evaluator (50 examples per task, one")
-        w(f"thread per step); `kinmerge evolve` subprocesses, {n} alternated rounds. In flight = merges and")
+        w(f"3 foundations (add, reverse, sort), SLERP merges, builtin evaluator ({evolve['limit']} examples per "
+          "task, one")
+        w(f"thread per step, `OMP_NUM_THREADS=1` for every process so that merges make the same bytes"
+          f" everywhere); `kinmerge evolve` subprocesses, {n} alternated rounds. In flight = merges and")
         w("evaluations between the driver's start event and its result event (for Ray a start is a")
         w("submission, at most `workers` at once); sampled every 0.5 s from the store's events.")
         w("")
@@ -368,6 +386,7 @@ def main() -> None:
     e = sub.add_parser("evolve", help="an evolution run: Ray vs local")
     e.add_argument("--workdir", default="/tmp/raybench")
     e.add_argument("--repeat", type=int, default=2)
+    e.add_argument("--limit", type=int, default=50, help="evaluation examples per task (longer steps)")
     r = sub.add_parser("render", help="write the Ray section of docs/benchmarks.md")
     r.add_argument("--workdir", default="/tmp/kbench")
     r.add_argument("--evolve-workdir", default="/tmp/raybench")
@@ -378,12 +397,13 @@ def main() -> None:
         out = Path(args.workdir) / "ray-matrix.json"
     elif args.what == "evolve":
         res = bench_evolve(args)
-        out = Path(args.workdir) / "ray-evolve.json"
+        out = Path(args.workdir) / f"ray-evolve-l{args.limit}.json"
     else:
-        mfile, efile = Path(args.workdir) / "ray-matrix.json", Path(args.evolve_workdir) / "ray-evolve.json"
+        mfile = Path(args.workdir) / "ray-matrix.json"
         matrix = json.loads(mfile.read_text()) if mfile.exists() else None
-        evolve = json.loads(efile.read_text()) if efile.exists() else None
-        write_doc(Path(args.write_doc), render(matrix, evolve))
+        evolves = [json.loads(f.read_text()) for f in sorted(Path(args.evolve_workdir).glob("ray-evolve-l*.json"),
+                                                             key=lambda f: int(f.stem.split("-l")[1]))]
+        write_doc(Path(args.write_doc), render(matrix, evolves))
         return
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k not in ("runs",)}, indent=1, default=str)[:3000])

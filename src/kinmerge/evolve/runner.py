@@ -63,16 +63,7 @@ from kinmerge.evolve.steps import (
 from kinmerge.evolve.summary import RunSummary, summarize
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
-from kinmerge.pool import (
-    STOP_BUDGET,
-    ModelRecord,
-    Plan,
-    PlannedMerge,
-    PoolState,
-    RunFingerprint,
-    known_mean_kinship,
-    topk,
-)
+from kinmerge.pool import STOP_BUDGET, ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
 from kinmerge.store import DB_NAME, RunStore, check_run
@@ -360,14 +351,15 @@ class _Run:
 
         for i, stage, res in self.executor.chain(run_merge, run_evaluation, started(tasks), evaluation):
             if stage == 0:
-                children[i] = self._record_merge(plan.merges[i], tasks[i], res, generation=g)
+                children[i] = self._record_merge(plan, i, tasks[i], res)
             else:
                 self._record_evaluation(children[i], res, generation=g, card=True)
         self._remove_stale_temp()  # left by a worker that died mid-merge (its step was run again)
         self.store.mark_plan_done(self.run_id, g)
 
-    def _record_merge(self, merge: PlannedMerge, task: MergeTask, res: dict[str, Any], *, generation: int) -> str:
-        """Record a made (or reused) merge: the model, its parents, its event. Returns its id."""
+    def _record_merge(self, plan: Plan, i: int, task: MergeTask, res: dict[str, Any]) -> str:
+        """Record the plan's ``i``-th merge, made or reused: the model, its parents, its event; its id."""
+        merge, generation = plan.merges[i], plan.generation
         self.store.add_model(res["id"], origin="merge", generation=generation,
                              path=self.store.stored_path(res["path"]), recipe=res["recipe"],
                              parents=merge.parents, run_id=self.run_id)
