@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("pydantic")
+pytest.importorskip("yaml")
+
 from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
 from fixtures_zoo import micro_zoo  # noqa: F401
 from kinmerge.errors import ClusterError, ConfigError, SourceError

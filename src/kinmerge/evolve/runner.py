@@ -11,9 +11,8 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
 2. **Execute.** Record the kinship of every merge's parents (all metrics), make the merges into
    ``RUN_DIR/models/<id>`` (content-addressed: a merge that exists is reused), evaluate each child
    (the store's evaluations are the cache, keyed by model id and evaluator settings), and mark
-   the plan done. Merges and evaluations are pipelined (``executor.chain``): a child is recorded
-   as soon as its merge lands and its evaluation starts then, while the generation's other merges
-   may still run; only marking the plan done waits for all of them.
+   the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
+   and evaluated then, while the generation's other merges may still run.
 
 Generation 0 is the foundation models: content ids, evaluated once. When the strategy stops, the
 kinship of every pair of the final pool is recorded (the report's heatmap) and the run is marked
@@ -180,7 +179,6 @@ class _Run:
     def _run(self, start: float) -> RunSummary:
         if not self.dry_run:
             self._remove_stale_temp()
-        # Every machine that runs steps must see the models and the run directory (a cluster).
         self.executor.check_storage(self.cfg.shared_paths(), None if self.dry_run else str(self.models_dir))
         foundations = self._start()
         try:
@@ -341,13 +339,12 @@ class _Run:
                                      payload={"parents": list(merge.parents), "reason": merge.reason})
                 yield item
 
-        # Pipelined: each child is recorded as its merge lands, then evaluated (unless scored),
-        # while the other merges of the generation still run. The plan is done when all are.
-        children: dict[int, str] = {}
+        children: dict[int, str] = {}  # each recorded as its merge lands, then evaluated unless scored
 
         def evaluation(i: int, _: object) -> EvaluateTask | None:
             self.report.step(f"gen {g}: {len(children)}/{len(tasks)} merged, evaluating {children[i][:8]}")
-            return None if self._scored(children[i]) else self._start_evaluation(children[i], g)
+            scored = self.store.average_scores([children[i]], evaluator=self.eval_key).get(children[i]) is not None
+            return None if scored else self._start_evaluation(children[i], g)
 
         for i, stage, res in self.executor.chain(run_merge, run_evaluation, started(tasks), evaluation):
             if stage == 0:
@@ -400,9 +397,6 @@ class _Run:
 
         for n, res in self.executor.imap(run_evaluation, started(todo)):
             self._record_evaluation(todo[n], res, generation=generation, card=cards)
-
-    def _scored(self, mid: str) -> bool:
-        return self.store.average_scores([mid], evaluator=self.eval_key).get(mid) is not None
 
     def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
         """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
