@@ -82,6 +82,17 @@ def test_matrix_heatmap_or_the_extra_it_needs(family, tmp_path):
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert res.exit_code == 2 and "kinmerge[plot]" in res.output and not out_png.exists()
+        # an install line that works: the packages themselves (kinmerge is not on an index)
+        assert "'matplotlib>=" in res.output and "pip install -e '.[plot]'" in res.output
+
+
+def test_install_hints_name_the_packages_of_an_extra():
+    from kinmerge.errors import install_hint
+
+    hint = install_hint("merge", "gguf")
+    for package in ("mergekit", "torch", "transformers", "gguf"):
+        assert f"'{package}" in hint, hint
+    assert "pip install 'kinmerge[" not in hint and "pip install -e '.[merge,gguf]'" in hint
 
 
 def test_matrix_undefined_pair_reported(family, tmp_path):

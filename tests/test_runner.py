@@ -357,6 +357,10 @@ def test_config_errors_name_the_field(tmp_path, base_cfg, micro_zoo):  # noqa: F
     assert "merge: unknown merge method 'slurp'" in err(merge={"method": "slurp"})
     assert "strateg: unknown field" in err(strateg={"name": "greedy"})
     assert "executor.workers: " in err(executor={"workers": 0})
+    assert "executor: unknown executor 'slurm'; choose one of local, ray" in err(executor={"name": "slurm"})
+    assert "executor: address is a setting of the ray executor, not of local" in err(executor={"address": "auto"})
+    assert "executor.merge_gpus: " in err(executor={"name": "ray", "merge_gpus": -1})
+    assert "executor.gpus: unknown field" in err(executor={"name": "ray", "gpus": 1})
     assert "kinship_metric: " in err(kinship_metric="cosine")
     assert "strategy: kinship: metric 'ed' is a distance" in err(
         kinship_metric="ed", strategy={"name": "kinship"})
@@ -450,8 +454,8 @@ def test_local_executor_sequential_and_lazy():
     assert ex.map(abs, []) == []
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         LocalExecutor(workers=0)
-    with pytest.raises(ConfigError, match="unknown executor 'ray'"):
-        get_executor("ray")
+    with pytest.raises(ConfigError, match="unknown executor 'slurm'; choose one of local, ray"):
+        get_executor("slurm")
 
 
 def test_local_executor_process_pool():

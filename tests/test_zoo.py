@@ -296,7 +296,6 @@ def test_shipped_linear_merges_beat_their_parents_mostly(shipped):
 def test_full_tiny_build(tmp_path):
     zoo = build_zoo(tmp_path / "tiny", preset="tiny", log=lambda line: None)
     m = zoo.manifest
-    assert m["build_seconds"]["total"] < 600
     assert m["scores"]["base"]["average"] >= PRESETS["tiny"].base_target
     assert m["parameters"] > 900_000
     # A build on another CPU (AVX-512 vs AVX2 float paths) differs from the shipped zoo in its last

@@ -65,8 +65,13 @@ def kinship(a: PathLike, b: PathLike, *, base: PathLike, allow_missing: bool = F
 
 
 def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = False, allow_pickle: bool = False,
-           progress: bool = False) -> ScanResult:
+           progress: bool = False, ray: bool | str = False) -> ScanResult:
     """Kinship of every pair of ``models`` against ``base``, reading each file once.
+
+    Args:
+        ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan_ray``; same
+            numbers): the cluster's address, or ``True`` for ``RAY_ADDRESS``, this machine's ``ray start``
+            cluster or a new local one.
 
     Returns:
         :class:`~kinmerge.scan.ScanResult`; ``result.matrix("pcc")`` is the N×N matrix (NaN where
@@ -78,6 +83,11 @@ def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = 
         >>> m.matrix("pcc").shape                                               # doctest: +SKIP
         (3, 3)
     """
+    if ray:
+        from kinmerge.scan_ray import scan_ray
+
+        return scan_ray(base, list(models), address=None if ray is True else str(ray), allow_missing=allow_missing,
+                        allow_pickle=allow_pickle, progress=progress)
     from kinmerge.scan import scan_refs
 
     return scan_refs(base, list(models), allow_missing=allow_missing, allow_pickle=allow_pickle, progress=progress)

@@ -158,6 +158,7 @@ def run_demo(
         >>> result.report                                 # doctest: +SKIP
         PosixPath('demo-out/report/index.html')
     """
+    from kinmerge.errors import ConfigError, SettingsChangedError
     from kinmerge.evolve import evolve
     from kinmerge.report.compare import compare_table
     from kinmerge.report.html import write_report
@@ -170,7 +171,12 @@ def run_demo(
     for i, (config, _) in enumerate(configs, 1):
         if log:
             log(f"[{i}/{len(configs)}] kinmerge evolve {config.relative_to(out_dir)}")
-        evolve(config, progress=progress)
+        try:
+            evolve(config, progress=progress)
+        except SettingsChangedError as exc:
+            changed = ", ".join(f"{name.rsplit('.', 1)[-1]} {old} -> {new}" for name, (old, new) in exc.changes.items())
+            raise ConfigError(f"{out_dir} holds a demo with other settings ({changed}); rerun with its settings "
+                              "(a larger --generations continues it) or give another --out") from None
     run_dirs = list(dict.fromkeys(run_dir for _, run_dir in configs))
     compare = compare_table(run_dirs)
     report_path = write_report(run_dirs, out_dir / "report") if report else None

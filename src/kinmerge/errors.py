@@ -7,6 +7,8 @@ do. Each class also inherits the matching builtin, so library callers can catch 
 
 from __future__ import annotations
 
+import re
+
 
 class KinmergeError(Exception):
     """Base class: a problem with the user's input or environment, reported in one line."""
@@ -63,3 +65,50 @@ class EvaluationError(KinmergeError, RuntimeError):
 
 class StoreError(KinmergeError, RuntimeError):
     """The run store is locked by another run, or has an unknown schema."""
+
+
+class SettingsChangedError(StoreError):
+    """A run exists with other settings, so resuming it would mix two experiments in one pool.
+
+    Attributes:
+        changes: ``{field: (stored, given)}``, e.g. ``{"strategy.k": (3, 4)}``.
+    """
+
+    def __init__(self, message: str, changes: dict[str, tuple[object, object]]) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
+class ClusterError(KinmergeError, RuntimeError):
+    """A cluster cannot run the steps: unreachable, a node that does not see the shared storage, a
+    request no node can meet, or a worker lost more often than its retries allow."""
+
+
+def install_hint(*extras: str) -> str:
+    """How to install what the ``extras`` of kinmerge need, in a form that works however kinmerge
+    was installed: the packages themselves (from the installed metadata), then the extra's name.
+
+    kinmerge is not on PyPI, so ``pip install 'kinmerge[plot]'`` would fail; naming the packages
+    always works, and ``pip install -e '.[plot]'`` works in a clone.
+
+    Example:
+        >>> install_hint("plot")  # doctest: +ELLIPSIS
+        "pip install 'matplotlib>=3.8' 'scipy>=1.11' (the kinmerge[plot] extra; in a clone: pip install -e '.[plot]')"
+    """
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("kinmerge") or []
+    except metadata.PackageNotFoundError:
+        requires = []
+    wanted: list[str] = []
+    for line in requires:
+        spec, _, marker = line.partition(";")
+        extra = re.search(r"extra\s*==\s*['\"]([\w-]+)['\"]", marker)
+        if extra and extra.group(1) in extras and not spec.strip().startswith("kinmerge"):
+            req = spec.strip().replace(" ", "")
+            if req not in wanted:
+                wanted.append(req)
+    names = ",".join(extras)
+    where = f"the kinmerge[{names}] extra; in a clone: pip install -e '.[{names}]'"
+    return f"pip install {' '.join(repr(w) for w in wanted)} ({where})" if wanted else f"install {where}"

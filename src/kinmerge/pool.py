@@ -34,11 +34,11 @@ from typing import Any, Literal, get_args
 from kinmerge.kinship import METRICS
 
 __all__ = [
-    "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "STOP_BUDGET", "STOP_KINSHIP", "STOP_NO_GAIN",
-    "STOP_NO_PAIRS",
-    "STOP_REASONS", "STOP_TOPK_UNCHANGED", "ModelRecord", "Plan", "PlannedMerge", "PoolModel", "PoolState",
-    "RunFingerprint", "best_by_generation", "known_mean_kinship", "mean_pairwise_kinship", "merge_gain",
-    "missing_kinship", "pair", "parents_mean", "ranked", "topk", "topk_by_generation", "with_merge_facts",
+    "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "SHORT_ID", "STOP_BUDGET", "STOP_KINSHIP",
+    "STOP_NO_GAIN", "STOP_NO_PAIRS", "STOP_REASONS", "STOP_TOPK_UNCHANGED", "ModelRecord", "Plan", "PlannedMerge",
+    "PoolModel", "PoolState", "RunFingerprint", "best_by_generation", "known_mean_kinship", "mean_pairwise_kinship",
+    "merge_gain", "missing_kinship", "pair", "parents_mean", "ranked", "short_id", "topk", "topk_by_generation",
+    "with_merge_facts",
 ]
 
 Reason = Literal["greedy", "exploration", "random", "diverse", "predicted"]
@@ -60,6 +60,17 @@ STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET,
 #: PCC on (nearly mean-zero) weight deltas. ED has no default: a distance depends on model size
 #: (the paper's path fell from 20.4 to 1.6 on a 7B model), so the user must choose one.
 DEFAULT_THRESHOLDS: dict[str, float] = {"pcc": 0.9, "cs": 0.9}
+
+
+#: Characters of a model id shown to people (tables, trees, progress lines); ``--json`` has the whole
+#: id, and every command that takes an id takes this prefix. 8 hex digits: a collision among the
+#: ~100 models of a run has probability ~1e-6, and then the prefix lookup says so.
+SHORT_ID = 8
+
+
+def short_id(model_id: str) -> str:
+    """The short form of a model id: its first :data:`SHORT_ID` characters (``afea62a8``)."""
+    return model_id[:SHORT_ID]
 
 
 def pair(a: str, b: str) -> frozenset[str]:

@@ -301,7 +301,44 @@ def scan(
         raise ValueError("chunk must be a positive number of elements")
     t0 = time.perf_counter()
     plans, notes, skipped = plan(base, models, allow_missing=allow_missing)
+    per_tensor, total, bytes_read = scan_tensors(base, models, plans, chunk=chunk, backend=backend,
+                                                 progress=progress, threads=threads)
     labels = display_labels([base, *models])
+    return ScanResult(
+        base=labels[0],
+        models=labels[1:],
+        stats=total,
+        per_tensor=per_tensor,
+        notes=notes,
+        skipped=skipped,
+        bytes_read=bytes_read,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def scan_tensors(
+    base: ModelSource,
+    models: Sequence[ModelSource],
+    plans: Sequence[TensorPlan],
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    backend: str = "auto",
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> tuple[dict[str, KinshipStats], KinshipStats, int]:
+    """The streaming pass of :func:`scan` over the given tensors only (a shard of a :func:`plan`).
+
+    Statistics per tensor are the same whatever subset a tensor is scanned in, so shards scanned
+    apart (``kinmerge.scan_ray``) and added up tensor by tensor give the whole scan's numbers.
+
+    Returns:
+        ``(per_tensor, total, bytes_read)``: statistics per tensor name, their sum in ``plans``
+        order, and the bytes read.
+
+    Example:
+        >>> plans, _, _ = plan(base, models)                                   # doctest: +SKIP
+        >>> per_tensor, total, nbytes = scan_tensors(base, models, plans[:3])  # doctest: +SKIP
+    """
     n = len(models)
     sources = [base, *models]
     readers = [_reader(src) for src in sources]
@@ -375,16 +412,7 @@ def scan(
             window.notify_all()
         for t in pool:
             t.join()
-    return ScanResult(
-        base=labels[0],
-        models=labels[1:],
-        stats=total,
-        per_tensor=per_tensor,
-        notes=notes,
-        skipped=skipped,
-        bytes_read=bytes_read,
-        seconds=time.perf_counter() - t0,
-    )
+    return per_tensor, total, bytes_read
 
 
 def n_threads() -> int:

@@ -16,6 +16,7 @@ from kinmerge.cli.app import (
     wide_console,
 )
 from kinmerge.cli.report import print_compare
+from kinmerge.pool import short_id
 
 
 @cli.command("demo")
@@ -35,12 +36,13 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo_r
     Runs top-k greedy merging (paper §3), the kinship-guided variant (exploration + early stop,
     §4) and a random-partner control on several triples of specialists (the random control with
     two seeds), then prints the comparison and writes an HTML report. A few minutes on 2 cores;
-    rerunning with the same --out resumes instead of starting over.
+    rerunning with the same --out resumes instead of starting over, and a larger --generations
+    continues it. Other settings go to another --out (the second example: a quicker look).
 
     \b
     Example:
       kinmerge demo
-      kinmerge demo --out demo-short --generations 3 --json
+      kinmerge demo --out demo-quick --generations 2 --limit 20 --json
     """
     from kinmerge.demo import DemoSettings, run_demo, summary_lines
 
@@ -101,7 +103,7 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
     click.echo(f"run {summary.run_id}: {summary.status}, stopped after generation {summary.generation} "
                f"({summary.stop})" if summary.stop else f"run {summary.run_id}: {summary.status}")
     if best is not None:
-        click.echo(f"best: {best.id} score {best.score:.4f} ({best.path})")
+        click.echo(f"best: {short_id(best.id)} score {best.score:.4f} ({best.path})")
     made = summary.made
     click.echo(f"merges in the pool: {summary.merges}; this call: {made.get('merges', 0)} merged, "
                f"{made.get('merges_reused', 0)} reused, {made.get('evaluations', 0)} evaluated, "
@@ -121,7 +123,7 @@ def _print_next_plan(summary: Any) -> None:
     click.echo(f"next: generation {plan.generation}, {len(plan.merges)} merges")
     for m in plan.merges:
         a, b = m.parents
-        click.echo(f"  {m.reason:<11} {a[:16]} ({paths.get(a) or '?'}) + {b[:16]} ({paths.get(b) or '?'})")
+        click.echo(f"  {m.reason:<11} {short_id(a)} ({paths.get(a) or '?'}) + {short_id(b)} ({paths.get(b) or '?'})")
     if any(e.score is None for e in summary.pool if e.origin == "foundation"):
         click.echo("note: the foundation models are not evaluated yet; the run evaluates them first "
                    "and orders each pair best-scored first")
@@ -162,8 +164,8 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for e in summary.pool:
         what = (e.reason or "") if e.origin == "merge" else Path(e.path or "").name
-        table.add_row("*" if e.id in summary.top_k else "", e.id[:16], str(e.generation), e.origin,
-                      "+".join(p[:8] for p in e.parents), num(e.score), num(e.merge_gain, "+.4f"),
+        table.add_row("*" if e.id in summary.top_k else "", short_id(e.id), str(e.generation), e.origin,
+                      "+".join(short_id(p) for p in e.parents), num(e.score), num(e.merge_gain, "+.4f"),
                       num(e.kinship), what)
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
@@ -223,14 +225,14 @@ def lineage_cmd(model_id: str, run_dir: str, as_json: bool) -> None:
         click.echo(line)
 
 
-def lineage_lines(node: Any, scores: dict[str, float | None], *, width: int = 16) -> list[str]:
+def lineage_lines(node: Any, scores: dict[str, float | None]) -> list[str]:
     """A family tree (``RunStore.lineage``) as indented text lines, the model first.
 
     Example output::
 
-        0ab0718cc0970b8b  gen 2  merge  score 0.5417  slerp
-        ├── 2458350c8c7cb6e6  gen 0  foundation  score 0.4100  specialists/caesar
-        └── 9e9acbc8b7a01b25  gen 1  merge  score 0.5000  slerp
+        0ab0718c  gen 2  merge  score 0.5417  slerp
+        ├── 2458350c  gen 0  foundation  score 0.4100  specialists/caesar
+        └── 9e9acbc8  gen 1  merge  score 0.5000  slerp
     """
 
     def label(n: Any) -> str:
@@ -238,7 +240,7 @@ def lineage_lines(node: Any, scores: dict[str, float | None], *, width: int = 16
         parts = Path(n.path or "").parts
         where = "/".join(parts[-2:]) if n.path else ""
         what = (n.recipe or {}).get("method", "") if n.origin == "merge" else where
-        text = f"{n.id[:width]}  gen {n.generation}  {n.origin}"
+        text = f"{short_id(n.id)}  gen {n.generation}  {n.origin}"
         text += f"  score {score:.4f}" if score is not None else "  score -"
         return f"{text}  {what}".rstrip()
 

@@ -132,9 +132,13 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a clustered heatmap with dendrogram (PNG) of the first metric.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Scan on a Ray cluster in tensor shards (same numbers): at ADDRESS (auto, HOST:PORT, "
+                   "ray://HOST:10001, local), else RAY_ADDRESS, this machine's `ray start` cluster or a new local "
+                   "one. Give it after the models or as --ray=ADDRESS.")
 def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
                plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None,
-               no_progress: bool) -> None:
+               no_progress: bool, ray_address: str | None) -> None:
     """Kinship of every pair of MODELS, reading each file once.
 
     Also prints the n-model kinship (mean pairwise) of the whole set.
@@ -143,13 +147,20 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
     Example:
       kinmerge matrix zoo:add zoo:reverse zoo:sort zoo:count --base zoo:base --metric pcc,ed --plot kinship.png
       kinmerge matrix zoo:add zoo:reverse zoo:sort --base zoo:base --csv kinship.csv --json
+      kinmerge matrix zoo:add zoo:reverse zoo:sort --base zoo:base --ray      # on this machine's Ray cluster
     """
     from kinmerge.scan import result_dict
 
     if len(models) < 2:
         raise click.BadParameter("give at least two models", param_hint="MODELS")
     chosen = _parse_metric_option(metrics)
-    result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
+    if ray_address is not None:
+        from kinmerge.scan_ray import scan_ray
+
+        result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
+                          allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
+    else:
+        result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
     data = result_dict(result, chosen)
     if csv_path:
         _write_matrix_csv(Path(csv_path), result.models, chosen, data["kinship"])

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import ConfigError, EvaluationError
+from kinmerge.errors import ConfigError, EvaluationError, install_hint
 from kinmerge.evaluate import EvalResult
 
 __all__ = ["PAPER_FEWSHOT", "PAPER_METRICS", "PAPER_TASKS", "LmEvalEvaluator"]
@@ -198,7 +198,7 @@ class LmEvalEvaluator:
             from lm_eval.tasks import TaskManager
         except ImportError as exc:
             raise EvaluationError(f"the lm_eval evaluator needs lm-eval ({exc.name} missing): "
-                                  "pip install 'kinmerge[eval]'") from None
+                                  + install_hint("eval")) from None
 
         # The harness's own ~200 task folders are indexed only when a task is not local.
         needs_defaults = any(t not in self._local for t in self.task_names)

@@ -229,11 +229,53 @@ class EvaluatorConfig(BaseModel):
 
 
 class ExecutorConfig(_Section):
-    """``executor:`` where steps run. ``local`` with ``workers: 1`` runs them in sequence; more
-    workers run merges and evaluations in that many processes."""
+    """``executor:`` where steps run: a registry ``name`` and that executor's settings.
 
-    name: Literal["local"] = "local"
-    workers: int = Field(1, ge=1)
+    - ``local`` (default): ``workers: 1`` runs steps in sequence; more run merges and evaluations
+      in that many processes.
+    - ``ray`` (docs/distributed.md): ``address`` (default: a local cluster of ``num_cpus`` /
+      ``num_gpus``), ``merge_cpus``, ``merge_gpus``, ``eval_cpus``, ``eval_gpus`` (each step's
+      resource request), ``max_retries`` (a step whose worker died), ``workers`` (steps in
+      flight; default: what the cluster holds), ``runtime_env``.
+
+    A setting the named executor does not take is refused, naming the executors that take it.
+    """
+
+    name: str = "local"
+    workers: int | None = Field(None, ge=1)
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+    merge_cpus: float | None = Field(None, ge=0)
+    merge_gpus: float | None = Field(None, ge=0)
+    eval_cpus: float | None = Field(None, ge=0)
+    eval_gpus: float | None = Field(None, ge=0)
+    max_retries: int | None = Field(None, ge=0)
+    runtime_env: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("name", "local") == "local" and data.get("workers") is None:
+            data = {**data, "workers": 1}  # the local executor's default, visible in the config
+        return data
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> ExecutorConfig:
+        from kinmerge.evolve.executors import EXECUTORS, executor_settings
+
+        if self.name not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.name!r}; choose one of {', '.join(sorted(EXECUTORS))}")
+        takes = set(executor_settings(self.name))
+        for key in self.settings():
+            if key not in takes:
+                others = [n for n in sorted(EXECUTORS) if key in executor_settings(n)]
+                raise ValueError(f"{key} is a setting of the {' and '.join(others)} executor, not of {self.name}")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The settings given (``get_executor(name, **settings)``)."""
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
 
 
 class OutConfig(_Section):
@@ -275,7 +317,8 @@ class RunConfig(_Section):
         kinship_metric: ``pcc`` (default), ``cs`` or ``ed``: what the strategy and the reports
             use; the runner records all three for every pair it scans.
         seed: the run's seed (random strategy, random merge methods).
-        executor: ``{name: local, workers}``.
+        executor: ``{name: local, workers}`` or ``{name: ray, address, merge_gpus, ...}``; see
+            :class:`ExecutorConfig`.
         out: ``{run_dir}``.
         run_id: the run's name in the store (default: the strategy name); several runs may
             share one run directory and its merges and evaluations.
@@ -376,6 +419,16 @@ class RunConfig(_Section):
         from kinmerge.evolve.strategies import get_strategy
 
         return get_strategy(self.strategy.name, **self.strategy_settings())
+
+    def shared_paths(self) -> list[str]:
+        """The local files and folders every machine that runs steps must see: the base, the
+        foundations, the evaluator's task folders (hub ids are fetched by each machine)."""
+        extra = self.evaluator.settings()
+        paths = [self.base, *self.foundation]
+        for key in _PATH_SETTINGS:
+            value = extra.get(key)
+            paths += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+        return [p for p in paths if Path(p).exists()]
 
     def run_dir(self, override: str | os.PathLike[str] | None = None) -> Path:
         """The run directory: ``override``, else ``out.run_dir``, else ``runs/<stem>`` by the file."""

@@ -74,8 +74,8 @@ def upper_bound(counts: Mapping[str, tuple[float, int, int]], *, confidence: flo
 
 
 def combine(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One evaluation result (``{"scores", "details", "average"}``) from the results of several
-    parts of the same task set: accuracies weighted by examples, ``n`` summed."""
+    """One evaluation result (``{"scores", "details", "average", "seconds"}``) from the results of
+    several parts of the same task set: accuracies weighted by examples, ``n`` and time summed."""
     tasks: dict[str, dict[str, float]] = {}
     for res in results:
         for task, d in res["details"].items():
@@ -89,7 +89,8 @@ def combine(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                    **({"partial": True} if a["n"] < a["of"] else {})}
                for t, a in tasks.items() if a["n"]}
     scores = {t: d["accuracy"] for t, d in details.items()}
-    return {"scores": scores, "details": details, "average": sum(scores.values()) / len(scores) if scores else 0.0}
+    return {"scores": scores, "details": details, "average": sum(scores.values()) / len(scores) if scores else 0.0,
+            "seconds": sum(float(res.get("seconds", 0.0)) for res in results)}
 
 
 def counts_of(result: Mapping[str, Any]) -> dict[str, tuple[float, int, int]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kinmerge.errors import StoreError
+from kinmerge.errors import SettingsChangedError
 from kinmerge.pool import STOP_BUDGET, RunFingerprint
 from kinmerge.store import RunStore, check_run
 
@@ -51,8 +51,8 @@ def reconcile(stored: RunFingerprint | None, stored_seed: int | None, new: RunFi
     no record depends on the old ones.
 
     Raises:
-        StoreError: the settings differ in a way that starts another experiment; the message names
-            each difference (``strategy.k: 3 -> 4``) and what to do.
+        SettingsChangedError: the settings differ in a way that starts another experiment; the
+            message names each difference (``strategy.k: 3 -> 4``) and what to do.
     """
     if stored is None or not decided:  # hand-recorded (only the same text resumes), or nothing decided yet
         return Resume(new)
@@ -69,9 +69,10 @@ def reconcile(stored: RunFingerprint | None, stored_seed: int | None, new: RunFi
         if "identity" in changes or ("foundation" in changes and stored.identity != new.identity):
             hint = (" (model ids now cover config and tokenizer files too, so a run recorded by kinmerge 0.1 "
                     "cannot continue; its records stay readable)")
-        raise StoreError(f"run {run!r}{f' in {where}' if where else ''} was started with other settings: "
-                         f"{detail}{hint}; rerun with the same settings (a larger max_generations continues "
-                         "the run) or give a new run_id")
+        raise SettingsChangedError(
+            f"run {run!r}{f' in {where}' if where else ''} was started with other settings: {detail}{hint}; "
+            "rerun with the same settings (a larger max_generations continues the run) or give a new run_id",
+            changes)
     # Keep the stored text (its foundation order) unless the budget grew.
     if budget is None:
         return Resume(stored)

@@ -11,7 +11,8 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
 2. **Execute.** Record the kinship of every merge's parents (all metrics), make the merges into
    ``RUN_DIR/models/<id>`` (content-addressed: a merge that exists is reused), evaluate each child
    (the store's evaluations are the cache, keyed by model id and evaluator settings), and mark
-   the plan done.
+   the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
+   and evaluated then, while the generation's other merges may still run.
 
 Generation 0 is the foundation models: content ids, evaluated once. When the strategy stops, the
 kinship of every pair of the final pool is recorded (the report's heatmap) and the run is marked
@@ -23,12 +24,6 @@ one transaction each), every step is keyed by content so replaying it is harmles
 plan is executed as saved. Rerunning the same command therefore resumes and ends with the same
 pool as an uninterrupted run. The store's lock refuses a second concurrent run on the same
 directory. Temp folders left by a killed merge are removed on the next start.
-
-Example:
-    >>> from kinmerge.evolve import evolve                          # doctest: +SKIP
-    >>> summary = evolve("examples/evolve.yaml", "runs/demo")       # doctest: +SKIP
-    >>> summary.stop, summary.best.score                            # doctest: +SKIP
-    ('top-k unchanged', 0.61)
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ import itertools
 import math
 import os
 import signal
-import sqlite3
 import tempfile
 import threading
 import time
@@ -60,13 +54,13 @@ from kinmerge.evolve.steps import (
     run_kinship,
     run_merge,
 )
-from kinmerge.evolve.summary import RunSummary, summarize
+from kinmerge.evolve.summary import RunSummary, generation_line, summarize
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
-from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, known_mean_kinship, topk
+from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import DB_NAME, RunStore
+from kinmerge.store import RunStore, copy_store
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -115,22 +109,31 @@ def evolve(
 def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> RunSummary:
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="kinmerge-dry-run-") as scratch:
-            _copy_store(target, Path(scratch))
+            copy_store(target, scratch)
             with RunStore(scratch) as store:
                 return _Run(cfg, store, target, progress=progress, dry_run=True).run()
     with RunStore(target) as store:
         return _Run(cfg, store, target, progress=progress, dry_run=False).run()
 
 
+_TERMINATED = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a scheduler's preemption, ``kill``) stops a run like Ctrl-C: recorded as interrupted,
-    resumable. Only the main thread may install signal handlers; elsewhere nothing changes."""
+    resumable. Only the main thread may install signal handlers; elsewhere nothing changes.
+
+    The handler raises KeyboardInterrupt where the main thread is; if that lands somewhere Python
+    swallows it (a finalizer: "Exception ignored in ..."), the flag stops the run at its next step.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _TERMINATED.clear()
 
     def interrupt(signum: int, frame: object) -> None:
+        _TERMINATED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -138,6 +141,11 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_if_terminated() -> None:
+    if _TERMINATED.is_set():
+        raise KeyboardInterrupt("SIGTERM")
 
 
 class _Run:
@@ -165,7 +173,7 @@ class _Run:
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
-        self.executor: Executor = get_executor(cfg.executor.name, workers=cfg.executor.workers)
+        self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -180,14 +188,15 @@ class _Run:
 
     def _run(self, start: float) -> RunSummary:
         if not self.dry_run:
-            for p in remove_stale_temp(self.models_dir):
-                self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
+            self._remove_stale_temp()
+        self.executor.check_storage(self.cfg.shared_paths(), None if self.dry_run else str(self.models_dir))
         foundations = self._start()
         try:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
                 repair(self.store, self.run_id, say=self.report.line)
             while True:
+                _stop_if_terminated()
                 plan = self._next_plan()
                 if self.dry_run:
                     return self._summary(start, next_plan=plan)
@@ -317,29 +326,48 @@ class _Run:
 
         def started(items: list[MergeTask]) -> Iterator[MergeTask]:
             for i, item in enumerate(items):
+                _stop_if_terminated()
                 merge = plan.merges[i]
                 self.report.step(f"gen {g}: merging {i + 1}/{len(items)}")
                 self.store.log_event(self.run_id, "merge_start", "+".join(merge.parents), generation=g,
                                      payload={"parents": list(merge.parents), "reason": merge.reason})
                 yield item
 
-        children: list[str] = [""] * len(tasks)
-        for i, res in self.executor.imap(run_merge, started(tasks)):
-            merge = plan.merges[i]
-            self.store.add_model(res["id"], origin="merge", generation=g, path=self.store.stored_path(res["path"]),
-                                 recipe=res["recipe"],
-                                 parents=merge.parents, run_id=self.run_id)
-            self._paths[res["id"]] = res["path"]
-            children[i] = res["id"]
-            self.made["merges_reused" if res["reused"] else "merges"] += 1
-            self.store.log_event(
-                self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=g,
-                duration_s=res["seconds"],
-                payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
-                         "reused": res["reused"], "kinship": tasks[i].kinship},
-            )
-        self._evaluate(children, generation=g, cards=True)
+        children: dict[int, str] = {}  # each recorded as its merge lands, then evaluated unless scored
+
+        def evaluation(i: int, _: object) -> EvaluateTask | None:
+            if self.race is not None:  # a race scores the whole generation together, below
+                return None
+            _stop_if_terminated()
+            self.report.step(f"gen {g}: {len(children)}/{len(tasks)} merged, evaluating {short_id(children[i])}")
+            scored = self.store.average_scores([children[i]], evaluator=self.eval_key).get(children[i]) is not None
+            return None if scored else self._start_evaluation(children[i], g)
+
+        for i, stage, res in self.executor.chain(run_merge, run_evaluation, started(tasks), evaluation):
+            if stage == 0:
+                children[i] = self._record_merge(plan, i, tasks[i], res)
+            else:
+                self._record_evaluation(children[i], res, generation=g, card=True)
+        if self.race is not None:
+            self._evaluate([children[i] for i in sorted(children)], generation=g, cards=True)
+        self._remove_stale_temp()  # left by a worker that died mid-merge (its step was run again)
         self.store.mark_plan_done(self.run_id, g)
+
+    def _record_merge(self, plan: Plan, i: int, task: MergeTask, res: dict[str, Any]) -> str:
+        """Record the plan's ``i``-th merge, made or reused: the model, its parents, its event; its id."""
+        merge, generation = plan.merges[i], plan.generation
+        self.store.add_model(res["id"], origin="merge", generation=generation,
+                             path=self.store.stored_path(res["path"]), recipe=res["recipe"],
+                             parents=merge.parents, run_id=self.run_id)
+        self._paths[res["id"]] = res["path"]
+        self.made["merges_reused" if res["reused"] else "merges"] += 1
+        self.store.log_event(
+            self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=generation,
+            duration_s=res["seconds"],
+            payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
+                     "reused": res["reused"], "kinship": task.kinship},
+        )
+        return str(res["id"])
 
     def _finish(self, stop: str | None) -> None:
         ids = [m.id for m in self._state().models]
@@ -363,24 +391,35 @@ class _Run:
         if self.race is not None and generation > 0:
             self._race(todo, generation=generation, cards=cards)
             return
-        tasks = [EvaluateTask(self._path(i), self.cfg.evaluator.name, self.eval_settings) for i in todo]
 
-        def started(items: list[EvaluateTask]) -> Iterator[EvaluateTask]:
-            for n, item in enumerate(items):
+        def started(items: list[str]) -> Iterator[EvaluateTask]:
+            for n, mid in enumerate(items):
+                _stop_if_terminated()
                 self.report.step(f"gen {generation}: evaluating {n + 1}/{len(items)}")
-                self.store.log_event(self.run_id, "evaluate_start", todo[n], generation=generation)
-                yield item
+                yield self._start_evaluation(mid, generation)
 
-        for n, res in self.executor.imap(run_evaluation, started(tasks)):
-            mid = todo[n]
-            self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
-            if cards:
-                write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
-            self.made["evaluations"] += 1
-            self.store.log_event(
-                self.run_id, "evaluate", f"{mid}: {res['average']:.4f}", generation=generation,
-                duration_s=res["seconds"], payload={"id": mid, "scores": res["scores"], "average": res["average"]},
-            )
+        for n, res in self.executor.imap(run_evaluation, started(todo)):
+            self._record_evaluation(todo[n], res, generation=generation, card=cards)
+
+    def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
+        """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
+        self.store.log_event(self.run_id, "evaluate_start", mid, generation=generation)
+        return EvaluateTask(self._path(mid), self.cfg.evaluator.name, self.eval_settings)
+
+    def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool,
+                           race: dict[str, Any] | None = None) -> None:
+        """Record one evaluation; ``card``: a merge of this run, whose model card gets the scores;
+        ``race``: how a raced evaluation went (``stopped_early``, ``examples``, ``bar``)."""
+        self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
+        if card:
+            write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
+        self.made["evaluations"] += 1
+        early = " (stopped early)" if race and race["stopped_early"] else ""
+        self.store.log_event(
+            self.run_id, "evaluate", f"{mid}: {res['average']:.4f}{early}", generation=generation,
+            duration_s=res["seconds"],
+            payload={"id": mid, "scores": res["scores"], "average": res["average"], **(race or {})},
+        )
 
     def _race(self, todo: list[str], *, generation: int, cards: bool) -> None:
         """Score a generation's children in rounds; stop those that cannot reach the top-k."""
@@ -396,15 +435,9 @@ class _Run:
                 yield ids[n], res
 
         for mid, res, early in race(todo, score_part, bar=bar, settings=self.race):
-            self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
-            if cards and not early:
-                write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
-            self.made["evaluations"] += 1
             used = sum(int(d["n"]) for d in res["details"].values())
-            self.store.log_event(self.run_id, "evaluate", f"{mid}: {res['average']:.4f}"
-                                 + (" (stopped early)" if early else ""), generation=generation,
-                                 payload={"id": mid, "scores": res["scores"], "average": res["average"],
-                                          "examples": used, "stopped_early": early, "bar": bar})
+            self._record_evaluation(mid, res, generation=generation, card=cards and not early,
+                                    race={"examples": used, "stopped_early": early, "bar": bar})
 
     def _ensure_kinship(self, pairs: Iterable[frozenset[str]], *, generation: int | None, why: str) -> None:
         """Scan, in one pass, every model of the pairs whose kinship is unknown; record all metrics.
@@ -438,6 +471,10 @@ class _Run:
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _remove_stale_temp(self) -> None:
+        for p in remove_stale_temp(self.models_dir):
+            self.store.log_event(None, "cleanup", f"removed unfinished merge folder {p.name}")
 
     def _state(self) -> PoolState:
         return self.store.pool_state(self.run_id, evaluator=self.eval_key, metric=self.metric,
@@ -479,8 +516,9 @@ class _Run:
             raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
                              "restore the folder")
         self.report.step(f"re-merging deleted {rec.id}")
-        res = run_merge(MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                                  out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda))
+        task = MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
+                         out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda)
+        res = self.executor.map(run_merge, [task])[0]  # where merges run (a GPU node on a cluster)
         if res["id"] != rec.id:
             raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
         self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
@@ -495,44 +533,17 @@ class _Run:
 
     def _report_generation(self, state: PoolState) -> None:
         """The progress line of the last completed generation (once its top-k kinship is known)."""
-        g = state.generation
-        scored = [m.score for m in state.models if m.score is not None]
-        if not scored:
+        took = self._gen_started.get(state.generation)
+        line, facts = generation_line(state, self.k, self.metric,
+                                      seconds=None if took is None else time.perf_counter() - took)
+        if line is None:
             return
-        best = max(scored)
-        before = [m.score for m in state.models if m.score is not None and m.generation < g]
-        gain = f" ({best - max(before):+.4f})" if before else ""
-        kin = known_mean_kinship(topk(state, self.k), state.kinship) if len(scored) == len(state.models) else None
-        kin_text = "n/a" if kin is None else f"{kin:.4f}"
-        merges = sum(1 for m in state.models if m.parents)
-        took = self._gen_started.get(g)
-        timing = f" | {time.perf_counter() - took:.1f}s" if took is not None else ""
-        new = sum(1 for m in state.models if m.generation == g)
-        what = f"{new} foundation models" if g == 0 else f"{new} merges"
-        line = (f"gen {g}: {what} | best {best:.4f}{gain} | top-{self.k} {self.metric} kinship {kin_text} | "
-                f"merges {merges}{timing}")
         self.report.line(line)
         if not self.dry_run:
-            self.store.log_event(self.run_id, "generation", line, generation=g,
-                                 payload={"best": best, "top_k_kinship": None if kin is None else round(kin, 4),
-                                          "merges": merges})
+            self.store.log_event(self.run_id, "generation", line, generation=state.generation, payload=facts)
 
     def _summary(self, start: float, next_plan: Plan | None = None) -> RunSummary:
         s = summarize(self.store, self.run_id, self.run_dir)
         status = "dry-run" if self.dry_run else s.status
         return RunSummary(**{**s.__dict__, "status": status, "made": dict(self.made),
                              "seconds": time.perf_counter() - start, "next_plan": next_plan})
-
-
-def _copy_store(run_dir: Path, scratch: Path) -> None:
-    """Copy ``run_dir``'s store (if any) into ``scratch`` with SQLite's online backup (WAL-safe)."""
-    db = run_dir / DB_NAME
-    if not db.exists():
-        return
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    dst = sqlite3.connect(scratch / DB_NAME)
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()

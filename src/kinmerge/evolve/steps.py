@@ -12,17 +12,32 @@ An executor (``kinmerge.evolve.executors``) provides
 - ``imap(step, tasks)``: yields ``(index, result)`` as each task finishes (completion order),
   pulling tasks lazily from the iterable, so a task's "started" side effect happens when it
   really starts; a step that raises re-raises in the caller and the rest are cancelled;
+- ``chain(first, then, tasks, link)``: pipelines two steps per task, with no barrier between
+  them. It yields ``(index, 0, first_result)`` as each first step finishes; when the caller asks
+  for the next item, the executor calls ``link(index, first_result)`` *in the caller's process*
+  and, unless it returns ``None``, runs ``then`` on the task it returned and later yields
+  ``(index, 1, then_result)``. So the caller records each first result before its follow-up
+  starts (the driver stays the only writer), a follow-up starts as soon as its first step is
+  done while other first steps still run, and each step keeps its own resource request. At most
+  ``workers`` steps of either kind are in flight; a finished first step's follow-up is started
+  before the next task is pulled. Errors and laziness as for ``imap``;
 - ``map(step, tasks)``: the results in task order;
-- ``close()``; ``workers`` (tasks in flight at once).
+- ``check_storage(read, write)``: before a run, every machine that runs steps must see the
+  ``read`` paths as the caller does and be able to write into the folder ``write`` (``None``:
+  only read); a local executor has nothing to check. Raises a one-line ``KinmergeError`` naming
+  the path;
+- ``close()``; ``workers`` (steps in flight at once).
 
 :func:`step_kind` tells an executor which kind of step it was handed (``"hash"``, ``"merge"``,
-``"evaluate"``, ``"kinship"``), e.g. to request a GPU for merges and evaluations only. Steps are
-idempotent — a merge or a hash of the same inputs gives the same answer — so an executor may
-retry one that died with its worker.
+``"evaluate"``, ``"kinship"``), e.g. to request a GPU for merges and evaluations only, and
+:func:`describe` names a task in an error message. Steps are idempotent — a merge or a hash of
+the same inputs gives the same answer — so an executor may retry one that died with its worker.
 
 Example:
     >>> step_kind(run_merge), step_kind(run_evaluation)
     ('merge', 'evaluate')
+    >>> describe(EvaluateTask("runs/r/models/3f9c", "builtin"))
+    'evaluation of runs/r/models/3f9c'
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ __all__ = [
     "EvaluateTask",
     "KinshipTask",
     "MergeTask",
+    "describe",
     "hash_model",
     "run_evaluation",
     "run_kinship",
@@ -158,3 +174,21 @@ STEP_KINDS: dict[Callable[..., Any], str] = {
 def step_kind(step: Callable[..., Any]) -> str:
     """``"hash"``, ``"merge"``, ``"evaluate"`` or ``"kinship"``; ``"other"`` for anything else."""
     return STEP_KINDS.get(step, "other")
+
+
+def describe(task: object) -> str:
+    """What a task is, for an error message: ``merge of A + B``, ``evaluation of M``, a model path.
+
+    Example:
+        >>> describe(MergeTask(("zoo/add", "zoo/sort"), "slerp", {}, "runs/r/models"))
+        'merge of zoo/add + zoo/sort'
+    """
+    if isinstance(task, MergeTask):
+        return "merge of " + " + ".join(task.parents)
+    if isinstance(task, EvaluateTask):
+        return f"evaluation of {task.model}"
+    if isinstance(task, KinshipTask):
+        return f"kinship scan of {len(task.models)} models against {task.base}"
+    if isinstance(task, str):  # hash_model's task: a model reference
+        return task
+    return repr(task)[:200]

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kinmerge.pool import Plan, PoolModel, known_mean_kinship, with_merge_facts
+from kinmerge.pool import Plan, PoolModel, PoolState, known_mean_kinship, topk, with_merge_facts
 from kinmerge.store import RunStore, check_run, is_locked
 
-__all__ = ["RunSummary", "read_summary", "summarize"]
+__all__ = ["RunSummary", "generation_line", "read_summary", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,31 @@ def read_summary(run_dir: str | os.PathLike[str], run_id: str | None = None) -> 
     """
     with RunStore(run_dir, lock=False) as store:
         return summarize(store, store.pick_run(run_id).id, run_dir)
+
+
+def generation_line(state: PoolState, k: int, metric: str, *,
+                    seconds: float | None = None) -> tuple[str | None, dict[str, Any]]:
+    """The progress line of the state's last generation and its facts (the ``generation`` event).
+
+    Returns ``(None, {})`` before anything is scored. The top-k kinship is left out (``n/a``)
+    until every model is scored, because the top-k is not known before.
+
+    Example output::
+
+        gen 2: 2 merges | best 0.5133 (+0.0100) | top-3 pcc kinship 0.4940 | merges 5 | 9.8s
+    """
+    g = state.generation
+    scored = [m.score for m in state.models if m.score is not None]
+    if not scored:
+        return None, {}
+    best = max(scored)
+    before = [m.score for m in state.models if m.score is not None and m.generation < g]
+    gain = f" ({best - max(before):+.4f})" if before else ""
+    kin = known_mean_kinship(topk(state, k), state.kinship) if len(scored) == len(state.models) else None
+    merges = sum(1 for m in state.models if m.parents)
+    new = sum(1 for m in state.models if m.generation == g)
+    what = f"{new} foundation models" if g == 0 else f"{new} merges"
+    timing = f" | {seconds:.1f}s" if seconds is not None else ""
+    line = (f"gen {g}: {what} | best {best:.4f}{gain} | top-{k} {metric} kinship "
+            f"{'n/a' if kin is None else f'{kin:.4f}'} | merges {merges}{timing}")
+    return line, {"best": best, "top_k_kinship": None if kin is None else round(kin, 4), "merges": merges}

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import KinmergeError, MergeError
+from kinmerge.errors import KinmergeError, MergeError, install_hint
 
 __all__ = ["MERGE_LOCK", "one_line", "run_mergekit", "safe_paths"]
 
@@ -158,7 +158,7 @@ def run_mergekit(
             from mergekit.merge import run_merge
             from mergekit.options import MergeOptions
     except ImportError as exc:
-        raise MergeError(f"merging needs mergekit ({exc.name} missing): pip install 'kinmerge[merge]'") from None
+        raise MergeError(f"merging needs mergekit ({exc.name} missing): {install_hint('merge')}") from None
 
     try:
         merge_config = MergeConfiguration.model_validate(config)

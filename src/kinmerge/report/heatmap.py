@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kinmerge._io import atomic_file
-from kinmerge.errors import KinmergeError
+from kinmerge.errors import KinmergeError, install_hint
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
 
 
@@ -54,7 +54,7 @@ def plot_kinship_heatmap(
         import matplotlib.pyplot as plt
         from scipy.cluster.hierarchy import dendrogram
     except ImportError:
-        raise KinmergeError("plots need matplotlib and scipy: pip install 'kinmerge[plot]'") from None
+        raise KinmergeError(f"plots need matplotlib and scipy: {install_hint('plot')}") from None
     order, link = cluster_order(matrix, metric)
     m = np.asarray(matrix, dtype=np.float64)[np.ix_(order, order)]
     names = [labels[i] for i in order]

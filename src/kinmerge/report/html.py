@@ -28,6 +28,7 @@ from typing import Any
 from kinmerge._io import atomic_write
 from kinmerge._version import __version__
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
+from kinmerge.pool import short_id
 from kinmerge.report.compare import compare_runs
 from kinmerge.report.figures import gain_points, make_figures
 from kinmerge.report.plots import METRIC_SHORT, GainPoint, gain_correlations
@@ -237,7 +238,8 @@ def _pool_table(r: RunHistory) -> str:
         mark = f"★ top-{r.k} #{ranks[m.id]}" if m.id in ranks else ""
         rows.append([
             _e(i + 1 if m.score is not None else "—"), _e(mark), f"<code>{_e(r.label_of(m.id))}</code>",
-            f"<code class='muted'>{_e(m.id)}</code>", _e(m.generation), _badge(m.reason if m.parents else None),
+            f"<code class='muted' title='{_e(m.id)}'>{_e(short_id(m.id))}</code>", _e(m.generation),
+            _badge(m.reason if m.parents else None),
             parents, _num(m.score), *[_num(m.task_scores.get(t)) for t in r.tasks],
         ])
         classes.append("top" if m.id in ranks else "")

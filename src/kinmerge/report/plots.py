@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kinmerge._io import atomic_file
-from kinmerge.errors import KinmergeError
+from kinmerge.errors import KinmergeError, install_hint
 from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
 
 METRIC_SHORT = {"pcc": "PCC", "cs": "CS", "ed": "ED"}
@@ -43,7 +43,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise KinmergeError("plots need matplotlib and scipy: pip install 'kinmerge[plot]'") from None
+        raise KinmergeError(f"plots need matplotlib and scipy: {install_hint('plot')}") from None
     return plt
 
 

@@ -31,6 +31,7 @@ from kinmerge.pool import (
     RunFingerprint,
     best_by_generation,
     parents_mean,
+    short_id,
     topk_by_generation,
     with_merge_facts,
 )
@@ -185,7 +186,7 @@ class RunHistory:
 
     def label_of(self, model_id: str) -> str:
         """The short display name of a model (a parent outside the pool: its id's prefix)."""
-        return self.labels.get(model_id, model_id[:10])
+        return self.labels.get(model_id, short_id(model_id))
 
     @property
     def label(self) -> str:
@@ -264,7 +265,8 @@ def _pick_evaluator(store: RunStore, fingerprint: RunFingerprint | None, evaluat
 
 
 def _labels(models: Sequence[PoolModel]) -> dict[str, str]:
-    """Short, unique display names: a foundation's folder name, a merge's ``g<gen>:<id[:6]>``."""
+    """Short, unique display names: a foundation's folder name, a merge's ``g<gen>:<short id>``
+    (``g1:afea62a8``, the id as ``status`` and ``lineage`` print it)."""
     out: dict[str, str] = {}
     for m in models:
         name = ""
@@ -274,11 +276,11 @@ def _labels(models: Sequence[PoolModel]) -> dict[str, str]:
                 name = ""  # a content-addressed folder: the id says more
             elif len(name) > 24:
                 name = name[:22] + "…"
-        out[m.id] = name or (f"g{m.generation}:{m.id[:6]}" if m.parents else m.id[:10])
+        out[m.id] = name or (f"g{m.generation}:{short_id(m.id)}" if m.parents else short_id(m.id))
     counts: dict[str, int] = {}
     for lab in out.values():
         counts[lab] = counts.get(lab, 0) + 1
-    return {mid: (lab if counts[lab] == 1 else f"{lab}·{mid[:6]}") for mid, lab in out.items()}
+    return {mid: (lab if counts[lab] == 1 else f"{lab}·{short_id(mid)}") for mid, lab in out.items()}
 
 
 def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: str) -> RunHistory:

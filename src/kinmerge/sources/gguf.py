@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kinmerge._io import atomic_dir
-from kinmerge.errors import CorruptFileError, SourceError
+from kinmerge.errors import CorruptFileError, SourceError, install_hint
 from kinmerge.sources.base import ModelSource, ReadBuffer, TensorInfo
 
 __all__ = ["GgufSource", "gguf_to_hf", "open_gguf"]
@@ -36,7 +36,7 @@ class GgufSource(ModelSource):
         try:
             import gguf
         except ImportError:
-            raise SourceError(f"{path}: reading GGUF needs the gguf package: pip install 'kinmerge[gguf]'") from None
+            raise SourceError(f"{path}: reading GGUF needs the gguf package: {install_hint('gguf')}") from None
         try:
             self._reader = gguf.GGUFReader(str(path))
         except Exception as exc:  # gguf raises ValueError/struct errors for damaged files
@@ -96,7 +96,7 @@ def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
-        raise SourceError("converting GGUF needs torch and transformers: pip install 'kinmerge[merge,gguf]'") from None
+        raise SourceError(f"converting GGUF needs torch and transformers: {install_hint('merge', 'gguf')}") from None
     with atomic_dir(out, replace=True) as tmp:
         try:
             # Loading dequantises every tensor to float32; the state dict is plain tensors.

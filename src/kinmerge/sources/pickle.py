@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kinmerge.errors import CorruptFileError, PickleNotAllowedError, SourceError, UnsupportedDtypeError
+from kinmerge.errors import CorruptFileError, PickleNotAllowedError, SourceError, UnsupportedDtypeError, install_hint
 from kinmerge.sources.base import ArraySource
 
 __all__ = ["STATE_DICT_KEYS", "open_pickle"]
@@ -52,7 +52,7 @@ def open_pickle(ref: str, path: Path, files: list[Path], allow_pickle: bool) -> 
     try:
         import torch
     except ImportError:
-        raise SourceError(f"{path}: reading .bin checkpoints needs torch (pip install 'kinmerge[merge]')") from None
+        raise SourceError(f"{path}: reading .bin checkpoints needs torch ({install_hint('merge')})") from None
     arrays: dict[str, np.ndarray] = {}
     for f in files:
         for name, t in _state_dict(f, _load(torch, f), torch).items():

@@ -4,7 +4,8 @@
 - :mod:`~kinmerge.store.schema`: the named migrations;
 - :mod:`~kinmerge.store.lock`: the run lock (``is_locked`` tells whether a run is going);
 - :mod:`~kinmerge.store.records`: the rows it returns besides pool data;
-- :mod:`~kinmerge.store.integrity`: what a done generation promised and the records lack.
+- :mod:`~kinmerge.store.integrity`: what a done generation promised and the records lack;
+- :mod:`~kinmerge.store.backup`: a consistent copy of a store while a run writes to it.
 
 The store speaks the pool's vocabulary (:mod:`kinmerge.pool`) and never imports the evolution
 loop or the reports above it.
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from kinmerge.store.backup import copy_store
 from kinmerge.store.db import DB_NAME, RunStore
 from kinmerge.store.integrity import Problem, check_run
 from kinmerge.store.lock import LOCK_NAME, is_locked
@@ -25,4 +27,4 @@ from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
 from kinmerge.store.schema import MIGRATIONS, Migration
 
 __all__ = ["DB_NAME", "LOCK_NAME", "MIGRATIONS", "Event", "LineageNode", "Migration", "Problem", "RunRecord",
-           "RunStatus", "RunStore", "check_run", "is_locked"]
+           "RunStatus", "RunStore", "check_run", "copy_store", "is_locked"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kinmerge.pool import short_id
 from kinmerge.store.db import RunStore
 
 __all__ = ["Problem", "check_run"]
@@ -48,18 +49,18 @@ def check_run(store: RunStore, run_id: str) -> list[Problem]:
     for fid in fp.foundation if fp else ():
         model = pool.get(fid)
         if model is None:
-            problems.append(Problem(0, f"foundation model {fid[:8]} is missing from the pool"))
+            problems.append(Problem(0, f"foundation model {short_id(fid)} is missing from the pool"))
         elif model.score is None and evaluator is not None:
-            problems.append(Problem(0, f"foundation model {fid[:8]} has no score"))
+            problems.append(Problem(0, f"foundation model {short_id(fid)} has no score"))
     children = {m.parents: m for m in pool.values() if m.parents}
     for generation, (plan, status) in sorted(store.plans(run_id).items()):
         if status != "done":
             continue
         for merge in plan.merges:
-            names = "+".join(p[:8] for p in merge.parents)
+            names = "+".join(short_id(p) for p in merge.parents)
             child = children.get(merge.parents)
             if child is None:
                 problems.append(Problem(generation, f"the merge of {names} is missing from the pool"))
             elif child.score is None and evaluator is not None:
-                problems.append(Problem(generation, f"merge {child.id[:8]} of {names} has no score"))
+                problems.append(Problem(generation, f"merge {short_id(child.id)} of {names} has no score"))
     return problems

@@ -2,9 +2,11 @@
 
 The runner hands an executor a step function from :mod:`kinmerge.evolve.steps` and a list of
 small frozen tasks, and gets plain data back (the contract is written in that module). So the
-same steps run in this process, in a pool of local processes, or on a cluster, and the store
-stays with the driver, which records each result as it arrives. A new executor is one small
-module that registers a factory here.
+same steps run in this process, in a pool of local processes (``local``), or on the machines of a
+Ray cluster (``ray``: :mod:`kinmerge.evolve.executors.ray`, which imports Ray only when used), and
+the store stays with the driver, which records each result as it arrives. A new executor is one
+small module (usually a :class:`~kinmerge.evolve.executors.base.BaseExecutor`) that registers a
+factory here.
 
 Example:
     >>> with get_executor("local", workers=1) as ex:
@@ -14,13 +16,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from kinmerge.errors import ConfigError
+from kinmerge.evolve.executors.base import BaseExecutor, Link
 from kinmerge.evolve.executors.local import LocalExecutor
+from kinmerge.evolve.executors.ray import RayExecutor
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "get_executor", "register_executor"]
+__all__ = ["EXECUTORS", "BaseExecutor", "Executor", "LocalExecutor", "RayExecutor", "executor_settings",
+           "get_executor", "register_executor"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,11 +35,17 @@ R = TypeVar("R")
 class Executor(Protocol):
     """Runs a step function over tasks (see :mod:`kinmerge.evolve.steps` for the contract)."""
 
-    workers: int
+    @property
+    def workers(self) -> int: ...
 
     def imap(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]: ...
 
+    def chain(self, first: Callable[[Any], Any], then: Callable[[Any], Any] | None, items: Iterable[Any],
+              link: Link | None = None) -> Iterator[tuple[int, int, Any]]: ...
+
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
+
+    def check_storage(self, read: Sequence[str], write: str | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -43,7 +55,7 @@ class Executor(Protocol):
 
 
 #: name -> factory(**settings) -> Executor.
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def register_executor(name: str, factory: Callable[..., Executor]) -> None:
@@ -62,3 +74,14 @@ def get_executor(name: str = "local", **settings: Any) -> Executor:
     except KeyError:
         raise ConfigError(f"unknown executor {name!r}; choose one of {', '.join(sorted(EXECUTORS))}") from None
     return factory(**settings)
+
+
+def executor_settings(name: str) -> list[str]:
+    """The settings an executor takes (its factory's keyword arguments), for config validation.
+
+    Example:
+        >>> executor_settings("local")
+        ['workers']
+    """
+    params = inspect.signature(EXECUTORS[name]).parameters.values()
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

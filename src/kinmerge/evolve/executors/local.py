@@ -9,24 +9,23 @@ Example:
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TypeVar
+from typing import Any
 
 from kinmerge.errors import ConfigError
+from kinmerge.evolve.executors.base import BaseExecutor
 
 __all__ = ["LocalExecutor"]
 
-T = TypeVar("T")
-R = TypeVar("R")
 
-
-class LocalExecutor:
+class LocalExecutor(BaseExecutor):
     """Steps on this machine: in sequence (``workers=1``) or in a pool of processes.
 
     With ``workers > 1`` each step runs in a fresh *spawned* process (no forked torch or SQLite
     state), so step functions must be module-level and their tasks and results picklable. A
-    step that raises re-raises in the caller; the steps not yet started are cancelled.
+    step that raises re-raises in the caller; the steps not yet started are cancelled. With
+    ``workers=1`` a chain runs each task's two steps back to back: merge, evaluate, next merge.
 
     Args:
         workers: steps in flight at once (>= 1).
@@ -40,50 +39,38 @@ class LocalExecutor:
     def __init__(self, workers: int = 1) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"executor workers must be an integer >= 1, got {workers!r}")
-        self.workers = workers
+        self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool
+    @property
+    def workers(self) -> int:
+        return self._workers
 
-    def imap(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
-        """Yield ``(index, fn(item))`` as each finishes (in order when ``workers == 1``)."""
-        if self.workers == 1:
-            for i, item in enumerate(items):
-                yield i, fn(item)
-            return
-        pool = self._get_pool()
-        source = iter(enumerate(items))
-        running: dict[Future[R], int] = {}
-
-        def submit_one() -> bool:
-            try:
-                i, item = next(source)
-            except StopIteration:
-                return False
-            running[pool.submit(fn, item)] = i
-            return True
-
+    def _submit(self, fn: Callable[[Any], Any], task: Any) -> Hashable:
+        if self._workers > 1:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self._workers,
+                                                 mp_context=multiprocessing.get_context("spawn"))
+            return self._pool.submit(fn, task)
+        done: Future[Any] = Future()  # in this process, now: a finished future
         try:
-            while len(running) < self.workers and submit_one():
-                pass
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: running[f]):
-                    i = running.pop(fut)
-                    result = fut.result()  # re-raises the step's error here
-                    submit_one()
-                    yield i, result
-        finally:
-            for fut in running:
-                fut.cancel()
+            done.set_result(fn(task))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: stop here, not at the next wait
+                raise
+            done.set_exception(exc)
+        return done
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``[fn(item) for item in items]``, run by this executor."""
-        out: dict[int, R] = dict(self.imap(fn, items))
-        return [out[i] for i in range(len(out))]
+    def _wait(self, handles: Sequence[Hashable]) -> Iterable[Hashable]:
+        return wait(handles, return_when=FIRST_COMPLETED).done  # type: ignore[arg-type]
+
+    def _result(self, handle: Hashable, fn: Callable[[Any], Any], task: Any) -> Any:
+        assert isinstance(handle, Future)
+        return handle.result()  # re-raises the step's error here
+
+    def _cancel(self, handle: Hashable) -> None:
+        assert isinstance(handle, Future)
+        handle.cancel()
 
     def close(self) -> None:
         """Shut the process pool down (idempotent)."""
@@ -93,6 +80,3 @@ class LocalExecutor:
 
     def __enter__(self) -> LocalExecutor:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,0 +1,190 @@
+"""The one place kinmerge talks to Ray: connect (or start a local cluster), run a function as a
+task with a resource request, and bring its errors back as kinmerge's own.
+
+Used by the Ray executor of evolution runs (:mod:`kinmerge.evolve.executors.ray`) and by the
+sharded kinship scan (:mod:`kinmerge.scan_ray`). Ray is imported here, when first needed, never
+by ``import kinmerge``.
+
+Why errors are translated: ``ray.get`` raises a ``RayTaskError`` whose message is the worker's
+whole traceback. A step's own error (``MergeError``, ``SourceError``, ...) is re-raised as itself,
+so the CLI prints its one line; a lost worker, node or object becomes one ``ClusterError`` line
+naming the task.
+
+Example:
+    >>> with RayCluster(num_cpus=2) as cluster:                       # doctest: +SKIP
+    ...     ref = cluster.submit(abs, -3, name="abs", num_cpus=1)
+    ...     cluster.result(ref, "abs of -3")
+    3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kinmerge.errors import ClusterError, ConfigError, install_hint
+
+__all__ = ["RayCluster", "import_ray"]
+
+#: How long a probe or a connection may take before the cluster is declared unreachable.
+PROBE_TIMEOUT_S = 120.0
+
+
+def import_ray() -> Any:
+    """``import ray``, or a one-line ``ConfigError`` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"the Ray executor and --ray need the ray package: {install_hint('ray')}") from None
+    return ray
+
+
+def _call(fn: Callable[[Any], Any], task: Any) -> Any:
+    """What every task runs: one step on its task (the step travels by reference)."""
+    return fn(task)
+
+
+class RayCluster:
+    """A connection to a Ray cluster: an existing one (``address``), the one this process is
+    already connected to, or a local one started here (``address`` None or ``"local"``).
+
+    A cluster this object started or connected to is shut down or disconnected by :meth:`close`;
+    one that was already connected (``ray.init`` called by the user) is left as it was.
+
+    Args:
+        address: ``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"`` or ``"local"`` (a new local
+            cluster); None: as Ray decides — ``RAY_ADDRESS`` if set, else the cluster ``ray start``
+            started on this machine, else a new local cluster.
+        num_cpus, num_gpus: the size of a new local cluster (default: this machine's); given
+            without an address, they start one even where ``ray start`` has run.
+        runtime_env: Ray's runtime environment for this job (``env_vars``, ``py_modules``, ...).
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+                 runtime_env: dict[str, Any] | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.runtime_env = runtime_env
+        self._ray: Any = None
+        self._owned = False
+        self._call: Any = None
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Connect (once); return the ``ray`` module."""
+        if self._ray is not None:
+            return self._ray
+        ray = import_ray()
+        if not ray.is_initialized():
+            sized = self.num_cpus is not None or self.num_gpus is not None
+            address = self.address
+            if sized and address is None and not os.environ.get("RAY_ADDRESS"):
+                address = "local"  # a size was asked for: a cluster of our own, not one found on this machine
+            elif sized and address != "local":
+                raise ConfigError("num_cpus and num_gpus size a local Ray cluster; an existing cluster at "
+                                  f"{address or os.environ.get('RAY_ADDRESS')} has its own size")
+            kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                                      "runtime_env": self.runtime_env, "include_dashboard": False}
+            if sized:
+                kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                raise ClusterError(f"cannot connect to the Ray cluster at {where} ({_first_line(exc)}); start "
+                                   "one with `ray start --head` and give its address") from None
+            self._owned = True
+        self._ray = ray
+        self._call = ray.remote(_call)
+        return ray
+
+    def close(self) -> None:
+        """Shut down the local cluster this object started, or disconnect (idempotent)."""
+        if self._ray is not None and self._owned:
+            self._ray.shutdown()
+        self._ray = None
+        self._owned = False
+
+    def __enter__(self) -> RayCluster:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what the cluster has ---------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The alive nodes: ``{"id", "ip", "resources"}`` each."""
+        ray = self.connect()
+        return [{"id": n["NodeID"], "ip": n.get("NodeManagerAddress", "?"), "resources": dict(n.get("Resources", {}))}
+                for n in ray.nodes() if n.get("Alive")]
+
+    def total(self, resource: str) -> float:
+        """The cluster's total of ``resource`` (``"CPU"``, ``"GPU"``)."""
+        return float(self.connect().cluster_resources().get(resource, 0.0))
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[Any], Any], task: Any, *, name: str, num_cpus: float = 1, num_gpus: float = 0,
+               max_retries: int = 0, node: str | None = None) -> Any:
+        """Run ``fn(task)`` as a task (the worker's process title is ``ray::<name>``); its ref."""
+        self.connect()
+        options: dict[str, Any] = {"name": name, "num_cpus": num_cpus, "num_gpus": num_gpus,
+                                   "max_retries": max_retries}
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        return self._call.options(**options).remote(fn, task)
+
+    def wait(self, refs: Sequence[Any]) -> list[Any]:
+        """Block until at least one of ``refs`` is finished; the finished ones."""
+        ray = self.connect()
+        ready, rest = ray.wait(list(refs), num_returns=1)
+        if rest:  # the others finished by now too: handed over together, in a stable order
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        return list(ready)
+
+    def result(self, ref: Any, what: str, *, retries: int = 0, timeout: float | None = None) -> Any:
+        """The value of a finished task; its own error re-raised, Ray's as one ``ClusterError``.
+
+        Args:
+            what: the task in words, for the message (``merge of A + B``).
+            retries: how often Ray was allowed to retry it (said in the message).
+        """
+        ray = self.connect()
+        from ray import exceptions as rex
+
+        try:
+            return ray.get(ref, timeout=timeout)
+        except rex.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception) and not isinstance(cause, rex.RayError):
+                raise cause from None
+            raise ClusterError(f"{what}: failed on a Ray worker ({_first_line(exc)})") from None
+        except rex.GetTimeoutError:
+            raise ClusterError(f"{what}: no answer from the Ray cluster within {timeout:.0f} s; check that its "
+                               "nodes are alive (`ray status`)") from None
+        except rex.RayError as exc:
+            tries = f"{retries + 1} attempts" if retries else "no retries allowed"
+            raise ClusterError(f"{what}: the Ray worker running it was lost ({type(exc).__name__}; {tries}); "
+                               "see the node's Ray logs (`ray logs`), or raise max_retries") from None
+
+    def cancel(self, ref: Any) -> None:
+        """Cancel a task that is no longer wanted (best effort)."""
+        if self._ray is not None:
+            with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
+                self._ray.cancel(ref)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
