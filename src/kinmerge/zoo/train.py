@@ -1,24 +1,13 @@
-"""The tiny model zoo: a Llama-architecture family trained from scratch on CPU.
+"""Building a zoo: pre-train the base, fine-tune the specialists, score, write the manifest.
 
-A zoo is one **base** model pre-trained on a mixture of small synthetic character tasks, and one
-**specialist** per task fine-tuned from that base on its task alone, plus the held-out task
-data in the builtin evaluator's format. It is a real Hugging Face family (``LlamaForCausalLM``,
-a character-level ``PreTrainedTokenizerFast``, fp16 safetensors), so kinship, mergekit merges
-and evaluation run on it exactly as on a hub model, in seconds.
+Deterministic for a seed (fixed seeds, ``torch.use_deterministic_algorithms``, one torch thread
+per process); specialists are fine-tuned in spawned worker processes, and their weights do not
+depend on the number of workers because each starts from the base as saved.
 
-Layout of a zoo folder::
+torch and transformers are imported inside the functions that need them.
 
-    DIR/base/                 config.json, model.safetensors, tokenizer files
-    DIR/specialists/<task>/   same, fine-tuned from base on <task>
-    DIR/tasks/<task>.jsonl    held-out evaluation split (docs/tasks.md)
-    DIR/zoo.json              manifest: models, tasks, build settings, scores, build time
-
-Presets: ``"tiny"`` (hidden 128, 4 layers, ~1M parameters, six tasks; the base trains until
-its held-out average exact match reaches ``base_target``) is the shipped demo zoo;
-``"micro"`` (hidden 32, 2 layers, three tasks, fixed short schedule) builds in seconds for
-tests. Both run the same code.
-
-torch, transformers and tokenizers are imported inside the functions that need them.
+Example:
+    >>> zoo = build_zoo("/tmp/micro-zoo", preset="micro", overwrite=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,245 +16,23 @@ import json
 import os
 import random
 import shutil
-import string
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import ConfigError, SourceError
-from kinmerge.evaluate.tasks import Example, load_tasks, write_task
+from kinmerge.errors import ConfigError
+from kinmerge.evaluate.tasks import load_tasks, write_task
+from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
+from kinmerge.zoo.presets import PRESETS, ZooPreset
+from kinmerge.zoo.tasks import TASKS, build_tokenizer, make_examples
 
-__all__ = ["PRESETS", "TASKS", "Zoo", "ZooPreset", "build_tokenizer", "build_zoo", "load_zoo",
-           "make_examples", "shipped_zoo"]
+__all__ = ["build_zoo"]
 
-MANIFEST = "zoo.json"
 FORMAT_VERSION = 1
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer: one token per character.
-
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
-CHARACTERS = " " + string.digits + string.ascii_lowercase + "+-=:?,.>|*()"
-
-
-def build_tokenizer(model_max_length: int = 64) -> Any:
-    """The zoo's character-level tokenizer as a ``PreTrainedTokenizerFast``.
-
-    Every character of :data:`CHARACTERS` is one token; ``<bos>`` is prepended on encode;
-    padding is on the left (for batched generation). Unknown characters become ``<unk>``.
-
-    Example:
-        >>> tok = build_tokenizer()  # doctest: +SKIP
-        >>> tok.decode(tok("add 2+3=").input_ids, skip_special_tokens=True)  # doctest: +SKIP
-        'add 2+3='
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        padding_side="left", model_max_length=model_max_length, clean_up_tokenization_spaces=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic tasks: each maps a random generator to one (prompt, answer) pair.
-
-def _word(rng: random.Random, lo: int, hi: int, letters: str = string.ascii_lowercase) -> str:
-    return "".join(rng.choice(letters) for _ in range(rng.randint(lo, hi)))
-
-
-def _add(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return f"add {a}+{b}=", str(a + b)
-
-
-def _reverse(rng: random.Random) -> tuple[str, str]:
-    w = _word(rng, 3, 6)
-    return f"rev {w}=", w[::-1]
-
-
-def _sort(rng: random.Random) -> tuple[str, str]:
-    w = _word(rng, 3, 6)
-    return f"sort {w}=", "".join(sorted(w))
-
-
-def _caesar(rng: random.Random) -> tuple[str, str]:
-    w = _word(rng, 3, 6)
-    shifted = "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in w)
-    return f"rot {w}=", shifted
-
-
-def _count(rng: random.Random) -> tuple[str, str]:
-    s = _word(rng, 3, 8, "abcde")
-    c = rng.choice("abcde")
-    return f"cnt {c} {s}=", str(s.count(c))
-
-
-def _double(rng: random.Random) -> tuple[str, str]:
-    w = _word(rng, 2, 5)
-    return f"dbl {w}=", "".join(c + c for c in w)
-
-
-#: task name -> generator(rng) -> (prompt, answer). Prompts end in "=", answers are short.
-TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "add": _add, "reverse": _reverse, "sort": _sort,
-    "caesar": _caesar, "count": _count, "double": _double,
-}
-
-
-def make_examples(task: str, n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()
-                  ) -> list[Example]:
-    """``n`` distinct examples of ``task`` from a fixed seed, skipping prompts in ``exclude``.
-
-    Raises:
-        ConfigError: if ``task`` is not one of :data:`TASKS`.
-    """
-    if task not in TASKS:
-        raise ConfigError(f"unknown zoo task {task!r}; choose from {', '.join(TASKS)}")
-    rng = random.Random(f"{task}:{seed}")
-    seen: set[str] = set(exclude)
-    out: list[Example] = []
-    for _ in range(n * 1000):
-        prompt, answer = TASKS[task](rng)
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        out.append(Example(prompt, answer))
-        if len(out) == n:
-            return out
-    raise ConfigError(f"task {task!r} cannot supply {n} distinct examples")  # pragma: no cover
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets
-
-
-@dataclass(frozen=True)
-class ZooPreset:
-    """Every setting of a zoo build; saved in ``zoo.json`` so a build can be reproduced."""
-
-    name: str
-    tasks: tuple[str, ...]
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    max_positions: int = 64
-    batch_size: int = 64
-    eval_size: int = 200          # held-out examples per task written to tasks/
-    check_size: int = 64          # examples per task for the base's accuracy checks
-    base_lr: float = 3e-3
-    base_warmup: int = 50
-    base_target: float | None = 0.40  # stop pre-training at this held-out average exact match
-    base_mixture: dict[str, int] | None = None  # task -> share of pre-training (default 1 each)
-    base_check_every: int = 50
-    base_max_steps: int = 3000
-    specialist_steps: int = 200
-    specialist_lr: float = 3e-4
-    specialist_warmup: int = 10
-    weight_decay: float = 0.0
-    dtype: str = "float16"        # base and specialists are saved in this same dtype
-    threads: int | None = 1       # torch CPU threads (a ~1M model trains fastest on one core)
-    workers: int | None = None    # processes fine-tuning specialists (None: one per CPU)
-
-
-PRESETS: dict[str, ZooPreset] = {
-    # Pre-training leans on the slow-to-learn tasks so the base is not all caesar/double; the
-    # specialists' low learning rate keeps forgetting small, so 50/50 merges of two
-    # specialists beat their parents' mean (checked by tests/test_zoo.py).
-    "tiny": ZooPreset(name="tiny", tasks=tuple(TASKS), hidden_size=128, num_layers=4,
-                      num_heads=4, intermediate_size=512,
-                      base_mixture={"add": 3, "count": 2, "sort": 2}, specialist_lr=3e-4),
-    "micro": ZooPreset(name="micro", tasks=("add", "reverse", "caesar"), hidden_size=32,
-                       num_layers=2, num_heads=2, intermediate_size=64, batch_size=32,
-                       eval_size=32, check_size=32, base_lr=1e-2, base_warmup=5,
-                       base_target=None, base_max_steps=40, specialist_steps=20,
-                       specialist_lr=3e-3, specialist_warmup=2, workers=1),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# The zoo handle
-
-
-@dataclass(frozen=True)
-class Zoo:
-    """Paths of a built zoo, read from its ``zoo.json``."""
-
-    root: Path
-    base: Path
-    specialists: dict[str, Path]
-    tasks_dir: Path
-    manifest: dict[str, Any] = field(repr=False)
-
-    def task_of(self, specialist: str) -> str:
-        """The task the specialist was fine-tuned on."""
-        return str(self.manifest["specialists"][specialist]["task"])
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form (absolute paths)."""
-        return {"root": str(self.root), "base": str(self.base),
-                "specialists": {k: str(v) for k, v in self.specialists.items()},
-                "tasks_dir": str(self.tasks_dir), "tasks": list(self.manifest.get("tasks", [])),
-                "preset": self.manifest.get("preset"), "scores": self.manifest.get("scores", {})}
-
-
-def load_zoo(root: str | os.PathLike[str]) -> Zoo:
-    """Open the zoo at ``root`` through its ``zoo.json`` manifest.
-
-    Raises:
-        SourceError: if ``root`` has no readable ``zoo.json`` or a listed folder is missing.
-
-    Example:
-        >>> zoo = load_zoo("my-zoo")  # doctest: +SKIP
-        >>> sorted(zoo.specialists)  # doctest: +SKIP
-        ['add', 'caesar', 'count', 'double', 'reverse', 'sort']
-    """
-    root = Path(root).resolve()
-    path = root / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no zoo manifest; build a zoo with "
-                          f"`kinmerge zoo build {root}`") from None
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{path}: unreadable zoo manifest ({exc})") from None
-    base = root / manifest["base"]
-    specialists = {name: root / spec["path"] for name, spec in manifest["specialists"].items()}
-    tasks_dir = root / manifest["tasks_dir"]
-    for p in (base, tasks_dir, *specialists.values()):
-        if not p.is_dir():
-            raise SourceError(f"{p}: listed in {path} but missing; rebuild the zoo")
-    return Zoo(root=root, base=base, specialists=specialists, tasks_dir=tasks_dir,
-               manifest=manifest)
-
-
-def shipped_zoo() -> Zoo:
-    """The tiny zoo shipped inside the package (``kinmerge/data/zoo``).
-
-    Raises:
-        SourceError: if the package was installed without its data files.
-
-    Example:
-        >>> zoo = shipped_zoo()
-        >>> zoo.base.name
-        'base'
-    """
-    root = Path(str(resources.files("kinmerge") / "data" / "zoo"))
-    return load_zoo(root)
-
 
 # ---------------------------------------------------------------------------------------------
 # Training

@@ -1,0 +1,62 @@
+"""Zoo presets: every setting of a build, by name (the registry ``kinmerge zoo build`` offers).
+
+A preset is plain, frozen data saved whole in the built zoo's ``zoo.json``, so a zoo can be
+rebuilt from its manifest. Any field can be overridden for one build, e.g.
+``build_zoo(dir, preset="tiny", specialist_steps=100)``.
+
+Example:
+    >>> PRESETS["tiny"].hidden_size
+    128
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kinmerge.zoo.tasks import TASKS
+
+__all__ = ["PRESETS", "ZooPreset"]
+
+
+@dataclass(frozen=True)
+class ZooPreset:
+    """Every setting of a zoo build; saved in ``zoo.json`` so a build can be reproduced."""
+
+    name: str
+    tasks: tuple[str, ...]
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int = 64
+    batch_size: int = 64
+    eval_size: int = 200          # held-out examples per task written to tasks/
+    check_size: int = 64          # examples per task for the base's accuracy checks
+    base_lr: float = 3e-3
+    base_warmup: int = 50
+    base_target: float | None = 0.40  # stop pre-training at this held-out average exact match
+    base_mixture: dict[str, int] | None = None  # task -> share of pre-training (default 1 each)
+    base_check_every: int = 50
+    base_max_steps: int = 3000
+    specialist_steps: int = 200
+    specialist_lr: float = 3e-4
+    specialist_warmup: int = 10
+    weight_decay: float = 0.0
+    dtype: str = "float16"        # base and specialists are saved in this same dtype
+    threads: int | None = 1       # torch CPU threads (a ~1M model trains fastest on one core)
+    workers: int | None = None    # processes fine-tuning specialists (None: one per CPU)
+
+
+PRESETS: dict[str, ZooPreset] = {
+    # Pre-training leans on the slow-to-learn tasks so the base is not all caesar/double; the
+    # specialists' low learning rate keeps forgetting small, so 50/50 merges of two
+    # specialists beat their parents' mean (checked by tests/test_zoo.py).
+    "tiny": ZooPreset(name="tiny", tasks=tuple(TASKS), hidden_size=128, num_layers=4,
+                      num_heads=4, intermediate_size=512,
+                      base_mixture={"add": 3, "count": 2, "sort": 2}, specialist_lr=3e-4),
+    "micro": ZooPreset(name="micro", tasks=("add", "reverse", "caesar"), hidden_size=32,
+                       num_layers=2, num_heads=2, intermediate_size=64, batch_size=32,
+                       eval_size=32, check_size=32, base_lr=1e-2, base_warmup=5,
+                       base_target=None, base_max_steps=40, specialist_steps=20,
+                       specialist_lr=3e-3, specialist_warmup=2, workers=1),
+}
