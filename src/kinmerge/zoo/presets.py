@@ -15,7 +15,32 @@ from dataclasses import dataclass
 
 from kinmerge.zoo.tasks import TASKS
 
-__all__ = ["PRESETS", "ZooPreset"]
+__all__ = ["PRESETS", "FineTune", "ZooPreset"]
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """One model fine-tuned from the base: its name, task mixture and schedule.
+
+    ``mixture`` maps a task to its whole-number share of every training batch, so
+    ``{"reverse": 1}`` is a one-task specialist and ``{"reverse": 3, "sort": 2, "add": 1}`` is
+    a fine-tune on overlapping tasks, as community fine-tunes are. ``lr`` and ``steps`` default
+    to the preset's ``specialist_lr`` and ``specialist_steps``.
+
+    Example:
+        >>> FineTune("rev", {"reverse": 1}).task
+        'reverse'
+    """
+
+    name: str
+    mixture: dict[str, int]
+    lr: float | None = None
+    steps: int | None = None
+
+    @property
+    def task(self) -> str:
+        """The main task: the largest share (the first listed on a tie)."""
+        return max(self.mixture, key=lambda t: self.mixture[t])
 
 
 @dataclass(frozen=True)
@@ -41,10 +66,29 @@ class ZooPreset:
     specialist_steps: int = 200
     specialist_lr: float = 3e-4
     specialist_warmup: int = 10
+    specialist_batch_size: int | None = None  # default: batch_size
+    # The fine-tuned models; None: one specialist per task, named after it (tiny, micro).
+    fine_tunes: tuple[FineTune, ...] | None = None
     weight_decay: float = 0.0
     dtype: str = "float16"        # base and specialists are saved in this same dtype
     threads: int | None = 1       # torch CPU threads (a ~1M model trains fastest on one core)
     workers: int | None = None    # processes fine-tuning specialists (None: one per CPU)
+    # The foundation sets (model names) of the zoo's headroom property (kinmerge.zoo.headroom),
+    # the tasks their runs score ("all" or "own") and the examples per task; saved in zoo.json.
+    headroom_sets: tuple[tuple[str, ...], ...] | None = None
+    headroom_tasks: str = "all"
+    headroom_limit: int | None = None
+
+    def models(self) -> tuple[FineTune, ...]:
+        """The fine-tunes to build: ``fine_tunes``, else one specialist per task.
+
+        Example:
+            >>> [m.name for m in PRESETS["micro"].models()]
+            ['add', 'reverse', 'caesar']
+        """
+        if self.fine_tunes is not None:
+            return self.fine_tunes
+        return tuple(FineTune(task, {task: 1}) for task in self.tasks)
 
 
 PRESETS: dict[str, ZooPreset] = {

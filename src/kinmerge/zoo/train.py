@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +23,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from kinmerge._io import atomic_dir
 from kinmerge.errors import ConfigError
 from kinmerge.evaluate.tasks import load_tasks, write_task
 from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
-from kinmerge.zoo.presets import PRESETS, ZooPreset
+from kinmerge.zoo.presets import PRESETS, FineTune, ZooPreset
 from kinmerge.zoo.tasks import TASKS, build_tokenizer, make_examples
 
 __all__ = ["build_zoo"]
@@ -182,24 +182,27 @@ def _save(model: Any, tokenizer: Any, out: Path, dtype: str, meta: dict[str, Any
 
 
 def _workers(preset: ZooPreset) -> int:
+    jobs = len(preset.models())
     if preset.workers is not None:
-        return max(1, min(preset.workers, len(preset.tasks)))
+        return max(1, min(preset.workers, jobs))
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, len(preset.tasks)))
+    return max(1, min(cpus, jobs))
 
 
-def _specialist(tmp: str, preset: ZooPreset, task: str, index: int,
-                seed: int) -> tuple[str, float, dict[str, float]]:
-    """Fine-tune, save and score one specialist (in a worker process or inline)."""
+def _fine_tune(tmp: str, preset: ZooPreset, ft: FineTune, index: int,
+               seed: int) -> tuple[str, float, dict[str, float]]:
+    """Fine-tune, save and score one model from the saved base (in a worker process or inline)."""
     import torch
 
     from kinmerge.evaluate.builtin import evaluate_loaded, load_model
 
     started = time.perf_counter()
     root = Path(tmp)
+    steps = ft.steps if ft.steps is not None else preset.specialist_steps
+    lr = ft.lr if ft.lr is not None else preset.specialist_lr
     with _torch_state(preset.threads):
         tokenizer = build_tokenizer(preset.max_positions)
         tasks = load_tasks(root / "tasks")
@@ -207,18 +210,53 @@ def _specialist(tmp: str, preset: ZooPreset, task: str, index: int,
         model, _ = load_model(root / "base")  # the saved 16-bit weights, upcast to float32
         model.train()
         torch.manual_seed(seed * 1000 + index + 1)
-        _train(model, tokenizer, _Sampler((task,), seed + index + 1, exclude),
-               lr=preset.specialist_lr, warmup=preset.specialist_warmup,
-               max_steps=preset.specialist_steps, batch_size=preset.batch_size,
+        _train(model, tokenizer, _Sampler(tuple(ft.mixture), seed + index + 1, exclude, ft.mixture),
+               lr=lr, warmup=preset.specialist_warmup, max_steps=steps,
+               batch_size=preset.specialist_batch_size or preset.batch_size,
                weight_decay=preset.weight_decay, decay=True)
-        out = root / "specialists" / task
+        out = root / "specialists" / ft.name
         _save(model, tokenizer, out, preset.dtype,
-              {"preset": preset.name, "seed": seed, "role": "specialist", "task": task,
-               "steps": preset.specialist_steps})
+              {"preset": preset.name, "seed": seed, "role": "specialist", "task": ft.task,
+               "steps": steps, **_recipe(ft, lr, preset)})
         seconds = time.perf_counter() - started
         saved, _ = load_model(out)
         scores = evaluate_loaded(saved, tokenizer, tasks).scores
-    return task, seconds, scores
+    return ft.name, seconds, scores
+
+
+def _recipe(ft: FineTune, lr: float, preset: ZooPreset) -> dict[str, Any]:
+    """What a fine-tune adds to its manifest entry beyond ``task``: only what a one-task
+    specialist at the preset's learning rate would not say (tiny's manifest stays as it was)."""
+    extra: dict[str, Any] = {}
+    if ft.mixture != {ft.task: 1}:
+        extra["mixture"] = dict(ft.mixture)
+    if lr != preset.specialist_lr:
+        extra["lr"] = lr
+    return extra
+
+
+def _resolve(preset: str | ZooPreset, overrides: dict[str, Any]) -> ZooPreset:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown zoo preset {preset!r}; choose from {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    try:
+        preset = replace(preset, **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"bad zoo setting: {exc}") from None
+    models = preset.models()
+    for task in {t for ft in models for t in ft.mixture} | set(preset.tasks):
+        if task not in TASKS:
+            raise ConfigError(f"unknown zoo task {task!r}; choose from {', '.join(TASKS)}")
+    names = [ft.name for ft in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"zoo preset {preset.name!r}: fine-tune names repeat: {names}")
+    for fset in preset.headroom_sets or ():
+        unknown = set(fset) - set(names)
+        if unknown:
+            raise ConfigError(f"zoo preset {preset.name!r}: headroom set {list(fset)} names "
+                              f"no fine-tune {sorted(unknown)}; choose from {names}")
+    return preset
 
 
 def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", seed: int = 0,
@@ -228,8 +266,8 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
 
     Args:
         root: the zoo folder to create.
-        preset: ``"tiny"`` (the demo zoo, ~1M parameters per model), ``"micro"`` (seconds, for
-            tests) or a :class:`ZooPreset`.
+        preset: a name from :data:`PRESETS` (``"tiny"``: the demo zoo, ~1M parameters per
+            model; ``"micro"``: seconds, for tests) or a :class:`ZooPreset`.
         seed: seeds the data, the initial weights and every fine-tune.
         overwrite: replace an existing ``root``.
         log: called with one progress line at a time (default: print to stderr).
@@ -247,22 +285,7 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
         >>> sorted(zoo.specialists)  # doctest: +SKIP
         ['add', 'caesar', 'reverse']
     """
-    import torch
-    import transformers
-
-    from kinmerge.evaluate.builtin import evaluate_loaded, load_model
-
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown zoo preset {preset!r}; choose from {', '.join(PRESETS)}")
-        preset = PRESETS[preset]
-    try:
-        preset = replace(preset, **overrides)
-    except TypeError as exc:
-        raise ConfigError(f"bad zoo setting: {exc}") from None
-    for task in preset.tasks:
-        if task not in TASKS:
-            raise ConfigError(f"unknown zoo task {task!r}; choose from {', '.join(TASKS)}")
+    preset = _resolve(preset, overrides)
     root = Path(root).resolve()
     if root.exists() and not overwrite:
         raise ConfigError(f"{root} already exists; choose a new folder or pass overwrite "
@@ -272,123 +295,134 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
             print(f"[zoo] {line}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        with _torch_state(preset.threads):
-            tokenizer = build_tokenizer(preset.max_positions)
-            # Held-out data first, so training can exclude every evaluation prompt.
-            held_out = {t: make_examples(t, preset.eval_size, seed) for t in preset.tasks}
-            exclude = {ex.prompt for exs in held_out.values() for ex in exs}
-            for task, examples in held_out.items():
-                write_task(tmp / "tasks" / f"{task}.jsonl", examples)
-            tasks = load_tasks(tmp / "tasks")
-            check_tasks = {name: replace(t, examples=t.examples[: preset.check_size])
-                           for name, t in tasks.items()}
-
-            model = _new_model(preset, tokenizer, seed)
-            n_params = sum(p.numel() for p in model.parameters())
-            log(f"preset {preset.name}: {n_params:,} parameters, tasks {', '.join(preset.tasks)}")
-            history: list[dict[str, float]] = []
-
-            def reached(step: int) -> bool:
-                result = evaluate_loaded(model, tokenizer, check_tasks)
-                model.train()
-                history.append({"step": step, "average": result.average})
-                log(f"base step {step}: held-out average {result.average:.3f} ("
-                    + ", ".join(f"{t} {v:.2f}" for t, v in result.scores.items()) + ")")
-                return preset.base_target is not None and result.average >= preset.base_target
-
-            t0 = time.perf_counter()
-            base_steps = _train(
-                model, tokenizer, _Sampler(preset.tasks, seed, exclude, preset.base_mixture),
-                lr=preset.base_lr,
-                warmup=preset.base_warmup, max_steps=preset.base_max_steps,
-                batch_size=preset.batch_size, weight_decay=preset.weight_decay, decay=False,
-                check=reached if preset.base_target is not None else None,
-                check_every=preset.base_check_every, log=log)
-            base_seconds = time.perf_counter() - t0
-            if preset.base_target is not None and (not history
-                                                    or history[-1]["average"] < preset.base_target):
-                log(f"base stopped at the step cap ({base_steps}) below target "
-                    f"{preset.base_target}")
-            _save(model, tokenizer, tmp / "base", preset.dtype,
-                  {"preset": preset.name, "seed": seed, "role": "base", "steps": base_steps})
-            del model
-            # Scores of the saved (16-bit) checkpoints, as any user of the zoo will see them.
-            base_model, _ = load_model(tmp / "base")
-            scores = {"base": evaluate_loaded(base_model, tokenizer, tasks).scores}
-            del base_model
-
-        # Specialists are independent: one per worker process (one torch thread each). Each
-        # starts from the base as saved, so a delta (specialist - base) is fine-tuning only,
-        # and the result does not depend on the number of workers.
-        t0 = time.perf_counter()
-        jobs = [(str(tmp), preset, task, i, seed) for i, task in enumerate(preset.tasks)]
-        workers = _workers(preset)
-        spec_seconds: dict[str, float] = {}
-
-        def done(task: str, seconds: float, task_scores: dict[str, float]) -> None:
-            spec_seconds[task] = round(seconds, 2)
-            scores[task] = task_scores
-            log(f"specialist {task}: {preset.specialist_steps} steps in {seconds:.1f}s")
-
-        if workers <= 1:
-            for job in jobs:
-                done(*_specialist(*job))
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            log(f"fine-tuning {len(jobs)} specialists in {workers} worker processes")
-            context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for future in as_completed([pool.submit(_specialist, *job) for job in jobs]):
-                    done(*future.result())
-        specialists_seconds = time.perf_counter() - t0
-        scores = {name: scores[name] for name in ("base", *preset.tasks)}
-        for name, s in scores.items():
+    with atomic_dir(root, replace=overwrite) as tmp:
+        base = _build_base(tmp, preset, seed, log)
+        scores, seconds = _build_fine_tunes(tmp, preset, seed, log)
+        for name, s in {"base": base["scores"], **scores}.items():
             log(f"scores {name}: " + ", ".join(f"{t} {v:.2f}" for t, v in s.items()))
-
-        manifest = {
-            "format": FORMAT_VERSION,
-            "preset": preset.name,
-            "seed": seed,
-            "base": "base",
-            "specialists": {t: {"task": t, "path": f"specialists/{t}"} for t in preset.tasks},
-            "tasks_dir": "tasks",
-            "tasks": list(preset.tasks),
-            "settings": asdict(preset),
-            "parameters": n_params,
-            "base_steps": base_steps,
-            "base_history": history,
-            "scores": {name: {**s, "average": sum(s.values()) / len(s)}
-                       for name, s in scores.items()},
-            "build_seconds": {"base": round(base_seconds, 2),
-                              "specialists": round(specialists_seconds, 2),
-                              "per_specialist": spec_seconds, "workers": workers,
-                              "total": round(time.perf_counter() - started, 2)},
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "host": {"cpus": os.cpu_count(), "torch_threads": preset.threads},
-        }
+        manifest = _manifest(preset, seed, base, {"base": base.pop("scores"), **scores}, seconds)
+        manifest["build_seconds"]["total"] = round(time.perf_counter() - started, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"built {root} in {manifest['build_seconds']['total']:.1f}s")
     return load_zoo(root)
 
 
-def _move_into_place(tmp: Path, root: Path) -> None:
-    """Rename ``tmp`` to ``root``; an old ``root`` is moved aside first and removed after."""
-    old = None
-    if root.exists():
-        old = root.parent / f".{root.name}.old-{os.getpid()}"
-        os.replace(root, old)
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _build_base(tmp: Path, preset: ZooPreset, seed: int,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Write the held-out tasks, pre-train and save the base; return its facts and scores."""
+    from kinmerge.evaluate.builtin import evaluate_loaded, load_model
+
+    with _torch_state(preset.threads):
+        tokenizer = build_tokenizer(preset.max_positions)
+        # Held-out data first, so training can exclude every evaluation prompt.
+        held_out = {t: make_examples(t, preset.eval_size, seed) for t in preset.tasks}
+        exclude = {ex.prompt for exs in held_out.values() for ex in exs}
+        for task, examples in held_out.items():
+            write_task(tmp / "tasks" / f"{task}.jsonl", examples)
+        tasks = load_tasks(tmp / "tasks")
+        check_tasks = {name: replace(t, examples=t.examples[: preset.check_size])
+                       for name, t in tasks.items()}
+
+        model = _new_model(preset, tokenizer, seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"preset {preset.name}: {n_params:,} parameters, tasks {', '.join(preset.tasks)}")
+        history: list[dict[str, float]] = []
+
+        def reached(step: int) -> bool:
+            result = evaluate_loaded(model, tokenizer, check_tasks)
+            model.train()
+            history.append({"step": step, "average": result.average})
+            log(f"base step {step}: held-out average {result.average:.3f} ("
+                + ", ".join(f"{t} {v:.2f}" for t, v in result.scores.items()) + ")")
+            return preset.base_target is not None and result.average >= preset.base_target
+
+        t0 = time.perf_counter()
+        steps = _train(
+            model, tokenizer, _Sampler(preset.tasks, seed, exclude, preset.base_mixture),
+            lr=preset.base_lr, warmup=preset.base_warmup, max_steps=preset.base_max_steps,
+            batch_size=preset.batch_size, weight_decay=preset.weight_decay, decay=False,
+            check=reached if preset.base_target is not None else None,
+            check_every=preset.base_check_every, log=log)
+        seconds = time.perf_counter() - t0
+        if preset.base_target is not None and (not history
+                                                or history[-1]["average"] < preset.base_target):
+            log(f"base stopped at the step cap ({steps}) below target {preset.base_target}")
+        _save(model, tokenizer, tmp / "base", preset.dtype,
+              {"preset": preset.name, "seed": seed, "role": "base", "steps": steps})
+        del model
+        # Scores of the saved (16-bit) checkpoint, as any user of the zoo will see them.
+        saved, _ = load_model(tmp / "base")
+        scores = evaluate_loaded(saved, tokenizer, tasks).scores
+    return {"parameters": n_params, "steps": steps, "history": history,
+            "seconds": round(seconds, 2), "scores": scores}
+
+
+def _build_fine_tunes(tmp: Path, preset: ZooPreset, seed: int, log: Callable[[str], None]
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Fine-tune every model from the saved base; return their scores and timings.
+
+    The fine-tunes are independent: one per worker process (one torch thread each). Each starts
+    from the base as saved, so a delta (model - base) is fine-tuning only, and the result does
+    not depend on the number of workers.
+    """
+    t0 = time.perf_counter()
+    models = preset.models()
+    jobs = [(str(tmp), preset, ft, i, seed) for i, ft in enumerate(models)]
+    workers = _workers(preset)
+    per_model: dict[str, float] = {}
+    scores: dict[str, dict[str, float]] = {}
+
+    def done(name: str, seconds: float, model_scores: dict[str, float]) -> None:
+        per_model[name] = round(seconds, 2)
+        scores[name] = model_scores
+        log(f"specialist {name}: fine-tuned in {seconds:.1f}s")
+
+    if workers <= 1:
+        for job in jobs:
+            done(*_fine_tune(*job))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        log(f"fine-tuning {len(jobs)} models in {workers} worker processes")
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for future in as_completed([pool.submit(_fine_tune, *job) for job in jobs]):
+                done(*future.result())
+    timing = {"specialists": round(time.perf_counter() - t0, 2),
+              "per_specialist": {ft.name: per_model[ft.name] for ft in models}, "workers": workers}
+    return {ft.name: scores[ft.name] for ft in models}, timing
+
+
+def _manifest(preset: ZooPreset, seed: int, base: dict[str, Any],
+              scores: dict[str, dict[str, float]], seconds: dict[str, Any]) -> dict[str, Any]:
+    """The zoo.json of a build: models, tasks, every setting, scores, timings, versions."""
+    import torch
+    import transformers
+
+    lr_default = preset.specialist_lr
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "preset": preset.name,
+        "seed": seed,
+        "base": "base",
+        "specialists": {
+            ft.name: {"task": ft.task, "path": f"specialists/{ft.name}",
+                      **_recipe(ft, ft.lr if ft.lr is not None else lr_default, preset)}
+            for ft in preset.models()},
+        "tasks_dir": "tasks",
+        "tasks": list(preset.tasks),
+        "settings": asdict(preset),
+        "parameters": base["parameters"],
+        "base_steps": base["steps"],
+        "base_history": base["history"],
+        "scores": {name: {**s, "average": sum(s.values()) / len(s)} for name, s in scores.items()},
+        "build_seconds": {"base": base["seconds"], **seconds},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "host": {"cpus": os.cpu_count(), "torch_threads": preset.threads},
+    }
+    if preset.headroom_sets:
+        manifest["headroom"] = {"sets": [list(s) for s in preset.headroom_sets],
+                                "tasks": preset.headroom_tasks,
+                                "limit": preset.headroom_limit or preset.eval_size}
+    return manifest
