@@ -12,18 +12,20 @@ scored tasks -- runs ``kinmerge evolve`` on it, and prints per set:
 
 and whether the property holds: on at least 3 of every 4 sets the gain at generation >= 2 is
 >= 0.01 and the top-k kinship rises through the run (its last value is above both its value at
-generation 0 and after generation 1; see :func:`kinship_rises`).
+generation 0 and after generation 1; see ``kinmerge.zoo.headroom``). It also times one
+evaluation (the base, the runs' evaluator settings): a run's time is mostly evaluations.
 
 Usage::
 
     # the sets recorded in a zoo's manifest (``headroom.sets``), its scored tasks and limit
-    python benchmarks/zoo_headroom.py --zoo src/kinmerge/data/zoo-overlap --out /tmp/hr
+    python benchmarks/zoo_headroom.py --zoo src/kinmerge/data/zoo-headroom --out /tmp/hr
     # any zoo and sets: ';' between sets, ',' between models; tasks: 'own' (the foundations'
     # own tasks) or 'all' (every task of the zoo) or a ',' list
     python benchmarks/zoo_headroom.py --zoo src/kinmerge/data/zoo --tasks own \\
         --sets "add,reverse,sort;caesar,count,double;add,caesar,double;reverse,sort,count"
-    # write the measured runs (best and kinship per generation) into a JSON file
-    python benchmarks/zoo_headroom.py --zoo DIR --out /tmp/hr --record DIR/headroom.json
+    # record the runs (best and top-k kinship per generation) beside a shipped zoo
+    python benchmarks/zoo_headroom.py --zoo src/kinmerge/data/zoo-headroom --out /tmp/hr \\
+        --json src/kinmerge/data/zoo-headroom/headroom.json
 
 Pin it to one core on a shared machine (``taskset -c 1``; the evaluator already uses one torch
 thread for small models). ``--workers N`` runs N sets at a time in separate processes.
@@ -89,6 +91,13 @@ def run_set(config: str, run_dir: str, name: str) -> dict[str, Any]:
                       seconds=round(seconds, 1))
 
 
+def _defaults(zoo: Any, tasks: str | None, limit: int | None) -> tuple[str, int]:
+    """Scored tasks and examples per task: as given, else the zoo's ``headroom`` entry."""
+    recorded = zoo.manifest.get("headroom", {})
+    return (tasks or recorded.get("tasks", "all"),
+            limit or recorded.get("limit") or zoo.manifest["settings"]["eval_size"])
+
+
 def _scored_tasks(zoo: Any, fset: Sequence[str], tasks: str) -> list[str]:
     if tasks == "all":
         return list(zoo.manifest["tasks"])
@@ -117,12 +126,10 @@ def measure(zoo_root: str | os.PathLike[str], out: str | os.PathLike[str],
     from kinmerge.zoo import load_zoo
 
     zoo = load_zoo(zoo_root)
-    recorded = zoo.manifest.get("headroom", {})
-    sets = [list(s) for s in (sets or recorded.get("sets") or [])]
+    sets = [list(s) for s in (sets or zoo.manifest.get("headroom", {}).get("sets") or [])]
     if not sets:
         raise SystemExit("no foundation sets: pass --sets or use a zoo whose zoo.json has headroom.sets")
-    tasks = tasks or recorded.get("tasks", "all")
-    limit = limit or recorded.get("limit") or zoo.manifest["settings"]["eval_size"]
+    tasks, limit = _defaults(zoo, tasks, limit)
     merge = merge or {"method": "slerp"}
     out = Path(out).resolve()
     jobs = []
@@ -143,9 +150,32 @@ def measure(zoo_root: str | os.PathLike[str], out: str | os.PathLike[str],
             for f in futures:
                 rows.append(f.result())
                 log(_row_line(rows[-1]))
-    settings = {"zoo": str(zoo.root), "preset": zoo.manifest.get("preset"), "k": k,
+    settings = {"preset": zoo.manifest.get("preset"), "seed": zoo.manifest.get("seed"), "k": k,
                 "max_generations": generations, "merge": merge, "tasks": tasks, "limit": limit}
     return {"settings": settings, "sets": rows, "verdict": verdict(rows)}
+
+
+def evaluation_seconds(zoo_root: str | os.PathLike[str], tasks: str | None = None,
+                       limit: int | None = None, repeat: int = 3) -> dict[str, Any]:
+    """Seconds to score one model (the base) with the runs' evaluator settings; best of ``repeat``.
+
+    The loop's cost is mostly evaluation (one per merge), so this is what a run's time scales
+    with. Loading the model is included, as in a run.
+    """
+    from kinmerge.evaluate.builtin import BuiltinEvaluator
+    from kinmerge.zoo import load_zoo
+
+    zoo = load_zoo(zoo_root)
+    tasks, limit = _defaults(zoo, tasks, limit)
+    names = list(zoo.manifest["tasks"]) if tasks in ("all", "own") else tasks.split(",")
+    evaluator = BuiltinEvaluator(zoo.tasks_dir, limit=limit, tasks=names, progress=False)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        evaluator.evaluate(zoo.base)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": round(min(times), 3), "tasks": len(names), "limit": limit,
+            "examples": len(names) * limit}
 
 
 def _fmt(values: Sequence[float | None]) -> str:
@@ -175,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="merge recipe as YAML/JSON, e.g. '{method: linear}' (default slerp)")
     parser.add_argument("--workers", type=int, default=1, help="sets run at a time")
     parser.add_argument("--json", dest="json_out", default=None, help="write the result here")
-    parser.add_argument("--record", default=None,
-                        help="write the runs (curves only) as a zoo headroom record (JSON)")
     args = parser.parse_args(argv)
     sets = None
     if args.sets:
@@ -186,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = measure(args.zoo, args.out, sets, args.tasks, args.limit, args.k, args.generations,
                      merge, args.workers)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["evaluation"] = evaluation_seconds(args.zoo, args.tasks, args.limit)
+    e = result["evaluation"]
+    print(f"evaluation: {e['seconds']:.2f} s per model ({e['tasks']} tasks x {e['limit']} examples, "
+          f"best of 3, one torch thread)")
     v = result["verdict"]
     print(f"property (gain >= {MIN_GAIN} at generation >= 2 and rising top-k kinship on >= 3 of "
           f"4 sets): {v['hold']}/{v['sets']} sets -> {'HOLDS' if v['property'] else 'fails'}"
@@ -193,8 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         Path(args.json_out).write_text(text, encoding="utf-8")
-    if args.record:
-        Path(args.record).write_text(text, encoding="utf-8")
     return 0
 
 

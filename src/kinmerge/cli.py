@@ -15,6 +15,8 @@ import click
 
 from kinmerge import __version__
 from kinmerge.errors import KinmergeError
+from kinmerge.zoo.handle import SHIPPED as SHIPPED_ZOOS
+from kinmerge.zoo.presets import PRESETS as ZOO_PRESETS
 
 
 class _Group(click.Group):
@@ -441,8 +443,8 @@ def zoo_group() -> None:
 
 @zoo_group.command("build")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--preset", type=click.Choice(["tiny", "micro"]), default="tiny", show_default=True,
-              help="tiny: the demo zoo (~1M parameters, minutes); micro: seconds, for tests.")
+@click.option("--preset", type=click.Choice(list(ZOO_PRESETS)), default="tiny", show_default=True,
+              help="; ".join(f"{name}: {p.summary}" for name, p in ZOO_PRESETS.items()) + ".")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the data, the initial weights and every fine-tune.")
 @click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists.")
@@ -466,19 +468,21 @@ def zoo_build_cmd(directory: str, preset: str, seed: int, force: bool, as_json: 
 
 @zoo_group.command("list")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A zoo folder to show instead of the shipped one.")
+              help="A zoo folder to show instead of a shipped one.")
+@click.option("--preset", "shipped", type=click.Choice(list(SHIPPED_ZOOS)), default="tiny",
+              show_default=True, help="Which shipped zoo to show (when no --root is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def zoo_list_cmd(root: str | None, as_json: bool) -> None:
-    """Show a zoo's base, specialists, task folder and held-out scores (default: shipped zoo).
+def zoo_list_cmd(root: str | None, shipped: str, as_json: bool) -> None:
+    """Show a zoo's base, specialists, task folder and held-out scores (default: shipped tiny zoo).
 
     \b
     Example:
       kinmerge zoo list
-      kinmerge zoo list --json
+      kinmerge zoo list --preset headroom --json
     """
     from kinmerge.zoo import load_zoo, shipped_zoo
 
-    _print_zoo(shipped_zoo() if root is None else load_zoo(root), as_json)
+    _print_zoo(shipped_zoo(shipped) if root is None else load_zoo(root), as_json)
 
 
 def _print_zoo(zoo: Any, as_json: bool) -> None:

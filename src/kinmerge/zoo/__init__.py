@@ -23,10 +23,11 @@ torch, transformers and tokenizers are imported inside the functions that need t
 
 from __future__ import annotations
 
-from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo, shipped_zoo
-from kinmerge.zoo.presets import PRESETS, ZooPreset
+from kinmerge.zoo.handle import MANIFEST, SHIPPED, Zoo, load_zoo, shipped_zoo
+from kinmerge.zoo.presets import PRESETS, FineTune, ZooPreset
 from kinmerge.zoo.tasks import CHARACTERS, SPECIAL_TOKENS, TASKS, build_tokenizer, make_examples
 from kinmerge.zoo.train import _Sampler, build_zoo
 
-__all__ = ["CHARACTERS", "MANIFEST", "PRESETS", "SPECIAL_TOKENS", "TASKS", "Zoo", "ZooPreset",
-           "_Sampler", "build_tokenizer", "build_zoo", "load_zoo", "make_examples", "shipped_zoo"]
+__all__ = ["CHARACTERS", "MANIFEST", "PRESETS", "SHIPPED", "SPECIAL_TOKENS", "TASKS", "FineTune",
+           "Zoo", "ZooPreset", "_Sampler", "build_tokenizer", "build_zoo", "load_zoo",
+           "make_examples", "shipped_zoo"]

@@ -14,11 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import SourceError
+from kinmerge.errors import ConfigError, SourceError
 
-__all__ = ["MANIFEST", "Zoo", "load_zoo", "shipped_zoo"]
+__all__ = ["MANIFEST", "SHIPPED", "Zoo", "load_zoo", "shipped_zoo"]
 
 MANIFEST = "zoo.json"
+
+#: The zoos shipped inside the package: preset name -> folder under ``kinmerge/data``.
+SHIPPED: dict[str, str] = {"tiny": "zoo", "headroom": "zoo-headroom"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class Zoo:
         return {"root": str(self.root), "base": str(self.base),
                 "specialists": {k: str(v) for k, v in self.specialists.items()},
                 "tasks_dir": str(self.tasks_dir), "tasks": list(self.manifest.get("tasks", [])),
-                "preset": self.manifest.get("preset"), "scores": self.manifest.get("scores", {})}
+                "preset": self.manifest.get("preset"), "scores": self.manifest.get("scores", {}),
+                "headroom": self.manifest.get("headroom")}
 
 
 def load_zoo(root: str | os.PathLike[str]) -> Zoo:
@@ -73,10 +77,12 @@ def load_zoo(root: str | os.PathLike[str]) -> Zoo:
                manifest=manifest)
 
 
-def shipped_zoo() -> Zoo:
-    """The tiny zoo shipped inside the package (``kinmerge/data/zoo``).
+def shipped_zoo(name: str = "tiny") -> Zoo:
+    """A zoo shipped inside the package: ``"tiny"`` (``kinmerge/data/zoo``, the default) or
+    another name from :data:`SHIPPED`.
 
     Raises:
+        ConfigError: if no zoo of that name is shipped.
         SourceError: if the package was installed without its data files.
 
     Example:
@@ -84,5 +90,7 @@ def shipped_zoo() -> Zoo:
         >>> zoo.base.name
         'base'
     """
-    root = Path(str(resources.files("kinmerge") / "data" / "zoo"))
-    return load_zoo(root)
+    if name not in SHIPPED:
+        raise ConfigError(f"no shipped zoo {name!r}; choose from {', '.join(SHIPPED)} or build "
+                          f"one with `kinmerge zoo build DIR --preset {name}`")
+    return load_zoo(Path(str(resources.files("kinmerge") / "data" / SHIPPED[name])))
