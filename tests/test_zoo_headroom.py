@@ -101,16 +101,13 @@ def test_fine_tune_main_task_and_default_models():
 
 # --------------------------------------------------------------------------- reduced builds
 
-torch_needed = pytest.mark.skipif("torch" not in sys.modules and not __import__("importlib").util.find_spec("torch"),
-                                  reason="needs torch")
-
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, base_target=None,
              base_max_steps=4, specialist_steps=3, batch_size=16, specialist_batch_size=8,
              eval_size=8, check_size=8, workers=1, log=lambda line: None)
 
 
-@torch_needed
 def test_reduced_headroom_build_is_deterministic_and_records_its_sets(tmp_path):
+    pytest.importorskip("torch")
     from kinmerge.zoo import build_zoo
 
     a = build_zoo(tmp_path / "a", preset="headroom", seed=1, **SMALL)
@@ -126,8 +123,8 @@ def test_reduced_headroom_build_is_deterministic_and_records_its_sets(tmp_path):
             b.root / folder / "model.safetensors").read_bytes(), folder
 
 
-@torch_needed
 def test_mixture_fine_tunes_train_on_their_tasks_and_say_so(tmp_path):
+    pytest.importorskip("torch")
     from kinmerge.zoo import build_zoo
 
     mixed = (FineTune("rs", {"reverse": 2, "sort": 1}), FineTune("sc", {"sort": 1, "caesar": 1}, lr=1e-2))
@@ -154,6 +151,13 @@ def headroom_zoo():
     return shipped_zoo("headroom")
 
 
+def _dtypes(weights: Path) -> set[str]:
+    """Tensor dtypes from a safetensors header (8-byte length, then JSON), without torch."""
+    with weights.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
 def test_shipped_headroom_zoo_is_small_fp16_and_lists_itself(headroom_zoo):
     from click.testing import CliRunner
 
@@ -162,7 +166,8 @@ def test_shipped_headroom_zoo_is_small_fp16_and_lists_itself(headroom_zoo):
     size = sum(p.stat().st_size for p in headroom_zoo.root.rglob("*") if p.is_file())
     assert size <= 40 * 2**20
     assert headroom_zoo.manifest["preset"] == "headroom"
-    assert headroom_zoo.manifest["settings"]["dtype"] == "float16"
+    for folder in [headroom_zoo.base, *headroom_zoo.specialists.values()]:
+        assert _dtypes(folder / "model.safetensors") == {"F16"}, folder
     assert headroom_zoo.manifest["build_seconds"]["total"] < 15 * 60
     result = CliRunner().invoke(cli, ["zoo", "list", "--preset", "headroom", "--json"])
     assert result.exit_code == 0, result.output
@@ -193,6 +198,9 @@ def test_a_rerun_of_one_recorded_set_matches_the_record(headroom_zoo, tmp_path):
     fset = headroom_zoo.manifest["headroom"]["sets"][0]
     again = measure(headroom_zoo.root, tmp_path, sets=[fset], log=lambda line: None)
     (row,) = again["sets"]
-    assert row["best"] == pytest.approx(first["best"], abs=1e-9)
-    assert row["topk_kinship"] == pytest.approx(first["topk_kinship"], abs=1e-6)
+    # Same machine: identical. Another CPU may round a merge differently and flip an example or
+    # two (1/600 each), so the check allows two examples per generation, and the verdict must hold.
+    assert len(row["best"]) == len(first["best"])
+    assert row["best"] == pytest.approx(first["best"], abs=2 / 600 + 1e-9)
+    assert row["topk_kinship"] == pytest.approx(first["topk_kinship"], abs=0.02)
     assert row["holds"] == first["holds"]
