@@ -33,6 +33,7 @@ LAYERS: tuple[str, ...] = (
     "merge",
     "evaluate",
     "zoo",
+    "fingerprint",
     "pool",
     "store",
     "index",
@@ -45,7 +46,7 @@ LAYERS: tuple[str, ...] = (
 )
 
 #: Files allowed past the size guideline, each with its reason in docs/decisions.md.
-LONG_FILES = {"store/db.py", "zoo.py"}
+LONG_FILES = {"store/db.py"}
 MAX_LINES = 550  # "about 500": the hard line a little past it
 
 

@@ -61,6 +61,10 @@ def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, c
         evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "shorter.yaml", max_generations=1), run_dir, progress=False)
     with pytest.raises(StoreError, match=r"other settings: strategy\.k: 3 -> 2"):
         evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "k2.yaml", k=2, max_generations=2), run_dir, progress=False)
+    data = yaml.safe_load((tmp_path / "longer.yaml").read_text())
+    data["evaluator"]["limit"] = 3  # an evaluator setting is named too, not only its hash
+    with pytest.raises(StoreError, match=r"other settings: evaluator\.limit: None -> 3;"):
+        evolve(write_config(tmp_path / "limit.yaml", data), run_dir, progress=False)
 
 
 def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_tasks, tmp_path):  # noqa: F811

@@ -37,6 +37,10 @@ METRICS = ("pcc", "cs", "ed")
 METRIC_NAMES = {"pcc": "Pearson correlation", "cs": "cosine similarity", "ed": "Euclidean distance"}
 # For ED a *smaller* value means *more* kinship; the others grow with kinship.
 HIGHER_IS_CLOSER = {"pcc": True, "cs": True, "ed": False}
+#: Early-stop thresholds when none is given. The paper's 0.9 is for PCC; signed cosine is close to
+#: PCC on (nearly mean-zero) weight deltas. ED has no default: a distance depends on model size
+#: (the paper's path fell from 20.4 to 1.6 on a 7B model), so the user must choose one.
+DEFAULT_THRESHOLDS: dict[str, float] = {"pcc": 0.9, "cs": 0.9}
 
 
 def check_metric(metric: str) -> str:

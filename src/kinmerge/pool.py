@@ -11,8 +11,9 @@ imports another for its vocabulary:
   merge gain, its parents' kinship);
 - :class:`PoolState`: the pool after a completed generation, what a strategy plans from;
 - :class:`Plan` / :class:`PlannedMerge`: a strategy's decision for the next generation;
-- :class:`RunFingerprint`: the settings that make a run *that* run (the store keeps it; resume,
-  ``status``, ``compare`` and reports read it back typed).
+- :class:`RunFingerprint` (defined in :mod:`kinmerge.fingerprint`, re-exported here): the
+  settings that make a run *that* run (the store keeps it; resume, ``status``, ``compare`` and
+  reports read it back typed).
 
 Ranking is by score, highest first, ties broken by model id, so nothing depends on dict order.
 
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, get_args
 
-from kinmerge.kinship import METRICS
+from kinmerge.fingerprint import RunFingerprint
+from kinmerge.kinship import DEFAULT_THRESHOLDS, METRICS
 
 __all__ = [
     "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "SHORT_ID", "STOP_BUDGET", "STOP_KINSHIP",
@@ -55,12 +57,6 @@ STOP_BUDGET = "generation budget"
 STOP_NO_PAIRS = "no new pairs"
 STOP_NO_GAIN = "no predicted gain"
 STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET, STOP_NO_PAIRS, STOP_NO_GAIN)
-
-#: Early-stop thresholds when none is given. The paper's 0.9 is for PCC; signed cosine is close to
-#: PCC on (nearly mean-zero) weight deltas. ED has no default: a distance depends on model size
-#: (the paper's path fell from 20.4 to 1.6 on a 7B model), so the user must choose one.
-DEFAULT_THRESHOLDS: dict[str, float] = {"pcc": 0.9, "cs": 0.9}
-
 
 #: Characters of a model id shown to people (tables, trees, progress lines); ``--json`` has the whole
 #: id, and every command that takes an id takes this prefix. 8 hex digits: a collision among the
@@ -293,106 +289,6 @@ class Plan:
             counts[m.reason] = counts.get(m.reason, 0) + 1
         detail = ", ".join(f"{n} {r}" for r, n in counts.items())
         return f"{len(self.merges)} merge{'s' if len(self.merges) != 1 else ''} ({detail})"
-
-
-# --------------------------------------------------------------------------------------------
-# The run's fingerprint
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunFingerprint:
-    """The settings that identify a run: resuming under different ones would mix experiments.
-
-    Stored as the run's ``config`` JSON (keys: ``foundation``, ``base``, ``strategy``,
-    ``merge``, ``evaluator``, ``metric``); :meth:`to_dict` writes exactly that shape, so runs
-    recorded by earlier versions read back unchanged.
-
-    Attributes:
-        foundation: content ids of the foundation models, in config order.
-        base: content id of the shared base.
-        strategy: the strategy's registry name.
-        settings: the strategy's settings (``k``, ``max_generations``, ``metric``, ...).
-        recipe: the merge recipe's parameters (``{"method": "slerp", ...}``).
-        evaluator: the evaluator key (evaluator name + hash of its settings).
-        metric: the kinship metric the run decides and reports with.
-        identity: the content-id version the model ids were made with (``None``: kinmerge 0.1,
-            whose ids covered the weight files only).
-        racing: the racing settings, if children are scored in rounds (``evolve.racing``).
-    """
-
-    foundation: tuple[str, ...]
-    base: str
-    strategy: str
-    settings: Mapping[str, Any]
-    recipe: Mapping[str, Any]
-    evaluator: str
-    metric: str = "pcc"
-    identity: int | None = None
-    racing: Mapping[str, Any] | None = None
-
-    @property
-    def k(self) -> int:
-        """The top-k size (the paper's 3 when the settings do not say)."""
-        k = self.settings.get("k", 3)
-        return int(k) if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 3
-
-    @property
-    def threshold(self) -> float | None:
-        """The kinship early-stop threshold the strategy watches, or ``None`` if it watches none."""
-        if self.settings.get("early_stop", True) is False or "threshold" not in self.settings:
-            return None
-        t = self.settings["threshold"]
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            return float(t)
-        return DEFAULT_THRESHOLDS.get(self.metric)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stored shape (see the class docstring)."""
-        out: dict[str, Any] = {"foundation": list(self.foundation), "base": self.base,
-                               "strategy": {"name": self.strategy, **dict(self.settings)},
-                               "merge": dict(self.recipe), "evaluator": self.evaluator, "metric": self.metric}
-        if self.identity is not None:
-            out["identity"] = self.identity
-        if self.racing is not None:
-            out["racing"] = dict(self.racing)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunFingerprint | None:
-        """Read a stored run config back; ``None`` if it is not a fingerprint (a hand-made run)."""
-        strategy = data.get("strategy")
-        if not isinstance(strategy, Mapping) or not isinstance(data.get("evaluator"), str):
-            return None
-        settings = {k: v for k, v in strategy.items() if k != "name"}
-        metric = data.get("metric") or settings.get("metric") or "pcc"
-        return cls(foundation=tuple(data.get("foundation") or ()), base=str(data.get("base") or ""),
-                   strategy=str(strategy.get("name", "")), settings=settings, recipe=dict(data.get("merge") or {}),
-                   evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc",
-                   identity=data.get("identity"), racing=data.get("racing"))
-
-    def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
-        """The settings that differ from ``other``: ``{name: (mine, other's)}``.
-
-        Foundation *order* is no change (the pool is a set); the model ids of the foundations and
-        the base, and the evaluator key (a hash of its settings), are compared as they are.
-
-        Example:
-            >>> a = RunFingerprint(("x", "y"), "b", "greedy", {"k": 3}, {"method": "slerp"}, "e")
-            >>> a.changes(RunFingerprint(("y", "x"), "b", "greedy", {"k": 4}, {"method": "slerp"}, "e"))
-            {'strategy.k': (3, 4)}
-        """
-        out: dict[str, tuple[Any, Any]] = {}
-        if set(self.foundation) != set(other.foundation):
-            out["foundation"] = (list(self.foundation), list(other.foundation))
-        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing"):
-            if getattr(self, name) != getattr(other, name):
-                out[name] = (getattr(self, name), getattr(other, name))
-        for prefix, mine, theirs in (("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)):
-            for k in sorted(set(mine) | set(theirs)):
-                if mine.get(k) != theirs.get(k):
-                    out[f"{prefix}.{k}"] = (mine.get(k), theirs.get(k))
-        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from kinmerge.cli.app import (
     echo_json,
     json_option,
 )
-from kinmerge.zoo import PRESETS
+from kinmerge.zoo import PRESETS, SHIPPED
 
 
 @cli.group("zoo", cls=type(cli))
@@ -28,7 +28,7 @@ def zoo_group() -> None:
 @zoo_group.command("build")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
-              help="tiny: the demo zoo (~1M parameters, minutes); micro: seconds, for tests.")
+              help="; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items()) + ".")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the data, the initial weights and every fine-tune.")
 @click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists.")
@@ -52,19 +52,21 @@ def zoo_build_cmd(directory: str, preset: str, seed: int, force: bool, as_json: 
 
 @zoo_group.command("list")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A zoo folder to show instead of the shipped one.")
+              help="A zoo folder to show instead of a shipped one.")
+@click.option("--preset", "shipped", type=click.Choice(list(SHIPPED)), default="tiny", show_default=True,
+              help="Which shipped zoo to show (when no --root is given).")
 @json_option
-def zoo_list_cmd(root: str | None, as_json: bool) -> None:
-    """Show a zoo's base, specialists, task folder and held-out scores (default: shipped zoo).
+def zoo_list_cmd(root: str | None, shipped: str, as_json: bool) -> None:
+    """Show a zoo's base, specialists, task folder and held-out scores (default: the shipped tiny zoo).
 
     \b
     Example:
       kinmerge zoo list
-      kinmerge zoo list --json
+      kinmerge zoo list --preset headroom --json
     """
     from kinmerge.zoo import load_zoo, shipped_zoo
 
-    _print_zoo(shipped_zoo() if root is None else load_zoo(root), as_json)
+    _print_zoo(shipped_zoo(shipped) if root is None else load_zoo(root), as_json)
 
 
 def _print_zoo(zoo: Any, as_json: bool) -> None:

@@ -14,9 +14,8 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
    the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
    and evaluated then, while the generation's other merges may still run.
 
-Generation 0 is the foundation models: content ids, evaluated once. When the strategy stops, the
-kinship of every pair of the final pool is recorded (the report's heatmap) and the run is marked
-finished.
+Generation 0 is the foundation models, evaluated once. When the strategy stops, the kinship of
+every pair of the final pool is recorded (the report's heatmap) and the run is marked finished.
 
 Why a kill at any instant loses at most the step in flight: every step writes its output
 completely before the store records it (merges: temp folder -> rename; evaluations and kinship:
@@ -162,7 +161,8 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        self.eval_key = evaluator_key(cfg.evaluator.build())
+        evaluator = cfg.evaluator.build()
+        self.eval_key, self.eval_identity = evaluator_key(evaluator), evaluator.settings()
         self.eval_settings = cfg.evaluator.run_settings()
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
@@ -233,6 +233,7 @@ class _Run:
             settings=self.strategy.settings(), recipe=self.recipe.params(), evaluator=self.eval_key,
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
+            evaluator_settings=self.eval_identity,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
