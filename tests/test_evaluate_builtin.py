@@ -153,6 +153,20 @@ def test_limit_and_task_selection(micro_zoo):  # noqa: F811
     assert result.details["add"]["n"] == 5
 
 
+def test_a_sample_seed_draws_another_held_out_sample(micro_zoo):  # noqa: F811
+    first = BuiltinEvaluator(micro_zoo.tasks_dir, limit=6, progress=False)
+    seeded = [BuiltinEvaluator(micro_zoo.tasks_dir, limit=6, sample_seed=s, progress=False) for s in (1, 1, 2)]
+    prompts = [[e.prompt for e in ev.tasks["add"].examples[:6]] for ev in (first, *seeded)]
+    assert prompts[1] == prompts[2] and prompts[1] != prompts[0] and prompts[1] != prompts[3]
+    assert sorted(e.prompt for e in seeded[0].tasks["add"].examples) == sorted(
+        e.prompt for e in first.tasks["add"].examples)  # a reordering of the same held-out set
+    assert seeded[0].settings()["sample_seed"] == 1 and "sample_seed" not in first.settings()
+    # all examples in another order: the same scores
+    whole = BuiltinEvaluator(micro_zoo.tasks_dir, tasks=["add"], progress=False).evaluate(micro_zoo.base)
+    mixed = BuiltinEvaluator(micro_zoo.tasks_dir, tasks=["add"], sample_seed=3, progress=False).evaluate(micro_zoo.base)
+    assert mixed.scores == whole.scores
+
+
 def test_settings_change_with_task_content(tmp_path):
     write_task(tmp_path / "t.jsonl", [Example("a=", "b")])
     before = BuiltinEvaluator(tmp_path, progress=False).settings()

@@ -29,6 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,9 @@ class BuiltinEvaluator:
             parameters on CPU (its small matrix products run fastest, and unaffected by other
             busy processes, on one core), torch's own setting otherwise.
         progress: show a progress bar on stderr.
+        sample_seed: score a seeded random sample of each task's examples (``limit`` of them, or
+            all in a seeded order) instead of the first ones: another held-out sample is another
+            testbed, which is how a study's seeds vary a deterministic strategy (greedy).
 
     Raises:
         EvaluationError: if the task folder or a task file is invalid (names file and line).
@@ -79,7 +83,7 @@ class BuiltinEvaluator:
     def __init__(self, tasks_dir: str | os.PathLike[str], limit: int | None = None,
                  batch_size: int = 64, max_new_tokens: int | None = None, device: str = "cpu",
                  tasks: Sequence[str] | None = None, dtype: str = "float32",
-                 threads: int | None = None, progress: bool = True) -> None:
+                 threads: int | None = None, progress: bool = True, sample_seed: int | None = None) -> None:
         if limit is not None and limit < 1:
             raise ConfigError(f"limit must be at least 1, got {limit}")
         if batch_size < 1:
@@ -90,6 +94,9 @@ class BuiltinEvaluator:
             raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.tasks_dir = Path(tasks_dir)
         self.tasks = load_tasks(self.tasks_dir, tasks)
+        self.sample_seed = sample_seed
+        if sample_seed is not None:
+            self.tasks = {name: _shuffled(t, sample_seed) for name, t in self.tasks.items()}
         self.limit, self.batch_size, self.max_new_tokens = limit, batch_size, max_new_tokens
         self.device, self.dtype, self.threads, self.progress = device, dtype, threads, progress
 
@@ -101,6 +108,7 @@ class BuiltinEvaluator:
             "limit": self.limit,
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
+            **({"sample_seed": self.sample_seed} if self.sample_seed is not None else {}),
         }
 
     #: examples ``[start, stop)`` of each task can be scored on their own (racing, see evolve.racing)
@@ -124,6 +132,15 @@ class BuiltinEvaluator:
                                    max_new_tokens=self.max_new_tokens,
                                    progress=self.progress,
                                    label=Path(model_dir).name)
+
+
+def _shuffled(task: Task, seed: int) -> Task:
+    """The task with its examples in a seeded order (the same on every machine and Python)."""
+    import random
+
+    order = list(range(len(task.examples)))
+    random.Random(f"{seed}:{task.name}").shuffle(order)
+    return replace(task, examples=tuple(task.examples[i] for i in order))
 
 
 @contextmanager
