@@ -50,13 +50,27 @@ def test_race_stops_the_weak_and_finishes_the_strong() -> None:
         n = part[1] - part[0]
         return [(i, _result(rates[i], n, 400)) for i in ids]
 
-    fate = {i: (r["details"]["t"]["n"], early) for i, r, early in race(["strong", "weak"], score, bar=0.5,
+    fate = {i: (r["details"]["t"]["n"], early) for i, r, early in race(["strong", "weak"], score, pool=[0.5], k=1,
                                                                       settings=RaceSettings(first=50))}
     assert fate == {"weak": (50.0, True), "strong": (400.0, False)}
     assert asked[0] == (("strong", "weak"), (0, 50)) and all(ids == ("strong",) for ids, _ in asked[1:])
-    everyone = {i for i, _, early in race(["strong", "weak"], score, bar=-float("inf"),
+    everyone = {i for i, _, early in race(["strong", "weak"], score, pool=[], k=3,
                                           settings=RaceSettings(first=50)) if not early}
-    assert everyone == {"strong", "weak"}  # no bar: nobody is stopped
+    assert everyone == {"strong", "weak"}  # fewer than k known: nobody is stopped
+
+
+def test_siblings_race_each_other_out_of_the_top_k() -> None:
+    """The pool's scores alone set no bar (all below the children); the strong siblings' lower
+    bounds do: with k = 2 the two strong children stop the weak one early."""
+    rates = {"a": 0.9, "b": 0.85, "weak": 0.4}
+
+    def score(ids, part):
+        n = part[1] - part[0]
+        return [(i, _result(rates[i], n, 400)) for i in ids]
+
+    fate = {i: early for i, _, early in race(["a", "b", "weak"], score, pool=[0.3, 0.2], k=2,
+                                             settings=RaceSettings(first=50))}
+    assert fate == {"a": False, "b": False, "weak": True}
 
 
 def test_counts_of_reads_correct_answers() -> None:

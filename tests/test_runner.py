@@ -38,7 +38,7 @@ from kinmerge.evolve.executors import LocalExecutor, get_executor
 from kinmerge.evolve.runner import MODELS_DIR
 from kinmerge.kinship import METRICS
 from kinmerge.merge import is_temp_merge_folder
-from kinmerge.pool import STOP_KINSHIP, STOP_REASONS, Plan
+from kinmerge.pool import STOP_KINSHIP, STOP_REASONS, Plan, short_id
 from kinmerge.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,7 +251,8 @@ def test_status_cli(runs):
     table = CliRunner().invoke(cli, ["status", str(runs.run_dir), "--run", "greedy"])
     assert table.exit_code == 0
     assert "*" in table.output and f"stopped: {runs.greedy.stop}" in table.output
-    assert runs.greedy.pool[-1].id[:16] in table.output
+    newest = runs.greedy.pool[-1].id  # one short form for people, the full id in --json
+    assert short_id(newest) in table.output and newest not in table.output
     latest = CliRunner().invoke(cli, ["status", str(runs.run_dir), "--json"])
     assert json.loads(latest.output)["run_id"] == "kinship"  # default: the latest started
     missing = CliRunner().invoke(cli, ["status", str(runs.run_dir), "--run", "nope"])
@@ -263,7 +264,7 @@ def test_lineage_cli(runs):
     r = CliRunner().invoke(cli, ["lineage", child.id[:10], "--run", str(runs.run_dir)])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0].startswith(child.id[:16]) and f"gen {child.generation}" in lines[0]
+    assert lines[0].startswith(short_id(child.id) + " ") and f"gen {child.generation}" in lines[0]
     assert any(line.startswith(("├── ", "└── ")) for line in lines)
     j = CliRunner().invoke(cli, ["lineage", child.id, "--run", str(runs.run_dir), "--json"])
     tree = json.loads(j.output)

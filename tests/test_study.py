@@ -163,3 +163,10 @@ def test_early_stop_table_replays_the_unstopped_kinship_runs(study: list[Path]) 
     assert by_t[0.8]["share_saved"] == pytest.approx(2 / 6)
     assert by_t[0.8]["runs_that_lost"] == 1 and by_t[0.8]["best_lost"]["high"] == pytest.approx(0.05)
     assert by_t[0.9]["fired"] == 0 and by_t[0.99]["fired"] == 0
+
+
+def test_early_stop_table_falls_back_to_greedy_runs(study: list[Path]) -> None:
+    runs = [r for r in load_runs(study) if r.variant != "kinship"]  # a demo without unstopped kinship runs
+    table = early_stop_table(runs, thresholds=(0.8,))
+    assert table["variant"] == "greedy" and table["runs"] == 2
+    assert table["rows"][0]["fired"] == 2  # generation 2 is skipped on both testbeds

@@ -1,19 +1,21 @@
-"""The demo: greedy vs kinship-guided vs random-control evolution on the shipped tiny zoo.
+"""The demo: greedy vs kinship-guided vs a random control (and the best new strategy), compared.
 
 The paper (§5) compares top-k greedy merging with and without kinship on one set of three
-foundation models, one run each. A single run says little, so the demo runs every strategy on
-several foundation sets (triples of specialists, as the paper starts from three models) and the
-random control with several seeds, all with the same generation budget, then compares:
+foundation models, one run each, at unequal budgets. A single run says little, so the demo runs
+every *variant* (a strategy with its settings) on several *testbeds* (a foundation set scored on
+a task set) with the same generation budget, then compares them at equal budgets, paired testbed
+by testbed, with intervals (``kinmerge.report.budget``), and replays the kinship early stop.
 
-  * best score of the pool per generation, merges used, where the early stop fired;
-  * per strategy across foundation sets: the gain of the final best over the best foundation
-    model (scores of different sets are on different tasks, so gains, not scores, are averaged),
-    with mean, sample std and range.
+By default it runs on the shipped **headroom** zoo, where greedy merging still improves after
+generation 1 (docs/zoo.md): four foundation sets of four specialists, scored on all six tasks.
+``--zoo tiny`` runs the paper-sized triples of the tiny zoo, where every strategy gets its whole
+gain in generation 1.
 
-greedy and kinship are deterministic given a foundation set (SLERP and evaluation are
-deterministic), so they run once per set; the random control draws its extra partner from the
-seed, so it runs once per seed. Runs on one foundation set share a run directory and therefore
-their merges and evaluations: a merge both strategies make is made and scored once.
+greedy, kinship and the new strategies are deterministic given a testbed, so they run once per
+testbed; the random control draws its extra partner from its seed, so it runs once per seed. Runs
+on one testbed share a run directory and therefore their merges and evaluations. The study behind
+docs/results.md (``benchmarks/study.py``) uses the same machinery with more testbeds: held-out
+samples (``sample_seed``) as seeds, racing variants in their own directories.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,27 +34,67 @@ import yaml
 
 from kinmerge._io import atomic_write
 
+#: The tiny zoo's paper-sized foundation sets (triples, scored on their own tasks).
 FOUNDATION_SETS: tuple[tuple[str, ...], ...] = (
     ("add", "reverse", "sort"),
     ("caesar", "count", "double"),
     ("add", "caesar", "double"),
     ("reverse", "sort", "count"),
 )
-STRATEGIES = ("greedy", "kinship", "random")
-RANDOM_SEEDS = (0, 1)
+DEMO_SETS = 4
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: a run id and what makes the run (strategy, its settings, racing).
+
+    ``seed`` is the run's seed (the random control's draws); ``racing`` turns racing evaluation on
+    (``evolve.racing``); such runs get a run directory of their own, so that their example counts
+    are their own (runs sharing a directory share evaluations).
+    """
+
+    run_id: str
+    strategy: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    racing: Mapping[str, Any] | None = None
+
+
+#: greedy, the paper's kinship-guided loop, and the random-partner control with two seeds.
+PAPER_VARIANTS: tuple[Variant, ...] = (
+    Variant("greedy", "greedy"),
+    Variant("kinship", "kinship", {"threshold": 0.9}),
+    Variant("random-s0", "random", seed=0),
+    Variant("random-s1", "random", seed=1),
+)
+#: What the demo runs: the paper's three and the best new strategy of the study (docs/results.md).
+DEMO_VARIANTS: tuple[Variant, ...] = (*PAPER_VARIANTS, Variant("predicted", "predicted"))
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """Foundation specialists (by name) scored on ``tasks`` (None: their own tasks), on the held-out
+    sample ``sample_seed`` draws (None: the first ``limit`` examples of each task)."""
+
+    foundation: tuple[str, ...]
+    tasks: tuple[str, ...] | None = None
+    sample_seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        stem = "-".join(self.foundation)
+        return stem if self.sample_seed is None else f"{stem}-s{self.sample_seed}"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     """What the demo runs; the defaults fit in a few minutes on 2 CPU cores."""
 
-    foundation_sets: tuple[tuple[str, ...], ...] | None = None  # None: FOUNDATION_SETS, or triples of the zoo's
-    strategies: tuple[str, ...] = STRATEGIES
-    random_seeds: tuple[int, ...] = RANDOM_SEEDS
+    testbeds: tuple[Testbed, ...] | None = None  # None: the zoo's own (see demo_testbeds)
+    variants: tuple[Variant, ...] = DEMO_VARIANTS
     k: int = 3
-    generations: int = 5
+    generations: int = 6
     limit: int = 100  # held-out examples per task
-    threshold: float = 0.9  # kinship early stop (mean pairwise PCC of the top-k)
 
 
 @dataclass
@@ -65,53 +108,99 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def foundation_sets(settings: DemoSettings, zoo: Any, max_sets: int | None = None) -> tuple[tuple[str, ...], ...]:
-    """The triples of specialists to start from: the settings', else the default ones the zoo has."""
-    if settings.foundation_sets is not None:
-        sets = settings.foundation_sets
+def demo_testbeds(settings: DemoSettings, zoo: Any, max_sets: int | None = None) -> tuple[Testbed, ...]:
+    """The testbeds: the settings', else the zoo's recorded headroom sets (scored as recorded),
+    else the paper-sized triples of the tiny zoo, else the zoo's first triples (own tasks)."""
+    if settings.testbeds is not None:
+        beds = settings.testbeds
+    elif zoo.manifest.get("headroom"):
+        recorded = zoo.manifest["headroom"]
+        tasks = tuple(zoo.manifest["tasks"]) if recorded.get("tasks", "all") == "all" else tuple(recorded["tasks"])
+        beds = tuple(Testbed(tuple(s), tasks) for s in recorded["sets"][:DEMO_SETS])
     elif all(t in zoo.specialists for fs in FOUNDATION_SETS for t in fs):
-        sets = FOUNDATION_SETS
+        beds = tuple(Testbed(fs) for fs in FOUNDATION_SETS)
     else:  # another zoo (e.g. the micro one): its own triples
-        sets = tuple(itertools.combinations(sorted(zoo.specialists), 3))[: len(FOUNDATION_SETS)]
-    return sets[:max_sets] if max_sets else sets
+        beds = tuple(Testbed(fs) for fs in itertools.combinations(sorted(zoo.specialists), 3))[:DEMO_SETS]
+    return beds[:max_sets] if max_sets else beds
 
 
 def write_configs(out: Path, settings: DemoSettings, zoo: Any,
-                  sets: Sequence[tuple[str, ...]]) -> list[tuple[Path, Path]]:
-    """Write one run config per (foundation set, strategy, seed); return (config, run dir) pairs."""
-    missing = {t for fs in sets for t in fs} - set(zoo.specialists)
+                  testbeds: Sequence[Testbed]) -> list[tuple[Path, Path]]:
+    """Write one run config per (testbed, variant); return (config, run dir) pairs, testbed by testbed."""
+    missing = {t for tb in testbeds for t in tb.foundation} - set(zoo.specialists)
     if missing:
         from kinmerge.errors import ConfigError
 
         raise ConfigError(f"the zoo at {zoo.root} has no specialist for: {', '.join(sorted(missing))}")
     configs: list[tuple[Path, Path]] = []
-    for fset in sets:
-        set_name = "-".join(fset)
-        run_dir = out / "runs" / set_name
-        for strategy in settings.strategies:
-            seeds = settings.random_seeds if strategy == "random" else (0,)
-            for seed in seeds:
-                run_id = f"{strategy}-s{seed}" if strategy == "random" else strategy
-                strat: dict[str, Any] = {"name": strategy, "k": settings.k, "max_generations": settings.generations}
-                if strategy == "kinship":
-                    strat["threshold"] = settings.threshold
-                config = {
-                    "foundation": [str(zoo.specialists[t]) for t in fset],
-                    "base": str(zoo.base),
-                    "strategy": strat,
-                    "merge": {"method": "slerp"},
-                    "evaluator": {"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": list(fset),
-                                  "limit": settings.limit},
-                    "kinship_metric": "pcc",
-                    "seed": seed,
-                    "run_id": run_id,
-                    "out": {"run_dir": str(run_dir)},
-                }
-                path = out / "configs" / f"{set_name}--{run_id}.yaml"
-                atomic_write(path, f"# written by `kinmerge demo`; rerun one with: kinmerge evolve {path.name}\n"
-                             + yaml.safe_dump(config, sort_keys=False))
-                configs.append((path, run_dir))
+    for tb in testbeds:
+        tasks = list(tb.tasks) if tb.tasks else list(dict.fromkeys(zoo.task_of(s) for s in tb.foundation))
+        evaluator: dict[str, Any] = {"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": tasks,
+                                     "limit": settings.limit}
+        if tb.sample_seed is not None:
+            evaluator["sample_seed"] = tb.sample_seed
+        for v in settings.variants:
+            run_dir = out / "runs" / (f"{tb.name}--{v.run_id}" if v.racing else tb.name)
+            config: dict[str, Any] = {
+                "foundation": [str(zoo.specialists[t]) for t in tb.foundation],
+                "base": str(zoo.base),
+                "strategy": {"name": v.strategy, "k": settings.k, "max_generations": settings.generations,
+                             **v.settings},
+                "merge": {"method": "slerp"},
+                "evaluator": evaluator,
+                "kinship_metric": "pcc",
+                "seed": v.seed,
+                "run_id": v.run_id,
+                "out": {"run_dir": str(run_dir)},
+            }
+            if v.racing is not None:
+                config["racing"] = dict(v.racing)
+            path = out / "configs" / f"{tb.name}--{v.run_id}.yaml"
+            atomic_write(path, f"# written by kinmerge; rerun one with: kinmerge evolve {path.name}\n"
+                         + yaml.safe_dump(config, sort_keys=False))
+            configs.append((path, run_dir))
     return configs
+
+
+def run_configs(configs: Sequence[tuple[Path, Path]], *, workers: int = 1, progress: bool = False,
+                log: Callable[[str], None] | None = None) -> None:
+    """Run (or resume) every config. Configs sharing a run directory run in order in one process
+    (they share a store); with ``workers > 1`` different directories run in parallel processes."""
+    groups: dict[Path, list[Path]] = {}
+    for config, run_dir in configs:
+        groups.setdefault(run_dir, []).append(config)
+    done = 0
+    if workers <= 1 or len(groups) == 1:
+        for paths in groups.values():
+            for path in paths:
+                _evolve_one(path, progress)
+                done += 1
+                if log:
+                    log(f"[{done}/{len(configs)}] {path.name}")
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for paths in pool.map(_evolve_group, groups.values()):
+            done += len(paths)
+            if log:
+                log(f"[{done}/{len(configs)}] {', '.join(p.name for p in paths)}")
+
+
+def _evolve_group(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        _evolve_one(path, False)
+    return paths
+
+
+def _evolve_one(path: Path, progress: bool) -> None:
+    from kinmerge.errors import ConfigError, SettingsChangedError
+    from kinmerge.evolve import evolve
+
+    try:
+        evolve(path, progress=progress)
+    except SettingsChangedError as exc:
+        changed = ", ".join(f"{name.rsplit('.', 1)[-1]} {old} -> {new}" for name, (old, new) in exc.changes.items())
+        raise ConfigError(f"{path.parent.parent} holds a demo with other settings ({changed}); rerun with its "
+                          "settings (a larger --generations continues it) or give another --out") from None
 
 
 def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,17 +227,31 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def resolve_zoo(zoo: str | os.PathLike[str] | None) -> Any:
+    """A zoo by shipped name (``headroom``, ``tiny``) or folder; None: the headroom zoo."""
+    from kinmerge.zoo import SHIPPED, load_zoo, shipped_zoo
+
+    if zoo is None or str(zoo) in SHIPPED:
+        return shipped_zoo(str(zoo) if zoo is not None else "headroom")
+    return load_zoo(zoo)
+
+
 def run_demo(
     out: str | os.PathLike[str],
     settings: DemoSettings = DemoSettings(),
     *,
-    zoo_root: str | os.PathLike[str] | None = None,
+    zoo: str | os.PathLike[str] | None = None,
     max_sets: int | None = None,
+    workers: int | None = None,
     progress: bool = True,
     report: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run every strategy on every foundation set, then compare and write the report.
+    """Run every variant on every testbed, then compare and write the report.
+
+    Args:
+        zoo: a shipped zoo's name (``headroom``, the default; ``tiny``) or a zoo folder.
+        workers: testbeds run in parallel processes (default: up to 2, the CPUs there are).
 
     Rerunning with the same ``out`` resumes: finished runs are not redone (the store is keyed by
     content), so an interrupted demo picks up where it stopped.
@@ -158,25 +261,15 @@ def run_demo(
         >>> result.report                                 # doctest: +SKIP
         PosixPath('demo-out/report/index.html')
     """
-    from kinmerge.errors import ConfigError, SettingsChangedError
-    from kinmerge.evolve import evolve
     from kinmerge.report.compare import compare_table
     from kinmerge.report.html import write_report
-    from kinmerge.zoo import load_zoo, shipped_zoo
 
     t0 = time.perf_counter()
     out_dir = Path(out).resolve()
-    zoo = load_zoo(zoo_root) if zoo_root else shipped_zoo()
-    configs = write_configs(out_dir, settings, zoo, foundation_sets(settings, zoo, max_sets))
-    for i, (config, _) in enumerate(configs, 1):
-        if log:
-            log(f"[{i}/{len(configs)}] kinmerge evolve {config.relative_to(out_dir)}")
-        try:
-            evolve(config, progress=progress)
-        except SettingsChangedError as exc:
-            changed = ", ".join(f"{name.rsplit('.', 1)[-1]} {old} -> {new}" for name, (old, new) in exc.changes.items())
-            raise ConfigError(f"{out_dir} holds a demo with other settings ({changed}); rerun with its settings "
-                              "(a larger --generations continues it) or give another --out") from None
+    chosen = resolve_zoo(zoo)
+    configs = write_configs(out_dir, settings, chosen, demo_testbeds(settings, chosen, max_sets))
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    run_configs(configs, workers=workers, progress=progress and workers <= 1, log=log)
     run_dirs = list(dict.fromkeys(run_dir for _, run_dir in configs))
     compare = compare_table(run_dirs)
     report_path = write_report(run_dirs, out_dir / "report") if report else None

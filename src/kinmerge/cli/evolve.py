@@ -22,22 +22,25 @@ from kinmerge.pool import short_id
 @cli.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Keep the runs, the configs and the report here (rerunning resumes).")
-@click.option("--generations", type=click.IntRange(1, 20), default=5, show_default=True, help="Generation budget.")
+@click.option("--generations", type=click.IntRange(1, 20), default=6, show_default=True, help="Generation budget.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Held-out examples per task.")
 @click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
-@click.option("--zoo", "zoo_root", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A zoo built with `kinmerge zoo build` instead of the shipped one.")
+@click.option("--zoo", "zoo", default="headroom", show_default=True,
+              help="A shipped zoo (headroom, tiny) or a folder built with `kinmerge zoo build`.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Foundation sets run in parallel processes  [default: up to 2]")
 @click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
 @json_option
-def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo_root: str | None, no_progress: bool,
-             as_json: bool) -> None:
-    """Greedy vs kinship-guided vs random-control merging on the shipped tiny zoo.
+def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: str, workers: int | None,
+             no_progress: bool, as_json: bool) -> None:
+    """Greedy vs kinship-guided vs a random control vs predicted-gain merging, budget-matched.
 
-    Runs top-k greedy merging (paper §3), the kinship-guided variant (exploration + early stop,
-    §4) and a random-partner control on several triples of specialists (the random control with
-    two seeds), then prints the comparison and writes an HTML report. A few minutes on 2 cores;
-    rerunning with the same --out resumes instead of starting over, and a larger --generations
-    continues it. Other settings go to another --out (the second example: a quicker look).
+    Runs top-k greedy merging (paper §3), the paper's kinship-guided variant (exploration + early
+    stop, §4), a random-partner control (two seeds) and the predicted-gain strategy on four
+    foundation sets of the shipped headroom zoo (docs/zoo.md), then prints the comparison at equal
+    budgets with 95% intervals and the early-stop trade-off, and writes an HTML report. A few
+    minutes on 2 cores; rerunning with the same --out resumes instead of starting over, and a
+    larger --generations continues it. Other settings go to another --out (the second example).
 
     \b
     Example:
@@ -47,7 +50,7 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo_r
     from kinmerge.demo import DemoSettings, run_demo, summary_lines
 
     settings = DemoSettings(generations=generations, limit=limit)
-    result = run_demo(out_dir, settings, zoo_root=zoo_root, max_sets=sets, progress=not no_progress,
+    result = run_demo(out_dir, settings, zoo=zoo, max_sets=sets, workers=workers, progress=not no_progress,
                       log=None if no_progress else (lambda line: click.echo(line, err=True)))
     if as_json:
         echo_json({"compare": result.compare, "across_sets": result.across_sets,

@@ -5,7 +5,9 @@ Evaluation is where an evolution run spends its time (minutes per model with the
 a few dozen examples are often enough to see that. So a generation's children are scored in
 rounds on growing slices of every task (``first`` examples, then twice as many, ... up to all):
 after each round, a child whose **upper confidence bound** on its final average score is below
-the current k-th best score of the pool stops there (successive halving, racing style). Its score
+the k-th best of what is known — the scores of the pool before this generation, the final scores
+of siblings already finished and the *lower* bounds of siblings still racing — stops there
+(successive halving, racing style): it cannot enter the top-k. Its score
 is recorded with the number of examples it used (a *partial* score), so reports show what was
 spent, and a run that does not race treats it as not yet scored.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-__all__ = ["RaceSettings", "combine", "counts_of", "parts", "race", "upper_bound"]
+__all__ = ["RaceSettings", "bounds", "combine", "counts_of", "parts", "race", "upper_bound"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,18 @@ def parts(total: int, settings: RaceSettings) -> list[tuple[int, int]]:
 def upper_bound(counts: Mapping[str, tuple[float, int, int]], *, confidence: float) -> float:
     """Upper ``confidence`` bound on the final average score from ``{task: (correct, n, N)}``
     (beta-binomial predictive of the examples left, normal quantile of the average)."""
+    return bounds(counts, confidence=confidence)[1]
+
+
+def bounds(counts: Mapping[str, tuple[float, int, int]], *, confidence: float) -> tuple[float, float]:
+    """Lower and upper ``confidence`` bounds on the final average score (see :func:`upper_bound`).
+
+    >>> low, high = bounds({"t": (25, 50, 200)}, confidence=0.95)
+    >>> round(low, 2), round(high, 2)
+    (0.4, 0.6)
+    """
     if not counts:
-        return math.inf
+        return -math.inf, math.inf
     mean = var = 0.0
     for correct, n, big_n in counts.values():
         left = big_n - n
@@ -70,7 +82,8 @@ def upper_bound(counts: Mapping[str, tuple[float, int, int]], *, confidence: flo
         mean += (correct + left * a / (a + b)) / big_n
         var += left * a * b * (a + b + left) / ((a + b) ** 2 * (a + b + 1.0)) / big_n**2
     t = len(counts)
-    return mean / t + NormalDist().inv_cdf(confidence) * math.sqrt(var) / t
+    half = NormalDist().inv_cdf(confidence) * math.sqrt(var) / t
+    return mean / t - half, mean / t + half
 
 
 def combine(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -103,36 +116,41 @@ def counts_of(result: Mapping[str, Any]) -> dict[str, tuple[float, int, int]]:
 ScorePart = Callable[[Sequence[str], tuple[int, int]], Iterable[tuple[str, Mapping[str, Any]]]]
 
 
-def race(ids: Sequence[str], score_part: ScorePart, *, bar: float, settings: RaceSettings) -> Iterator[
-        tuple[str, dict[str, Any], bool]]:
+def race(ids: Sequence[str], score_part: ScorePart, *, pool: Sequence[float], k: int,
+         settings: RaceSettings) -> Iterator[tuple[str, dict[str, Any], bool]]:
     """Score ``ids`` in rounds; yield ``(id, combined result, stopped early)`` as each one's fate is
-    decided: scored on every example, or stopped because its upper bound fell below ``bar`` (the
-    k-th best score of the pool; ``-inf`` races nobody out).
+    decided: scored on every example, or stopped because its upper bound fell below the bar — the
+    k-th best of ``pool`` (the scores already known), the finished siblings' scores and the racing
+    siblings' lower bounds. With fewer than ``k`` of those nobody is raced out.
 
     Example:
         >>> def score(ids, part):  # a model that gets 1 answer in 10 right, on one task of 400
         ...     n = part[1] - part[0]
         ...     return [(i, {"details": {"t": {"accuracy": 0.1, "n": n, "of": 400}}}) for i in ids]
-        >>> [(i, r["details"]["t"]["n"], early) for i, r, early in race(["m"], score, bar=0.5,
+        >>> [(i, r["details"]["t"]["n"], early) for i, r, early in race(["m"], score, pool=[0.5], k=1,
         ...                                                           settings=RaceSettings(first=50))]
         [('m', 50.0, True)]
     """
     results: dict[str, list[Mapping[str, Any]]] = {i: [] for i in ids}
-    alive = list(ids)
+    alive, finished = list(ids), list[float]()
     start, target, total = 0, float(settings.first), None  # the rounds' ends grow by ``growth``
     while alive:
         stop = max(start + 1, int(target)) if total is None else min(total, max(start + 1, int(target)))
         for mid, res in score_part(alive, (start, stop)):
             results[mid].append(res)
+        combined = {mid: combine(results[mid]) for mid in alive}
+        counts = {mid: counts_of(c) for mid, c in combined.items()}
+        span = {mid: bounds(c, confidence=settings.confidence) for mid, c in counts.items()}
+        known = sorted([*pool, *finished, *(low for low, _ in span.values())], reverse=True)
+        bar = known[k - 1] if len(known) >= k else -math.inf
         still = []
         for mid in alive:
-            combined = combine(results[mid])
-            counts = counts_of(combined)
-            total = max(big_n for _, _, big_n in counts.values())
-            if all(n >= big_n for _, n, big_n in counts.values()):
-                yield mid, combined, False
-            elif upper_bound(counts, confidence=settings.confidence) < bar:
-                yield mid, combined, True
+            total = max(big_n for _, _, big_n in counts[mid].values())
+            if all(n >= big_n for _, n, big_n in counts[mid].values()):
+                finished.append(combined[mid]["average"])
+                yield mid, combined[mid], False
+            elif span[mid][1] < bar:
+                yield mid, combined[mid], True
             else:
                 still.append(mid)
         alive, start, target = still, stop, target * settings.growth

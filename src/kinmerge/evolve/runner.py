@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import os
 import signal
 import tempfile
@@ -410,7 +409,7 @@ class _Run:
     def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool,
                            race: dict[str, Any] | None = None) -> None:
         """Record one evaluation; ``card``: a merge of this run, whose model card gets the scores;
-        ``race``: how a raced evaluation went (``stopped_early``, ``examples``, ``bar``)."""
+        ``race``: how a raced evaluation went (``stopped_early``, ``examples``)."""
         self.store.record_evaluations(mid, self.eval_key, res["scores"], details=res["details"])
         if card:
             write_card(self._path(mid), scores=res["scores"], generation=generation, run=self.run_id)
@@ -427,7 +426,6 @@ class _Run:
         assert self.race is not None
         before = [m.score for m in self.store.pool(self.run_id, evaluator=self.eval_key, partial=True)
                   if m.generation < generation and m.score is not None]
-        bar = sorted(before, reverse=True)[self.k - 1] if len(before) >= self.k else -math.inf
 
         def score_part(ids: Sequence[str], part: tuple[int, int]) -> Iterator[tuple[str, dict[str, Any]]]:
             self.report.step(f"gen {generation}: racing {len(ids)} children on examples {part[0]}-{part[1]}")
@@ -435,10 +433,10 @@ class _Run:
             for n, res in self.executor.imap(run_evaluation, tasks):
                 yield ids[n], res
 
-        for mid, res, early in race(todo, score_part, bar=bar, settings=self.race):
+        for mid, res, early in race(todo, score_part, pool=before, k=self.k, settings=self.race):
             used = sum(int(d["n"]) for d in res["details"].values())
             self._record_evaluation(mid, res, generation=generation, card=cards and not early,
-                                    race={"examples": used, "stopped_early": early, "bar": bar})
+                                    race={"examples": used, "stopped_early": early})
 
     def _ensure_kinship(self, pairs: Iterable[frozenset[str]], *, generation: int | None, why: str) -> None:
         """Scan, in one pass, every model of the pairs whose kinship is unknown; record all metrics.

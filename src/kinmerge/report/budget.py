@@ -106,11 +106,14 @@ def early_stop_table(runs: Sequence[RunHistory], *, thresholds: Sequence[float] 
     kinship is in the record, so no rerun is needed).
 
     Args:
-        variant: which runs to replay; default: the kinship-strategy runs whose early stop was off.
+        variant: which runs to replay; default: the kinship-strategy runs whose early stop was off,
+            else (none recorded) the greedy runs: the paper's loop without its exploration.
     """
     chosen = [r for r in runs if (r.variant == variant if variant else
                                   r.run.strategy == "kinship" and r.fingerprint is not None
                                   and r.fingerprint.settings.get("early_stop") is False)]
+    if not chosen and variant is None:
+        chosen, variant = [r for r in runs if r.variant == "greedy"], "greedy"
     rows = []
     for t in thresholds:
         replays = [replay_early_stop(list(r.models.values()), {row.generation: row.kinship for row in r.topk}, t,

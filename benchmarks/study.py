@@ -1,0 +1,243 @@
+"""The study behind docs/results.md: does kinship guidance make merging better or cheaper?
+
+Hypotheses, fixed before the runs (docs/results.md states them with their verdicts):
+
+  H1  The paper's kinship-guided loop (exploration + early stop at top-k PCC 0.9) ends with a
+      better best model than top-k greedy merging at equal merge budgets.
+  H2  It beats the random-partner control (the same loop, a random extra partner instead of the
+      lowest-kinship one) at equal budgets: kinship, not just an extra merge, is what helps.
+  H3  Early stopping at a top-k kinship threshold saves merges at a small loss in final best
+      (replayed at 0.8, 0.85, 0.9, 0.95 on runs recorded without it).
+  H4  The new strategies (diverse top-k, predicted gain) beat greedy and the random control at
+      equal budgets.
+  H5  Racing evaluation uses >= 2x fewer examples at <= 0.005 loss in final best.
+  H6  A merge's gain falls with its parents' kinship (the paper's §2), strongly enough to rank
+      candidate pairs (``kinmerge suggest``).
+
+Design: two zoos (the shipped headroom zoo and the tiny zoo); testbeds = the first ``--sets``
+four-specialist foundation sets of the headroom zoo's recorded list (the same names exist in the
+tiny zoo), each scored on all six tasks on ``--seeds`` held-out samples (``sample_seed``: 100 of
+each task's 200 held-out examples), so a seed varies the testbed and deterministic strategies get
+several observations; k = 3, SLERP with the paper's gradient, 6 generations. Variants on every
+testbed: greedy, kinship (paper), kinship with early stop off, random control (seeded by the
+sample), diverse, predicted, and greedy with racing evaluation at confidence 0.95 and 0.8 (each in its own run
+directory, so its example counts are its own). Every run is reported; nothing is selected.
+
+    python benchmarks/study.py run --out study                 # hours on 2 cores; resumable
+    python benchmarks/study.py render --out study --write-doc docs/results.md
+
+``run`` resumes (every run is a resumable kinmerge run); ``render`` reads the stores and prints
+(or writes into docs/results.md between the study markers) the tables: budget-matched gains with
+bootstrap 95% intervals against greedy and against the random control, the early-stop replay,
+racing against full evaluation, and the gain-vs-kinship correlations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kinmerge.demo import DemoSettings, Testbed, Variant, resolve_zoo, run_configs, write_configs
+
+ZOOS = ("headroom", "tiny")
+BUDGETS = (3, 6, 9, 12, 18)
+GENERATIONS = 6
+#: Racing variants: the default confidence and a bolder one (each in its own run directory).
+RACING = {"greedy-race": {"first": 25, "growth": 2.0, "confidence": 0.95},
+          "greedy-race80": {"first": 25, "growth": 2.0, "confidence": 0.8}}
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def variants(seed: int) -> tuple[Variant, ...]:
+    return (
+        Variant("greedy", "greedy"),
+        Variant("kinship", "kinship", {"threshold": 0.9}),
+        Variant("kinship-noes", "kinship", {"early_stop": False}),
+        Variant("random", "random", seed=seed),
+        Variant("diverse", "diverse"),
+        Variant("predicted", "predicted"),
+        *(Variant(run_id, "greedy", racing=racing) for run_id, racing in RACING.items()),
+    )
+
+
+def testbeds(sets: int, seeds: list[int]) -> list[Testbed]:
+    recorded = resolve_zoo("headroom").manifest["headroom"]
+    tasks = tuple(resolve_zoo("headroom").manifest["tasks"])
+    return [Testbed(tuple(s), tasks, seed) for s in recorded["sets"][:sets] for seed in seeds]
+
+
+def run(out: Path, zoos: list[str], sets: int, seeds: list[int], workers: int) -> None:
+    for name in zoos:
+        zoo = resolve_zoo(name)
+        configs = []
+        for tb in testbeds(sets, seeds):
+            settings = DemoSettings(testbeds=(tb,), variants=variants(tb.sample_seed or 0), generations=GENERATIONS)
+            configs += write_configs(out / name, settings, zoo, [tb])
+        t0 = time.perf_counter()
+        print(f"{name}: {len(configs)} runs", file=sys.stderr)
+        run_configs(configs, workers=workers, log=lambda line: print(f"{name} {line}", file=sys.stderr, flush=True))
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+# -- render ---------------------------------------------------------------------------------------
+
+
+def summarize(out: Path, name: str) -> dict[str, Any]:
+    """Every number the results page shows for one zoo, from the stores."""
+    from kinmerge.report.budget import budget_table, early_stop_table
+    from kinmerge.report.figures import gain_points
+    from kinmerge.report.plots import gain_correlations
+    from kinmerge.report.queries import load_runs
+    from kinmerge.report.stats import paired, spread
+
+    run_dirs = sorted(p for p in (out / name / "runs").iterdir() if (p / "kinmerge.db").exists())
+    runs = load_runs(run_dirs)
+    full = [r for r in runs if r.variant not in RACING]
+    greedy = {r.testbed: r for r in runs if r.variant == "greedy"}
+    racing = {}
+    for variant, settings in RACING.items():
+        raced = {r.testbed: r for r in runs if r.variant == variant}
+        shared = sorted(set(raced) & set(greedy))
+        examples = [(raced[t].anytime.examples[-1], greedy[t].anytime.examples[-1]) for t in shared]
+        racing[variant] = {
+            "settings": settings,
+            "testbeds": len(shared),
+            "examples_ratio": spread([g / r for r, g in examples if r and g]).__dict__,
+            "final_best_diff": paired([raced[t].final_best or 0.0 for t in shared],
+                                      [greedy[t].final_best or 0.0 for t in shared]).to_dict(),
+            "lost_more_than_0.005": sum((greedy[t].final_best or 0.0) - (raced[t].final_best or 0.0) > 0.005
+                                        for t in shared),
+        }
+    points = gain_points(full)
+    correlations = {}
+    for metric in ("pcc", "cs", "ed"):
+        signed, size = gain_correlations(points, metric)
+        correlations[metric] = {"gain": signed.__dict__, "abs_gain": size.__dict__}
+    return {
+        "zoo": name,
+        "runs": len(runs),
+        "run_list": [{"dir": r.run_dir.name, "run": r.run.id, "status": r.run.status, "stop": r.stop_reason,
+                      "merges": r.merges_used, "foundation_best": r.foundation_best, "final_best": r.final_best,
+                      "best_per_generation": r.best_per_generation(), "examples": r.anytime.examples[-1]}
+                     for r in runs],
+        "vs_greedy": budget_table(full, budgets=BUDGETS, reference="greedy"),
+        "vs_random": budget_table(full, budgets=BUDGETS, reference="random"),
+        "early_stop": early_stop_table(full),
+        "racing": racing,
+        "correlations": correlations,
+        "merges_for_correlation": len(points),
+    }
+
+
+def _ci(p: dict[str, Any]) -> str:
+    if p.get("mean") is None:
+        return "—"
+    ci = p.get("ci95")
+    return f"{p['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else f"{p['mean']:+.4f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The tables of one zoo, in the page's format."""
+    name = summary["zoo"]
+    out = [f"### {name} zoo: {summary['runs']} runs", ""]
+    for key, title in (("vs_greedy", "greedy"), ("vs_random", "the random control")):
+        table = summary[key]
+        budgets = table["budgets"]
+        out += [f"Gain over the best foundation model at equal merge budgets, paired with {title} testbed by "
+                f"testbed ({table['testbeds']} testbeds): mean difference [bootstrap 95% interval], "
+                "wins/ties/losses, sign-test p.", "",
+                "| variant | runs | " + " | ".join(f"{b} merges" for b in budgets) + " | AUC | merges used |",
+                "|---|---:|" + "---:|" * (len(budgets) + 2)]
+        for row in table["variants"]:
+            cells = []
+            for b in budgets:
+                g = row["gain"][b]
+                if "vs_reference" in row:
+                    d = row["vs_reference"][b]
+                    cells.append(f"{g['mean']:+.4f} ({_ci(d)}; {d['wins']}/{d['ties']}/{d['losses']}, "
+                                 f"p={d['p_sign']:.2g})" if g.get("mean") is not None and d.get("mean") is not None
+                                 else "—")
+                else:
+                    cells.append(f"{g['mean']:+.4f} ± {g['sem']:.4f}" if g.get("sem") is not None else "—")
+            auc = row["auc"]
+            auc_cell = (_ci(row["auc_vs_reference"]) if "auc_vs_reference" in row
+                        else f"{auc['mean']:+.4f}" if auc.get("mean") is not None else "—")
+            out.append(f"| {row['variant']} | {row['runs']} | " + " | ".join(cells)
+                       + f" | {auc_cell} | {row['merges_used']['mean']:.1f} |")
+        out.append("")
+    es = summary["early_stop"]
+    out += [f"Early stop replayed on {es['runs']} runs of {es['variant']}:", "",
+            "| threshold | fired | merges saved (mean) | share saved | final best lost (mean, max) | runs that lost |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for row in es["rows"]:
+        saved, lost = row["merges_saved"], row["best_lost"]
+        share = "—" if row["share_saved"] is None else f"{row['share_saved']:.0%}"
+        out.append(f"| {row['threshold']} | {row['fired']}/{row['runs']} | {saved['mean']:.1f} | {share} | "
+                   f"{lost['mean']:.4f}, {lost['high']:.4f} | {row['runs_that_lost']} |")
+    out += ["", "Racing vs full evaluation (greedy; examples evaluated by the whole run, final best):", "",
+            "| variant | first / growth / confidence | testbeds | examples, full / raced (mean, min) "
+            "| final best, raced − full [95% CI] | testbeds that lost > 0.005 |",
+            "|---|---|---:|---:|---:|---:|"]
+    for variant, rc in summary["racing"].items():
+        st, ratio = rc["settings"], rc["examples_ratio"]
+        if ratio.get("mean") is None:
+            continue
+        out.append(f"| {variant} | {st['first']} / {st['growth']} / {st['confidence']} | {rc['testbeds']} | "
+                   f"{ratio['mean']:.2f}x, {ratio['low']:.2f}x | {_ci(rc['final_best_diff'])} | "
+                   f"{rc['lost_more_than_0.005']} |")
+    out.append("")
+    c = summary["correlations"]
+    out.append(f"Gain vs parents' kinship over {summary['merges_for_correlation']} distinct merges: "
+               + "; ".join(f"{m.upper()} r = {c[m]['gain']['pearson_r']:+.2f} "
+                           f"(|gain|: {c[m]['abs_gain']['pearson_r']:+.2f})"
+                           for m in ("pcc", "cs", "ed") if c[m]["gain"].get("pearson_r") is not None)
+               + " (merges of one run are related, so these are descriptions, not tests).")
+    return "\n".join(out) + "\n"
+
+
+def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
+    parts = []
+    for name in zoos:
+        if not (out / name / "runs").is_dir():
+            continue
+        summary = summarize(out, name)
+        (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        parts.append(markdown(summary))
+    text = "\n".join(parts)
+    if write_doc is None:
+        print(text)
+        return
+    page = write_doc.read_text(encoding="utf-8")
+    if BEGIN not in page or END not in page:
+        sys.exit(f"{write_doc}: no {BEGIN} ... {END} markers to write between")
+    page = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", page, flags=re.S)
+    write_doc.write_text(page, encoding="utf-8")
+    print(f"wrote {write_doc}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example: python benchmarks/study.py run --out study --workers 2")
+    parser.add_argument("command", choices=("run", "render"))
+    parser.add_argument("--out", type=Path, default=Path("study"))
+    parser.add_argument("--zoo", action="append", choices=ZOOS, help="default: both")
+    parser.add_argument("--sets", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--write-doc", type=Path, default=None)
+    args = parser.parse_args()
+    zoos = args.zoo or list(ZOOS)
+    if args.command == "run":
+        run(args.out.resolve(), zoos, args.sets, args.seeds, args.workers)
+    else:
+        render(args.out.resolve(), zoos, args.write_doc)
+
+
+if __name__ == "__main__":
+    main()
