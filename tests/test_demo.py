@@ -33,8 +33,10 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
                                                               "predicted"}
     assert {row["strategy"] for row in data["across_sets"]} == strategies
     # a line on stderr as each run ends: which run, how far it got, what it spent
-    ended = [line for line in first.stderr.splitlines() if re.match(r"add-caesar-reverse--\S+: \w+ after generation", line)]
-    assert len(ended) == 5 and all(re.search(r", \d+ merges, best 0\.\d{4}$", line) for line in ended), first.stderr[-2000:]
+    ended = [line for line in first.stderr.splitlines()
+             if re.match(r"add-caesar-reverse--\S+: \w+ after generation", line)]
+    assert len(ended) == 5, first.stderr[-2000:]
+    assert all(re.search(r", \d+ merges, best 0\.\d{4}$", line) for line in ended), ended
     for run in data["compare"]["runs"]:
         assert len(run["best_per_generation"]) >= 2 and run["merges_used"] >= 3  # gen 1 = all 3 pairs
     assert (out / "report" / "index.html").exists()
