@@ -8,7 +8,6 @@ per model, and a kinship early stop before generation 4.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -254,22 +253,6 @@ def test_family_tree_layout_is_layered_and_untangled() -> None:
     assert len(route) == 3 and route[1][1] == -1.0
     assert min(abs(route[1][0] - pos[n][0]) for n in ("ab", "bc")) == 0.55
     assert all(len(routes[(p, c)]) == 2 for p, c in [("a", "ab"), ("b", "ab"), ("b", "bc"), ("c", "bc"), ("ab", "x")])
-    assert _closest_pass(pos, routes) >= 0.3
-
-
-def _closest_pass(pos: dict[str, tuple[float, float]], routes: dict[tuple[str, str], list[tuple[float, float]]],
-                  ) -> float:
-    """How close any edge segment comes to a model that is not one of its two ends."""
-    best = math.inf
-    for (parent, child), route in routes.items():
-        for (x1, y1), (x2, y2) in itertools.pairwise(route):
-            for mid, (px, py) in pos.items():
-                if mid in (parent, child):
-                    continue
-                dx, dy = x2 - x1, y2 - y1
-                t = max(0.0, min(1.0, ((px - x1) * dx + (py - y1) * dy) / (dx * dx + dy * dy)))
-                best = min(best, math.hypot(px - x1 - t * dx, py - y1 - t * dy))
-    return best
 
 
 def test_family_tree_and_gain_plots_handle_odd_inputs(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from kinmerge.report.groups import Style
 from kinmerge.report.panels import DODGE, _legend_below
 from kinmerge.report.plots import _pyplot, _save
 
-__all__ = ["plot_anytime", "plot_early_stop"]
+__all__ = ["anytime_figure", "plot_anytime", "plot_early_stop"]
 
 
 def _draw_bands(ax: Any, bands: Mapping[str, Mapping[str, Any]], styles: Mapping[str, Style], *, dodge: float) -> None:
@@ -50,6 +50,13 @@ def _draw_bands(ax: Any, bands: Mapping[str, Mapping[str, Any]], styles: Mapping
 
 def plot_anytime(by_merges: Mapping[str, Mapping[str, Any]], by_examples: Mapping[str, Mapping[str, Any]],
                  path: str | os.PathLike[str], *, styles: Mapping[str, Style], title: str | None = None) -> Path | None:
+    """:func:`anytime_figure` written to ``path`` (``None``, no file, when no run has a scored merge)."""
+    fig = anytime_figure(by_merges, by_examples, styles=styles, title=title)
+    return None if fig is None else _save(fig, path)
+
+
+def anytime_figure(by_merges: Mapping[str, Mapping[str, Any]], by_examples: Mapping[str, Mapping[str, Any]], *,
+                   styles: Mapping[str, Style], title: str | None = None) -> Any | None:
     """Anytime curves: gain over the best foundation model against merges made and examples evaluated.
 
     Args:
@@ -57,8 +64,8 @@ def plot_anytime(by_merges: Mapping[str, Mapping[str, Any]], by_examples: Mappin
             left out when no variant has example counts).
 
     Example:
-        ``plot_anytime(anytime_bands(runs), anytime_bands(runs, unit="examples"), "anytime.png",
-        styles=variant_styles(variants_of(runs)))``
+        ``anytime_figure(anytime_bands(runs), anytime_bands(runs, unit="examples"),
+        styles=variant_styles(variants_of(runs)))`` -> a matplotlib figure
     """
     if not any(m is not None for band in by_merges.values() for m in band["mean"]):
         return None
@@ -89,7 +96,7 @@ def plot_anytime(by_merges: Mapping[str, Mapping[str, Any]], by_examples: Mappin
     _legend_below(fig, handles)
     fig.suptitle(title or f"Anytime curves: the best found so far ({band_note})", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_early_stop(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *,

@@ -15,7 +15,7 @@ from kinmerge.kinship import METRIC_NAMES
 from kinmerge.pool import DEFAULT_THRESHOLDS
 from kinmerge.report.budget import anytime_bands, early_stop_table
 from kinmerge.report.budget_plots import plot_anytime, plot_early_stop
-from kinmerge.report.groups import testbed_labels, variant_styles, variants_of
+from kinmerge.report.groups import bed_labels, variant_styles, variants_of
 from kinmerge.report.panels import KinshipCurve, ScoreCurve, plot_scores, plot_topk_kinship
 from kinmerge.report.plots import GainPoint, plot_merge_gains
 from kinmerge.report.queries import RunHistory
@@ -59,7 +59,7 @@ def kinship_curve(r: RunHistory, testbed: str = "") -> KinshipCurve:
 
 def panel_titles(runs: Sequence[RunHistory]) -> dict[str, str]:
     """A title per testbed panel: its name, its foundation models and what a score averages over."""
-    labels = testbed_labels(runs)
+    labels = bed_labels(runs)
     out: dict[str, str] = {}
     for r in runs:
         name = labels[r.testbed]
@@ -85,7 +85,7 @@ def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
     """One point per distinct merge. Runs sharing a store share merges (content-addressed): a
     merge in several runs is one observation, counted once (under the first run), or the
     correlations would count it twice. ``group``: the testbed, when there are several."""
-    labels = testbed_labels(runs)
+    labels = bed_labels(runs)
     several = len(labels) > 1
     points: list[GainPoint] = []
     seen: set[tuple[str, str]] = set()
@@ -134,7 +134,7 @@ def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | N
     metric = runs[0].metric
     k = runs[0].k
     styles = variant_styles(variants_of(runs))
-    beds = testbed_labels(runs)
+    beds = bed_labels(runs)
     titles = panel_titles(runs)
     early = early_stop_table(runs)
     figures: dict[str, Path | None] = {

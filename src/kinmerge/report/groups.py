@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kinmerge.report.queries import RunHistory
 
-__all__ = ["Style", "by_testbed", "testbed_labels", "variant_styles", "variants_of"]
+__all__ = ["Style", "bed_labels", "by_testbed", "variant_styles", "variants_of"]
 
 #: The paper's strategies, and the study's best new one, always in these colours.
 STRATEGY_COLORS = {"greedy": "#1f77b4", "kinship": "#2ca02c", "random": "#9467bd", "predicted": "#ff7f0e"}
@@ -61,7 +61,7 @@ def variant_styles(variants: Sequence[tuple[str, str]]) -> dict[str, Style]:
     return {name: Style(colors[name], _MARKERS[i % len(_MARKERS)]) for i, (name, _) in enumerate(variants)}
 
 
-def testbed_labels(runs: Sequence[RunHistory]) -> dict[tuple[tuple[str, ...], str | None], str]:
+def bed_labels(runs: Sequence[RunHistory]) -> dict[tuple[tuple[str, ...], str | None], str]:
     """A short name per testbed, in order of appearance: the run directory of its first run (the
     demo names each directory after its foundation set), made unique with the evaluator key when
     one directory holds several testbeds."""

@@ -27,7 +27,7 @@ from kinmerge.report.budget import budget_table, early_stop_table
 from kinmerge.report.cells import empty, esc, figure, swatch
 from kinmerge.report.compare import resolution
 from kinmerge.report.figures import gain_points, make_figures
-from kinmerge.report.groups import Style, by_testbed, testbed_labels, variant_styles, variants_of
+from kinmerge.report.groups import Style, bed_labels, by_testbed, variant_styles, variants_of
 from kinmerge.report.plots import METRIC_SHORT
 from kinmerge.report.queries import RunHistory, load_runs
 from kinmerge.report.run_detail import run_detail
@@ -182,7 +182,7 @@ def _metric_note(runs: Sequence[RunHistory]) -> str:
 def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> str:
     """The report page for ``runs`` with the given figures (PNG paths or ``None``) embedded."""
     styles = variant_styles(variants_of(runs))
-    beds = testbed_labels(runs)
+    beds = bed_labels(runs)
     digits = resolution(runs)["digits"]
     several = len(runs) > 1
     title = "kinmerge report: " + (runs[0].label if not several else f"{len(runs)} runs on {len(beds)} testbed(s)")

@@ -25,7 +25,8 @@ from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
 from kinmerge.report.groups import Style
 from kinmerge.report.plots import METRIC_SHORT, _pyplot, _save
 
-__all__ = ["DODGE", "KinshipCurve", "ScoreCurve", "identical", "plot_scores", "plot_topk_kinship"]
+__all__ = ["DODGE", "KinshipCurve", "ScoreCurve", "identical", "plot_scores", "plot_topk_kinship", "scores_figure",
+           "topk_figure"]
 
 #: How far apart (in generations) the lines of neighbouring variants sit, so equal ones stay visible.
 DODGE = 0.07
@@ -181,6 +182,13 @@ def _generation_axis(ax: Any, curves: Sequence[Any]) -> None:
 
 def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, styles: Mapping[str, Style],
                 titles: Mapping[str, str] | None = None, title: str | None = None) -> Path | None:
+    """:func:`scores_figure` written to ``path`` (``None``, no file, when nothing is scored yet)."""
+    fig = scores_figure(curves, styles=styles, titles=titles, title=title)
+    return None if fig is None else _save(fig, path)
+
+
+def scores_figure(curves: Sequence[ScoreCurve], *, styles: Mapping[str, Style],
+                  titles: Mapping[str, str] | None = None, title: str | None = None) -> Any | None:
     """Best score of the pool per generation: a panel per testbed, a colour per variant.
 
     The best foundation model is a dashed grey line in each panel: a run that never rises above
@@ -188,8 +196,8 @@ def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, s
     models made in each generation is drawn too (dotted).
 
     Example:
-        ``plot_scores([ScoreCurve("greedy", [0, 1, 2], [0.663, 0.668, 0.687], [0.601, 0.642, 0.679], 0.663,
-        "bed", "greedy")], "s.png", styles={"greedy": Style("#1f77b4", "o")})``
+        ``scores_figure([ScoreCurve("greedy", [0, 1, 2], [0.663, 0.668, 0.687], [0.601, 0.642, 0.679], 0.663,
+        "bed", "greedy")], styles={"greedy": Style("#1f77b4", "o")})`` -> a matplotlib figure
     """
     if not any(y is not None for c in curves for y in (*c.best, *c.mean)):
         return None
@@ -217,12 +225,17 @@ def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, s
     _legend_below(fig, handles)
     fig.suptitle(title or "Best score of the pool per generation", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_topk_kinship(
+def plot_topk_kinship(curves: Sequence[KinshipCurve], path: str | os.PathLike[str], **kwargs: Any) -> Path | None:
+    """:func:`topk_figure` written to ``path`` (``None``, no file, when no top-k kinship is known)."""
+    fig = topk_figure(curves, **kwargs)
+    return None if fig is None else _save(fig, path)
+
+
+def topk_figure(
     curves: Sequence[KinshipCurve],
-    path: str | os.PathLike[str],
     *,
     styles: Mapping[str, Style],
     metric: str = "pcc",
@@ -230,13 +243,13 @@ def plot_topk_kinship(
     thresholds: Iterable[tuple[float, str]] = (),
     titles: Mapping[str, str] | None = None,
     title: str | None = None,
-) -> Path | None:
+) -> Any | None:
     """The top-k's mean pairwise kinship per generation, a panel per testbed, with the early-stop
     threshold(s) as red dashed lines and a large ✕ where a run early-stopped.
 
     Example:
-        ``plot_topk_kinship([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95], None, "bed", "kinship")],
-        "k.png", styles={"kinship": Style("#2ca02c", "s")}, thresholds=[(0.9, "early stop")])``
+        ``topk_figure([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95], None, "bed", "kinship")],
+        styles={"kinship": Style("#2ca02c", "s")}, thresholds=[(0.9, "early stop")])``
     """
     if not any(v is not None for c in curves for v in c.values):
         return None
@@ -272,4 +285,4 @@ def plot_topk_kinship(
     _legend_below(fig, handles)
     fig.suptitle(title or f"Kinship of the top-{k} per generation ({METRIC_NAMES[metric]})", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

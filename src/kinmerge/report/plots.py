@@ -131,13 +131,15 @@ def gain_correlations(points: Sequence[GainPoint], metric: str) -> tuple[Correla
     return correlation(xs, [g for _, g in pts]), correlation(xs, [abs(g) for _, g in pts])
 
 
-def plot_merge_gains(
-    points: Sequence[GainPoint],
-    path: str | os.PathLike[str],
-    *,
-    metrics: Sequence[str] = ("pcc", "cs", "ed"),
-    title: str | None = None,
-) -> Path | None:
+def plot_merge_gains(points: Sequence[GainPoint], path: str | os.PathLike[str], *,
+                     metrics: Sequence[str] = ("pcc", "cs", "ed"), title: str | None = None) -> Path | None:
+    """:func:`merge_gain_figure` written to ``path`` (``None``, no file, when there is nothing to place)."""
+    fig = merge_gain_figure(points, metrics=metrics, title=title)
+    return None if fig is None else _save(fig, path)
+
+
+def merge_gain_figure(points: Sequence[GainPoint], *, metrics: Sequence[str] = ("pcc", "cs", "ed"),
+                      title: str | None = None) -> Any | None:
     """Merge gain (top row) and |gain| (bottom row) vs the parents' kinship, one column per metric.
 
     Each panel: the merges (colour = why they were planned, marker = testbed when there are
@@ -146,7 +148,7 @@ def plot_merge_gains(
     file) when no merge has its parents' kinship in any of ``metrics``.
 
     Example:
-        ``plot_merge_gains([GainPoint(3.78, {"pcc": -0.02}, "exploration"), ...], "gain.png")``
+        ``merge_gain_figure([GainPoint(3.78, {"pcc": -0.02}, "exploration"), ...])`` -> a matplotlib figure
     """
     if not any(p.kinship.get(m) is not None for p in points for m in metrics):
         return None  # no merge has both a gain and its parents' kinship: nothing to place
@@ -205,4 +207,4 @@ def plot_merge_gains(
     if handles:  # under the panels, outside every axis (the PNG is cropped to fit it)
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(5, len(handles)),
                    fontsize=8, frameon=False)
-    return _save(fig, path)
+    return fig

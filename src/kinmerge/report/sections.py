@@ -6,7 +6,7 @@ Scores print with ``digits`` decimals: ``compare.resolution`` picks as many as o
 one task can move an average.
 
 Example:
-    ``runs_table(runs, styles, testbed_labels(runs), digits=3)``
+    ``runs_table(runs, styles, bed_labels(runs), digits=3)``
 """
 
 from __future__ import annotations
