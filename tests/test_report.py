@@ -117,14 +117,19 @@ def _kinship_run(run_dir: Path, run_id: str = "kin", seed: int = 0, *, store: Ru
 
 
 def _simple_run(run_dir: Path, run_id: str, strategy: str, seed: int, foundation: list[float],
-                generations: list[list[float]], stop: str | None = None) -> None:
+                generations: list[list[float]], stop: str | None = None,
+                settings: dict[str, object] | None = None) -> None:
     """A hand-checkable run with one task ``t``: foundations f0, f1, ... scored ``foundation``;
     generation ``g`` makes one child per score in ``generations[g - 1]`` from the next unused
     pairs of the models made so far."""
     import itertools
 
+    config: dict[str, object] = {"k": 3}
+    if settings is not None:  # a run recorded with its fingerprint, as `evolve` records it
+        config = RunFingerprint(tuple(f"f{i}" for i in range(len(foundation))), "b", strategy, settings,
+                                {"method": "slerp"}, EVAL).to_dict()
     with RunStore(run_dir) as store:
-        store.start_run(run_id, strategy=strategy, config={"k": 3}, seed=seed)
+        store.start_run(run_id, strategy=strategy, config=config, seed=seed)
         made = []
         for i, s in enumerate(foundation):
             store.add_model(f"f{i}", origin="foundation", generation=0, path=f"/zoo/f{i}", run_id=run_id)
@@ -377,6 +382,22 @@ def test_compare_groups_by_strategy_and_foundation_set(compare_dirs: list[Path],
     assert groups == [("greedy", ["f0", "f1", "f2"], 2), ("kinship", ["f0", "f1", "f2"], 1),
                       ("kinship", ["chat", "code", "math"], 1)]
     assert data["strategies"][2]["final_best"]["mean"] == 63.5
+
+
+def test_compare_groups_variants_apart_and_seeds_together(tmp_path: Path) -> None:
+    scores = [[2.5, 3.5, 1.5]]
+    runs: dict[str, tuple[str, dict[str, object]]] = {"kinship-s0": ("kinship", {"k": 3, "threshold": 0.9, "seed": 0}),
+            "kinship-s1": ("kinship", {"k": 3, "threshold": 0.9, "seed": 1}),
+            "kinship-noes": ("kinship", {"k": 3, "threshold": None, "seed": 0})}
+    for run_id, (strategy, settings) in runs.items():
+        seed = settings["seed"]
+        assert isinstance(seed, int)
+        _simple_run(tmp_path / run_id, run_id, strategy, seed, [1.0, 2.0, 3.0], scores, settings=settings)
+    data = compare_table([tmp_path / r for r in runs])
+    assert [(s["strategy"], s["variant"], s["runs"]) for s in data["strategies"]] == [
+        ("kinship", "kinship", 2), ("kinship", "kinship-noes", 1)]
+    table = CliRunner().invoke(cli, ["compare", *(str(tmp_path / r) for r in runs)])
+    assert table.exit_code == 0 and "kinship-noes" in table.output.split("across seeds")[1]
 
 
 def test_compare_cli_json_and_table(compare_dirs: list[Path]) -> None:

@@ -90,15 +90,16 @@ def print_compare(data: dict) -> None:
                      *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]))
     tables = [runs]
     if any(s["runs"] > 1 for s in data["strategies"]):  # seeds of one strategy on one testbed: their spread
-        summary = Table(title="across seeds: each strategy on each foundation set (std: sample standard deviation)")
-        for col in ("strategy", "foundations", "runs", "final best mean", "std", "min – max", "merges mean",
+        summary = Table(title="across seeds: each strategy variant on each foundation set "
+                              "(std: sample standard deviation)")
+        for col in ("variant", "foundations", "runs", "final best mean", "std", "min – max", "merges mean",
                     "early stops"):
-            summary.add_column(col, justify="left" if col in ("strategy", "foundations") else "right")
+            summary.add_column(col, justify="left" if col in ("variant", "foundations") else "right")
         for s in data["strategies"]:
             fb, mu = s["final_best"], s["merges_used"]
-            summary.add_row(s["strategy"], ", ".join(s["foundations"]), str(s["runs"]), num(fb["mean"]),
-                            num(fb["std"]), f"{num(fb['min'])} – {num(fb['max'])}", fmt_num(mu["mean"], 1),
-                            str(s["early_stops"]))
+            summary.add_row(s.get("variant", s["strategy"]), ", ".join(s["foundations"]), str(s["runs"]),
+                            num(fb["mean"]), num(fb["std"]), f"{num(fb['min'])} – {num(fb['max'])}",
+                            fmt_num(mu["mean"], 1), str(s["early_stops"]))
         tables.append(summary)
     budget = data.get("budget")
     if budget and budget["variants"]:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -69,6 +70,13 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
     }
 
 
+def _settings_but_seed(run: RunHistory) -> str:
+    """The run's strategy settings without its seed, as a key (seeds of one variant group together)."""
+    fp = run.fingerprint
+    settings = {k: v for k, v in (fp.settings if fp else {}).items() if k != "seed"}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def resolution(runs: Sequence[RunHistory]) -> dict[str, Any]:
     """How finely the scores can move: one example of one task changes an average by
     ``1 / (examples x tasks)``; tables print as many decimals as that needs (at least 2)."""
@@ -82,16 +90,19 @@ def compare_runs(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = 
                  reference: str = "greedy") -> dict[str, Any]:
     """:func:`compare_table` of runs already loaded."""
     rows = [_run_row(r) for r in runs]
-    # Runs group by strategy *and* foundation set: scores of different foundations don't average.
-    keys = [(r.run.strategy, tuple(sorted(m.id for m in r.foundations))) for r in runs]
+    # Runs group by strategy, its settings but the seed, *and* foundation set: scores of different
+    # foundations don't average, and `kinship` with early stopping off is another variant, not a seed.
+    keys = [(r.run.strategy, _settings_but_seed(r), tuple(sorted(m.id for m in r.foundations))) for r in runs]
     strategies: list[dict[str, Any]] = []
     for key in dict.fromkeys(keys):
         group = [row for row, k in zip(rows, keys, strict=True) if k == key]
+        variants = {row["variant"] for row in group}
         length = max(len(row["best_per_generation"]) for row in group)
         carried = [_carried(row["best_per_generation"], length) for row in group]
         strategies.append(
             {
                 "strategy": key[0],
+                "variant": variants.pop() if len(variants) == 1 else key[0],
                 "foundations": group[0]["foundations"],
                 "runs": len(group),
                 "seeds": [row["seed"] for row in group],
