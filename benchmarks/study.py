@@ -97,7 +97,8 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
     from kinmerge.report.stats import paired, spread
 
     run_dirs = sorted(p for p in (out / name / "runs").iterdir() if (p / "kinmerge.db").exists())
-    runs = load_runs(run_dirs)
+    # Only finished runs count: a run still going (or killed) would enter the budget tables short.
+    runs = [r for r in load_runs(run_dirs) if r.run.status == "finished"]
     full = [r for r in runs if r.variant not in RACING]
     greedy = {r.testbed: r for r in runs if r.variant == "greedy"}
     racing = {}
@@ -105,10 +106,16 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
         raced = {r.testbed: r for r in runs if r.variant == variant}
         shared = sorted(set(raced) & set(greedy))
         examples = [(raced[t].anytime.examples[-1], greedy[t].anytime.examples[-1]) for t in shared]
+        # Racing can change which children survive, so runs differ in length: examples per child
+        # (what racing is for) compare runs of any length; whole-run totals are shown beside them.
+        per_child = [(_examples_per_child(raced[t]), _examples_per_child(greedy[t])) for t in shared]
         racing[variant] = {
             "settings": settings,
             "testbeds": len(shared),
             "examples_ratio": spread([g / r for r, g in examples if r and g]).__dict__,
+            "per_child_ratio": spread([g / r for r, g in per_child if r and g]).__dict__,
+            "merges": {"raced": spread([raced[t].merges_used for t in shared]).__dict__,
+                       "full": spread([greedy[t].merges_used for t in shared]).__dict__},
             "final_best_diff": paired([raced[t].final_best or 0.0 for t in shared],
                                       [greedy[t].final_best or 0.0 for t in shared]).to_dict(),
             "lost_more_than_0.005": sum((greedy[t].final_best or 0.0) - (raced[t].final_best or 0.0) > 0.005
@@ -135,6 +142,14 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
         "merges_for_correlation": len(points),
         "gain_fit_pcc": fit.__dict__,
     }
+
+
+def _examples_per_child(run: Any) -> float | None:
+    """Examples spent scoring the run's merged children, per child (foundations left out)."""
+    examples, merges = run.anytime.examples, run.anytime.merges
+    if not merges or examples[-1] is None or examples[0] is None:
+        return None
+    return float(examples[-1] - examples[0]) / merges
 
 
 def _ci(p: dict[str, Any]) -> str:
@@ -182,17 +197,23 @@ def markdown(summary: dict[str, Any]) -> str:
         share = "—" if row["share_saved"] is None else f"{row['share_saved']:.0%}"
         out.append(f"| {row['threshold']} | {row['fired']}/{row['runs']} | {saved['mean']:.1f} | {share} | "
                    f"{lost['mean']:.4f}, {lost['high']:.4f} | {row['runs_that_lost']} |")
-    out += ["", "Racing vs full evaluation (greedy; examples evaluated by the whole run, final best):", "",
-            "| variant | first / growth / confidence | testbeds | examples, full / raced (mean, min) "
-            "| final best, raced − full [95% CI] | testbeds that lost > 0.005 |",
-            "|---|---|---:|---:|---:|---:|"]
+    out += ["", "Racing vs full evaluation (greedy, paired by testbed): examples saved per merged child and "
+            "over the whole run (full / raced: mean, min), merges made, final best:", "",
+            "| variant | first / growth / confidence | testbeds | examples per child, full / raced | whole run, "
+            "full / raced | merges, full / raced (mean) | final best, raced − full [95% CI] | testbeds that lost "
+            "> 0.005 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for variant, rc in summary["racing"].items():
-        st, ratio = rc["settings"], rc["examples_ratio"]
+        st, ratio, child = rc["settings"], rc["examples_ratio"], rc.get("per_child_ratio", {})
         if ratio.get("mean") is None:
             continue
+        child_cell = f"{child['mean']:.2f}x, {child['low']:.2f}x" if child.get("mean") is not None else "—"
+        merges = rc.get("merges", {})
+        merges_cell = (f"{merges['full']['mean']:.1f} / {merges['raced']['mean']:.1f}"
+                       if merges.get("full", {}).get("mean") is not None else "—")
         out.append(f"| {variant} | {st['first']} / {st['growth']} / {st['confidence']} | {rc['testbeds']} | "
-                   f"{ratio['mean']:.2f}x, {ratio['low']:.2f}x | {_ci(rc['final_best_diff'])} | "
-                   f"{rc['lost_more_than_0.005']} |")
+                   f"{child_cell} | {ratio['mean']:.2f}x, {ratio['low']:.2f}x | {merges_cell} | "
+                   f"{_ci(rc['final_best_diff'])} | {rc['lost_more_than_0.005']} |")
     out.append("")
     c = summary["correlations"]
     out.append(f"Gain vs parents' kinship over {summary['merges_for_correlation']} distinct merges: "
