@@ -89,6 +89,7 @@ def run(out: Path, zoos: list[str], sets: int, seeds: list[int], workers: int) -
 
 def summarize(out: Path, name: str) -> dict[str, Any]:
     """Every number the results page shows for one zoo, from the stores."""
+    from kinmerge.evolve.strategies.predicted import fit_gain
     from kinmerge.report.budget import budget_table, early_stop_table
     from kinmerge.report.figures import gain_points
     from kinmerge.report.plots import gain_correlations
@@ -118,6 +119,7 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
     for metric in ("pcc", "cs", "ed"):
         signed, size = gain_correlations(points, metric)
         correlations[metric] = {"gain": signed.__dict__, "abs_gain": size.__dict__}
+    fit = fit_gain([(float(p.kinship["pcc"]), p.gain) for p in points if p.kinship.get("pcc") is not None])
     return {
         "zoo": name,
         "runs": len(runs),
@@ -131,6 +133,7 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
         "racing": racing,
         "correlations": correlations,
         "merges_for_correlation": len(points),
+        "gain_fit_pcc": fit.__dict__,
     }
 
 
@@ -196,22 +199,43 @@ def markdown(summary: dict[str, Any]) -> str:
                + "; ".join(f"{m.upper()} r = {c[m]['gain']['pearson_r']:+.2f} "
                            f"(|gain|: {c[m]['abs_gain']['pearson_r']:+.2f})"
                            for m in ("pcc", "cs", "ed") if c[m]["gain"].get("pearson_r") is not None)
-               + " (merges of one run are related, so these are descriptions, not tests).")
+               + " (merges of one run are related, so these are descriptions, not tests). "
+               + "Least squares: gain = {a:+.4f} {b:+.4f} × PCC, residual sd {sd:.4f}, n = {n}.".format(
+                   **summary["gain_fit_pcc"]))
     return "\n".join(out) + "\n"
 
 
+def runs_csv(summaries: list[dict[str, Any]]) -> str:
+    """Every run of the study, one line each (the page's tables summarise these)."""
+    lines = ["zoo,run_dir,run,status,stop,merges,examples,foundation_best,final_best,"
+             + ",".join(f"gen{g}" for g in range(GENERATIONS + 1))]
+    for summary in summaries:
+        for r in summary["run_list"]:
+            best = r["best_per_generation"]
+            gens = [best.get(g) for g in range(GENERATIONS + 1)]
+            cells = [summary["zoo"], r["dir"], r["run"], r["status"], r["stop"] or "", r["merges"], r["examples"],
+                     r["foundation_best"], r["final_best"], *gens]
+            lines.append(",".join("" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells))
+    return "\n".join(lines) + "\n"
+
+
 def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
-    parts = []
+    parts, summaries = [], []
     for name in zoos:
         if not (out / name / "runs").is_dir():
             continue
         summary = summarize(out, name)
+        summaries.append(summary)
         (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
         parts.append(markdown(summary))
     text = "\n".join(parts)
     if write_doc is None:
         print(text)
         return
+    csv = write_doc.with_name("results-runs.csv")
+    csv.write_text(runs_csv(summaries), encoding="utf-8")
+    text += (f"\nEvery run, one line each (status, stop, merges, examples, best per generation): "
+             f"[{csv.name}]({csv.name}).\n")
     page = write_doc.read_text(encoding="utf-8")
     if BEGIN not in page or END not in page:
         sys.exit(f"{write_doc}: no {BEGIN} ... {END} markers to write between")

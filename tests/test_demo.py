@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,6 +32,11 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     assert {r["run_id"] for r in data["compare"]["runs"]} == {"greedy", "kinship", "random-s0", "random-s1",
                                                               "predicted"}
     assert {row["strategy"] for row in data["across_sets"]} == strategies
+    # a line on stderr as each run ends: which run, how far it got, what it spent
+    ended = [line for line in first.stderr.splitlines()
+             if re.match(r"add-caesar-reverse--\S+: \w+ after generation", line)]
+    assert len(ended) == 5, first.stderr[-2000:]
+    assert all(re.search(r", \d+ merges, best 0\.\d{4}$", line) for line in ended), ended
     for run in data["compare"]["runs"]:
         assert len(run["best_per_generation"]) >= 2 and run["merges_used"] >= 3  # gen 1 = all 3 pairs
     assert (out / "report" / "index.html").exists()
@@ -51,7 +57,7 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     # other settings in the same folder: one line naming the change and the way out
     third = _demo("--zoo", str(micro_zoo.root), "--out", str(out), "--generations", "2", "--limit", "5")
     assert third.returncode == 2
-    error = [line for line in third.stderr.splitlines() if not line.startswith("[")]  # "[1/4] ..." is progress
+    error = [line for line in third.stderr.splitlines() if " after generation " not in line]  # a run that ended
     assert len(error) == 1 and "limit 10 -> 5" in error[0] and "another --out" in error[0]
 
 

@@ -27,7 +27,7 @@ from kinmerge.report.compare import compare_table
 from kinmerge.report.html import write_report
 from kinmerge.report.plots import GainPoint, correlation, gain_correlations, plot_merge_gains
 from kinmerge.report.queries import load_runs
-from kinmerge.report.tree import TreeNode, plot_family_tree, tree_layout
+from kinmerge.report.tree import TreeNode, plot_family_tree, tree_layout, tree_routes
 from kinmerge.store import RunStore
 
 EVAL = "builtin:v1"
@@ -240,13 +240,19 @@ def test_family_tree_layout_is_layered_and_untangled() -> None:
         TreeNode("bc", "bc", 1, ("b", "c")), TreeNode("ab", "ab", 1, ("a", "b")),
         TreeNode("x", "x", 2, ("ab", "a")),
     ]
-    pos = tree_layout(nodes)
+    pos, routes = tree_routes(nodes)
+    assert pos == tree_layout(nodes)
     assert {n: pos[n][1] for n in pos} == {"a": 0.0, "b": 0.0, "c": 0.0, "bc": -1.0, "ab": -1.0, "x": -2.0}
     # children sit under their parents: ab left of bc (input order was the reverse)
     assert pos["ab"][0] < pos["bc"][0]
-    # each layer is centred and one unit apart
+    # models of a row sit one unit apart, the row centred (with its waypoints)
     assert sorted(pos[n][0] for n in ("a", "b", "c")) == [-1.0, 0.0, 1.0]
-    assert sorted(pos[n][0] for n in ("ab", "bc")) == [-0.5, 0.5]
+    assert pos["bc"][0] - pos["ab"][0] == 1.0
+    # a -> x skips generation 1: it bends through a waypoint in that row, beside (not on) ab and bc
+    route = routes[("a", "x")]
+    assert len(route) == 3 and route[1][1] == -1.0
+    assert min(abs(route[1][0] - pos[n][0]) for n in ("ab", "bc")) == 0.55
+    assert all(len(routes[(p, c)]) == 2 for p, c in [("a", "ab"), ("b", "ab"), ("b", "bc"), ("c", "bc"), ("ab", "x")])
 
 
 def test_family_tree_and_gain_plots_handle_odd_inputs(tmp_path: Path) -> None:
@@ -394,8 +400,8 @@ def test_two_runs_in_one_store_and_one_report(tmp_path: Path) -> None:
     assert [r["run_id"] for r in rows] == ["kin-a", "kin-b"]
     page = write_report([run_dir], tmp_path / "out").read_text()
     assert f"{run_dir.name} · kin-a (kinship)" in page and f"{run_dir.name} · kin-b (kinship)" in page
-    assert "<h3>Comparison</h3>" in page
-    assert page.count("data:image/png;base64,") == 3 + 2 * 2
+    assert "<h2 id='budget'>Strategies at equal budgets</h2>" in page
+    assert page.count("data:image/png;base64,") == 4 + 2 * 2  # scores, top-k, gain, anytime; 2 x (heatmap, tree)
     # both runs hold the same 11 merges (one store, content ids): each is one point, not two
     from kinmerge.report.figures import gain_points as _gain_points
 

@@ -225,6 +225,7 @@ def test_dry_run_prints_the_next_plan_and_changes_nothing(runs, tmp_path):
     result = CliRunner().invoke(cli, ["evolve", str(runs.greedy_cfg), "--run-dir", str(fresh), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "next: generation 1, 3 merges" in result.output and not fresh.exists()
+    assert f"in {fresh} (nothing" in result.output and "kinmerge-dry-run-" not in result.output  # not its scratch copy
     # On a finished run the next plan is the stop; the store is untouched.
     db = runs.run_dir / "kinmerge.db"
     events_before = _count(db, "events")

@@ -10,7 +10,7 @@ import pytest
 
 from kinmerge.pool import Plan, PlannedMerge, PoolModel, RunFingerprint
 from kinmerge.report.anytime import area, curve, replay_early_stop
-from kinmerge.report.budget import budget_table, default_budgets, early_stop_table
+from kinmerge.report.budget import anytime_bands, budget_table, default_budgets, early_stop_table
 from kinmerge.report.queries import load_runs
 from kinmerge.report.stats import bootstrap_ci, paired, sign_test, spread
 from kinmerge.store import RunStore
@@ -170,3 +170,24 @@ def test_early_stop_table_falls_back_to_greedy_runs(study: list[Path]) -> None:
     table = early_stop_table(runs, thresholds=(0.8,))
     assert table["variant"] == "greedy" and table["runs"] == 2
     assert table["rows"][0]["fired"] == 2  # generation 2 is skipped on both testbeds
+
+
+def test_anytime_bands_average_seeds_then_span_testbeds(study: list[Path]) -> None:
+    runs = load_runs(study)
+    bands = anytime_bands(runs)
+    assert list(bands) == ["greedy", "kinship", "random"] and bands["random"]["runs"] == 4
+    greedy = bands["greedy"]
+    assert greedy["x"] == [0, 1, 2, 3] and greedy["testbeds"] == 2
+    # greedy's gains: bed 1 .05 .05 .05, bed 2 .01 .03 .03 after 1, 2, 3 merges (0 before any)
+    assert greedy["mean"] == pytest.approx([0.0, 0.03, 0.04, 0.04])
+    assert greedy["low"] == pytest.approx([0.0, 0.01, 0.03, 0.03])
+    assert greedy["high"] == pytest.approx([0.0, 0.05, 0.05, 0.05])
+    # random: its seeds averaged per testbed first (bed 1 .03 .06 .06, bed 2 .01 .01 .03), then the beds
+    assert bands["random"]["mean"] == pytest.approx([0.0, 0.02, 0.035, 0.045])
+    assert bands["random"]["low"] == pytest.approx([0.0, 0.01, 0.01, 0.03])
+    # examples: 100 per model, the three foundations first (300), then one merge per 100
+    by_examples = anytime_bands(runs, unit="examples")
+    assert by_examples["greedy"]["x"] == [300, 400, 500, 600]
+    assert by_examples["greedy"]["mean"] == pytest.approx(greedy["mean"])
+    with pytest.raises(ValueError, match="unit"):
+        anytime_bands(runs, unit="hours")

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ __all__ = [
     "atomic_write",
     "canonical_json",
     "json_digest",
+    "remove_dead_temps",
     "temp_name",
 ]
 
@@ -149,6 +151,7 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterat
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final)
     tmp = temp_name(final)
     tmp.mkdir(mode=0o777)
     try:
@@ -167,6 +170,33 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterat
     except BaseException:
         _remove(tmp)
         raise
+
+
+def remove_dead_temps(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp entries of ``final`` left by processes of this machine that no longer run
+    (a ``kill -9`` mid-write leaves ``.<name>.<pid>-<random>.tmp``); return what was removed.
+
+    An entry whose process still runs is another writer at work and is left alone.
+    """
+    final = Path(final)
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(\d+)-[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)}")
+    removed = []
+    for entry in final.parent.iterdir() if final.parent.is_dir() else ():
+        match = pattern.fullmatch(entry.name)
+        if match and not _alive(int(match.group(1))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(p: Path) -> None:

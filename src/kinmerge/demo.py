@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -169,38 +170,42 @@ def run_configs(configs: Sequence[tuple[Path, Path]], *, workers: int = 1, progr
     groups: dict[Path, list[Path]] = {}
     for config, run_dir in configs:
         groups.setdefault(run_dir, []).append(config)
-    done = 0
     if workers <= 1 or len(groups) == 1:
         for paths in groups.values():
             for path in paths:
-                _evolve_one(path, progress)
-                done += 1
+                line = _evolve_one(path, progress)
                 if log:
-                    log(f"[{done}/{len(configs)}] {path.name}")
+                    log(line)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for paths in pool.map(_evolve_group, groups.values()):
-            done += len(paths)
-            if log:
-                log(f"[{done}/{len(configs)}] {', '.join(p.name for p in paths)}")
+        for _ in pool.map(_evolve_group, groups.values(), itertools.repeat(log is not None)):
+            pass
 
 
-def _evolve_group(paths: list[Path]) -> list[Path]:
+def _evolve_group(paths: list[Path], say: bool) -> None:
+    """One run directory's configs in order, in a worker process; a line on stderr after each run
+    (lines are written whole, so the workers' lines do not mix)."""
     for path in paths:
-        _evolve_one(path, False)
-    return paths
+        line = _evolve_one(path, False)
+        if say:
+            print(line, file=sys.stderr, flush=True)
 
 
-def _evolve_one(path: Path, progress: bool) -> None:
+def _evolve_one(path: Path, progress: bool) -> str:
+    """Run (or resume) one config; the line that says how it ended."""
     from kinmerge.errors import ConfigError, SettingsChangedError
     from kinmerge.evolve import evolve
 
     try:
-        evolve(path, progress=progress)
+        s = evolve(path, progress=progress)
     except SettingsChangedError as exc:
         changed = ", ".join(f"{name.rsplit('.', 1)[-1]} {old} -> {new}" for name, (old, new) in exc.changes.items())
         raise ConfigError(f"{path.parent.parent} holds a demo with other settings ({changed}); rerun with its "
                           "settings (a larger --generations continues it) or give another --out") from None
+    best = s.best
+    return (f"{path.stem}: {s.status} after generation {s.generation}"
+            f"{f' ({s.stop})' if s.stop else ''}, {s.merges} merges, best "
+            f"{'-' if best is None or best.score is None else f'{best.score:.4f}'}")
 
 
 def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:

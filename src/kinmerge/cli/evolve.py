@@ -117,6 +117,7 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
 def _print_next_plan(summary: Any) -> None:
     plan = summary.next_plan
     paths = {m.id: m.path for m in summary.pool}
+    click.echo(f"dry run of run {summary.run_id!r} in {summary.run_dir} (nothing merged, scored or written)")
     if plan is None:
         click.echo("nothing to plan")
         return

@@ -64,12 +64,19 @@ def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool)
 def print_compare(data: dict) -> None:
     """The ``compare`` tables: one row per run; every variant at equal budgets against the reference,
     with intervals; the early-stop trade-off where unstopped kinship runs allow a replay."""
+    from functools import partial
+
     from rich.table import Table
+
+    from kinmerge.report.fmt import mean_se, paired_text
 
     digits = data.get("resolution", {}).get("digits", 2)
 
     def num(v: float | None, d: int = digits) -> str:
         return fmt_num(v, d)
+
+    paired = partial(paired_text, digits=digits)
+    gain = partial(mean_se, digits=digits)
 
     console = wide_console()
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
@@ -95,7 +102,7 @@ def print_compare(data: dict) -> None:
         tables.append(summary)
     budget = data.get("budget")
     if budget and budget["variants"]:
-        tables.append(_budget_table(budget, num))
+        tables.append(_budget_table(budget, num, paired, gain))
     early = data.get("early_stop")
     if early and early["runs"]:
         tables.append(_early_stop_table(early, num))
@@ -108,7 +115,7 @@ def print_compare(data: dict) -> None:
                       f"sign test", highlight=False, markup=False)
 
 
-def _budget_table(budget: dict, num: Callable[..., str]) -> Any:
+def _budget_table(budget: dict, num: Callable[..., str], paired: Callable[..., str], gain: Callable[..., str]) -> Any:
     from rich.table import Table
 
     ref = budget["reference"]
@@ -124,24 +131,12 @@ def _budget_table(budget: dict, num: Callable[..., str]) -> Any:
     for v in budget["variants"]:
         cells = [v["variant"], str(v["runs"])]
         for b in budget["budgets"]:
-            g = v["gain"][b]
-            cells.append(f"{num(g['mean'])} ± {num(g['sem'])}" if g["sem"] is not None else num(g["mean"]))
-            cells.append(_paired_cell(v.get("vs_reference", {}).get(b), num))
-        cells.append(_paired_cell(v.get("auc_vs_reference"), num) if "auc_vs_reference" in v else num(v["auc"]["mean"]))
+            cells.append(gain(v["gain"][b]))
+            cells.append(paired(v.get("vs_reference", {}).get(b)))
+        cells.append(paired(v.get("auc_vs_reference")) if "auc_vs_reference" in v else num(v["auc"]["mean"]))
         cells.append(fmt_num(v["merges_used"]["mean"], 1))
         table.add_row(*cells)
     return table
-
-
-def _paired_cell(p: dict | None, num: Callable[..., str]) -> str:
-    if not p or p["mean"] is None:
-        return "—"
-    ci = f" [{num(p['ci95'][0])}, {num(p['ci95'][1])}]" if p["ci95"] else ""
-    return f"{p['mean']:+.{_digits(num)}f}{ci} {p['wins']}/{p['ties']}/{p['losses']} p={p['p_sign']:.2g}"
-
-
-def _digits(num: Callable[..., str]) -> int:
-    return len(num(0.0).split(".")[-1])
 
 
 def _early_stop_table(early: dict, num: Callable[..., str]) -> Any:

@@ -11,6 +11,9 @@ best foundation model** of the testbed, so testbeds with different tasks add up.
   / losses and a sign test; plus the area under the anytime curve and the merges the runs used.
 - ``early_stop_table``: kinship early stopping replayed on runs recorded without it: merges saved
   and final best lost at each threshold.
+- ``anytime_bands``: the anytime curves behind the report's figure: per variant, the gain over
+  the best foundation after each budget, averaged over seeds within a testbed, then the mean and
+  the range (min–max) across testbeds.
 
 Example:
     ``budget_table(load_runs(run_dirs), budgets=(6, 12, 18))["variants"][0]["vs_reference"]["12"]``
@@ -26,7 +29,7 @@ from kinmerge.report.anytime import area, replay_early_stop
 from kinmerge.report.queries import RunHistory
 from kinmerge.report.stats import paired, spread
 
-__all__ = ["budget_table", "default_budgets", "early_stop_table"]
+__all__ = ["anytime_bands", "budget_table", "default_budgets", "early_stop_table"]
 
 Testbed = tuple[tuple[str, ...], str | None]
 
@@ -129,3 +132,48 @@ def early_stop_table(runs: Sequence[RunHistory], *, thresholds: Sequence[float] 
             "runs_that_lost": sum((rp.best_lost or 0.0) > 1e-12 for rp in replays),
         })
     return {"variant": variant or "kinship (early stop off)", "runs": len(chosen), "rows": rows}
+
+
+def anytime_bands(runs: Sequence[RunHistory], *, unit: str = "merges") -> dict[str, dict[str, Any]]:
+    """Per variant: the gain over each testbed's best foundation model as a function of the budget
+    spent (``unit``: ``"merges"`` made, or ``"examples"`` evaluated), as ``{"x", "mean", "low",
+    "high", "testbeds", "runs"}``.
+
+    At each budget a variant's runs on one testbed (its seeds) are averaged; ``mean`` is the mean
+    over testbeds, ``low``/``high`` the smallest and largest testbed value (``None`` where a
+    testbed has no value yet, e.g. fewer examples than the foundation models cost). ``x`` is every
+    merge count up to the most any run made, or every example count at which some run's best
+    could change. A variant without recorded example counts is left out of the examples axis.
+
+    Example:
+        ``anytime_bands(load_runs(run_dirs))["greedy"]["mean"][3]``: greedy's mean gain after 3 merges
+    """
+    grouped = _by_testbed(runs)
+    if unit == "merges":
+        xs = list(range(max((r.anytime.merges for r in runs), default=0) + 1))
+
+        def at(r: RunHistory, x: int) -> float | None:
+            return _gain(r, r.anytime.best_after(x))
+    elif unit == "examples":
+        xs = sorted({c for r in runs for c in r.anytime.examples if c is not None})
+
+        def at(r: RunHistory, x: int) -> float | None:
+            return _gain(r, r.anytime.best_within(x, unit="examples"))
+    else:
+        raise ValueError(f"unit must be 'merges' or 'examples', got {unit!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for v in dict.fromkeys(r.variant for r in runs):
+        beds = [by[v] for by in grouped.values() if v in by]
+        if unit == "examples" and any(None in r.anytime.examples for group in beds for r in group):
+            continue
+        mean, low, high = [], [], []
+        for x in xs:
+            values = [_mean([at(r, x) for r in group]) for group in beds]
+            known = [val for val in values if val is not None]
+            full = len(known) == len(values) and bool(known)
+            mean.append(sum(known) / len(known) if full else None)
+            low.append(min(known) if full else None)
+            high.append(max(known) if full else None)
+        out[v] = {"x": xs, "mean": mean, "low": low, "high": high, "testbeds": len(beds),
+                  "runs": sum(len(group) for group in beds)}
+    return out

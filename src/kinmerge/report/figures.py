@@ -13,11 +13,16 @@ from pathlib import Path
 
 from kinmerge.kinship import METRIC_NAMES
 from kinmerge.pool import DEFAULT_THRESHOLDS
-from kinmerge.report.plots import GainPoint, KinshipCurve, ScoreCurve, plot_merge_gains, plot_scores, plot_topk_kinship
+from kinmerge.report.budget import anytime_bands, early_stop_table
+from kinmerge.report.budget_plots import plot_anytime, plot_early_stop
+from kinmerge.report.groups import bed_labels, variant_styles, variants_of
+from kinmerge.report.panels import KinshipCurve, ScoreCurve, plot_scores, plot_topk_kinship
+from kinmerge.report.plots import GainPoint, plot_merge_gains
 from kinmerge.report.queries import RunHistory
 from kinmerge.report.tree import TreeNode, plot_family_tree
 
-__all__ = ["gain_points", "heatmap_data", "kinship_curve", "make_figures", "score_curve", "tree_nodes"]
+__all__ = ["gain_points", "heatmap_data", "kinship_curve", "make_figures", "panel_titles", "score_curve",
+           "tree_nodes"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -27,25 +32,45 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
 
 
-def score_curve(r: RunHistory) -> ScoreCurve:
-    """The data behind one run's lines in the score figure."""
+def score_curve(r: RunHistory, testbed: str = "") -> ScoreCurve:
+    """The data behind one run's line in the score figure (``testbed``: its panel)."""
     return ScoreCurve(
         label=r.label,
         generations=[s.generation for s in r.generations],
         best=[s.pool_best for s in r.generations],
         mean=[s.mean_score for s in r.generations],
         foundation_best=r.foundation_best,
+        testbed=testbed,
+        variant=r.variant,
     )
 
 
-def kinship_curve(r: RunHistory) -> KinshipCurve:
+def kinship_curve(r: RunHistory, testbed: str = "") -> KinshipCurve:
     """The data behind one run's line in the top-k kinship figure."""
     return KinshipCurve(
         label=r.label,
         generations=[t.generation for t in r.topk],
         values=[t.kinship for t in r.topk],
         stopped_after=None if r.early_stop_generation is None else r.early_stop_generation - 1,
+        testbed=testbed,
+        variant=r.variant,
     )
+
+
+def panel_titles(runs: Sequence[RunHistory]) -> dict[str, str]:
+    """A title per testbed panel: its name, its foundation models and what a score averages over."""
+    labels = bed_labels(runs)
+    out: dict[str, str] = {}
+    for r in runs:
+        name = labels[r.testbed]
+        if name in out:
+            continue
+        found = ", ".join(r.label_of(m.id) for m in r.foundations)
+        n = r.examples_per_task
+        size = f"{len(r.tasks)} tasks × n = {n}" if n else f"{len(r.tasks)} tasks"
+        same = {r.label_of(m.id) for m in r.foundations} == set(name.split("-"))  # the demo names dirs so
+        out[name] = f"{name} · {size}" if same or not found else f"{name}\n{found} · {size}"
+    return out
 
 
 def _thresholds(runs: Sequence[RunHistory], metric: str) -> list[tuple[float, str]]:
@@ -59,8 +84,9 @@ def _thresholds(runs: Sequence[RunHistory], metric: str) -> list[tuple[float, st
 def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
     """One point per distinct merge. Runs sharing a store share merges (content-addressed): a
     merge in several runs is one observation, counted once (under the first run), or the
-    correlations would count it twice."""
-    several = len(runs) > 1
+    correlations would count it twice. ``group``: the testbed, when there are several."""
+    labels = bed_labels(runs)
+    several = len(labels) > 1
     points: list[GainPoint] = []
     seen: set[tuple[str, str]] = set()
     for r in runs:
@@ -76,7 +102,7 @@ def gain_points(runs: Sequence[RunHistory]) -> list[GainPoint]:
                     kinship={m: (rows[row.child].kinship if row.child in rows else None)
                              for m, rows in by_metric.items()},
                     reason=row.reason,
-                    group=r.label if several else "",
+                    group=labels[r.testbed] if several else "",
                 )
             )
     return points
@@ -107,13 +133,21 @@ def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | N
 
     metric = runs[0].metric
     k = runs[0].k
+    styles = variant_styles(variants_of(runs))
+    beds = bed_labels(runs)
+    titles = panel_titles(runs)
+    early = early_stop_table(runs)
     figures: dict[str, Path | None] = {
-        "scores": plot_scores([score_curve(r) for r in runs], folder / "scores.png"),
+        "scores": plot_scores([score_curve(r, beds[r.testbed]) for r in runs], folder / "scores.png",
+                              styles=styles, titles=titles),
         "topk": plot_topk_kinship(
-            [kinship_curve(r) for r in runs], folder / "topk_kinship.png",
-            metric=metric, k=k, thresholds=_thresholds(runs, metric),
+            [kinship_curve(r, beds[r.testbed]) for r in runs], folder / "topk_kinship.png", styles=styles,
+            metric=metric, k=k, thresholds=_thresholds(runs, metric), titles=titles,
         ),
         "gain": plot_merge_gains(gain_points(runs), folder / "merge_gain.png"),
+        "anytime": plot_anytime(anytime_bands(runs), anytime_bands(runs, unit="examples"), folder / "anytime.png",
+                                styles=styles) if len(runs) > 1 else None,
+        "early_stop": plot_early_stop(early["rows"], folder / "early_stop.png") if early["runs"] else None,
     }
     for i, r in enumerate(runs):
         slug = f"{i + 1}-{_slug(r.run.id)}"

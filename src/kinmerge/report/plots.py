@@ -8,9 +8,9 @@ extra), so importing this module is cheap.
 
 Figures (paper: Hu et al., arXiv 2410.12613):
 
-- :func:`plot_scores`: best and mean score per generation, several runs on one chart (§5 table);
-- :func:`plot_topk_kinship`: the top-k's mean pairwise kinship per generation and the early-stop
-  threshold (§4);
+- scores and the top-k's kinship per generation (§5 table, §4 early stop) are in
+  :mod:`kinmerge.report.panels` (a panel per testbed); anytime curves and the early-stop
+  trade-off in :mod:`kinmerge.report.budget_plots`;
 - :func:`plot_merge_gains`: merge gain and |gain| vs the parents' kinship, one column per metric,
   with Pearson and Spearman correlations (§2);
 - the family tree is :func:`kinmerge.report.tree.plot_family_tree`;
@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kinmerge._io import atomic_file
 from kinmerge.errors import KinmergeError, install_hint
-from kinmerge.kinship import HIGHER_IS_CLOSER, METRIC_NAMES
+from kinmerge.kinship import HIGHER_IS_CLOSER
+from kinmerge.report.fmt import pval
 
 METRIC_SHORT = {"pcc": "PCC", "cs": "CS", "ed": "ED"}
 REASON_COLORS = {"greedy": "#1f77b4", "exploration": "#d62728", "random": "#9467bd", None: "#7f7f7f"}
@@ -56,149 +57,6 @@ def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
-
-
-def _colors(n: int) -> list[Any]:
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10")
-    return [cmap(i % 10) for i in range(n)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores per generation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoreCurve:
-    """One run's scores per generation.
-
-    ``best[i]`` is the best of the whole pool after ``generations[i]`` (what the paper's §5 table
-    reports); ``mean[i]`` the mean of the models that joined in that generation. ``None`` = not
-    scored.
-    """
-
-    label: str
-    generations: Sequence[int]
-    best: Sequence[float | None]
-    mean: Sequence[float | None]
-    foundation_best: float | None = None
-
-
-def _points(xs: Sequence[int], ys: Sequence[float | None]) -> tuple[list[int], list[float]]:
-    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
-    return [p[0] for p in pts], [float(p[1]) for p in pts]
-
-
-def _legend(fig: Any, ax: Any, inside: int = 6) -> None:
-    """A legend inside the axes for a few entries; beside them (figure widened) for many."""
-    entries = len(ax.get_legend_handles_labels()[1])
-    if entries <= inside:
-        ax.legend(fontsize=7.5, loc="best")
-        return
-    columns = 1 if entries <= 24 else 2
-    width, height = fig.get_size_inches()
-    fig.set_size_inches(width + 3.6 * columns, max(height, 0.19 * entries / columns + 1.0))
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns, frameon=False)
-
-
-def _per_generation_axes() -> tuple[Any, Any]:
-    """A figure for values per generation (scores, top-k kinship): one shape for both charts."""
-    return _pyplot().subplots(figsize=(8.0, 4.6))
-
-
-def _finish_per_generation(fig: Any, ax: Any, curves: Sequence[Any], title: str,
-                           path: str | os.PathLike[str]) -> Path:
-    """Generation ticks, grid, legend and title; then save."""
-    max_gen = max((g for c in curves for g in c.generations), default=0)
-    ax.set_xlabel("generation (0 = foundation models)")
-    ax.set_xticks(range(0, max_gen + 1))
-    ax.grid(alpha=0.3)
-    _legend(fig, ax)
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_scores(curves: Sequence[ScoreCurve], path: str | os.PathLike[str], *, title: str | None = None) -> Path | None:
-    """Best (solid) and mean (dotted) average score per generation, one colour per run.
-
-    The foundation models' best is a dashed grey line: a merge that does not rise above it has
-    gained nothing over simply picking the best fine-tune.
-
-    Example:
-        ``plot_scores([ScoreCurve("greedy", [0, 1, 2], [66.3, 66.8, 68.7], [60.1, 64.2, 67.9], 66.3)], "s.png")``
-    """
-    if not any(y is not None for c in curves for y in (*c.best, *c.mean)):
-        return None
-    fig, ax = _per_generation_axes()
-    for color, curve in zip(_colors(len(curves)), curves, strict=True):
-        xs, ys = _points(curve.generations, curve.best)
-        ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=f"{curve.label}: best in pool")
-        xs, ys = _points(curve.generations, curve.mean)
-        ax.plot(xs, ys, ":", marker=".", color=color, lw=1.4, alpha=0.8, label=f"{curve.label}: mean of new models")
-    foundation = sorted({round(c.foundation_best, 9) for c in curves if c.foundation_best is not None})
-    for i, value in enumerate(foundation):
-        ax.axhline(value, color="#555555", ls="--", lw=1.2, label="foundation best" if i == 0 else None)
-    ax.set_ylabel("average task score")
-    return _finish_per_generation(fig, ax, curves, title or "Score per generation", path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Top-k kinship per generation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KinshipCurve:
-    """One run's top-k mean pairwise kinship per generation (``None`` = not computed).
-
-    ``stopped_after``: the last generation made before kinship early stopping ended the run.
-    """
-
-    label: str
-    generations: Sequence[int]
-    values: Sequence[float | None]
-    stopped_after: int | None = None
-
-
-def plot_topk_kinship(
-    curves: Sequence[KinshipCurve],
-    path: str | os.PathLike[str],
-    *,
-    metric: str = "pcc",
-    k: int = 3,
-    thresholds: Iterable[tuple[float, str]] = (),
-    title: str | None = None,
-) -> Path | None:
-    """The top-k's mean pairwise kinship per generation, with the early-stop threshold(s).
-
-    Args:
-        thresholds: ``(value, label)`` pairs drawn as red dashed lines.
-
-    Example:
-        ``plot_topk_kinship([KinshipCurve("kinship", [0, 1, 2], [0.1, 0.6, 0.95])], "k.png",
-        thresholds=[(0.9, "early stop")])``
-    """
-    if not any(v is not None for c in curves for v in c.values):
-        return None
-    fig, ax = _per_generation_axes()
-    for color, curve in zip(_colors(len(curves)), curves, strict=True):
-        xs, ys = _points(curve.generations, curve.values)
-        ax.plot(xs, ys, "-o", color=color, lw=2, ms=5, label=curve.label)
-        if curve.stopped_after is not None and curve.stopped_after in xs:
-            y = ys[xs.index(curve.stopped_after)]
-            ax.plot([curve.stopped_after], [y], marker="X", ms=13, color=color, mec="black", ls="none",
-                    label=f"{curve.label}: early stop")
-    for i, (value, label) in enumerate(dict.fromkeys((float(v), lab) for v, lab in thresholds)):
-        ax.axhline(value, color="#d62728", ls="--", lw=1.3, label=label or ("early-stop threshold" if i == 0 else None))
-    closer = "higher" if HIGHER_IS_CLOSER[metric] else "lower"
-    ax.set_ylabel(f"top-{k} mean pairwise {METRIC_SHORT[metric]} ({closer} = closer kin)")
-    if metric in ("pcc", "cs"):
-        lo = min([v for c in curves for v in c.values if v is not None] + [0.0])
-        ax.set_ylim(max(-1.05, lo - 0.05), 1.05)
-    return _finish_per_generation(fig, ax, curves, title or f"Kinship of the top-{k} per generation "
-                                  f"({METRIC_NAMES[metric]})", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,19 +89,10 @@ class Correlation:
         if self.pearson_r is None:
             return f"n = {self.n}: too few points (or no spread) for a correlation"
         return (
-            f"Pearson r = {self.pearson_r:+.2f} (p = {_p(self.pearson_p)}), "
-            f"Spearman ρ = {_fmt_opt(self.spearman_r)} (p = {_p(self.spearman_p)}), n = {self.n}"
+            f"Pearson r = {self.pearson_r:+.2f} (p = {pval(self.pearson_p)}), "
+            f"Spearman ρ = {'n/a' if self.spearman_r is None else f'{self.spearman_r:+.2f}'} "
+            f"(p = {pval(self.spearman_p)}), n = {self.n}"
         )
-
-
-def _p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
-def _fmt_opt(v: float | None) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.2f}"
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
@@ -282,31 +131,36 @@ def gain_correlations(points: Sequence[GainPoint], metric: str) -> tuple[Correla
     return correlation(xs, [g for _, g in pts]), correlation(xs, [abs(g) for _, g in pts])
 
 
-def plot_merge_gains(
-    points: Sequence[GainPoint],
-    path: str | os.PathLike[str],
-    *,
-    metrics: Sequence[str] = ("pcc", "cs", "ed"),
-    title: str | None = None,
-) -> Path | None:
+def plot_merge_gains(points: Sequence[GainPoint], path: str | os.PathLike[str], *,
+                     metrics: Sequence[str] = ("pcc", "cs", "ed"), title: str | None = None) -> Path | None:
+    """:func:`merge_gain_figure` written to ``path`` (``None``, no file, when there is nothing to place)."""
+    fig = merge_gain_figure(points, metrics=metrics, title=title)
+    return None if fig is None else _save(fig, path)
+
+
+def merge_gain_figure(points: Sequence[GainPoint], *, metrics: Sequence[str] = ("pcc", "cs", "ed"),
+                      title: str | None = None) -> Any | None:
     """Merge gain (top row) and |gain| (bottom row) vs the parents' kinship, one column per metric.
 
-    Each panel: the merges (colour = why they were planned, marker = run when several), a
-    least-squares line, and Pearson r / Spearman ρ with p-values in its title. Returns ``None``
-    (no file) when no merge has its parents' kinship in any of ``metrics``.
+    Each panel: the merges (colour = why they were planned, marker = testbed when there are
+    several), a least-squares line, and Pearson r / Spearman ρ with p-values in its title. The
+    legend sits under the panels and lists reasons and testbeds once each. Returns ``None`` (no
+    file) when no merge has its parents' kinship in any of ``metrics``.
 
     Example:
-        ``plot_merge_gains([GainPoint(3.78, {"pcc": -0.02}, "exploration"), ...], "gain.png")``
+        ``merge_gain_figure([GainPoint(3.78, {"pcc": -0.02}, "exploration"), ...])`` -> a matplotlib figure
     """
     if not any(p.kinship.get(m) is not None for p in points for m in metrics):
         return None  # no merge has both a gain and its parents' kinship: nothing to place
     import numpy as np
 
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     groups = list(dict.fromkeys(p.group for p in points))
     marker = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(groups)}
     fig, axes = plt.subplots(2, len(metrics), figsize=(5.0 * len(metrics), 8.4), squeeze=False)
-    seen: dict[str, Any] = {}
     for col, metric in enumerate(metrics):
         pts = [p for p in points if p.kinship.get(metric) is not None]
         c_gain, c_abs = gain_correlations(points, metric)
@@ -322,12 +176,10 @@ def plot_merge_gains(
             # One scatter call per (reason, run): far faster than one per point.
             for reason, group in dict.fromkeys((p.reason, p.group) for p in pts):
                 idx = [i for i, p in enumerate(pts) if p.reason == reason and p.group == group]
-                handle = ax.scatter(
+                ax.scatter(
                     xs[idx], ys[idx], s=42, color=REASON_COLORS.get(reason, REASON_COLORS[None]),
                     marker=marker[group], edgecolors="black", linewidths=0.5, zorder=3,
                 )
-                key = f"{reason or 'unknown'}" + (f" · {group}" if len(groups) > 1 else "")
-                seen.setdefault(key, handle)
             if len(xs) >= 2 and np.ptp(xs) > 0:
                 slope, intercept = np.polyfit(xs, ys, 1)
                 grid = np.linspace(xs.min(), xs.max(), 50)
@@ -344,9 +196,15 @@ def plot_merge_gains(
             head = f"{METRIC_SHORT[metric]}: {'gain' if row == 0 else '|gain|'}"
             body = corr.text().replace(", Spearman", "\nSpearman")
             ax.set_title(f"{head}\n{body}", fontsize=8.5)
-    if seen:
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(4, len(seen)),
-                   fontsize=8, frameon=False)
+    reasons = list(dict.fromkeys(p.reason for p in points))
+    handles: list[Any] = [Patch(fc=REASON_COLORS.get(r, REASON_COLORS[None]), ec="black", lw=0.5,
+                                label=f"{r or 'unknown'} merge") for r in reasons]
+    if len(groups) > 1:
+        handles += [Line2D([], [], marker=marker[g], ls="none", mfc="white", mec="black", ms=7, label=g)
+                    for g in groups]
     fig.suptitle(title or "Merge gain vs the parents' kinship", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    return _save(fig, path)
+    fig.tight_layout()
+    if handles:  # under the panels, outside every axis (the PNG is cropped to fit it)
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(5, len(handles)),
+                   fontsize=8, frameon=False)
+    return fig

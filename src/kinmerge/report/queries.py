@@ -36,6 +36,7 @@ from kinmerge.pool import (
     with_merge_facts,
 )
 from kinmerge.report.anytime import Anytime, curve
+from kinmerge.report.stats import score_sem
 from kinmerge.store import RunRecord, RunStore
 
 __all__ = [
@@ -166,6 +167,7 @@ class RunHistory:
     plans: dict[int, Plan] = field(default_factory=dict)
     merge_order: tuple[str, ...] = ()
     examples: dict[str, int] = field(default_factory=dict)
+    task_examples: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def anytime(self) -> Anytime:
@@ -183,6 +185,26 @@ class RunHistory:
     def variant(self) -> str:
         """The strategy variant: the run id without a trailing seed (``random-s1`` -> ``random``)."""
         return re.sub(r"-s\d+$", "", self.run.id)
+
+    @property
+    def run_metric(self) -> str:
+        """The kinship metric the run itself decided with (its config), whatever metric the report
+        draws (``report --metric`` changes the figures, not what the run did)."""
+        return self.fingerprint.metric if self.fingerprint is not None else self.metric
+
+    @property
+    def examples_per_task(self) -> int | None:
+        """``n``: examples behind each task score, when every scored task of the pool used the same
+        number (``None``: not recorded, or it varies; then see :attr:`task_examples`)."""
+        counts = {n for per_task in self.task_examples.values() for n in per_task.values()}
+        return counts.pop() if len(counts) == 1 else None
+
+    def score_sem(self, model_id: str) -> float | None:
+        """Standard error of a model's average score from its examples (``stats.score_sem``)."""
+        m = self.models.get(model_id)
+        if m is None or m.score is None:
+            return None
+        return score_sem(m.task_scores, self.task_examples.get(model_id, {}))
 
     def label_of(self, model_id: str) -> str:
         """The short display name of a model (a parent outside the pool: its id's prefix)."""
@@ -306,6 +328,7 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
     children = {m.parents: m.id for m in pool if m.parents}
     order = tuple(children[pm.parents] for _, plan in sorted(plans.items()) for pm in plan.merges
                   if pm.parents in children)
+    per_task = store.examples_by_task(ids, evaluator=key) if key is not None else {}
     return RunHistory(
         run_dir=store.run_dir,
         run=run,
@@ -326,7 +349,8 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         pending_generation=min(pending) if pending else None,
         plans=plans,
         merge_order=order,
-        examples=store.examples_scored(ids, evaluator=key) if key is not None else {},
+        examples={mid: sum(n.values()) for mid, n in per_task.items()},
+        task_examples=per_task,
     )
 
 

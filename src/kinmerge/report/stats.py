@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Paired", "Spread", "bootstrap_ci", "paired", "sign_test", "spread"]
+__all__ = ["Paired", "Spread", "bootstrap_ci", "paired", "score_sem", "sign_test", "spread"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,22 @@ def spread(values: Sequence[float | None]) -> Spread:
         return Spread(1, mean, None, None, known[0], known[0])
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in known) / (len(known) - 1))
     return Spread(len(known), mean, std, std / math.sqrt(len(known)), min(known), max(known))
+
+
+def score_sem(scores: Mapping[str, float], examples: Mapping[str, int]) -> float | None:
+    """Standard error of a model's average score from the examples behind it.
+
+    Each task score is a proportion of its ``n`` examples (binomial variance ``p (1 - p) / n``);
+    the average of ``T`` tasks has variance ``sum(p (1 - p) / n) / T**2``. This is the sampling
+    error of the *evaluation* (another draw of examples would move the score by about this much),
+    not of the merge. ``None`` when a task's ``n`` is unknown or a score is not a proportion.
+
+    >>> round(score_sem({"a": 0.5, "b": 0.9}, {"a": 100, "b": 100}), 4)
+    0.0292
+    """
+    if not scores or any(examples.get(t, 0) <= 0 or not 0.0 <= p <= 1.0 for t, p in scores.items()):
+        return None
+    return math.sqrt(math.fsum(p * (1.0 - p) / examples[t] for t, p in scores.items())) / len(scores)
 
 
 def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 10_000,

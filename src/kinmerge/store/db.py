@@ -527,13 +527,20 @@ class RunStore:
                         evaluator: str | None = None) -> dict[str, int]:
         """Examples each model was scored on (the sum over tasks of each evaluation's ``n``), for
         models whose evaluations record it: the cost axis of evaluation-budget comparisons."""
+        return {mid: sum(per_task.values())
+                for mid, per_task in self.examples_by_task(model_ids, evaluator=evaluator).items()}
+
+    def examples_by_task(self, model_ids: Iterable[str] | None = None, *,
+                         evaluator: str | None = None) -> dict[str, dict[str, int]]:
+        """``{model: {task: n}}``: how many examples each task score of a model averages over, for
+        evaluations that record it (a score's resolution and standard error follow from ``n``)."""
         key = self.resolve_evaluator(evaluator)
         wanted = None if model_ids is None else set(model_ids)
-        out: dict[str, int] = defaultdict(int)
-        for r in self._query("SELECT model_id, details FROM evaluations WHERE evaluator = ?", (key,)):
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for r in self._query("SELECT model_id, task, details FROM evaluations WHERE evaluator = ?", (key,)):
             n = (_loads(r["details"]) or {}).get("n") if r["details"] else None
             if (wanted is None or r["model_id"] in wanted) and isinstance(n, (int, float)):
-                out[r["model_id"]] += int(n)
+                out[r["model_id"]][r["task"]] = int(n)
         return dict(out)
 
     def average_scores(self, model_ids: Iterable[str] | None = None, *,
