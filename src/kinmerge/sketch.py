@@ -105,7 +105,7 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    return np.asarray(z ^ (z >> np.uint64(31)))
 
 
 def _hashes(key: int, counters: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def buckets(key: int, start: int, stop: int, size: int) -> np.ndarray:
         return p
     k0 = start >> log
     shifts = (_hashes(key, 2 * np.arange(k0, ((stop - 1) >> log) + 1, dtype=np.int64) + 2) >> np.uint64(64 - log))
-    return (shifts.astype(np.int64)[(p >> log) - k0] + (p & (size - 1))) & (size - 1)
+    return np.asarray((shifts.astype(np.int64)[(p >> log) - k0] + (p & (size - 1))) & (size - 1))
 
 
 def project(values: np.ndarray, key: int, start: int, size: int) -> np.ndarray:
@@ -240,7 +240,7 @@ class Sketch:
         vdt, odt = ("<f4", "<i4") if compact else ("<f8", "<i8")
         head = struct.pack("<8sBBQIqdd", _MAGIC, _FORMAT, int(compact), self.seed, self.size, self.n, self.sum,
                            math.nan if self.sumsq is None else self.sumsq)
-        return head + self.values.astype(vdt).tobytes() + np.rint(self.ones).astype(odt).tobytes()
+        return bytes(head + self.values.astype(vdt).tobytes() + np.rint(self.ones).astype(odt).tobytes())
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Sketch:
@@ -332,7 +332,7 @@ def t_score(confidence: float, dof: int) -> float:
     z = z_score(confidence)
     g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
          (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-    return z + sum(gk / dof ** (k + 1) for k, gk in enumerate(g))
+    return float(z + sum(gk / dof ** (k + 1) for k, gk in enumerate(g)))
 
 
 def estimate(a: Sketch, b: Sketch, metric: str, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
@@ -391,15 +391,16 @@ def group_grams(v: np.ndarray) -> np.ndarray:
     """
     k, size = v.shape
     v3 = np.ascontiguousarray(v.reshape(k, size // GROUPS, GROUPS).transpose(2, 0, 1))  # (GROUPS, K, size/GROUPS)
-    return v3 @ v3.transpose(0, 2, 1)
+    return np.asarray(v3 @ v3.transpose(0, 2, 1))
 
 
 def group_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``<a, b>`` over each bucket group: (GROUPS, ...) for ``a`` of shape (size,) and ``b`` of
     shape (..., size) (one query against many sketches: one pass over ``b``)."""
     size = a.shape[-1]
-    return np.einsum("gk,...kg->g...", a.reshape(size // GROUPS, GROUPS).T, b.reshape(*b.shape[:-1], size // GROUPS,
-                                                                                        GROUPS), optimize=True)
+    a2 = a.reshape(size // GROUPS, GROUPS).T
+    b2 = b.reshape(*b.shape[:-1], size // GROUPS, GROUPS)
+    return np.asarray(np.einsum("gk,...kg->g...", a2, b2, optimize=True))
 
 
 def estimate_parts(aa: np.ndarray, ab: np.ndarray, bb: np.ndarray, metric: str, size: int, confidence: float,

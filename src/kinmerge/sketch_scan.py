@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -201,7 +202,7 @@ def sketch_models(
     gbuilders = [[SketchBuilder(n, gsize, seed) for _ in labels] for _ in range(n_workers)]
     bbuilders = [[SketchBuilder(1, gsize, seed) for _ in labels] for _ in range(n_workers if base_weights else 0)]
     chunk_stats: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(work)
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[int | None, BaseException | None]] = queue.SimpleQueue()
     stop = threading.Event()
 
     def worker(w: int) -> None:
@@ -277,14 +278,16 @@ def sketch_models(
     )
 
 
-def _reduce_in_order(work: list[tuple[TensorPlan, int, int]], chunk_stats: list, n: int,
-                     sources: list[ModelSource], readers: list, chunk: int
+def _reduce_in_order(work: list[tuple[TensorPlan, int, int]], chunk_stats: list[tuple[np.ndarray, np.ndarray] | None],
+                     n: int, sources: list[ModelSource], readers: list[Any], chunk: int
                      ) -> tuple[KinshipStats, dict[str, KinshipStats]]:
     """Per-chunk statistics added per tensor, then tensors in file order: ``scan.scan``'s sums."""
     total = KinshipStats.empty(n)
     per_tensor: dict[str, KinshipStats] = {}
     st = KinshipStats.empty(n)
-    for (p, lo, hi), (sums, gram) in zip(work, chunk_stats, strict=True):
+    for (p, lo, hi), got in zip(work, chunk_stats, strict=True):
+        assert got is not None  # every chunk was read before the reduction
+        sums, gram = got
         st.n += hi - lo
         st.sums += sums
         st.gram += gram

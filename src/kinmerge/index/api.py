@@ -224,8 +224,8 @@ class Index:
         grouped = self._new["groups"] if new else bool(meta["groups"])
         res = sketch_models(base, models, size=size, seed=seed, progress=advance,
                             groups=layer_group if grouped else None,
-                            group_size=None if new else meta.get("group_size"), base_weights=new and grouped)
-        base_sq = float(np.sum(np.square(res.base_groups))) if new and grouped else meta.get("base_sumsq")
+                            group_size=None if new else meta.get("group_size"), base_weights=bool(new and grouped))
+        base_sq = float(np.sum(np.square(res.base_groups))) if res.base_groups is not None else meta.get("base_sumsq")
         for m, sk in zip(models, res.sketches, strict=True):
             ratio = (sk.sumsq / base_sq) ** 0.5 if base_sq and sk.sumsq is not None else None
             if max_delta is not None and ratio is not None and ratio > max_delta:

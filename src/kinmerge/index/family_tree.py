@@ -228,8 +228,8 @@ def _older(made: Sequence[float | None] | None, m: int) -> list[set[int]]:
         return [set(range(m)) - {c} for c in range(m)]
     if len(made) != m:
         raise ValueError(f"made needs one time per model ({m}), got {len(made)}")
-    return [{p for p in range(m) if p != c and (made[p] is None or made[c] is None or made[p] < made[c])}
-            for c in range(m)]
+    t = [float("nan") if x is None else float(x) for x in made]  # NaN compares False: unknown never excludes
+    return [{p for p in range(m) if p != c and not t[p] >= t[c]} for c in range(m)]
 
 
 class _Fitter:

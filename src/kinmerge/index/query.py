@@ -65,13 +65,13 @@ def fold(values: np.ndarray, size: int = COARSE) -> np.ndarray:
     d = values.shape[-1]
     if size >= d:
         return np.asarray(values)
-    return np.asarray(values).reshape(*values.shape[:-1], d // size, size).sum(axis=-2)
+    return np.asarray(np.asarray(values).reshape(*values.shape[:-1], d // size, size).sum(axis=-2))
 
 
 def _group_sq(x: np.ndarray) -> np.ndarray:
     """(GROUPS, M): ``Σ x²`` of each row over each bucket group (h mod GROUPS)."""
     m, d = x.shape
-    return np.einsum("mkg,mkg->gm", x.reshape(m, d // GROUPS, GROUPS), x.reshape(m, d // GROUPS, GROUPS))
+    return np.asarray(np.einsum("mkg,mkg->gm", x.reshape(m, d // GROUPS, GROUPS), x.reshape(m, d // GROUPS, GROUPS)))
 
 
 def estimate_many(query: Sketch, values: np.ndarray, sums: Sequence[float] | np.ndarray,
