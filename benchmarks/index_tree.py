@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from kinmerge.index import Index  # noqa: E402
-from kinmerge.sources import content_id  # noqa: E402
+from kinmerge.index import Index
+from kinmerge.sources import content_id
 
 ZOOS = [ROOT / "src" / "kinmerge" / "data" / "zoo", ROOT / "src" / "kinmerge" / "data" / "zoo-headroom"]
 
