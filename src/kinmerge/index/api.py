@@ -207,11 +207,16 @@ class Index:
 
     def _sketch_batch(self, base: Any, models: list[Any], ids: list[str], advance: Callable[[float], None],
                       max_delta: float | None) -> Any:
+        from kinmerge.errors import MissingTensorError
         from kinmerge.scan import display_labels, plan
         from kinmerge.sketch_scan import layer_group, sketch_models
 
         for m in models:  # one model at a time: the error names the model that does not fit
-            plans, _, _ = plan(base, [m])
+            try:
+                plans, _, _ = plan(base, [m])
+            except MissingTensorError as exc:  # the scan's hint (--allow-missing) is no option here
+                raise IndexMismatchError(f"{str(exc).partition('; pass --allow-missing')[0]}; an index compares "
+                                         "models over all of the base's tensors: not of this family?") from None
             for p in plans:
                 if p.numel != base.tensors[p.name].numel:
                     raise IndexMismatchError(
