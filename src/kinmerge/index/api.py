@@ -83,6 +83,7 @@ class Index:
         self.file = IndexFile(self.path)
         self._new = {"size": size, "seed": seed, "groups": groups}
         self._coarse_cache: tuple[int, list[str], np.ndarray] | None = None
+        self._rows_cache: tuple[int, list[ModelRow]] | None = None
 
     def close(self) -> None:
         self.file.close()
@@ -99,8 +100,14 @@ class Index:
         return self.file.meta()
 
     def models(self) -> list[ModelRow]:
-        """The indexed models, in the order they were added."""
-        return self.file.rows()
+        """The indexed models, in the order they were added (kept while the file is unchanged)."""
+        stamp = self._stamp()
+        if self._rows_cache is None or self._rows_cache[0] != stamp:
+            self._rows_cache = (stamp, self.file.rows())
+        return self._rows_cache[1]
+
+    def _stamp(self) -> int:
+        return self.path.stat().st_mtime_ns + self.file.count() if self.path.exists() else 0
 
     def __len__(self) -> int:
         return self.file.count()
@@ -117,7 +124,7 @@ class Index:
     def sketch(self, model_id: str) -> Sketch:
         """The whole-delta sketch of an indexed model."""
         meta = self._require()
-        row = self.file.rows([model_id])
+        row = [r for r in self.models() if r.id == model_id]
         if not row:
             raise IndexMismatchError(f"{model_id} is not in the index {self.path}")
         values = self.file.arrays("sketch", [model_id])[0].astype(np.float64)
@@ -289,7 +296,7 @@ class Index:
         meta = self._require()
         q, qid, qref = self._query_sketch(model, allow_pickle, progress)
         ids, coarse = self._coarse()
-        rows = self.file.rows()
+        rows = self.models()
         keep = [i for i, mid in enumerate(ids) if mid != qid]
         by_id = {r.id: r for r in rows}
         sums = np.array([by_id[ids[i]].sum for i in keep])
@@ -331,7 +338,7 @@ class Index:
 
     def _coarse(self) -> tuple[list[str], np.ndarray]:
         """Every model's folded sketch, cached while the file is unchanged (repeated queries)."""
-        stamp = self.path.stat().st_mtime_ns + self.file.count()
+        stamp = self._stamp()
         if self._coarse_cache is None or self._coarse_cache[0] != stamp:
             ids, coarse = self.file.all_coarse()
             self._coarse_cache = (stamp, ids, coarse)
