@@ -37,7 +37,7 @@ RUN_ELSEWHERE = {
 
 #: The order a user works in: a command's examples run after those of the commands before it.
 ORDER = ["zoo list", "zoo build", "kinship", "matrix", "suggest", "merge", "eval", "evolve", "status", "lineage",
-         "report", "compare", "convert", "demo"]
+         "index", "report", "compare", "convert", "demo"]
 
 
 def _help_examples(command: click.Command, path: str = "kinmerge") -> list[str]:

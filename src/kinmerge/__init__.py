@@ -7,7 +7,9 @@ shared base (Hu et al., 2025, arXiv 2410.12613). The public API, for a notebook 
 - :func:`matrix` — every pair of several models, each file read once;
 - :func:`merge` — a merge through mergekit into a content-addressed folder with its lineage;
 - :func:`evaluate` — task scores of a model folder (cached by content);
-- :func:`evolve` — the paper's top-k greedy loop, with or without kinship, resumable.
+- :func:`evolve` — the paper's top-k greedy loop, with or without kinship, resumable;
+- :class:`Index` — sketches of thousands of models in one file: estimated kinship, nearest
+  models, the family tree (docs/index.md).
 
 Example:
     >>> import kinmerge
@@ -35,10 +37,11 @@ from kinmerge._version import __version__
 if TYPE_CHECKING:
     from kinmerge.evaluate import EvalResult
     from kinmerge.evolve.summary import RunSummary
+    from kinmerge.index import Index
     from kinmerge.merge import MergeResult, Recipe
     from kinmerge.scan import PairKinship, ScanResult
 
-__all__ = ["__version__", "evaluate", "evolve", "kinship", "matrix", "merge"]
+__all__ = ["Index", "__version__", "evaluate", "evolve", "kinship", "matrix", "merge"]
 
 PathLike = str | os.PathLike[str]
 
@@ -145,3 +148,12 @@ def evolve(config: Any, run_dir: PathLike | None = None, *, progress: bool = Tru
     from kinmerge.evolve.runner import evolve as _evolve
 
     return _evolve(config, run_dir, progress=progress, dry_run=dry_run)
+
+
+def __getattr__(name: str) -> Any:
+    """``kinmerge.Index``, imported on first use (``import kinmerge`` stays light)."""
+    if name == "Index":
+        from kinmerge.index import Index
+
+        return Index
+    raise AttributeError(f"module 'kinmerge' has no attribute {name!r}")

@@ -37,6 +37,8 @@ class RunFingerprint:
         racing: the racing settings, if children are scored in rounds (``evolve.racing``).
         evaluator_settings: what the evaluator key hashes (task contents, limit, dtype, ...), so a
             refused resume can name the setting that changed (``None``: recorded before 0.2).
+        kinship_source: ``exact`` (scans) or ``sketch`` (estimates from sketches); stored only
+            when not ``exact``, so earlier runs read back unchanged.
     """
 
     foundation: tuple[str, ...]
@@ -49,6 +51,7 @@ class RunFingerprint:
     identity: int | None = None
     racing: Mapping[str, Any] | None = None
     evaluator_settings: Mapping[str, Any] | None = None
+    kinship_source: str = "exact"
 
     @property
     def k(self) -> int:
@@ -77,6 +80,8 @@ class RunFingerprint:
             out["racing"] = dict(self.racing)
         if self.evaluator_settings is not None:
             out["evaluator_settings"] = dict(self.evaluator_settings)
+        if self.kinship_source != "exact":
+            out["kinship_source"] = self.kinship_source
         return out
 
     @classmethod
@@ -91,7 +96,8 @@ class RunFingerprint:
                    strategy=str(strategy.get("name", "")), settings=settings, recipe=dict(data.get("merge") or {}),
                    evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc",
                    identity=data.get("identity"), racing=data.get("racing"),
-                   evaluator_settings=data.get("evaluator_settings"))
+                   evaluator_settings=data.get("evaluator_settings"),
+                   kinship_source=str(data.get("kinship_source") or "exact"))
 
     def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from ``other``: ``{name: (mine, other's)}``.
@@ -108,7 +114,7 @@ class RunFingerprint:
         out: dict[str, tuple[Any, Any]] = {}
         if set(self.foundation) != set(other.foundation):
             out["foundation"] = (list(self.foundation), list(other.foundation))
-        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing"):
+        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source"):
             if getattr(self, name) != getattr(other, name):
                 out[name] = (getattr(self, name), getattr(other, name))
         sections = [("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)]

@@ -105,7 +105,7 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    return np.asarray(z ^ (z >> np.uint64(31)))
 
 
 def _hashes(key: int, counters: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def buckets(key: int, start: int, stop: int, size: int) -> np.ndarray:
         return p
     k0 = start >> log
     shifts = (_hashes(key, 2 * np.arange(k0, ((stop - 1) >> log) + 1, dtype=np.int64) + 2) >> np.uint64(64 - log))
-    return (shifts.astype(np.int64)[(p >> log) - k0] + (p & (size - 1))) & (size - 1)
+    return np.asarray((shifts.astype(np.int64)[(p >> log) - k0] + (p & (size - 1))) & (size - 1))
 
 
 def project(values: np.ndarray, key: int, start: int, size: int) -> np.ndarray:
@@ -240,7 +240,7 @@ class Sketch:
         vdt, odt = ("<f4", "<i4") if compact else ("<f8", "<i8")
         head = struct.pack("<8sBBQIqdd", _MAGIC, _FORMAT, int(compact), self.seed, self.size, self.n, self.sum,
                            math.nan if self.sumsq is None else self.sumsq)
-        return head + self.values.astype(vdt).tobytes() + np.rint(self.ones).astype(odt).tobytes()
+        return bytes(head + self.values.astype(vdt).tobytes() + np.rint(self.ones).astype(odt).tobytes())
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Sketch:
@@ -332,7 +332,7 @@ def t_score(confidence: float, dof: int) -> float:
     z = z_score(confidence)
     g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
          (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-    return z + sum(gk / dof ** (k + 1) for k, gk in enumerate(g))
+    return float(z + sum(gk / dof ** (k + 1) for k, gk in enumerate(g)))
 
 
 def estimate(a: Sketch, b: Sketch, metric: str, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
@@ -364,15 +364,15 @@ def estimate_matrix(sketches: Sequence[Sketch], metric: str, confidence: float =
     v = np.stack([s.values for s in sketches])
     if metric == "pcc":
         v = v - np.array([s.mean for s in sketches])[:, None] * first.ones[None, :]
-    parts = _group_grams(v)
-    g = parts.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c, half = _cosine_bound(parts, first.size, confidence)
-        if metric == "ed":
-            c, half = _ed_bound(sketches, parts, c, half, confidence)
+    parts = group_grams(v)
+    diag = np.diagonal(parts, axis1=1, axis2=2)  # (GROUPS, K)
+    aa, bb = diag[:, :, None], diag[:, None, :]
+    sq = np.array([np.nan if s.sumsq is None else s.sumsq for s in sketches])
+    c, half = estimate_parts(aa, parts, bb, metric, first.size, confidence, sq[:, None], sq[None, :])
     np.fill_diagonal(c, 0.0 if metric == "ed" else 1.0)
     np.fill_diagonal(half, 0.0)
-    bad = [_why_undefined(s, metric, g[i, i]) for i, s in enumerate(sketches)]
+    g = parts.sum(axis=0)
+    bad = [why_undefined(s, metric, g[i, i]) for i, s in enumerate(sketches)]
     reasons: list[list[str | None]] = [[None] * k for _ in range(k)]
     for i in range(k):
         for j in range(k):
@@ -382,7 +382,7 @@ def estimate_matrix(sketches: Sequence[Sketch], metric: str, confidence: float =
     return c, half, reasons
 
 
-def _group_grams(v: np.ndarray) -> np.ndarray:
+def group_grams(v: np.ndarray) -> np.ndarray:
     """(GROUPS, K, K): the Gram of the stacked sketches over each bucket group (h mod GROUPS).
 
     Interleaved, not contiguous: a run of positions (a tensor smaller than a block fills one
@@ -391,10 +391,36 @@ def _group_grams(v: np.ndarray) -> np.ndarray:
     """
     k, size = v.shape
     v3 = np.ascontiguousarray(v.reshape(k, size // GROUPS, GROUPS).transpose(2, 0, 1))  # (GROUPS, K, size/GROUPS)
-    return v3 @ v3.transpose(0, 2, 1)
+    return np.asarray(v3 @ v3.transpose(0, 2, 1))
 
 
-def _cosine_bound(parts: np.ndarray, size: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+def group_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``<a, b>`` over each bucket group: (GROUPS, ...) for ``a`` of shape (size,) and ``b`` of
+    shape (..., size) (one query against many sketches: one pass over ``b``)."""
+    size = a.shape[-1]
+    a2 = a.reshape(size // GROUPS, GROUPS).T
+    b2 = b.reshape(*b.shape[:-1], size // GROUPS, GROUPS)
+    return np.asarray(np.einsum("gk,...kg->g...", a2, b2, optimize=True))
+
+
+def estimate_parts(aa: np.ndarray, ab: np.ndarray, bb: np.ndarray, metric: str, size: int, confidence: float,
+                   sq_a: np.ndarray | float = np.nan, sq_b: np.ndarray | float = np.nan
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate and bound from per-bucket-group products (arrays of shape (GROUPS, ...)).
+
+    ``aa``, ``ab``, ``bb``: ``<S_a, S_a>``, ``<S_a, S_b>``, ``<S_b, S_b>`` per bucket group, of the
+    centred sketches for PCC; any trailing shape that broadcasts (a K x K matrix, one query
+    against M sketches). ``sq_a``, ``sq_b``: exact ``Σδ²`` (NaN where unknown) for ED.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, half = _cosine_bound(aa, ab, bb, size, confidence)
+        if metric == "ed":
+            c, half = _ed_bound(aa, ab, bb, c, half, size, confidence, sq_a, sq_b)
+    return c, half
+
+
+def _cosine_bound(aa: np.ndarray, ab: np.ndarray, bb: np.ndarray, size: int, confidence: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The ratio estimate ĉ = g_ab / sqrt(g_aa g_bb) and its bound at ``confidence``.
 
     The bound is the larger of z·(1 − c'²)/sqrt(size) (the variance bound; c' is ĉ moved z
@@ -404,34 +430,29 @@ def _cosine_bound(parts: np.ndarray, size: int, confidence: float) -> tuple[np.n
     error (measured: docs/index.md).
     """
     z, t = z_score(confidence), t_score(confidence, GROUPS - 1)
-    g = parts.sum(axis=0)
-    d = np.diag(g)
-    c = np.clip(g / np.sqrt(np.outer(d, d)), -1.0, 1.0)
+    a_all, b_all, ab_all = aa.sum(axis=0), bb.sum(axis=0), ab.sum(axis=0)
+    c = np.clip(ab_all / np.sqrt(a_all * b_all), -1.0, 1.0)
     c_edge = np.maximum(np.abs(c) - z * (1.0 - c * c) / math.sqrt(size), 0.0)
     analytic = z * (1.0 - c_edge * c_edge) / math.sqrt(size)
-    rest = g[None] - parts  # leave one group out
-    rd = np.diagonal(rest, axis1=1, axis2=2)
-    c_out = rest / np.sqrt(rd[:, :, None] * rd[:, None, :])
+    c_out = (ab_all - ab) / np.sqrt((a_all - aa) * (b_all - bb))  # leave one group out
     se_jack = np.sqrt((GROUPS - 1) / GROUPS * ((c_out - c_out.mean(axis=0)) ** 2).sum(axis=0))
     return c, np.maximum(analytic, t * se_jack)
 
 
-def _ed_bound(sketches: Sequence[Sketch], parts: np.ndarray, c: np.ndarray, c_half: np.ndarray, confidence: float
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _ed_bound(aa: np.ndarray, ab: np.ndarray, bb: np.ndarray, c: np.ndarray, c_half: np.ndarray, size: int,
+              confidence: float, sq_a: np.ndarray | float, sq_b: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """ED and its bound. With both Σδ² exact: ED² = na² + nb² − 2·na·nb·ĉ, whose error is
     2·na·nb times the cosine's. Otherwise (a ``combine`` without a Gram): ED² = ‖S_a − S_b‖²,
     bounded like the cosine (variance bound sqrt(2/size)·ED², or the jackknife). The bound on ED
     is the larger distance from ED to the ends of ``sqrt(ED² ± bound(ED²))``.
     """
-    size = sketches[0].size
     z, t = z_score(confidence), t_score(confidence, GROUPS - 1)
-    sq = np.array([np.nan if s.sumsq is None else s.sumsq for s in sketches])
-    nn = np.sqrt(np.outer(sq, sq))
+    sa, sb = np.asarray(sq_a, dtype=np.float64), np.asarray(sq_b, dtype=np.float64)
+    nn = np.sqrt(sa * sb)
     zero = nn == 0.0  # a zero delta: ED is the other norm, exactly
-    ed_sq = np.maximum(sq[:, None] + sq[None, :] - 2.0 * nn * np.where(zero, 0.0, c), 0.0)
+    ed_sq = np.maximum(sa + sb - 2.0 * nn * np.where(zero, 0.0, c), 0.0)
     half_sq = np.where(zero, 0.0, 2.0 * nn * c_half)
-    diag = np.diagonal(parts, axis1=1, axis2=2)  # (GROUPS, K)
-    d_parts = diag[:, :, None] + diag[:, None, :] - 2.0 * parts  # ‖S_a − S_b‖² per group
+    d_parts = aa + bb - 2.0 * ab  # ‖S_a − S_b‖² per group
     sk_sq = np.maximum(d_parts.sum(axis=0), 0.0)
     out = (d_parts.sum(axis=0)[None] - d_parts) * GROUPS / (GROUPS - 1)
     se_jack = np.sqrt((GROUPS - 1) / GROUPS * ((out - out.mean(axis=0)) ** 2).sum(axis=0))
@@ -443,7 +464,8 @@ def _ed_bound(sketches: Sequence[Sketch], parts: np.ndarray, c: np.ndarray, c_ha
     return ed, np.maximum(ed - np.sqrt(np.maximum(ed_sq - half_sq, 0.0)), np.sqrt(ed_sq + half_sq) - ed)
 
 
-def _why_undefined(s: Sketch, metric: str, sketch_sq: float) -> str | None:
+def why_undefined(s: Sketch, metric: str, sketch_sq: float) -> str | None:
+    """Why ``metric`` is undefined for this sketch (``sketch_sq``: its own ``<S, S>``), or None."""
     if s.n == 0:
         return "no tensors sketched"
     if metric == "ed":

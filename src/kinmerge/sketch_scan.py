@@ -5,6 +5,14 @@ shapes, the common rows of vocabulary tensors), then reads every tensor chunk by
 exact scan, and hands each chunk to a ``SketchBuilder``: the sketch kernel projects it, and the
 kinship kernel gives its exact Σδ, Σδ² (and the Gram of the models in this pass, for free).
 
+**Layer groups** (``groups=layer_group``): besides the whole-delta sketch, each model gets one
+smaller sketch per group of tensors (``layer 3/attn``, ``layer 3/mlp``, ``layer 3/other``, and
+every tensor outside the numbered layers on its own) with the group's exact moments. Why these
+groups: a merge recipe with a layer gradient (the paper's SLERP) uses one weight per group, so
+a merge is a linear combination of its parents *per group* (``kinmerge.index.family_tree``),
+and per-layer kinship can be estimated without a scan. Their total size is about the
+whole-delta sketch's (``group_size_for``).
+
 ``SketchBuilder.add_chunk`` is the per-chunk entry point for the exact scan's worker loop:
 raw chunk values + dtypes + the base's raw values, like ``_kernels.accumulate``. A scan that
 already has the exact statistics calls ``add_chunk`` for the projection only and
@@ -29,8 +37,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +51,11 @@ from kinmerge.scan import (
     TensorPlan,
     _check_finite,
     _reader,
+    layer_of,
     n_threads,
     plan,
 )
-from kinmerge.sketch import DEFAULT_SEED, DEFAULT_SIZE, Sketch, check_size, tensor_key
+from kinmerge.sketch import DEFAULT_SEED, DEFAULT_SIZE, MIN_LOG2, Sketch, check_size, tensor_key
 from kinmerge.sources import ModelSource, ReadBuffer
 
 
@@ -108,6 +118,36 @@ class SketchResult:
     skipped: list[str] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
+    groups: list[str] = field(default_factory=list)
+    group_sketches: list[list[Sketch]] = field(default_factory=list)  # per model, one per group
+    base_groups: np.ndarray | None = None  # (groups, group_size): the base's own weights, sketched
+
+
+def layer_group(tensor: str) -> str:
+    """The layer group of a tensor: where a layer-gradient merge recipe uses one weight.
+
+    >>> layer_group("model.layers.3.self_attn.q_proj.weight"), layer_group("model.layers.3.mlp.up_proj.weight")
+    ('layer 3/attn', 'layer 3/mlp')
+    >>> layer_group("model.layers.3.input_layernorm.weight"), layer_group("lm_head.weight")
+    ('layer 3/other', 'lm_head')
+    """
+    label = layer_of(tensor)
+    if not label.startswith("layer "):
+        return label
+    low = tensor.lower()
+    kind = "attn" if "attn" in low or "attention" in low else \
+        "mlp" if "mlp" in low or "feed_forward" in low else "other"
+    return f"{label}/{kind}"
+
+
+def group_size_for(n_groups: int, size: int = DEFAULT_SIZE) -> int:
+    """Buckets per group sketch: the groups together about as large as one whole-delta sketch.
+
+    >>> group_size_for(15), group_size_for(99)
+    (8192, 1024)
+    """
+    per = size >> max(0, (n_groups - 1).bit_length())
+    return max(per, 1 << MIN_LOG2)
 
 
 def sketch_models(
@@ -121,6 +161,9 @@ def sketch_models(
     backend: str = "auto",
     threads: int | None = None,
     progress: Progress | None = None,
+    groups: Callable[[str], str] | None = None,
+    group_size: int | None = None,
+    base_weights: bool = False,
 ) -> SketchResult:
     """Sketch ``models`` against ``base`` in one pass over every file.
 
@@ -132,6 +175,10 @@ def sketch_models(
         size, seed: the projection (every model of a family: the same).
         chunk, allow_missing, threads, progress: as for ``scan.scan``.
         backend: kernel backend for both kernels ("auto", "c", "numpy").
+        groups: tensor name -> group label (e.g. ``layer_group``): also sketch every group
+            apart, ``group_size`` buckets each (default ``group_size_for``).
+        base_weights: also sketch the base's own weights per group (``base_groups``; the
+            SLERP curvature term of ``kinmerge.index.family_tree``).
 
     Raises:
         NonFiniteError: a tensor holds NaN/Inf (names the model and tensor).
@@ -149,8 +196,13 @@ def sketch_models(
     work = [(p, lo, min(p.numel, lo + chunk)) for p in plans for lo in range(0, p.numel, chunk)]
     n_workers = max(1, min(threads or n_threads(), len(work) or 1))
     builders = [SketchBuilder(n, size, seed) for _ in range(n_workers)]
+    labels = list(dict.fromkeys(groups(p.name) for p in plans)) if groups is not None else []
+    group_of = {p.name: labels.index(groups(p.name)) for p in plans} if groups is not None else {}
+    gsize = group_size or group_size_for(len(labels), size) if labels else 0
+    gbuilders = [[SketchBuilder(n, gsize, seed) for _ in labels] for _ in range(n_workers)]
+    bbuilders = [[SketchBuilder(1, gsize, seed) for _ in labels] for _ in range(n_workers if base_weights else 0)]
     chunk_stats: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(work)
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[int | None, BaseException | None]] = queue.SimpleQueue()
     stop = threading.Event()
 
     def worker(w: int) -> None:
@@ -164,6 +216,12 @@ def sketch_models(
                 raws = [read(p.name, lo, hi, buf) for read, buf in zip(readers, buffers, strict=True)]
                 chunk_stats[k] = _kernels.accumulate(raws[0], dts[0], raws[1:], dts[1:], backend=backend)
                 builders[w].add_chunk(p.name, lo, raws[0], dts[0], raws[1:], dts[1:], backend=backend)
+                if labels:
+                    g = group_of[p.name]
+                    gbuilders[w][g].add_chunk(p.name, lo, raws[0], dts[0], raws[1:], dts[1:], backend=backend)
+                    if base_weights:  # the base against zeros: θ_base itself
+                        bbuilders[w][g].add_chunk(p.name, lo, np.zeros(hi - lo, np.float32), "F32", [raws[0]],
+                                                  [dts[0]], backend=backend)
                 done.put((sum(r.nbytes for r in raws), None))
         except BaseException as exc:  # handed to the main thread
             done.put((0, exc))
@@ -189,9 +247,22 @@ def sketch_models(
         stop.set()
         for t in pool:
             t.join()
-    total = _reduce_in_order(work, chunk_stats, n, sources, readers, chunk)
+    total, per_tensor = _reduce_in_order(work, chunk_stats, n, sources, readers, chunk)
     for b in builders[1:]:
         builders[0] += b
+    group_sketches: list[list[Sketch]] = [[] for _ in models]
+    for g in range(len(labels)):
+        for gb in gbuilders[1:]:
+            gbuilders[0][g] += gb[g]
+        stats = KinshipStats.empty(n)
+        for p in plans:
+            if group_of[p.name] == g:
+                stats += per_tensor[p.name]
+        for i, sk in enumerate(gbuilders[0][g].sketches(stats)):
+            group_sketches[i].append(sk)
+        for bb in bbuilders[1:]:
+            bbuilders[0][g] += bb[g]
+    base_groups = np.stack([b.values[0] for b in bbuilders[0]]) if bbuilders and labels else None
     return SketchResult(
         base=base.display_name,
         models=[m.display_name for m in models],
@@ -201,20 +272,28 @@ def sketch_models(
         skipped=skipped,
         bytes_read=bytes_read,
         seconds=time.perf_counter() - t0,
+        groups=labels,
+        group_sketches=group_sketches,
+        base_groups=base_groups,
     )
 
 
-def _reduce_in_order(work: list[tuple[TensorPlan, int, int]], chunk_stats: list, n: int,
-                     sources: list[ModelSource], readers: list, chunk: int) -> KinshipStats:
+def _reduce_in_order(work: list[tuple[TensorPlan, int, int]], chunk_stats: list[tuple[np.ndarray, np.ndarray] | None],
+                     n: int, sources: list[ModelSource], readers: list[Any], chunk: int
+                     ) -> tuple[KinshipStats, dict[str, KinshipStats]]:
     """Per-chunk statistics added per tensor, then tensors in file order: ``scan.scan``'s sums."""
     total = KinshipStats.empty(n)
+    per_tensor: dict[str, KinshipStats] = {}
     st = KinshipStats.empty(n)
-    for (p, lo, hi), (sums, gram) in zip(work, chunk_stats, strict=True):
+    for (p, lo, hi), got in zip(work, chunk_stats, strict=True):
+        assert got is not None  # every chunk was read before the reduction
+        sums, gram = got
         st.n += hi - lo
         st.sums += sums
         st.gram += gram
         if hi == p.numel:
             _check_finite(p, st, sources, readers, chunk)
             total += st
+            per_tensor[p.name] = st
             st = KinshipStats.empty(n)
-    return total
+    return total, per_tensor

@@ -6,7 +6,7 @@ One module per family of commands; :mod:`kinmerge.cli.app` holds the group and w
 
 from __future__ import annotations
 
-from kinmerge.cli import evolve, kinship, merge, report, zoo  # noqa: F401  (register the commands)
+from kinmerge.cli import evolve, index, kinship, merge, report, zoo  # noqa: F401  (register the commands)
 from kinmerge.cli.app import cli
 
 __all__ = ["cli", "main"]

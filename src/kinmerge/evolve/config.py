@@ -326,6 +326,9 @@ class RunConfig(_Section):
             :class:`RacingConfig`); default off (every model scored on every example).
         final_kinship_matrix: record the kinship of every pair of the final pool (the report's
             heatmap); one more scan at the end.
+        kinship_source: ``exact`` (default: a scan for every kinship the strategy asks for) or
+            ``sketch`` (every model sketched once, kinship estimated from sketches, nothing read
+            again: ``kinmerge.evolve.sketch_kinship``, docs/index.md).
         source: the file it was loaded from (not a YAML field).
     """
 
@@ -340,6 +343,7 @@ class RunConfig(_Section):
     out: OutConfig = OutConfig()
     run_id: str | None = None
     final_kinship_matrix: bool = True
+    kinship_source: Literal["exact", "sketch"] = "exact"
     racing: RacingConfig | None = None
     source: Path | None = Field(default=None, exclude=True)
 

@@ -43,6 +43,7 @@ from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
 from kinmerge.evolve.racing import RaceSettings, race
 from kinmerge.evolve.resume import raise_budget, reconcile, repair
+from kinmerge.evolve.sketch_kinship import SketchKinship
 from kinmerge.evolve.steps import (
     EvaluateTask,
     KinshipTask,
@@ -174,6 +175,7 @@ class _Run:
         self._gen_started: dict[int, float] = {}
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
+        self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -232,7 +234,7 @@ class _Run:
             settings=self.strategy.settings(), recipe=self.recipe.params(), evaluator=self.eval_key,
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
-            evaluator_settings=self.eval_identity,
+            evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -450,8 +452,8 @@ class _Run:
             return
         models = sorted({m for p in missing for m in p})
         self.report.step(f"kinship: scanning {len(models)} models ({why})")
-        task = KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))
-        res = self.executor.map(run_kinship, [task])[0]
+        res = self.sketches.values(models, self._path) if self.sketches is not None else \
+            self.executor.map(run_kinship, [KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))])[0]
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
@@ -466,7 +468,7 @@ class _Run:
             self.run_id, "kinship", f"{len(models)} models scanned ({why})", generation=generation,
             duration_s=res["seconds"],
             payload={"models": models, "pairs": count, "bytes_read": res["bytes_read"], "undefined": undefined,
-                     "notes": res["notes"]},
+                     "notes": res["notes"], "sketched": res.get("sketched")},
         )
 
     # -- helpers ----------------------------------------------------------------------------------
