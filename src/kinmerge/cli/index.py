@@ -147,12 +147,14 @@ def query_cmd(index: str, model: str, metric: str, top: int, least: bool, exact:
 
     table = Table(title=f"{metric} kinship to {model} ({'least related' if least else 'nearest'} first; "
                         f"bounds at {confidence:.0%})")
-    for col in ("#", "model", "estimate ± bound", *(["exact", "within"] if exact else []), ""):
+    notes = any(n.reason for n in found)  # a column for why an estimate is missing, only if one is
+    columns = ("#", "model", "estimate ± bound", *(["exact", "within"] if exact else []), *(["note"] if notes else []))
+    for col in columns:
         table.add_column(col, justify="right" if col in ("#", "exact") else "left")
     for i, n in enumerate(found, 1):
         extra = [] if not exact else [_fmt(n.exact), "" if n.exact is None or n.value is None else
                                       ("yes" if abs(n.exact - n.value) <= n.bound else "no")]
-        table.add_row(str(i), n.label, _fmt(n.value, n.bound), *extra, n.reason or "")
+        table.add_row(str(i), n.label, _fmt(n.value, n.bound), *extra, *([n.reason or ""] if notes else []))
     print_tables(wide_console(), table)
 
 
