@@ -181,7 +181,8 @@ def markdown(summary: dict[str, Any]) -> str:
                                  f"p={d['p_sign']:.2g})" if g.get("mean") is not None and d.get("mean") is not None
                                  else "—")
                 else:
-                    cells.append(f"{g['mean']:+.4f} ± {g['sem']:.4f}" if g.get("sem") is not None else "—")
+                    cells.append(f"{g['mean']:+.4f} ± {g['sem']:.4f}" if g.get("sem") is not None
+                                 else f"{g['mean']:+.4f}" if g.get("mean") is not None else "—")
             auc = row["auc"]
             auc_cell = (_ci(row["auc_vs_reference"]) if "auc_vs_reference" in row
                         else f"{auc['mean']:+.4f}" if auc.get("mean") is not None else "—")
