@@ -93,12 +93,9 @@ def summarize(out: Path, name: str) -> dict[str, Any]:
     from kinmerge.report.budget import budget_table, early_stop_table
     from kinmerge.report.figures import gain_points
     from kinmerge.report.plots import gain_correlations
-    from kinmerge.report.queries import load_runs
     from kinmerge.report.stats import paired, spread
 
-    run_dirs = sorted(p for p in (out / name / "runs").iterdir() if (p / "kinmerge.db").exists())
-    # Only finished runs count: a run still going (or killed) would enter the budget tables short.
-    runs = [r for r in load_runs(run_dirs) if r.run.status == "finished"]
+    runs = finished_runs(out, name)
     full = [r for r in runs if r.variant not in RACING]
     greedy = {r.testbed: r for r in runs if r.variant == "greedy"}
     racing = {}
@@ -227,6 +224,35 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def finished_runs(out: Path, name: str) -> list[Any]:
+    """The zoo's finished runs (a run still going, or killed, would enter the tables short)."""
+    from kinmerge.report.queries import load_runs
+
+    run_dirs = sorted(p for p in (out / name / "runs").iterdir() if (p / "kinmerge.db").exists())
+    return [r for r in load_runs(run_dirs) if r.run.status == "finished"]
+
+
+def draw_figures(runs: list[Any], name: str, folder: Path) -> list[str]:
+    """The anytime curves (mean and min-max band per variant, against merges and examples) and the
+    early-stop trade-off of one zoo, as PNGs beside the page; their markdown lines."""
+    from kinmerge.report.budget import anytime_bands, early_stop_table
+    from kinmerge.report.budget_plots import plot_anytime, plot_early_stop
+    from kinmerge.report.groups import variant_styles, variants_of
+
+    full = [r for r in runs if r.variant not in RACING]
+    lines = []
+    anytime = folder / f"results-{name}-anytime.png"
+    if plot_anytime(anytime_bands(full), anytime_bands(full, unit="examples"), anytime,
+                    styles=variant_styles(variants_of(full)),
+                    title=f"{name} zoo: best of the pool − best foundation model (mean over testbeds; band: min–max)"):
+        lines.append(f"![{name} zoo: anytime curves]({anytime.name})")
+    early = folder / f"results-{name}-early-stop.png"
+    if plot_early_stop(early_stop_table(full)["rows"], early,
+                       title=f"{name} zoo: kinship early stop replayed (label: top-k PCC threshold)"):
+        lines.append(f"![{name} zoo: early-stop trade-off]({early.name})")
+    return lines
+
+
 def runs_csv(summaries: list[dict[str, Any]]) -> str:
     """Every run of the study, one line each (the page's tables summarise these)."""
     lines = ["zoo,run_dir,run,status,stop,merges,examples,foundation_best,final_best,"
@@ -250,6 +276,8 @@ def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
         summaries.append(summary)
         (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
         parts.append(markdown(summary))
+        if write_doc is not None:
+            parts.append("\n".join(draw_figures(finished_runs(out, name), name, write_doc.parent)) + "\n")
     text = "\n".join(parts)
     if write_doc is None:
         print(text)
