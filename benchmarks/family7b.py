@@ -40,7 +40,6 @@ import json
 import math
 import os
 import resource
-import struct
 import sys
 import threading
 import time
@@ -48,7 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+import llama_layout
+from llama_layout import PROJ_FIRST, numel, safetensors_header
+
 VERSION = 1
+GENERATOR = f"kinmerge benchmarks/family7b.py v{VERSION}"
 CHUNK = 1 << 22  # values per generated chunk, and the size of the random block
 G_OFFSET = 0.25  # mean of the family direction
 FAMILY_WEIGHT = 0.3  # a: every child's share of the family direction
@@ -73,22 +76,8 @@ _MASK = (1 << 64) - 1
 
 
 def tensor_list(cfg: dict, vocab: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
-    """Llama-2 tensor names and shapes, in the order HF checkpoints store them."""
-    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], vocab or cfg["vocab_size"]
-    kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
-    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (v, h))]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
-                (p + "mlp.down_proj.weight", (h, inter)), (p + "input_layernorm.weight", (h,)),
-                (p + "post_attention_layernorm.weight", (h,))]
-    return [*out, ("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
+    """Llama-2 tensor names and shapes, in the order this generator stores them."""
+    return llama_layout.tensor_list(cfg, vocab, order=PROJ_FIRST)
 
 
 def coefficients(n_children: int) -> np.ndarray:
@@ -183,19 +172,6 @@ def shard_plan(tensors: list[tuple[str, tuple[int, ...]]], itemsize: int, shard_
     return shards
 
 
-def _header(tensors, idx: list[int], dtype: str, itemsize: int) -> bytes:
-    hdr: dict = {"__metadata__": {"format": "pt", "generator": f"kinmerge benchmarks/family7b.py v{VERSION}"}}
-    off = 0
-    for i in idx:
-        name, shape = tensors[i]
-        nb = numel(shape) * itemsize
-        hdr[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + nb]}
-        off += nb
-    blob = json.dumps(hdr, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob
-
-
 def write_model(folder: Path, gen: Generator, model: int, cfg: dict, dtype_name: str, shard_bytes: int,
                 vocab: int, progress=None) -> int:
     """Write one model (0 = base) as sharded safetensors + index + config; returns bytes written."""
@@ -214,7 +190,7 @@ def write_model(folder: Path, gen: Generator, model: int, cfg: dict, dtype_name:
         for s, idx in enumerate(shards):
             fname = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
             with open(tmp / fname, "wb") as fh:
-                fh.write(_header(tensors, idx, dtype, itemsize))
+                fh.write(safetensors_header([tensors[i] for i in idx], GENERATOR, dtype, itemsize)[0])
                 for i in idx:
                     name, shape = tensors[i]
                     weight_map[name] = fname

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kinship_bench import evict, kinmerge_cmd, loadavg, measure, worker_cmd
+from bench_harness import evict, kinmerge_cmd, loadavg, measure, worker_cmd
 
 N_MODELS = 10_000
 CLUSTER = 100

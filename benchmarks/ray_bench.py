@@ -4,7 +4,7 @@
 Two measurements, each against a baseline measured in the same run:
 
 1. ``matrix``: the exact kinship matrix of a ~0.5 B Llama-shaped BF16 family (base + 6 children,
-   generated once by ``kinship_bench.generate_family`` and cached in ``--workdir``), sharded over a
+   generated once by ``bench_family.generate_family`` and cached in ``--workdir``), sharded over a
    2-CPU local Ray cluster (``scan_ray``, 2 and 4 shards, one scan thread per shard) vs the local
    scan (``scan_refs``, one scan thread per core), alternated round by round in one process with
    the cluster already up and the page cache warm; plus whole ``kinmerge matrix`` commands (with
@@ -114,11 +114,11 @@ def bench_matrix(args: argparse.Namespace) -> dict:
     import numpy as np
     import ray
 
+    from bench_family import generate_family
     from kinmerge._ray import RayCluster
     from kinmerge.scan import scan_refs
     from kinmerge.scan_ray import ShardTask, scan_ray, shard_plans, tensor_bytes
     from kinmerge.sources import open_models
-    from kinship_bench import generate_family
 
     fam = generate_family(Path(args.workdir), args.params, args.models)
     base, children = fam["dirs"][0], fam["dirs"][1:]

@@ -42,12 +42,13 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import family7b
+from bench_harness import evict, loadavg, wait_quiet
+from bench_workers import w_floor
 from kinmerge import _kernels, _sketch_kernels
 from kinmerge.scan import DEFAULT_CHUNK, n_threads, scan
 from kinmerge.sketch import DEFAULT_SIZE, tensor_key
 from kinmerge.sketch_scan import sketch_models
 from kinmerge.sources import open_models
-from kinship_bench import evict, loadavg, w_floor, wait_quiet
 
 HALF_B = family7b.shape(1408, 3840, 17, 22, 32000)  # 0.50 B: kinship_bench's 0.5 B shape
 
