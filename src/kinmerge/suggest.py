@@ -30,10 +30,11 @@ from kinmerge.evolve.strategies.predicted import GainModel
 
 __all__ = ["PRIOR", "PRIOR_SOURCE", "Suggestion", "rank_pairs"]
 
-#: gain ≈ a + b * PCC of the parents, fitted on the demo's merges of the tiny zoo (SLERP).
-PRIOR = GainModel(a=0.0431, b=-0.0505, sd=0.0201, n=123)
-PRIOR_SOURCE = ("gain vs parents' PCC over 123 SLERP merges of the tiny zoo's demo runs: r = -0.62 "
-                "(|gain|: r = -0.71); related merges of one run are not independent points")
+#: gain ≈ a + b * PCC of the parents, fitted on the study's merges of the headroom zoo (SLERP with the
+#: paper's layer gradient; docs/results.md, H6).
+PRIOR = GainModel(a=0.0579, b=-0.0699, sd=0.0263, n=1483)
+PRIOR_SOURCE = ("gain vs parents' PCC over 1,483 SLERP merges of the study's headroom-zoo runs: r = -0.67 "
+                "(|gain|: r = -0.73); related merges of one run are not independent points")
 
 
 @dataclass(frozen=True)

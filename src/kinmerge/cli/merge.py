@@ -257,9 +257,10 @@ def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top
 
     A merge's gain falls as its parents' kinship rises (the paper's §2); the ranking predicts each
     pair's gain from its PCC with a relation fitted on our own study's merges, and with --scores the
-    child's score (parents' mean + gain). How much to trust it: over 123 SLERP merges of the tiny
-    zoo, parents' PCC gave r = -0.62 with the gain and r = -0.71 with its size (related merges of
-    one run are not independent points): a shortlist to try, not a verdict.
+    child's score (parents' mean + gain). How much to trust it: over 1,483 SLERP merges of the
+    study's headroom-zoo runs (docs/results.md), parents' PCC gave r = -0.67 with the gain and
+    r = -0.73 with its size (related merges of one run are not independent points; residual sd
+    0.026): a shortlist to try, not a verdict.
 
     \b
     Example:

@@ -23,8 +23,9 @@ from kinmerge.report.queries import RunHistory
 __all__ = ["Style", "bed_labels", "by_testbed", "variant_styles", "variants_of"]
 
 #: The paper's strategies, and the study's best new one, always in these colours.
-STRATEGY_COLORS = {"greedy": "#1f77b4", "kinship": "#2ca02c", "random": "#9467bd", "predicted": "#ff7f0e"}
-_SPARE_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728", "#7f7f7f", "#393b79", "#637939")
+STRATEGY_COLORS = {"greedy": "#1f77b4", "kinship": "#2ca02c", "random": "#9467bd", "diverse": "#e377c2",
+                   "predicted": "#ff7f0e"}
+_SPARE_COLORS = ("#8c564b", "#17becf", "#bcbd22", "#d62728", "#7f7f7f", "#393b79", "#637939")
 _MARKERS = "os^Dv<>pP*hX"
 
 
