@@ -28,9 +28,9 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads(first.stdout)
     strategies = {r["strategy"] for r in data["compare"]["runs"]}
-    assert strategies == {"greedy", "kinship", "random", "diverse"}
+    assert strategies == {"greedy", "kinship", "random", "predicted"}
     assert {r["run_id"] for r in data["compare"]["runs"]} == {"greedy", "kinship", "random-s0", "random-s1",
-                                                              "diverse"}
+                                                              "predicted"}
     assert {row["strategy"] for row in data["across_sets"]} == strategies
     # a line on stderr as each run ends: which run, how far it got, what it spent
     ended = [line for line in first.stderr.splitlines()
@@ -41,7 +41,7 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
         assert len(run["best_per_generation"]) >= 2 and run["merges_used"] >= 3  # gen 1 = all 3 pairs
     assert (out / "report" / "index.html").exists()
     assert sorted(p.name for p in (out / "configs").iterdir()) == [
-        "add-caesar-reverse--diverse.yaml", "add-caesar-reverse--greedy.yaml", "add-caesar-reverse--kinship.yaml",
+        "add-caesar-reverse--greedy.yaml", "add-caesar-reverse--kinship.yaml", "add-caesar-reverse--predicted.yaml",
         "add-caesar-reverse--random-s0.yaml", "add-caesar-reverse--random-s1.yaml"]
     # the configs it kept rerun with `kinmerge evolve` and find everything done
     again = subprocess.run([sys.executable, "-m", "kinmerge.cli", "evolve",

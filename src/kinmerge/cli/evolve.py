@@ -33,13 +33,13 @@ from kinmerge.pool import short_id
 @json_option
 def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: str, workers: int | None,
              no_progress: bool, as_json: bool) -> None:
-    """Greedy vs kinship-guided vs a random control vs diverse top-k merging, budget-matched.
+    """Greedy vs kinship-guided vs a random control vs predicted-gain merging, budget-matched.
 
     Runs top-k greedy merging (paper §3), the paper's kinship-guided variant (exploration + early
-    stop, §4), a random-partner control (two seeds) and diverse top-k (the study's best new
-    strategy, docs/results.md) on four foundation sets of the shipped headroom zoo (docs/zoo.md),
-    then prints the comparison at equal
-    budgets with 95% intervals and the early-stop trade-off, and writes an HTML report. A few
+    stop, §4), a random-partner control (two seeds) and predicted-gain merging (the study's
+    best new strategy, docs/results.md) on four foundation sets of the shipped headroom zoo
+    (docs/zoo.md), then prints the comparison at equal budgets with 95% intervals and the
+    early-stop trade-off, and writes an HTML report. A few
     minutes on 2 cores; rerunning with the same --out resumes instead of starting over, and a
     larger --generations continues it. Other settings go to another --out (the second example).
 
