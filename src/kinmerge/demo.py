@@ -290,4 +290,9 @@ def summary_lines(result: DemoResult) -> Sequence[str]:
     if result.report:
         lines.append(f"report: {result.report}")
     lines.append(f"took {result.seconds:.0f} s")
+    testbeds = len(result.run_dirs)
+    if testbeds < 10:  # a demonstration, not a verdict: a few testbeds move with one or two examples
+        lines.append(f"{testbeds} testbed(s) show how the comparison works, not which strategy wins: the study "
+                     "behind docs/results.md (30 testbeds per zoo) finds no strategy better than greedy or the "
+                     "random control beyond noise")
     return lines
