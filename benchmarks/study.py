@@ -87,15 +87,14 @@ def run(out: Path, zoos: list[str], sets: int, seeds: list[int], workers: int) -
 # -- render ---------------------------------------------------------------------------------------
 
 
-def summarize(out: Path, name: str) -> dict[str, Any]:
-    """Every number the results page shows for one zoo, from the stores."""
+def summarize(runs: list[Any], name: str) -> dict[str, Any]:
+    """Every number the results page shows for one zoo, from its finished runs."""
     from kinmerge.evolve.strategies.predicted import fit_gain
     from kinmerge.report.budget import budget_table, early_stop_table
     from kinmerge.report.figures import gain_points
     from kinmerge.report.plots import gain_correlations
     from kinmerge.report.stats import paired, spread
 
-    runs = finished_runs(out, name)
     full = [r for r in runs if r.variant not in RACING]
     greedy = {r.testbed: r for r in runs if r.variant == "greedy"}
     racing = {}
@@ -272,12 +271,13 @@ def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
     for name in zoos:
         if not (out / name / "runs").is_dir():
             continue
-        summary = summarize(out, name)
+        runs = finished_runs(out, name)  # read once: the tables and the figures share them
+        summary = summarize(runs, name)
         summaries.append(summary)
         (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
         parts.append(markdown(summary))
         if write_doc is not None:
-            parts.append("\n".join(draw_figures(finished_runs(out, name), name, write_doc.parent)) + "\n")
+            parts.append("\n".join(draw_figures(runs, name, write_doc.parent)) + "\n")
     text = "\n".join(parts)
     if write_doc is None:
         print(text)
