@@ -261,7 +261,7 @@ def _resolve(preset: str | ZooPreset, overrides: dict[str, Any]) -> ZooPreset:
 
 def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", seed: int = 0,
               overwrite: bool = False, log: Callable[[str], None] | None = None,
-              **overrides: Any) -> Zoo:
+              device: str = "cpu", **overrides: Any) -> Zoo:
     """Train a zoo from scratch into ``root`` (built in a temp folder, then renamed into place).
 
     Args:
@@ -271,6 +271,8 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
         seed: seeds the data, the initial weights and every fine-tune.
         overwrite: replace an existing ``root``.
         log: called with one progress line at a time (default: print to stderr).
+        device: where a real-model zoo (``base_source`` set, e.g. ``"smol"``) fine-tunes:
+            ``"cpu"`` or ``"cuda"``; the tiny zoos always train on CPU.
         **overrides: replace preset fields, e.g. ``specialist_steps=100``.
 
     Returns:
@@ -286,6 +288,10 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
         ['add', 'caesar', 'reverse']
     """
     preset = _resolve(preset, overrides)
+    if preset.base_source is not None:  # a pretrained base: resumable, in place (kinmerge.zoo.real)
+        from kinmerge.zoo.real import build_real_zoo
+
+        return build_real_zoo(root, preset, seed, overwrite=overwrite, device=device, log=log)
     root = Path(root).resolve()
     if root.exists() and not overwrite:
         raise ConfigError(f"{root} already exists; choose a new folder or pass overwrite "
