@@ -30,8 +30,17 @@ NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Farid", "Grace", "Hugo", "Ine
          "Kemal", "Lena", "Marco", "Nina", "Omar", "Paula", "Quinn", "Rosa", "Sam", "Tara")
 ITEMS = ("apples", "books", "coins", "pencils", "stamps", "marbles", "cards", "shells", "cookies",
          "stickers")
-WORDS = ["apple", "river", "stone", "cloud", "tiger", "green", "music", "paper", "window", "garden", "silver", "orange", "bread", "light", "forest", "candle", "dream", "ocean", "yellow", "mountain", "winter", "summer", "doctor", "pocket", "rabbit", "basket", "mirror", "planet", "castle", "rocket", "pepper", "lemon", "violin", "island", "bottle", "hammer", "feather", "jacket", "ladder", "wallet"]
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+WORDS = (
+    "apple", "river", "stone", "cloud", "tiger", "green", "music", "paper", "window", "garden",
+    "silver", "orange", "bread", "light", "forest", "candle", "dream", "ocean", "yellow",
+    "mountain", "winter", "summer", "doctor", "pocket", "rabbit", "basket", "mirror", "planet",
+    "castle", "rocket", "pepper", "lemon", "violin", "island", "bottle", "hammer", "feather",
+    "jacket", "ladder", "wallet",
+)
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 
