@@ -40,8 +40,8 @@ from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import EvaluatorConfig, RunConfig, evaluator_key, load_config
-from kinmerge.evolve.heldout import HeldOut
 from kinmerge.evolve.executors import Executor, get_executor
+from kinmerge.evolve.heldout import HeldOut
 from kinmerge.evolve.racing import RaceSettings, race
 from kinmerge.evolve.resume import raise_budget, reconcile, repair
 from kinmerge.evolve.sketch_kinship import SketchKinship
