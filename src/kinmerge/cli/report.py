@@ -80,14 +80,18 @@ def print_compare(data: dict) -> None:
 
     console = wide_console()
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
-    runs = Table(title="runs: best score of the pool after each generation")
-    for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best"):
+    heldout = any(r.get("final_best_heldout") is not None for r in data["runs"])
+    runs = Table(title="runs: best score of the pool after each generation"
+                 + (" (selection part; held-out: the final best model on examples no choice saw)" if heldout else ""))
+    for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best",
+                *(("held-out",) if heldout else ())):
         runs.add_column(col, justify="left" if col in ("testbed", "run", "stop") else "right")
     for r in data["runs"]:
         best = r["best_per_generation"] + [None] * (gens - len(r["best_per_generation"]))
         stop = r["stop_reason"] or "—"
         runs.add_row(r.get("testbed", ""), r["run_id"], "—" if r["seed"] is None else str(r["seed"]),
-                     *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]))
+                     *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]),
+                     *((num(r.get("final_best_heldout")),) if heldout else ()))
     tables = [runs]
     if any(s["runs"] > 1 for s in data["strategies"]):  # seeds of one strategy on one testbed: their spread
         summary = Table(title="across seeds: each strategy variant on each foundation set "

@@ -67,6 +67,8 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
         "stop_reason": r.stop_reason,
         "early_stop_generation": r.early_stop_generation,
         "final_best": r.final_best,
+        "best_heldout_per_generation": [r.best_heldout_per_generation().get(g) for g in range(last + 1)],
+        "final_best_heldout": r.final_best_heldout,
     }
 
 
@@ -109,6 +111,7 @@ def compare_runs(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = 
                 "best_per_generation": [_spread([c[g] for c in carried]) for g in range(length)],
                 "merges_used": _spread([row["merges_used"] for row in group]),
                 "final_best": _spread([row["final_best"] for row in group]),
+                "final_best_heldout": _spread([row["final_best_heldout"] for row in group]),
                 "early_stops": sum(1 for row in group if row["early_stop_generation"] is not None),
             }
         )

@@ -168,6 +168,7 @@ class RunHistory:
     merge_order: tuple[str, ...] = ()
     examples: dict[str, int] = field(default_factory=dict)
     task_examples: dict[str, dict[str, int]] = field(default_factory=dict)
+    heldout: dict[str, float] = field(default_factory=dict)
 
     @property
     def anytime(self) -> Anytime:
@@ -251,6 +252,28 @@ class RunHistory:
         """Best average score in the whole pool."""
         scores = [m.score for m in self.models.values() if m.score is not None]
         return max(scores) if scores else None
+
+    def best_model(self, generation: int | None = None) -> PoolModel | None:
+        """The model the run would hand over after ``generation`` (default: now): the best by the
+        score it ranks with (ties by id), among models from generations ``<= generation``."""
+        scored = [m for m in self.models.values() if m.score is not None
+                  and (generation is None or m.generation <= generation)]
+        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
+
+    @property
+    def final_best_heldout(self) -> float | None:
+        """The held-out score of :meth:`best_model` (``None``: the run did not split, or has not
+        scored it yet): the number a user of the chosen model can expect."""
+        best = self.best_model()
+        return self.heldout.get(best.id) if best is not None else None
+
+    def best_heldout_per_generation(self) -> dict[int, float | None]:
+        """The held-out score of the best model after each generation."""
+        out: dict[int, float | None] = {}
+        for s in self.generations:
+            best = self.best_model(s.generation)
+            out[s.generation] = self.heldout.get(best.id) if best is not None else None
+        return out
 
     def best_per_generation(self) -> dict[int, float | None]:
         """Best score of the pool after each generation (the paper's §5 table row)."""
@@ -351,6 +374,8 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         merge_order=order,
         examples={mid: sum(n.values()) for mid, n in per_task.items()},
         task_examples=per_task,
+        heldout={mid: v for mid, v in store.average_scores(ids, evaluator=fp.heldout).items() if v is not None}
+        if fp is not None and fp.heldout is not None else {},
     )
 
 
