@@ -210,7 +210,8 @@ def _evolve_one(path: Path, progress: bool) -> str:
 
 
 def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per strategy, over all its runs: gain of the final best over the best foundation model."""
+    """Per strategy, over all its runs: gain of the final best over the best foundation model, on
+    the selection part and (runs that split) on the held-out part."""
     rows: list[dict[str, Any]] = []
     by_strategy: dict[str, list[dict[str, Any]]] = {}
     for run in compare["runs"]:
@@ -219,12 +220,19 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
         gains = [r["final_best"] - r["best_per_generation"][0] for r in runs
                  if r["final_best"] is not None and r["best_per_generation"]
                  and r["best_per_generation"][0] is not None]
+        # Held out: the final best model's score on examples no choice saw, over the held-out
+        # score of the best foundation (the model a user would have had without merging).
+        held = [r["final_best_heldout"] - r["best_heldout_per_generation"][0] for r in runs
+                if r.get("final_best_heldout") is not None and r.get("best_heldout_per_generation")
+                and r["best_heldout_per_generation"][0] is not None]
         merges = [r["merges_used"] for r in runs]
         rows.append({
             "strategy": strategy,
             "runs": len(runs),
             "gain_mean": statistics.fmean(gains) if gains else None,
             "gain_std": statistics.stdev(gains) if len(gains) > 1 else None,
+            "heldout_gain_mean": statistics.fmean(held) if held else None,
+            "heldout_gain_std": statistics.stdev(held) if len(held) > 1 else None,
             "gain_min": min(gains) if gains else None,
             "gain_max": max(gains) if gains else None,
             "merges_mean": statistics.fmean(merges) if merges else None,
@@ -234,11 +242,14 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def resolve_zoo(zoo: str | os.PathLike[str] | None) -> Any:
-    """A zoo by shipped name (``headroom``, ``tiny``) or folder; None: the headroom zoo."""
-    from kinmerge.zoo import SHIPPED, load_zoo, shipped_zoo
+    """A zoo by shipped name (``headroom``, ``tiny``), by the preset of a zoo built into the cache
+    (``smol``), or by folder; None: the headroom zoo."""
+    from kinmerge.zoo import PRESETS, SHIPPED, built_zoo_dir, load_zoo, shipped_zoo
 
     if zoo is None or str(zoo) in SHIPPED:
         return shipped_zoo(str(zoo) if zoo is not None else "headroom")
+    if str(zoo) in PRESETS and not Path(zoo).exists():  # built into the cache: `kinmerge zoo build --preset smol`
+        return load_zoo(built_zoo_dir(str(zoo)))
     return load_zoo(zoo)
 
 

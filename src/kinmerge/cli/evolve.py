@@ -60,13 +60,18 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: 
     print_compare(result.compare)
     from rich.table import Table
 
-    table = Table(title="across foundation sets: gain of the final best over the best foundation model")
-    for col in ("strategy", "runs", "gain mean", "std", "min – max", "merges mean", "early stops"):
+    held = any(row.get("heldout_gain_mean") is not None for row in result.across_sets)
+    table = Table(title="across foundation sets: gain of the final best over the best foundation model"
+                  + (" (selection part, and held-out: examples no choice saw)" if held else ""))
+    for col in ("strategy", "runs", "gain mean", "std", "min – max", *(("held-out gain", "std") if held else ()),
+                "merges mean", "early stops"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for row in result.across_sets:
         table.add_row(row["strategy"], str(row["runs"]), fmt_num(row["gain_mean"], 3), fmt_num(row["gain_std"], 3),
-                      f"{fmt_num(row['gain_min'], 3)} – {fmt_num(row['gain_max'], 3)}", fmt_num(row["merges_mean"], 1),
-                      str(row["early_stops"]))
+                      f"{fmt_num(row['gain_min'], 3)} – {fmt_num(row['gain_max'], 3)}",
+                      *((fmt_num(row.get("heldout_gain_mean"), 3), fmt_num(row.get("heldout_gain_std"), 3))
+                        if held else ()),
+                      fmt_num(row["merges_mean"], 1), str(row["early_stops"]))
     console = wide_console()
     print_tables(console, table)
     for line in summary_lines(result):
