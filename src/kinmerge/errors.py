@@ -51,6 +51,11 @@ class DuplicateModelError(KinmergeError, ValueError):
     """The same model was given twice (same path or same content)."""
 
 
+class OutputFolderError(KinmergeError, FileExistsError):
+    """An output folder cannot be written without destroying something kinmerge did not write: it
+    holds the user's files, it is a file, or it holds the command's own input."""
+
+
 class ConfigError(KinmergeError, ValueError):
     """A configuration file or option is invalid."""
 

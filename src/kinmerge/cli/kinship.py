@@ -217,7 +217,8 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
 @cli.command("convert")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (replaced if present).")
+              help="Folder to write: new, empty, or one kinmerge wrote (then replaced); never one holding "
+                   "other files.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
 def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
     """Convert a GGUF file (llama.cpp export) into a Hugging Face model folder.
