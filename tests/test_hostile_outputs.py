@@ -16,9 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 
+from cli_checks import assert_one_line_error
 from kinmerge._io import OWNER_MARKER, atomic_dir, check_output_folder
 from kinmerge.cli import cli
 from kinmerge.errors import OutputFolderError
