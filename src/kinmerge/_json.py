@@ -232,10 +232,10 @@ def score(value: Any, field: str) -> float:
     """An accuracy: a finite number in [0, 1] (46 of 50 correct is 0.92, not 46).
 
     Example:
-        >>> score(46, "scores.json: zoo:add")
+        >>> score(46, "add")
         Traceback (most recent call last):
         ...
-        kinmerge._json.StrictInputError: scores.json: zoo:add must be in [0, 1], got 46 (a score is a fraction: 46 of 50 correct is 0.92)
+        kinmerge._json.StrictInputError: add must be in [0, 1], got 46 (a score is a fraction: 46 of 50 correct is 0.92)
     """
     try:
         return float(number(value, field, low=0.0, high=1.0))

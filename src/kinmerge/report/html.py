@@ -30,7 +30,7 @@ from kinmerge.report.compare import resolution
 from kinmerge.report.figures import gain_points, make_figures
 from kinmerge.report.groups import Style, bed_labels, by_testbed, variant_styles, variants_of
 from kinmerge.report.plots import METRIC_SHORT
-from kinmerge.report.queries import RunHistory, load_runs
+from kinmerge.report.queries import RunHistory, counted_runs, left_out_line, load_runs
 from kinmerge.report.run_detail import run_detail
 from kinmerge.report.sections import (
     budget_section,
@@ -209,6 +209,7 @@ def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> 
         "<p class='muted'>One row per run; the run id opens its detail below. gain: final best minus the "
         "best foundation model of its testbed.</p>",
         runs_table(runs, styles, beds, digits=digits),
+        f"<p class='note caveat'>{esc(note)}</p>" if (note := left_out_line(runs)) else "",
         "<h3>Testbeds</h3>",
         testbeds_table(runs, beds),
         "<h2 id='settings'>Run settings</h2>",
@@ -224,7 +225,7 @@ def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> 
                "No top-k kinship yet: it needs scored models and the kinship of the top-k pairs."),
     ]
     if several:
-        parts += _study_sections(runs, figures, styles, digits)
+        parts += _study_sections(counted_runs(runs), figures, styles, digits)
     parts += [
         "<h2 id='gain'>Merge gain vs the parents' kinship</h2>",
         figure(figures.get("gain"), "merge gain vs kinship", _HOWTO["gain"],
