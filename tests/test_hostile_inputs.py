@@ -84,6 +84,7 @@ def test_a_task_line_holding_u2028_is_one_example(tmp_path: Path) -> None:
 
 
 def test_eval_reads_such_a_task_folder_up_to_the_model(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")  # eval's KEY=VALUE options are read as YAML scalars
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "sep.jsonl").write_text(json.dumps({"prompt": "x\u2028y", "answer": "z"}, ensure_ascii=False) + "\n",

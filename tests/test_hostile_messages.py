@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_checks import assert_one_line_error
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
+from cli_checks import assert_one_line_error
 from kinmerge.cli import cli
 from kinmerge.sources import zoo_path
 
