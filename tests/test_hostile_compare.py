@@ -7,7 +7,6 @@ run, both finished), copied, and one of its runs marked interrupted in real SQLi
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -16,15 +15,6 @@ from click.testing import CliRunner
 
 from kinmerge.cli import cli
 
-OLD_STORE = Path(__file__).parent / "data" / "store-0.1.0"
-
-
-def _run_dir(root: Path, name: str = "run") -> Path:
-    run = root / name
-    run.mkdir()
-    shutil.copy(OLD_STORE / "kinmerge.db", run / "kinmerge.db")
-    return run
-
 
 def _compare(*args: object) -> dict:
     result = CliRunner().invoke(cli, ["compare", *map(str, args), "--json"])
@@ -32,8 +22,8 @@ def _compare(*args: object) -> dict:
     return json.loads(result.stdout)
 
 
-def test_a_run_directory_given_twice_counts_once(tmp_path: Path) -> None:
-    run = _run_dir(tmp_path)
+def test_a_run_directory_given_twice_counts_once(old_run: Path, tmp_path: Path) -> None:
+    run = old_run
     once = _compare(run)
     twice = _compare(run, f"{run}/", tmp_path / "." / "run")
     assert [r["run_id"] for r in twice["runs"]] == [r["run_id"] for r in once["runs"]] == ["greedy", "kinship"]
@@ -41,8 +31,8 @@ def test_a_run_directory_given_twice_counts_once(tmp_path: Path) -> None:
     assert twice["note"] is None and twice["left_out"] == []
 
 
-def test_an_interrupted_run_is_shown_flagged_and_left_out_of_the_means(tmp_path: Path) -> None:
-    run = _run_dir(tmp_path)
+def test_an_interrupted_run_is_shown_flagged_and_left_out_of_the_means(old_run: Path) -> None:
+    run = old_run
     _compare(run)  # upgrades the 0.1.0 store first (the migration allows 'interrupted')
     with sqlite3.connect(run / "kinmerge.db") as db:
         db.execute("UPDATE runs SET status = 'interrupted' WHERE id = 'kinship'")
@@ -57,9 +47,9 @@ def test_an_interrupted_run_is_shown_flagged_and_left_out_of_the_means(tmp_path:
     assert [line for line in table.stdout.splitlines() if line.startswith("left out of the means")]
 
 
-def test_the_report_counts_each_run_once_and_flags_the_unfinished(tmp_path: Path) -> None:
+def test_the_report_counts_each_run_once_and_flags_the_unfinished(old_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    run = _run_dir(tmp_path)
+    run = old_run
     _compare(run)
     with sqlite3.connect(run / "kinmerge.db") as db:
         db.execute("UPDATE runs SET status = 'interrupted' WHERE id = 'kinship'")

@@ -23,8 +23,6 @@ from kinmerge._io import OWNER_MARKER, atomic_dir, check_output_folder
 from kinmerge.cli import cli
 from kinmerge.errors import OutputFolderError
 
-OLD_STORE = Path(__file__).parent / "data" / "store-0.1.0"
-
 
 def _users_folder(root: Path) -> dict[str, bytes]:
     """A folder of the user's: a GGUF-looking file and notes; returns what must survive."""
@@ -95,14 +93,6 @@ def test_merge_never_deletes_a_users_folder_under_the_merge_id(tmp_path: Path) -
 
 
 # -- report ----------------------------------------------------------------------------------------
-
-@pytest.fixture
-def old_run(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(OLD_STORE / "kinmerge.db", run / "kinmerge.db")
-    return run
-
 
 def test_report_refuses_a_users_report_folder_and_the_run_directory(old_run: Path, tmp_path: Path) -> None:
     mine = old_run / "report"
