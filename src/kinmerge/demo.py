@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kinmerge._io import atomic_write
+from kinmerge._io import atomic_write, claim_folder
 
 #: The tiny zoo's paper-sized foundation sets (triples, scored on their own tasks).
 FOUNDATION_SETS: tuple[tuple[str, ...], ...] = (
@@ -253,6 +253,12 @@ def resolve_zoo(zoo: str | os.PathLike[str] | None) -> Any:
     return load_zoo(zoo)
 
 
+def _demo_before_markers(folder: Path) -> bool:
+    """A demo folder from before folders carried kinmerge's marker: only what the demo writes."""
+    names = {p.name for p in folder.iterdir()}
+    return bool(names) and names <= {"configs", "runs", "report"}
+
+
 def run_demo(
     out: str | os.PathLike[str],
     settings: DemoSettings = DemoSettings(),
@@ -282,8 +288,10 @@ def run_demo(
     from kinmerge.report.html import write_report
 
     t0 = time.perf_counter()
-    out_dir = Path(out).resolve()
     chosen = resolve_zoo(zoo)
+    # The demo writes configs/, runs/ and report/ into ``out`` and resumes there: a folder of the
+    # user's is refused, before any work, rather than mixed with (or overwritten by) ours.
+    out_dir = claim_folder(out, legacy=_demo_before_markers).resolve()
     configs = write_configs(out_dir, settings, chosen, demo_testbeds(settings, chosen, max_sets))
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     run_configs(configs, workers=workers, progress=progress and workers <= 1, log=log)

@@ -31,7 +31,8 @@ def zoo_group() -> None:
               help="; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items()) + ".")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the data, the initial weights and every fine-tune.")
-@click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists (only a zoo kinmerge built).")
+@click.option("--force", is_flag=True,
+              help="Replace DIRECTORY if it exists and kinmerge wrote it (a zoo); a folder of other files is refused.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where a real-model zoo fine-tunes: cpu (one process per core) or cuda.")
 @json_option

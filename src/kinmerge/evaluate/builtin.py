@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kinmerge._json import StrictInputError, number
 from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
@@ -91,12 +92,22 @@ class BuiltinEvaluator:
                  tasks: Sequence[str] | None = None, dtype: str = "float32",
                  threads: int | None = None, progress: bool = True, sample_seed: int | None = None,
                  split: str = "all", heldout_fraction: float = 0.5, split_seed: int = 0) -> None:
-        if limit is not None and limit < 1:
-            raise ConfigError(f"limit must be at least 1, got {limit}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        # Checked here, at construction, so a config's --dry-run refuses what the real run would
+        # crash on (``limit: 2.5``, ``batch_size: true``, ``tasks: []``).
+        try:
+            limit = None if limit is None else int(number(limit, "limit", integer=True, low=1))
+            batch_size = int(number(batch_size, "batch_size", integer=True, low=1))
+            if max_new_tokens is not None:
+                max_new_tokens = int(number(max_new_tokens, "max_new_tokens", integer=True, low=1))
+            if threads is not None:
+                threads = int(number(threads, "threads", integer=True, low=1))
+            if sample_seed is not None:
+                sample_seed = int(number(sample_seed, "sample_seed", integer=True, low=0))
+        except StrictInputError as exc:
+            raise ConfigError(str(exc)) from None
+        if tasks is not None and (isinstance(tasks, str) or not tasks):
+            raise ConfigError(f"tasks must be a non-empty list of task names, got {tasks!r}; leave it out to "
+                              "evaluate every task in tasks_dir")
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.tasks_dir = Path(tasks_dir)

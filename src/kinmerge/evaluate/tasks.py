@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kinmerge._io import atomic_file
-from kinmerge._json import StrictJSONError, loads_strict
+from kinmerge._json import StrictJSONError, json_lines, loads_strict
 from kinmerge.errors import EvaluationError
 
 __all__ = ["SPLITS", "Example", "Task", "load_task", "load_tasks", "split_task", "write_task"]
@@ -130,9 +130,7 @@ def load_task(path: str | os.PathLike[str]) -> Task:
         raise EvaluationError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     examples: list[Example] = []
     first_mode_line = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in json_lines(text):  # on \n only: U+2028 inside a JSON string is no line end
         example = _parse_line(path, lineno, line)
         if examples and (example.choices is None) != (examples[0].choices is None):
             raise EvaluationError(

@@ -512,7 +512,7 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
         ('kinship', 'pcc')
     """
-    import yaml
+    from kinmerge._json import StrictYAMLError, load_yaml_strict
 
     file = Path(path).expanduser()
     try:
@@ -522,12 +522,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{file}: not valid YAML{where} ({problem})") from None
+        data = load_yaml_strict(text)  # a key given twice is refused, not silently the last block
+    except StrictYAMLError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     if data is None:
         raise ConfigError(f"{file}: the config is empty; it needs foundation, base, strategy and evaluator")
     return RunConfig.from_dict(data, root=file.resolve().parent, source=str(file))

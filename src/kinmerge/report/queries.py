@@ -379,6 +379,48 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
     )
 
 
+def counted_runs(runs: Sequence[RunHistory]) -> list[RunHistory]:
+    """The runs whose numbers enter means across runs: finished ones. An interrupted, failed or
+    still-running run has a pool cut short at some generation; averaged with finished runs it
+    would pull a strategy's curve down for a reason that is not the strategy."""
+    return [r for r in runs if r.run.status == "finished"]
+
+
+def left_out_line(runs: Sequence[RunHistory]) -> str | None:
+    """The one line that says which runs are shown but left out of the means, and why; ``None``
+    when every run finished."""
+    left = [r for r in runs if r.run.status != "finished"]
+    if not left:
+        return None
+    names = ", ".join(f"{r.run.id} in {r.run_dir} ({unfinished(r.run.status)})" for r in left)
+    return (f"left out of the means across runs, not finished: {names}; resume with `kinmerge evolve CONFIG` "
+            "to count them")
+
+
+def unfinished(status: str) -> str:
+    """How a run that is not finished is described (a run marked running with no process is
+    one that was killed)."""
+    return "interrupted or still running" if status == "running" else status
+
+
+def unique_run_dirs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """``run_dirs`` without repeats, first mention kept: ``runs/a``, ``./runs/a/`` and a link to it
+    name one store, whose runs must count once in every mean.
+
+    Example:
+        >>> unique_run_dirs(["runs/a", "runs/a/", "./runs/a", "runs/b"])
+        ['runs/a', 'runs/b']
+    """
+    seen: set[Path] = set()
+    out = []
+    for run_dir in run_dirs:
+        key = Path(run_dir).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(run_dir)
+    return out
+
+
 def load_runs(run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None,
               metric: str | None = None) -> list[RunHistory]:
     """Every run of every store in ``run_dirs``, in the order given (runs oldest first).
@@ -398,7 +440,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | No
         except ValueError as exc:
             raise StoreError(str(exc)) from None
     stores = []
-    for run_dir in run_dirs:
+    for run_dir in unique_run_dirs(run_dirs):  # a directory given twice (runs/a runs/a/) counts once
         with RunStore(run_dir, lock=False) as store:
             runs = store.runs()
         if not runs:
