@@ -1,22 +1,3 @@
-"""What every test shares: no network, and a kinmerge cache of its own.
-
-Tests must never reach the Hugging Face hub (CI has no network besides package registries) nor
-read or write the user's ``~/.cache/kinmerge``: each test gets an empty cache folder. A module may
-override these (e.g. to share one cache across a module's long fixtures).
-"""
+"""The fixtures tests share (no network and an own kinmerge cache come from the root conftest.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` on and ``KINMERGE_CACHE`` in ``tmp_path``; returns the cache."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("KINMERGE_CACHE", str(cache))
-    return cache

@@ -456,8 +456,10 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             message names the file and the field, e.g. ``evolve.yaml: strategy.k: ...``).
 
     Example:
-        >>> cfg = load_config("examples/evolve.yaml")        # doctest: +SKIP
-        >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> import kinmerge
+        >>> cfg = load_config(Path(kinmerge.__file__).parents[2] / "examples" / "evolve.yaml")
+        >>> cfg.strategy.name, cfg.metric
         ('kinship', 'pcc')
     """
     import yaml

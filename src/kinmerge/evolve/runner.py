@@ -96,6 +96,7 @@ def evolve(
             after fixing the cause to resume).
 
     Example:
+        >>> # not run here: minutes of merging; docs/api.md runs a one-generation evolution
         >>> evolve("examples/evolve.yaml", "runs/demo").stop        # doctest: +SKIP
         'top-k unchanged'
     """
