@@ -280,6 +280,7 @@ def run_demo(
     content), so an interrupted demo picks up where it stopped.
 
     Example:
+        >>> # not run here: minutes of merging (tests/test_demo.py runs the demo)
         >>> result = run_demo("demo-out")                 # doctest: +SKIP
         >>> result.report                                 # doctest: +SKIP
         PosixPath('demo-out/report/index.html')

@@ -151,13 +151,12 @@ def _evaluator_settings(evaluator: str, tasks: list[str], *, limit: float | None
     if evaluator == "builtin":
         if len(tasks) != 1:
             raise ConfigError(f"--tasks: the builtin evaluator reads one folder of <task>.jsonl files, got {tasks}")
-        from kinmerge.sources import ZOO_PREFIX, zoo_path
-
-        folder = str(zoo_path(tasks[0])) if tasks[0].startswith(ZOO_PREFIX) else tasks[0]
-        settings.update(tasks_dir=folder, progress=progress)
+        settings.update(tasks_dir=tasks[0], progress=progress)
     else:
         settings["tasks"] = tasks
-    return settings
+    from kinmerge.evaluate import resolve_paths
+
+    return resolve_paths(settings)
 
 
 def _key_values(text: str, option: str, yaml: Any) -> dict[str, Any]:

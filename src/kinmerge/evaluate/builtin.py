@@ -80,9 +80,10 @@ class BuiltinEvaluator:
         ConfigError: if ``limit``, ``batch_size``, ``max_new_tokens`` or ``dtype`` is invalid.
 
     Example:
-        >>> ev = BuiltinEvaluator("src/kinmerge/data/zoo/tasks", limit=100)  # doctest: +SKIP
-        >>> ev.evaluate(Path("src/kinmerge/data/zoo/specialists/add")).scores["add"]  # doctest: +SKIP
-        0.97
+        >>> from kinmerge.sources import zoo_path
+        >>> ev = BuiltinEvaluator(zoo_path("zoo:tasks"), tasks=["add"], limit=100)
+        >>> ev.evaluate(zoo_path("zoo:add")).scores["add"]
+        0.27
     """
 
     name = "builtin"

@@ -114,8 +114,9 @@ def load_task(path: str | os.PathLike[str]) -> Task:
             file and line.
 
     Example:
-        >>> load_task("zoo/tasks/add.jsonl").examples[0]  # doctest: +SKIP
-        Example(prompt='add 23+45=', answer='68', choices=None)
+        >>> from kinmerge.sources import zoo_path
+        >>> load_task(zoo_path("zoo:tasks") / "add.jsonl").examples[0]
+        Example(prompt='add 39+62=', answer='101', choices=None, line=1)
     """
     path = Path(path)
     if not _TASK_NAME.match(path.stem):

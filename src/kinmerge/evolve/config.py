@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from kinmerge._io import json_digest
 from kinmerge.errors import ConfigError, KinmergeError, SourceError
-from kinmerge.sources import ZOO_PREFIX, resolve_ref, zoo_path
+from kinmerge.sources import resolve_ref
 
 if TYPE_CHECKING:
     from kinmerge.evaluate import Evaluator
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-#: Evaluator settings that name folders or files (resolved against the config's folder).
-_PATH_SETTINGS = ("tasks_dir", "include_path")
 
 
 def _root(info: ValidationInfo) -> Path:
@@ -200,40 +198,17 @@ class EvaluatorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> EvaluatorConfig:
-        from kinmerge.evaluate import EVALUATORS
+        from kinmerge.evaluate import EVALUATORS, resolve_paths
 
         if self.name not in EVALUATORS:
             raise ValueError(f"unknown evaluator {self.name!r}; choose one of {', '.join(sorted(EVALUATORS))}")
-        root = _root(info)
         extra = self.model_extra if self.model_extra is not None else {}
         if "split" in extra or "heldout_fraction" in extra:
             raise ValueError("the run splits the tasks itself: set heldout (a share, or false), not split")
-        for key in _PATH_SETTINGS:
-            if key in extra and extra[key] is not None:
-                value = extra[key]
-                items = value if isinstance(value, list) else [value]
-                resolved = []
-                for item in items:
-                    if str(item).startswith(ZOO_PREFIX):  # zoo:tasks, the shipped task folder
-                        try:
-                            p = zoo_path(str(item))
-                        except SourceError as exc:
-                            raise ValueError(f"{key}: {exc}") from None
-                    else:
-                        p = Path(str(item)).expanduser()
-                        p = p if p.is_absolute() else root / p
-                    if not p.exists():
-                        raise ValueError(f"{key}: no such folder {p}")
-                    resolved.append(str(p.resolve()))
-                extra[key] = resolved if isinstance(value, list) else resolved[0]
-        if isinstance(extra.get("tasks"), list):
-            # lm_eval: a task is a harness name or a path to YAMLs; resolve the ones that exist here.
-            extra["tasks"] = [
-                str((root / t).resolve())
-                if isinstance(t, str) and not Path(t).is_absolute() and (root / t).exists()
-                else t
-                for t in extra["tasks"]
-            ]
+        try:
+            extra.update(resolve_paths(extra, root=_root(info)))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         try:
             self.build()
         except KinmergeError as exc:
@@ -456,9 +431,11 @@ class RunConfig(_Section):
     def shared_paths(self) -> list[str]:
         """The local files and folders every machine that runs steps must see: the base, the
         foundations, the evaluator's task folders (hub ids are fetched by each machine)."""
+        from kinmerge.evaluate import PATH_SETTINGS
+
         extra = self.evaluator.settings()
         paths = [self.base, *self.foundation]
-        for key in _PATH_SETTINGS:
+        for key in PATH_SETTINGS:
             value = extra.get(key)
             paths += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
         return [p for p in paths if Path(p).exists()]
@@ -508,8 +485,10 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             message names the file and the field, e.g. ``evolve.yaml: strategy.k: ...``).
 
     Example:
-        >>> cfg = load_config("examples/evolve.yaml")        # doctest: +SKIP
-        >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> import kinmerge
+        >>> cfg = load_config(Path(kinmerge.__file__).parents[2] / "examples" / "evolve.yaml")
+        >>> cfg.strategy.name, cfg.metric
         ('kinship', 'pcc')
     """
     from kinmerge._json import StrictYAMLError, load_yaml_strict

@@ -96,7 +96,7 @@ def evolve(
         MergeError, EvaluationError, SourceError: a step failed (the run is marked failed; rerun
             after fixing the cause to resume).
 
-    Example:
+    Example (not run here: minutes of merging; docs/api.md runs a one-generation evolution):
         >>> evolve("examples/evolve.yaml", "runs/demo").stop        # doctest: +SKIP
         'top-k unchanged'
     """

@@ -5,6 +5,7 @@ view of the store (read without the run lock, so it works while the run is going
 the pool's pure helpers.
 
 Example:
+    >>> # not run here: needs a run (kinmerge evolve examples/evolve.yaml makes this one)
     >>> summary = read_summary("runs/evolve-kinship")              # doctest: +SKIP
     >>> summary.status, summary.best.id                       # doctest: +SKIP
     ('finished', '0ab0718cc0970b8b')

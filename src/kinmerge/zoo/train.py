@@ -7,6 +7,7 @@ depend on the number of workers because each starts from the base as saved.
 torch and transformers are imported inside the functions that need them.
 
 Example:
+    >>> # not run here: trains a zoo (a minute or more; tests/test_zoo.py builds one)
     >>> zoo = build_zoo("/tmp/micro-zoo", preset="micro", overwrite=True)  # doctest: +SKIP
 """
 
@@ -284,6 +285,7 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
             an override names no preset field.
 
     Example:
+        >>> # not run here: trains a zoo (a minute or more; tests/test_zoo.py builds one)
         >>> zoo = build_zoo("/tmp/micro-zoo", preset="micro", overwrite=True)  # doctest: +SKIP
         >>> sorted(zoo.specialists)  # doctest: +SKIP
         ['add', 'caesar', 'reverse']
