@@ -19,15 +19,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from kinmerge.evolve.config import EvaluatorConfig, RunConfig, evaluator_key
 from kinmerge.evolve.steps import EvaluateTask, run_evaluation
+from kinmerge.pool import PoolState, topk
+from kinmerge.store import RunStore
 
-__all__ = ["HeldOut", "needs_heldout"]
+__all__ = ["HeldOut", "evaluator_for_run", "needs_heldout"]
 
 
 def needs_heldout(top: Sequence[str], *, scored: Iterable[str]) -> list[str]:
     """The ids of the top-k (best first, ``kinmerge.pool.topk``) that have no held-out score yet."""
     have = set(scored)
     return [mid for mid in top if mid not in have]
+
+
+def evaluator_for_run(cfg: RunConfig, store: RunStore) -> EvaluatorConfig:
+    """The run's evaluator config: a run recorded before held-out splits (0.3) resumes without one
+    unless its config asks for ``heldout`` explicitly (which is then a refused change)."""
+    existing = store.get_run(cfg.name)
+    fp = existing.fingerprint if existing is not None else None
+    if (fp is not None and fp.heldout is None and "split" not in (fp.evaluator_settings or {})
+            and "heldout" not in cfg.evaluator.model_fields_set):
+        return cfg.evaluator.model_copy(update={"heldout": False})
+    return cfg.evaluator
 
 
 class HeldOut:
@@ -46,6 +60,20 @@ class HeldOut:
         self.store, self.executor, self.run_id = store, executor, run_id
         self.path_of, self.step = path_of, step
         self.made = 0
+
+    @classmethod
+    def for_run(cls, evaluator: EvaluatorConfig, **kwargs: Any) -> HeldOut | None:
+        """The held-out scorer of a run's evaluator config; ``None`` when the run does not split."""
+        if not evaluator.splits:
+            return None
+        return cls(evaluator_key(evaluator.build("heldout")), evaluator.name, evaluator.run_settings("heldout"),
+                   **kwargs)
+
+    def after_generation(self, state: PoolState, k: int, generation: int) -> int:
+        """Score the top-k of ``state`` once every model in it is scored; the count made so far."""
+        if state.models and all(m.score is not None for m in state.models):
+            self.score_topk(topk(state, k), generation=generation)
+        return self.made
 
     def score_topk(self, top: Sequence[str], *, generation: int) -> None:
         """Score, on the held-out part, the models of the top-k ``top`` that lack a held-out score."""

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
-from kinmerge.evolve.config import EvaluatorConfig, RunConfig, evaluator_key, load_config
+from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
-from kinmerge.evolve.heldout import HeldOut
+from kinmerge.evolve.heldout import HeldOut, evaluator_for_run
 from kinmerge.evolve.racing import RaceSettings, race
-from kinmerge.evolve.resume import raise_budget, reconcile, repair
+from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
 from kinmerge.evolve.sketch_kinship import SketchKinship
 from kinmerge.evolve.steps import (
     EvaluateTask,
@@ -143,17 +143,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _legacy_split(cfg: RunConfig, store: RunStore) -> EvaluatorConfig:
-    """The run's evaluator config: a run recorded before held-out splits (0.3) resumes without one
-    unless its config asks for ``heldout`` explicitly (which is then a refused change)."""
-    existing = store.get_run(cfg.name)
-    fp = existing.fingerprint if existing is not None else None
-    if (fp is not None and fp.heldout is None and "split" not in (fp.evaluator_settings or {})
-            and "heldout" not in cfg.evaluator.model_fields_set):
-        return cfg.evaluator.model_copy(update={"heldout": False})
-    return cfg.evaluator
-
-
 def _stop_if_terminated() -> None:
     if _TERMINATED.is_set():
         raise KeyboardInterrupt("SIGTERM")
@@ -173,7 +162,7 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        self.evaluator_cfg = _legacy_split(cfg, store)
+        self.evaluator_cfg = evaluator_for_run(cfg, store)
         evaluator = self.evaluator_cfg.build()
         self.eval_key, self.eval_identity = evaluator_key(evaluator), evaluator.settings()
         self.eval_settings = self.evaluator_cfg.run_settings()
@@ -189,10 +178,8 @@ class _Run:
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
-        self.heldout = HeldOut(
-            evaluator_key(self.evaluator_cfg.build("heldout")), cfg.evaluator.name,
-            self.evaluator_cfg.run_settings("heldout"), store=store, executor=self.executor, run_id=self.run_id,
-            path_of=self._path, step=self.report.step) if self.evaluator_cfg.splits else None
+        self.heldout = HeldOut.for_run(self.evaluator_cfg, store=store, executor=self.executor, run_id=self.run_id,
+                                       path_of=self._path, step=self.report.step)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -425,11 +412,8 @@ class _Run:
 
     def _score_heldout(self, generation: int) -> None:
         """The held-out scores of the top-k as it stands after ``generation`` (evolve.heldout)."""
-        state = self._state()
-        if self.heldout is None or not state.models or any(m.score is None for m in state.models):
-            return
-        self.heldout.score_topk(topk(state, self.k), generation=generation)
-        self.made["heldout_evaluations"] = self.heldout.made
+        if self.heldout is not None:
+            self.made["heldout_evaluations"] = self.heldout.after_generation(self._state(), self.k, generation)
 
     def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
         """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
@@ -533,24 +517,12 @@ class _Run:
                                  "rerun to let the store repair itself, or restore the run directory")
             path = self._located(rec)
             if rec.origin == "merge" and not (Path(path) / METADATA_FILE).is_file():
-                self._remerge(rec, Path(path))
+                self.report.step(f"re-merging deleted {rec.id}")
+                task = remerge_task(rec, Path(path), parents=[self._path(p) for p in rec.parents],
+                                    base=self.cfg.base, cuda=self.cfg.merge.cuda)
+                check_remerge(rec, self.executor.map(run_merge, [task])[0], Path(path), store=self.store, run_id=self.run_id)
             self._paths[model_id] = path
         return path
-
-    def _remerge(self, rec: ModelRecord, folder: Path) -> None:
-        """Rebuild a deleted merge folder from its recorded parents and recipe."""
-        params = dict(rec.recipe or {})
-        method = params.pop("method", None)
-        if method is None or method == "raw":
-            raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
-                             "restore the folder")
-        self.report.step(f"re-merging deleted {rec.id}")
-        task = MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                         out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda)
-        res = self.executor.map(run_merge, [task])[0]  # where merges run (a GPU node on a cluster)
-        if res["id"] != rec.id:
-            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
-        self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
 
     def _undefined_message(self, requests: Iterable[tuple[str, str]]) -> str:
         a, b = next(iter(requests))

@@ -40,6 +40,7 @@ from kinmerge.sources.base import (
     TensorInfo,
     first_nonfinite,
     is_vocab_tensor,
+    naming_mismatch,
 )
 from kinmerge.sources.config import read_config
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
@@ -73,6 +74,7 @@ __all__ = [
     "hub_id_of_cache_path",
     "is_hub_id",
     "is_vocab_tensor",
+    "naming_mismatch",
     "open_model",
     "open_models",
     "read_config",

@@ -189,7 +189,7 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
     import torch
 
     from kinmerge.evaluate.builtin import load_model
-    from kinmerge.zoo.train import _Sampler, _save, _torch_state, _train
+    from kinmerge.zoo.finetune import _Sampler, _save, _torch_state, _train
 
     root = Path(root_s)
     t0 = time.perf_counter()
