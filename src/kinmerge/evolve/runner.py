@@ -410,8 +410,7 @@ class _Run:
         for n, res in self.executor.imap(run_evaluation, started(todo)):
             self._record_evaluation(todo[n], res, generation=generation, card=cards)
 
-    def _score_heldout(self, generation: int) -> None:
-        """The held-out scores of the top-k as it stands after ``generation`` (evolve.heldout)."""
+    def _score_heldout(self, generation: int) -> None:  # the top-k after `generation` (evolve.heldout)
         if self.heldout is not None:
             self.made["heldout_evaluations"] = self.heldout.after_generation(self._state(), self.k, generation)
 
@@ -520,7 +519,8 @@ class _Run:
                 self.report.step(f"re-merging deleted {rec.id}")
                 task = remerge_task(rec, Path(path), parents=[self._path(p) for p in rec.parents],
                                     base=self.cfg.base, cuda=self.cfg.merge.cuda)
-                check_remerge(rec, self.executor.map(run_merge, [task])[0], Path(path), store=self.store, run_id=self.run_id)
+                check_remerge(rec, self.executor.map(run_merge, [task])[0], Path(path), store=self.store,
+                              run_id=self.run_id)
             self._paths[model_id] = path
         return path
 
