@@ -59,7 +59,7 @@ from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import RunStore, copy_store
+from kinmerge.store import RunStore, copy_store, discard_unused_store
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -111,8 +111,13 @@ def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> R
             copy_store(target, scratch)
             with RunStore(scratch) as store:
                 return _Run(cfg, store, target, progress=progress, dry_run=True).run()
-    with RunStore(target) as store:
-        return _Run(cfg, store, target, progress=progress, dry_run=False).run()
+    made_dir = not target.exists()
+    try:
+        with RunStore(target) as store:
+            return _Run(cfg, store, target, progress=progress, dry_run=False).run()
+    except BaseException:
+        discard_unused_store(target, made_dir=made_dir)  # failed before the run started: leave nothing
+        raise
 
 
 _TERMINATED = threading.Event()
@@ -176,6 +181,7 @@ class _Run:
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
+        self.base_id = ""  # the base's content id, once _start has hashed it: every kinship is keyed by it
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -222,6 +228,7 @@ class _Run:
         self.report.step("hashing the foundation models")
         ids = self.executor.map(hash_model, [self.cfg.base, *self.cfg.foundation])
         base_id, foundation_ids = ids[0], ids[1:]
+        self.base_id = base_id
         seen: dict[str, str] = {}
         for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             if cid == base_id:
@@ -314,7 +321,8 @@ class _Run:
         self._gen_started.setdefault(g, time.perf_counter())
         pairs = {m.pair for m in plan.merges}
         self._ensure_kinship(pairs, generation=g, why="parents")
-        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}) for m in METRICS}
+        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}, **self._kinship_key())
+               for m in METRICS}
         tasks = [
             MergeTask(
                 parents=tuple(self._path(p) for p in m.parents), method=self.cfg.merge.method,
@@ -446,19 +454,19 @@ class _Run:
         Every pair among the scanned models is recorded (a scan gives them all for free).
         """
         pairs = set(pairs)
-        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p})
+        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p}, **self._kinship_key())
         missing = [p for p in pairs if p not in known and p not in self._scanned]
         if not missing:
             return
         models = sorted({m for p in missing for m in p})
         self.report.step(f"kinship: scanning {len(models)} models ({why})")
-        res = self.sketches.values(models, self._path) if self.sketches is not None else \
+        res = self.sketches.values(models, self._path, base_id=self.base_id) if self.sketches is not None else \
             self.executor.map(run_kinship, [KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))])[0]
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
             if values:
-                self.store.record_kinships(values, metric)
+                self.store.record_kinships(values, metric, **self._kinship_key())
             count = max(count, len(values))
         self._scanned |= {frozenset(p) for p in itertools.combinations(models, 2)}
         self.made["kinship_pairs"] += count
@@ -472,6 +480,9 @@ class _Run:
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _kinship_key(self) -> dict[str, str]:
+        return {"base": self.base_id, "source": self.cfg.kinship_source}
 
     def _remove_stale_temp(self) -> None:
         for p in remove_stale_temp(self.models_dir):

@@ -13,18 +13,18 @@ loop or the reports above it.
 Example:
     >>> import tempfile
     >>> with RunStore(tempfile.mkdtemp()) as store:
-    ...     store.applied_migrations()
-    ['0001_initial']
+    ...     store.applied_migrations()[-1]
+    '0003_kinship_keyed_by_base'
 """
 
 from __future__ import annotations
 
 from kinmerge.store.backup import copy_store
-from kinmerge.store.db import DB_NAME, RunStore
+from kinmerge.store.db import DB_NAME, RunStore, discard_unused_store
 from kinmerge.store.integrity import Problem, check_run
 from kinmerge.store.lock import LOCK_NAME, is_locked
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
 from kinmerge.store.schema import MIGRATIONS, Migration
 
 __all__ = ["DB_NAME", "LOCK_NAME", "MIGRATIONS", "Event", "LineageNode", "Migration", "Problem", "RunRecord",
-           "RunStatus", "RunStore", "check_run", "copy_store", "is_locked"]
+           "RunStatus", "RunStore", "check_run", "copy_store", "discard_unused_store", "is_locked"]
