@@ -59,7 +59,7 @@ from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import RunStore, copy_store, discard_unused_store
+from kinmerge.store import RunStore, copy_store, discard_unused_store, first_missing
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -111,12 +111,12 @@ def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> R
             copy_store(target, scratch)
             with RunStore(scratch) as store:
                 return _Run(cfg, store, target, progress=progress, dry_run=True).run()
-    made_dir = not target.exists()
+    created = first_missing(target)
     try:
         with RunStore(target) as store:
             return _Run(cfg, store, target, progress=progress, dry_run=False).run()
     except BaseException:
-        discard_unused_store(target, made_dir=made_dir)  # failed before the run started: leave nothing
+        discard_unused_store(target, created=created)  # failed before the run started: leave nothing
         raise
 
 

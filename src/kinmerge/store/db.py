@@ -51,7 +51,7 @@ from kinmerge.store.checks import damaged, read_json, read_number
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
 from kinmerge.store.schema import KINSHIP_SOURCES, applied, migrate, now, pending_migrations
 
-__all__ = ["DB_NAME", "RunStore", "discard_unused_store"]
+__all__ = ["DB_NAME", "RunStore", "discard_unused_store", "first_missing"]
 
 DB_NAME = "kinmerge.db"
 #: The prefix of a recorded path that is relative to the run directory.
@@ -897,13 +897,23 @@ class RunStore:
         )
 
 
-def discard_unused_store(run_dir: str | os.PathLike[str], *, made_dir: bool) -> bool:
+def first_missing(path: str | os.PathLike[str]) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (what creating it would make)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def discard_unused_store(run_dir: str | os.PathLike[str], *, created: Path | None) -> bool:
     """Remove a store that records no run (a run that failed before it started: an unreachable
     cluster, a model that does not fit), so a failed start leaves nothing half-made behind.
 
     Only what kinmerge writes there goes: the database (with its WAL files), the lock, an empty
-    ``models/`` folder, and the run directory itself if this call's run created it and it is
-    empty now. Returns whether the store was removed.
+    ``models/`` folder, and the folders this call's run created (``created``: the topmost, see
+    :func:`first_missing`) if they are empty now. Returns whether the store was removed.
     """
     run_dir = Path(run_dir)
     db = run_dir / DB_NAME
@@ -922,7 +932,13 @@ def discard_unused_store(run_dir: str | os.PathLike[str], *, made_dir: bool) -> 
         return False
     for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", run_lock.LOCK_NAME):
         (run_dir / name).unlink(missing_ok=True)
-    for folder in ((run_dir / "models"), run_dir) if made_dir else ((run_dir / "models"),):
+    folders = [run_dir / "models"]
+    if created is not None:
+        here = run_dir.absolute()
+        while here.is_relative_to(created):
+            folders.append(here)
+            here = here.parent
+    for folder in folders:
         with contextlib.suppress(OSError):  # only if empty
             folder.rmdir()
     return True
