@@ -53,8 +53,12 @@ def read_number(db: str | os.PathLike[str], table: str, row: str, column: str, v
     number = float(value)
     if not math.isfinite(number):
         raise damaged(db, table, row, f"{column} {_show(value)} is not a finite number")
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise damaged(db, table, row, f"{column} {number!r} is outside [{lo}, {hi}]")
+    if lo is not None and hi is not None and not lo <= number <= hi:
+        raise damaged(db, table, row, f"{column} {number!r} is outside [{lo:g}, {hi:g}]")
+    if lo is not None and number < lo:
+        raise damaged(db, table, row, f"{column} {number!r} is below {lo:g}")
+    if hi is not None and number > hi:
+        raise damaged(db, table, row, f"{column} {number!r} is above {hi:g}")
     return number
 
 
