@@ -180,6 +180,17 @@ class Index:
             ShapeMismatchError, MissingTensorError: a model not fine-tuned from this base (named).
             SourceError, NonFiniteError: unreadable or damaged models.
         """
+        created = not self.path.exists()
+        try:
+            return self._add(models, base=base, ids=ids, progress=progress, batch=batch, allow_pickle=allow_pickle,
+                             max_delta=max_delta)
+        except BaseException:
+            if created:  # a new index that got no model (a full disk, a refused model): leave no file
+                self.file.discard_if_empty()
+            raise
+
+    def _add(self, models: Sequence[PathLike], *, base: PathLike | None, ids: Sequence[str] | None, progress: bool,
+             batch: int, allow_pickle: bool, max_delta: float | None) -> AddResult:
         from kinmerge.progress import progress_bar
         from kinmerge.sources import open_model, open_models
 

@@ -128,6 +128,17 @@ class IndexFile:
             raise IndexFileError(f"{self.path}: the folder {self.path.parent} does not exist; create it first "
                                  "or give the index a path in an existing folder")
 
+    def discard_if_empty(self) -> None:
+        """Remove the file if it holds no model (what a failed first ``add`` made)."""
+        try:
+            empty = self.count() == 0
+        except (IndexFileError, sqlite3.Error):
+            return
+        if empty:
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -225,7 +236,8 @@ class IndexFile:
         if not self.initialised:
             return []
         sql = "SELECT seq, id, label, ref, made, added, n, sum, sumsq FROM models ORDER BY seq"
-        out = [self._checked(ModelRow(*r)) for r in self._connection().execute(sql)]
+        positions = self.meta().get("n")
+        out = [self._checked(ModelRow(*r), positions) for r in self._connection().execute(sql)]
         if ids is not None:
             wanted = set(ids)
             out = [r for r in out if r.id in wanted]
@@ -236,12 +248,14 @@ class IndexFile:
         return IndexFileError(f"{self.path} is damaged: model {model}: {problem}; rebuild the index (`kinmerge "
                               "index add` into a new file) or restore it from a copy")
 
-    def _checked(self, row: ModelRow) -> ModelRow:
+    def _checked(self, row: ModelRow, positions: object) -> ModelRow:
         """A model row whose moments are numbers that can be moments (a damaged value must not
         read as a model whose delta is constant or zero)."""
         who = f"{row.label} ({str(row.id)[:12]})"
         if isinstance(row.n, bool) or not isinstance(row.n, int) or row.n < 1:
             raise self.damaged(who, f"n {row.n!r} is not a positive count")
+        if isinstance(positions, int) and row.n != positions:
+            raise self.damaged(who, f"n {row.n!r} is not the index's {positions} positions per sketch")
         for name, value in (("sum", row.sum), ("sumsq", row.sumsq)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise self.damaged(who, f"{name} {value!r} is not a finite number")
