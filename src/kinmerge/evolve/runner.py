@@ -249,7 +249,7 @@ class _Run:
             resume = reconcile(existing.fingerprint, existing.seed, fingerprint, self.cfg.seed, run=self.run_id,
                                where=str(self.run_dir), decided=bool(self.store.plans(self.run_id)))
             fingerprint = resume.fingerprint
-            if resume.raised_budget is not None and not self.dry_run:
+            if resume.raised_budget is not None:  # a dry run too (on its scratch copy): it plans as the run will
                 raise_budget(self.store, self.run_id, fingerprint, *resume.raised_budget, say=self.report.line)
             elif fingerprint.to_dict() != existing.config:  # nothing decided yet: the new settings hold
                 self.store.update_run_config(self.run_id, fingerprint.to_dict())
