@@ -177,3 +177,33 @@ def test_any_tampered_field_reads_back_or_is_reported_as_damage(tmp_path_factory
             s.examples_scored()
     except DamagedStoreError as exc:
         assert str(exc).count("\n") == 0 and f"table {table}" in str(exc)
+
+
+# -- evolve on such a store ------------------------------------------------------------------
+
+
+def _evolve_config(tmp_path: Path, run: Path, run_id: str) -> Path:
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("pydantic")
+    config = {"foundation": ["zoo:add", "zoo:reverse"], "base": "zoo:base", "run_id": run_id,
+              "strategy": {"name": "greedy", "k": 2, "max_generations": 1},
+              "evaluator": {"name": "builtin", "tasks_dir": "zoo:tasks", "tasks": ["add"], "limit": 2},
+              "out": {"run_dir": str(run)}}
+    path = tmp_path / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_evolve_on_a_damaged_store_is_one_line(run: Path, tmp_path: Path) -> None:
+    config = _evolve_config(tmp_path, run, "r1")
+    _tamper(run, "UPDATE runs SET config = '{broken'")
+    assert_one_line_error(CliRunner().invoke(cli, ["evolve", str(config), "--no-progress"]), "table runs")
+
+
+def test_evolve_refuses_a_second_base_in_one_run_directory(run: Path, tmp_path: Path) -> None:
+    config = _evolve_config(tmp_path, run, "r2")  # zoo:base is not the store's base
+    line = assert_one_line_error(CliRunner().invoke(cli, ["evolve", str(config), "--no-progress"]),
+                                 "needs its own run directory")
+    assert BASE[:12] in line
+    with RunStore(run, lock=False) as s:
+        assert [r.id for r in s.runs()] == ["r1"]
