@@ -207,3 +207,17 @@ def test_evolve_refuses_a_second_base_in_one_run_directory(run: Path, tmp_path: 
     assert BASE[:12] in line
     with RunStore(run, lock=False) as s:
         assert [r.id for r in s.runs()] == ["r1"]
+
+
+def test_a_store_of_several_bases_from_before_still_resumes_each_run(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    with RunStore(run) as s:
+        s.start_run("r1", strategy="greedy", config=_config(BASE), seed=0)
+    _tamper(run, "INSERT INTO runs (id, strategy, config, seed, status, started) "
+                 "VALUES ('r2', 'greedy', ?, 0, 'finished', '2026-01-01T00:00:00+00:00')",
+            '{"base": "' + OTHER_BASE + '"}')  # what an older kinmerge let two runs do
+    with RunStore(run) as s:
+        assert s.start_run("r1", strategy="greedy", config=_config(BASE), seed=0).status == "running"
+        assert s.base_id() is None  # no single base: kinship is read by each run's own key
+        with pytest.raises(Exception, match="needs its own run directory"):
+            s.start_run("r3", strategy="greedy", config=_config(BASE), seed=0)

@@ -226,9 +226,9 @@ class RunStore:
         """
         config_json = _dumps(dict(config))
         with self._write(f"start run {run_id!r}") as conn:
-            self._check_one_base(run_id, config.get("base"))
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
+            if row is None:  # a new run only: a store from before 0003 may hold several bases, and resumes
+                self._check_one_base(run_id, config.get("base"))
                 conn.execute(
                     "INSERT INTO runs (id, strategy, config, seed, status, started) "
                     "VALUES (?, ?, ?, ?, 'running', ?)",
