@@ -20,3 +20,17 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("KINMERGE_CACHE", str(cache))
     return cache
+
+
+OLD_STORE = Path(__file__).parent / "data" / "store-0.1.0"
+
+
+@pytest.fixture
+def old_run(tmp_path: Path) -> Path:
+    """A run directory holding a copy of the 0.1.0 store (a finished greedy and kinship run)."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(OLD_STORE / "kinmerge.db", run / "kinmerge.db")
+    return run

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kinmerge._io import OWNER_MARKER
 from kinmerge.cli import cli
 from kinmerge.pool import STOP_KINSHIP, STOP_TOPK_UNCHANGED, Plan, PlannedMerge, RunFingerprint
 from kinmerge.report.compare import compare_table
@@ -195,7 +196,7 @@ def test_every_figure_is_a_valid_png(report: Path) -> None:
         assert _is_png(out / name), name
         assert (out / name).stat().st_size > 10_000, name
     # no temp files or folders left behind
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html", OWNER_MARKER])
 
 
 def test_html_is_self_contained_with_tables_and_images(report: Path, tmp_path: Path) -> None:
@@ -326,7 +327,7 @@ def test_report_rewrites_atomically_and_reports_errors(kin_dir: Path, tmp_path: 
     before = first.stat().st_mtime_ns
     second = write_report([kin_dir], out)
     assert second == first and second.stat().st_mtime_ns >= before
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [OWNER_MARKER]  # no temp left
     from kinmerge.errors import StoreError
 
     with pytest.raises(StoreError, match="no kinmerge store"):

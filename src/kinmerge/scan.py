@@ -153,8 +153,10 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
     notes: list[str] = []
     if missing:
         if not allow_missing:
-            raise MissingTensorError(_missing_message(everyone, labels) + "; pass --allow-missing to skip them and "
-                                     "report what was skipped")
+            # No option named here: only the commands that have one (kinship, matrix) add it.
+            cause = naming_mismatch(everyone)
+            raise MissingTensorError(_missing_message(everyone, labels) + (f"; {cause}" if cause else ""),
+                                     format_mismatch=cause is not None)
         skipped = sorted(set().union(*missing.values()))
         notes.append(f"skipped {len(skipped)} tensor(s) missing from some model: " + _short_list(skipped))
     common = [n for n in base.tensors if n not in set(skipped)]  # base's file order
@@ -195,6 +197,27 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
                     f"reads only {', '.join(RAW_DTYPES)} — dequantise or convert the model first"
                 )
     return plans, notes, skipped
+
+
+_GGUF_NAME = re.compile(r"^(blk\.\d+\.|token_embd\.|output_norm\.|output\.weight$)")
+_HF_NAME = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.|embed_tokens\.|lm_head\.")
+
+
+def naming_mismatch(sources: Sequence[ModelSource]) -> str | None:
+    """Why tensor names differ, when the cause is the file format: GGUF names tensors
+    ``blk.N.attn_q.weight``, Hugging Face ``model.layers.N.self_attn.q_proj.weight``, so a GGUF
+    file and a Hugging Face folder share no tensor name even for the same model."""
+    def kind(src: ModelSource) -> str | None:
+        names = list(src.tensors)
+        if any(_GGUF_NAME.match(n) for n in names):
+            return "gguf"
+        return "hf" if any(_HF_NAME.search(n) for n in names) else None
+
+    kinds = {kind(src) for src in sources}
+    if {"gguf", "hf"} <= kinds:
+        return ("GGUF and Hugging Face folders name tensors differently: convert the GGUF with "
+                "`kinmerge convert` first")
+    return None
 
 
 def _missing_message(everyone: Sequence[ModelSource], labels: Sequence[str]) -> str:

@@ -161,15 +161,42 @@ def _build_recipe(method: str, params: Mapping[str, Any]) -> Recipe:
 class EvaluatorConfig(BaseModel):
     """``evaluator:`` the evaluator's registry ``name`` (``builtin``, ``lm_eval``) plus its
     settings, flat (builtin: ``tasks_dir``, ``limit``, ``batch_size``, ``device``, ...;
-    lm_eval: ``tasks``, ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ...)."""
+    lm_eval: ``tasks``, ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ...).
+
+    ``heldout`` (the run's, not the evaluator's): the share of every task's examples the loop
+    never sees (default 0.5; ``false``: no split). The run chooses on the rest (``split:
+    selection``) and scores every model that enters the top-k on the held-out part (``split:
+    heldout``), for evaluators that can split (builtin); ``heldout_seed`` seeds the split."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
+    heldout: float | Literal[False] = 0.5
+    heldout_seed: int = 0
 
-    def settings(self) -> dict[str, Any]:
-        """The evaluator's keyword arguments (paths already resolved)."""
-        return dict(self.model_extra or {})
+    @field_validator("heldout", mode="before")
+    @classmethod
+    def _check_heldout(cls, v: Any) -> Any:
+        if v is False or v is None:
+            return False
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"heldout must be a share between 0 and 1 (exclusive) or false, got {v!r}")
+        return float(v)
+
+    @property
+    def splits(self) -> bool:
+        """Whether this run splits its tasks: ``heldout`` is on and the evaluator can split."""
+        from kinmerge.evaluate import evaluator_accepts
+
+        return self.heldout is not False and evaluator_accepts(self.name, "split")
+
+    def settings(self, split: str | None = None) -> dict[str, Any]:
+        """The evaluator's keyword arguments (paths already resolved), for one ``split`` part
+        (``"selection"`` / ``"heldout"``) when the run splits; ``None``: the selection part."""
+        out = dict(self.model_extra or {})
+        if self.splits:
+            out.update(split=split or "selection", heldout_fraction=self.heldout, split_seed=self.heldout_seed)
+        return out
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> EvaluatorConfig:
@@ -179,6 +206,8 @@ class EvaluatorConfig(BaseModel):
             raise ValueError(f"unknown evaluator {self.name!r}; choose one of {', '.join(sorted(EVALUATORS))}")
         root = _root(info)
         extra = self.model_extra if self.model_extra is not None else {}
+        if "split" in extra or "heldout_fraction" in extra:
+            raise ValueError("the run splits the tasks itself: set heldout (a share, or false), not split")
         for key in _PATH_SETTINGS:
             if key in extra and extra[key] is not None:
                 value = extra[key]
@@ -211,21 +240,21 @@ class EvaluatorConfig(BaseModel):
             raise ValueError(str(exc)) from None
         return self
 
-    def run_settings(self) -> dict[str, Any]:
+    def run_settings(self, split: str | None = None) -> dict[str, Any]:
         """The settings an evolution run evaluates with: the file's, with the evaluator's own
         progress bar off where it has one (the runner draws its own progress line)."""
         from kinmerge.evaluate import evaluator_accepts
 
-        settings = self.settings()
+        settings = self.settings(split)
         if evaluator_accepts(self.name, "progress"):
             settings.setdefault("progress", False)
         return settings
 
-    def build(self) -> Evaluator:
+    def build(self, split: str | None = None) -> Evaluator:
         """The evaluator object (``kinmerge.evaluate.get_evaluator``) with :meth:`run_settings`."""
         from kinmerge.evaluate import get_evaluator
 
-        return get_evaluator(self.name, **self.run_settings())
+        return get_evaluator(self.name, **self.run_settings(split))
 
 
 class ExecutorConfig(_Section):
@@ -485,7 +514,7 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
         ('kinship', 'pcc')
     """
-    import yaml
+    from kinmerge._json import StrictYAMLError, load_yaml_strict
 
     file = Path(path).expanduser()
     try:
@@ -495,12 +524,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{file}: not valid YAML{where} ({problem})") from None
+        data = load_yaml_strict(text)  # a key given twice is refused, not silently the last block
+    except StrictYAMLError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     if data is None:
         raise ConfigError(f"{file}: the config is empty; it needs foundation, base, strategy and evaluator")
     return RunConfig.from_dict(data, root=file.resolve().parent, source=str(file))

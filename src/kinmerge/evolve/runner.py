@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
-from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
+from kinmerge.evolve.config import EvaluatorConfig, RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
+from kinmerge.evolve.heldout import HeldOut
 from kinmerge.evolve.racing import RaceSettings, race
 from kinmerge.evolve.resume import raise_budget, reconcile, repair
 from kinmerge.evolve.sketch_kinship import SketchKinship
@@ -147,6 +148,17 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _legacy_split(cfg: RunConfig, store: RunStore) -> EvaluatorConfig:
+    """The run's evaluator config: a run recorded before held-out splits (0.3) resumes without one
+    unless its config asks for ``heldout`` explicitly (which is then a refused change)."""
+    existing = store.get_run(cfg.name)
+    fp = existing.fingerprint if existing is not None else None
+    if (fp is not None and fp.heldout is None and "split" not in (fp.evaluator_settings or {})
+            and "heldout" not in cfg.evaluator.model_fields_set):
+        return cfg.evaluator.model_copy(update={"heldout": False})
+    return cfg.evaluator
+
+
 def _stop_if_terminated() -> None:
     if _TERMINATED.is_set():
         raise KeyboardInterrupt("SIGTERM")
@@ -166,9 +178,10 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        evaluator = cfg.evaluator.build()
+        self.evaluator_cfg = _legacy_split(cfg, store)
+        evaluator = self.evaluator_cfg.build()
         self.eval_key, self.eval_identity = evaluator_key(evaluator), evaluator.settings()
-        self.eval_settings = cfg.evaluator.run_settings()
+        self.eval_settings = self.evaluator_cfg.run_settings()
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
@@ -181,6 +194,10 @@ class _Run:
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
+        self.heldout = HeldOut(
+            evaluator_key(self.evaluator_cfg.build("heldout")), cfg.evaluator.name,
+            self.evaluator_cfg.run_settings("heldout"), store=store, executor=self.executor, run_id=self.run_id,
+            path_of=self._path, step=self.report.step) if self.evaluator_cfg.splits else None
         self.base_id = ""  # the base's content id, once _start has hashed it: every kinship is keyed by it
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -202,6 +219,7 @@ class _Run:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
                 repair(self.store, self.run_id, say=self.report.line)
+                self._score_heldout(0)
             while True:
                 _stop_if_terminated()
                 plan = self._next_plan()
@@ -210,6 +228,7 @@ class _Run:
                 if plan.stop is not None:
                     break
                 self._execute(plan)
+                self._score_heldout(plan.generation)
             self._finish(plan.stop)
         except Exception as exc:
             if not self.dry_run:
@@ -242,6 +261,7 @@ class _Run:
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
             evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
+            heldout=self.heldout.key if self.heldout is not None else None,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -411,10 +431,18 @@ class _Run:
         for n, res in self.executor.imap(run_evaluation, started(todo)):
             self._record_evaluation(todo[n], res, generation=generation, card=cards)
 
+    def _score_heldout(self, generation: int) -> None:
+        """The held-out scores of the top-k as it stands after ``generation`` (evolve.heldout)."""
+        state = self._state()
+        if self.heldout is None or not state.models or any(m.score is None for m in state.models):
+            return
+        self.heldout.score_topk(topk(state, self.k), generation=generation)
+        self.made["heldout_evaluations"] = self.heldout.made
+
     def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
         """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
         self.store.log_event(self.run_id, "evaluate_start", mid, generation=generation)
-        return EvaluateTask(self._path(mid), self.cfg.evaluator.name, self.eval_settings)
+        return EvaluateTask(self._path(mid), self.evaluator_cfg.name, self.eval_settings)
 
     def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool,
                            race: dict[str, Any] | None = None) -> None:

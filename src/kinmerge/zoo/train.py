@@ -261,7 +261,7 @@ def _resolve(preset: str | ZooPreset, overrides: dict[str, Any]) -> ZooPreset:
 
 def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", seed: int = 0,
               overwrite: bool = False, log: Callable[[str], None] | None = None,
-              **overrides: Any) -> Zoo:
+              device: str = "cpu", **overrides: Any) -> Zoo:
     """Train a zoo from scratch into ``root`` (built in a temp folder, then renamed into place).
 
     Args:
@@ -269,8 +269,11 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
         preset: a name from :data:`PRESETS` (``"tiny"``: the demo zoo, ~1M parameters per
             model; ``"micro"``: seconds, for tests) or a :class:`ZooPreset`.
         seed: seeds the data, the initial weights and every fine-tune.
-        overwrite: replace an existing ``root``.
+        overwrite: replace an existing ``root`` that kinmerge wrote (a zoo) or that is empty; a
+            folder holding other files is refused before training (``OutputFolderError``).
         log: called with one progress line at a time (default: print to stderr).
+        device: where a real-model zoo (``base_source`` set, e.g. ``"smol"``) fine-tunes:
+            ``"cpu"`` or ``"cuda"``; the tiny zoos always train on CPU.
         **overrides: replace preset fields, e.g. ``specialist_steps=100``.
 
     Returns:
@@ -286,6 +289,10 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
         ['add', 'caesar', 'reverse']
     """
     preset = _resolve(preset, overrides)
+    if preset.base_source is not None:  # a pretrained base: resumable, in place (kinmerge.zoo.real)
+        from kinmerge.zoo.real import build_real_zoo
+
+        return build_real_zoo(root, preset, seed, overwrite=overwrite, device=device, log=log)
     root = Path(root).resolve()
     if root.exists() and not overwrite:
         raise ConfigError(f"{root} already exists; choose a new folder or pass overwrite "
@@ -295,7 +302,7 @@ def build_zoo(root: str | os.PathLike[str], preset: str | ZooPreset = "tiny", se
             print(f"[zoo] {line}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    with atomic_dir(root, replace=overwrite) as tmp:
+    with atomic_dir(root, replace=overwrite, legacy=lambda f: (f / MANIFEST).is_file(), option="DIRECTORY") as tmp:
         base = _build_base(tmp, preset, seed, log)
         scores, seconds = _build_fine_tunes(tmp, preset, seed, log)
         for name, s in {"base": base["scores"], **scores}.items():
