@@ -51,8 +51,16 @@ def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, c
     data["foundation"] = list(reversed(data["foundation"]))
     again = evolve(write_config(tmp_path / "reordered.yaml", data), run_dir, progress=False)
     assert again.made["merges"] == 0 and again.made["evaluations"] == 0 and _pool(again) == _pool(first)
+    # --dry-run after the budget is raised plans what the real run then does (issue 17), and keeps nothing.
+    dry = evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "longer.yaml", max_generations=2), run_dir, progress=False,
+                 dry_run=True)
+    assert dry.next_plan is not None and dry.next_plan.stop is None and dry.next_plan.generation == 2
+    with RunStore(run_dir, lock=False) as store:
+        assert store.stop_reason("kin") == "generation budget" and not store.events("kin", kind="budget_raised")
     longer = evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "longer.yaml", max_generations=2), run_dir, progress=False)
     assert longer.generation == 2 and longer.made["merges"] >= 1 and longer.stop == "generation budget"
+    with RunStore(run_dir, lock=False) as store:
+        assert store.get_plan("kin", 2) == dry.next_plan
     assert _pool(longer)[: len(first.pool)] == _pool(first)  # the same run, gone further
     with RunStore(run_dir, lock=False) as store:
         assert [e.message for e in store.events("kin", kind="budget_raised")] == ["max_generations 1 -> 2"]

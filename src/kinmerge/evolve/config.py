@@ -240,7 +240,8 @@ class ExecutorConfig(_Section):
     - ``ray`` (docs/distributed.md): ``address`` (default: a local cluster of ``num_cpus`` /
       ``num_gpus``), ``merge_cpus``, ``merge_gpus``, ``eval_cpus``, ``eval_gpus`` (each step's
       resource request), ``max_retries`` (a step whose worker died), ``workers`` (steps in
-      flight; default: what the cluster holds), ``runtime_env``.
+      flight; default: what the cluster holds), ``runtime_env``, ``connect_timeout_s`` (how long
+      the address may take to answer; default 30 s).
 
     A setting the named executor does not take is refused, naming the executors that take it.
     """
@@ -256,6 +257,7 @@ class ExecutorConfig(_Section):
     eval_gpus: float | None = Field(None, ge=0)
     max_retries: int | None = Field(None, ge=0)
     runtime_env: dict[str, Any] | None = None
+    connect_timeout_s: float | None = Field(None, gt=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod

@@ -27,12 +27,9 @@ directory. Temp folders left by a killed merge are removed on the next start.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -44,6 +41,7 @@ from kinmerge.evolve.executors import Executor, get_executor
 from kinmerge.evolve.heldout import HeldOut, evaluator_for_run
 from kinmerge.evolve.racing import RaceSettings, race
 from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
+from kinmerge.evolve.signals import sigterm_interrupts, stop_if_terminated
 from kinmerge.evolve.sketch_kinship import SketchKinship
 from kinmerge.evolve.steps import (
     EvaluateTask,
@@ -60,7 +58,7 @@ from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import RunStore, copy_store
+from kinmerge.store import RunStore, copy_store, discard_unused_store, first_missing
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -102,7 +100,7 @@ def evolve(
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     target = cfg.run_dir(run_dir)
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         return _evolve(cfg, target, progress=progress, dry_run=dry_run)
 
 
@@ -112,40 +110,13 @@ def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> R
             copy_store(target, scratch)
             with RunStore(scratch) as store:
                 return _Run(cfg, store, target, progress=progress, dry_run=True).run()
-    with RunStore(target) as store:
-        return _Run(cfg, store, target, progress=progress, dry_run=False).run()
-
-
-_TERMINATED = threading.Event()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption, ``kill``) stops a run like Ctrl-C: recorded as interrupted,
-    resumable. Only the main thread may install signal handlers; elsewhere nothing changes.
-
-    The handler raises KeyboardInterrupt where the main thread is; if that lands somewhere Python
-    swallows it (a finalizer: "Exception ignored in ..."), the flag stops the run at its next step.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _TERMINATED.clear()
-
-    def interrupt(signum: int, frame: object) -> None:
-        _TERMINATED.set()
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    created = first_missing(target)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _stop_if_terminated() -> None:
-    if _TERMINATED.is_set():
-        raise KeyboardInterrupt("SIGTERM")
+        with RunStore(target) as store:
+            return _Run(cfg, store, target, progress=progress, dry_run=False).run()
+    except BaseException:
+        discard_unused_store(target, created=created)  # failed before the run started: leave nothing
+        raise
 
 
 class _Run:
@@ -180,6 +151,7 @@ class _Run:
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
         self.heldout = HeldOut.for_run(self.evaluator_cfg, store=store, executor=self.executor, run_id=self.run_id,
                                        path_of=self._path, step=self.report.step)
+        self.base_id = ""  # the base's content id, once _start has hashed it: every kinship is keyed by it
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -202,7 +174,7 @@ class _Run:
                 repair(self.store, self.run_id, say=self.report.line)
                 self._score_heldout(0)
             while True:
-                _stop_if_terminated()
+                stop_if_terminated()
                 plan = self._next_plan()
                 if self.dry_run:
                     return self._summary(start, next_plan=plan)
@@ -228,6 +200,7 @@ class _Run:
         self.report.step("hashing the foundation models")
         ids = self.executor.map(hash_model, [self.cfg.base, *self.cfg.foundation])
         base_id, foundation_ids = ids[0], ids[1:]
+        self.base_id = base_id
         seen: dict[str, str] = {}
         for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             if cid == base_id:
@@ -249,7 +222,7 @@ class _Run:
             resume = reconcile(existing.fingerprint, existing.seed, fingerprint, self.cfg.seed, run=self.run_id,
                                where=str(self.run_dir), decided=bool(self.store.plans(self.run_id)))
             fingerprint = resume.fingerprint
-            if resume.raised_budget is not None and not self.dry_run:
+            if resume.raised_budget is not None:  # a dry run too (on its scratch copy): it plans as the run will
                 raise_budget(self.store, self.run_id, fingerprint, *resume.raised_budget, say=self.report.line)
             elif fingerprint.to_dict() != existing.config:  # nothing decided yet: the new settings hold
                 self.store.update_run_config(self.run_id, fingerprint.to_dict())
@@ -321,7 +294,8 @@ class _Run:
         self._gen_started.setdefault(g, time.perf_counter())
         pairs = {m.pair for m in plan.merges}
         self._ensure_kinship(pairs, generation=g, why="parents")
-        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}) for m in METRICS}
+        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}, **self._kinship_key())
+               for m in METRICS}
         tasks = [
             MergeTask(
                 parents=tuple(self._path(p) for p in m.parents), method=self.cfg.merge.method,
@@ -335,7 +309,7 @@ class _Run:
 
         def started(items: list[MergeTask]) -> Iterator[MergeTask]:
             for i, item in enumerate(items):
-                _stop_if_terminated()
+                stop_if_terminated()
                 merge = plan.merges[i]
                 self.report.step(f"gen {g}: merging {i + 1}/{len(items)}")
                 self.store.log_event(self.run_id, "merge_start", "+".join(merge.parents), generation=g,
@@ -347,7 +321,7 @@ class _Run:
         def evaluation(i: int, _: object) -> EvaluateTask | None:
             if self.race is not None:  # a race scores the whole generation together, below
                 return None
-            _stop_if_terminated()
+            stop_if_terminated()
             self.report.step(f"gen {g}: {len(children)}/{len(tasks)} merged, evaluating {short_id(children[i])}")
             scored = self.store.average_scores([children[i]], evaluator=self.eval_key).get(children[i]) is not None
             return None if scored else self._start_evaluation(children[i], g)
@@ -403,7 +377,7 @@ class _Run:
 
         def started(items: list[str]) -> Iterator[EvaluateTask]:
             for n, mid in enumerate(items):
-                _stop_if_terminated()
+                stop_if_terminated()
                 self.report.step(f"gen {generation}: evaluating {n + 1}/{len(items)}")
                 yield self._start_evaluation(mid, generation)
 
@@ -457,19 +431,19 @@ class _Run:
         Every pair among the scanned models is recorded (a scan gives them all for free).
         """
         pairs = set(pairs)
-        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p})
+        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p}, **self._kinship_key())
         missing = [p for p in pairs if p not in known and p not in self._scanned]
         if not missing:
             return
         models = sorted({m for p in missing for m in p})
         self.report.step(f"kinship: scanning {len(models)} models ({why})")
-        res = self.sketches.values(models, self._path) if self.sketches is not None else \
+        res = self.sketches.values(models, self._path, base_id=self.base_id) if self.sketches is not None else \
             self.executor.map(run_kinship, [KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))])[0]
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
             if values:
-                self.store.record_kinships(values, metric)
+                self.store.record_kinships(values, metric, **self._kinship_key())
             count = max(count, len(values))
         self._scanned |= {frozenset(p) for p in itertools.combinations(models, 2)}
         self.made["kinship_pairs"] += count
@@ -483,6 +457,9 @@ class _Run:
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _kinship_key(self) -> dict[str, str]:
+        return {"base": self.base_id, "source": self.cfg.kinship_source}
 
     def _remove_stale_temp(self) -> None:
         for p in remove_stale_temp(self.models_dir):

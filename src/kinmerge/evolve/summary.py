@@ -112,7 +112,8 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
     metric, k = (fp.metric, fp.k) if fp else ("pcc", 3)
     models = store.pool(run_id, evaluator=fp.evaluator if fp else None)
     ids = [m.id for m in models]
-    kinship = store.get_kinship(metric, model_ids=ids)
+    base, source = store.kinship_key(run.id)
+    kinship = store.get_kinship(metric, model_ids=ids, base=base, source=source)
     reasons: dict[frozenset[str], str] = {}
     for plan, _ in store.plans(run_id).values():
         for m in plan.merges:
