@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kinmerge.kinship import METRICS, KinshipStats
-from kinmerge.lowrank import Factors, delta_sum, dense_inner, inner, sq_norm
+from kinmerge.lowrank import Factors, delta_sum, dense_inner, gram, inner, sq_norm
 from kinmerge.scan_lora import scan_adapters
 from kinmerge.sources import open_models, save_safetensors
 from lora_files import adapter_config, write_adapter
@@ -38,6 +38,9 @@ def test_lowrank_identities_equal_dense_products(rows, cols, r1, r2, s1, s2, see
     scale_fg = math.sqrt(np.sum(fd**2) * np.sum(gd**2))
     assert _close(sq_norm(f), float(np.sum(fd**2)), 0.0)
     assert _close(inner(f, g), float(np.sum(fd * gd)), scale_fg)
+    both = gram([f, g])  # all pairs at once, from the stacked factors
+    assert _close(both[0, 1], float(np.sum(fd * gd)), scale_fg) and both[1, 0] == both[0, 1]
+    assert _close(both[1, 1], float(np.sum(gd**2)), 0.0)
     assert _close(delta_sum(f), float(fd.sum()), math.sqrt(fd.size * np.sum(fd**2)))
     split = rows // 2  # streamed in two row blocks, as scan_lora does
     streamed = dense_inner(d[:split], f, 0) + dense_inner(d[split:], f, split)

@@ -24,11 +24,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Factors", "delta_sum", "dense_inner", "inner", "sq_norm"]
+__all__ = ["Factors", "delta_sum", "dense_inner", "gram", "inner", "sq_norm"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,29 @@ def inner(f: Factors, g: Factors) -> float:
 def sq_norm(f: Factors) -> float:
     """Σ ΔW² = s²·tr((LᵀL)(RRᵀ)), never below zero."""
     return max(inner(f, f), 0.0)
+
+
+def gram(factors: Sequence[Factors]) -> np.ndarray:
+    """Σ ΔW_i∘ΔW_j of every pair of ``factors`` at once (K × K): :func:`inner` for all pairs.
+
+    Why not a loop over pairs: stacking the factors (``L = [L_1 … L_K]``, ``R = [R_1; …; R_K]``)
+    turns K² small products into two matrix products, ``LᵀL`` and ``RRᵀ`` (Σr × Σr), whose
+    elementwise product summed block by block is the answer: a 20-adapter matrix costs two BLAS
+    calls per tensor instead of 400 Python-level ones.
+
+    >>> f = Factors(np.eye(2), np.eye(2), 1.0); g = Factors(np.eye(2)[:, :1], np.eye(2)[:1], 3.0)
+    >>> gram([f, g]).tolist()
+    [[2.0, 3.0], [3.0, 9.0]]
+    """
+    if not factors:
+        return np.zeros((0, 0))
+    left = np.concatenate([f.left for f in factors], axis=1)
+    right = np.concatenate([f.right for f in factors], axis=0)
+    blocks = (left.T @ left) * (right @ right.T)
+    starts = np.cumsum([0] + [f.rank for f in factors[:-1]])
+    summed = np.add.reduceat(np.add.reduceat(blocks, starts, axis=0), starts, axis=1)
+    scales = np.array([f.scale for f in factors])
+    return np.asarray(summed * np.outer(scales, scales))
 
 
 def dense_inner(delta_rows: np.ndarray, f: Factors, lo: int) -> float:

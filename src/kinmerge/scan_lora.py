@@ -33,7 +33,7 @@ import numpy as np
 from kinmerge._kernels import widen
 from kinmerge.errors import ConfigError, NonFiniteError, SourceError
 from kinmerge.kinship import KinshipStats
-from kinmerge.lowrank import Factors, delta_sum, dense_inner, inner, sq_norm
+from kinmerge.lowrank import Factors, delta_sum, dense_inner, gram
 from kinmerge.scan import DEFAULT_CHUNK, Progress, ScanResult, TensorPlan, _check_distinct, display_labels, plan
 from kinmerge.sources import ModelSource
 from kinmerge.sources.lora import AdapterModule, LoraSource
@@ -138,10 +138,9 @@ def scan_adapters(
         st.n = p.numel
         for i, f in lowrank:
             st.sums[i] += delta_sum(f)
-        for x, (i, f) in enumerate(lowrank):
-            st.gram[i, i] += sq_norm(f)
-            for j, g in lowrank[x + 1:]:
-                _add_sym(st, i, j, inner(f, g))
+        if lowrank:  # a model has at most one low-rank term per tensor: the owners are distinct
+            owners = [i for i, _ in lowrank]
+            st.gram[np.ix_(owners, owners)] += gram([f for _, f in lowrank])
         if dense:
             bytes_read += _stream_dense(base, p, dense, lowrank, st, chunk, progress)
         _check_finite(st, p, labels[1:])
