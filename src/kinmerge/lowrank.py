@@ -107,7 +107,8 @@ def gram(factors: Sequence[Factors]) -> np.ndarray:
     starts = np.cumsum([0] + [f.rank for f in factors[:-1]])
     summed = np.add.reduceat(np.add.reduceat(blocks, starts, axis=0), starts, axis=1)
     scales = np.array([f.scale for f in factors])
-    return np.asarray(summed * np.outer(scales, scales))
+    out = summed * np.outer(scales, scales)
+    return np.asarray((out + out.T) / 2)  # summation order differs across the diagonal: symmetric to the bit
 
 
 def dense_inner(delta_rows: np.ndarray, f: Factors, lo: int) -> float:
