@@ -89,6 +89,10 @@ def kinship_cmd(model_a: str, model_b: str, base: str | None, metrics: tuple[str
     Example:
       kinmerge kinship zoo:add zoo:sort --base zoo:base --metric pcc,cs,ed
       kinmerge kinship zoo:add zoo:reverse --base zoo:base --per-layer --json
+      kinmerge kinship someorg/math-lora someorg/code-lora     # LoRA adapters: base from their config
+
+    MODEL_A and MODEL_B may be PEFT LoRA adapters (docs/adapters.md): kinship is then computed
+    exactly from their low-rank factors, and --base defaults to their base_model_name_or_path.
     """
     from kinmerge.scan import pair_dict
 
