@@ -128,7 +128,9 @@ def test_matrix_of_adapters_and_full_models_equals_all_merged(zoo, tmp_path):
 def test_api_and_suggest_accept_adapters(zoo):
     import kinmerge
 
-    k = kinmerge.kinship(zoo["attn"], zoo["emb_full"], base=zoo["base"])
+    k = kinmerge.kinship(zoo["attn"], zoo["emb_full"])  # the base named by the adapter
+    by_file = kinmerge.kinship(zoo["attn"] / "adapter_model.safetensors", zoo["emb_full"], base=zoo["base"])
+    assert by_file.pcc == k.pcc  # the weights file named directly reads as its adapter folder
     want = _json("kinship", zoo["attn_full"], zoo["emb_full"], "--base", zoo["base"])
     _same(k.pcc, want["kinship"]["pcc"])
     m = kinmerge.matrix([zoo["attn"], zoo["mlp"], zoo["emb"]], base=zoo["base"])

@@ -47,7 +47,7 @@ from kinmerge.sources.config import read_config
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
 from kinmerge.sources.gguf import GgufSource, gguf_to_hf
 from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
-from kinmerge.sources.lora import LoraSource, is_adapter_folder, open_adapter
+from kinmerge.sources.lora import ADAPTER_WEIGHTS, LoraSource, is_adapter_folder, open_adapter
 from kinmerge.sources.pickle import open_pickle
 from kinmerge.sources.refs import ZOO_PREFIX, Resolved, resolve_ref, zoo_path
 from kinmerge.sources.safetensors import SafetensorsSource, save_safetensors, to_bf16_bits
@@ -110,13 +110,14 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False, adapt
     """
     resolved = resolve_ref(ref)
     assert resolved.path is not None  # fetched: resolve_ref fetches hub ids by default
-    if is_adapter_folder(resolved.path):
+    folder = resolved.path.parent if resolved.path.name == ADAPTER_WEIGHTS else resolved.path
+    if is_adapter_folder(folder):  # the folder, or its adapter_model.safetensors named directly
         if not adapters:
             raise SourceError(
                 f"{resolved.given}: a PEFT LoRA adapter; only kinship, matrix and suggest read adapters so far — "
                 "merge it into its base (peft's merge_and_unload) and pass the merged folder"
             )
-        src: ModelSource = open_adapter(resolved.given, resolved.path)
+        src: ModelSource = open_adapter(resolved.given, folder)
     else:
         src = _open_local(resolved.given, resolved.path, allow_pickle)
     src.hub_id = resolved.hub_id
