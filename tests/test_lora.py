@@ -217,6 +217,7 @@ def test_missing_base(zoo, tmp_path):
     unnamed2 = write_adapter(tmp_path / "unnamed2", _q(32), adapter_config())
     assert_one_line_error(_bad("kinship", unnamed, unnamed2), "--base")
     assert _bad("kinship", unnamed, zoo["emb"], "--json").exit_code == 0  # the one base named is taken
+    assert_one_line_error(_bad("kinship", zoo["attn_full"], zoo["mlp_full"]), "no base given", "--base")
 
 
 def test_truncated_adapter_file(zoo, tmp_path):
