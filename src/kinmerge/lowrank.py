@@ -60,7 +60,7 @@ class Factors:
 
     def dense(self) -> np.ndarray:
         """``scale · left @ right`` as a dense array: for tests and the benchmark's baseline only."""
-        return self.scale * (self.left @ self.right)
+        return np.asarray(self.scale * (self.left @ self.right))
 
 
 def delta_sum(f: Factors) -> float:

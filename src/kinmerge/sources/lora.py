@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from kinmerge._json import StrictJSONError, loads_strict
 from kinmerge.errors import CorruptFileError, MissingTensorError, ShapeMismatchError, SourceError
 from kinmerge.sources.base import ModelSource, ReadBuffer
+from kinmerge.sources.config import read_json_object
 from kinmerge.sources.safetensors import SafetensorsSource
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterModule", "LoraSource", "is_adapter_folder", "open_adapter"]
@@ -165,12 +165,7 @@ def open_adapter(ref: str, path: Path) -> LoraSource:
 
 
 def _read_adapter_config(cfg: Path) -> dict[str, Any]:
-    try:
-        data = loads_strict(cfg.read_bytes())
-    except (OSError, StrictJSONError) as exc:
-        raise CorruptFileError(f"{cfg}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{cfg}: an adapter config must be a JSON object, not {type(data).__name__}")
+    data = read_json_object(cfg, "an adapter config")
     kind = data.get("peft_type")
     if kind != "LORA":
         raise SourceError(
