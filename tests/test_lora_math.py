@@ -139,3 +139,50 @@ def test_mixed_pool_equals_densified_scan(tmp_path_factory, pool, chunk):
                     assert abs(g - w) <= 1e-9 * max(1.0, abs(w)), (metric, g, w)
     for name, st_ in want_per.items():
         assert np.allclose(got.per_tensor[name].gram, st_.gram, rtol=1e-9, atol=1e-12)
+
+
+def test_embedding_lora_against_a_model_with_a_larger_vocabulary(tmp_path):
+    # PEFT saves an embedding LoRA as lora_embedding_A (r x vocab) and _B (hidden x r): the delta is
+    # (B·A)ᵀ. A full model with two added tokens is compared on the rows all models have.
+    import json
+
+    rng = np.random.default_rng(3)
+    base = {"model.embed_tokens.weight": rng.standard_normal((6, 4)), "model.norm.weight": rng.standard_normal(4)}
+    grown = {"model.embed_tokens.weight": np.vstack([base["model.embed_tokens.weight"] + 0.1 * rng.standard_normal(
+        (6, 4)), rng.standard_normal((2, 4))]), "model.norm.weight": base["model.norm.weight"] + 0.1}
+    a, b = rng.standard_normal((2, 6)), rng.standard_normal((4, 2))
+    ad = tmp_path / "ad"
+    ad.mkdir()
+    save_safetensors(ad / "adapter_model.safetensors", {
+        "base_model.model.model.embed_tokens.lora_embedding_A": a,
+        "base_model.model.model.embed_tokens.lora_embedding_B": b})
+    (ad / "adapter_config.json").write_text(json.dumps(adapter_config(r=2, lora_alpha=3)))
+    save_safetensors(tmp_path / "base.safetensors", base)
+    save_safetensors(tmp_path / "grown.safetensors", grown)
+    with open_models([tmp_path / "base.safetensors", ad, tmp_path / "grown.safetensors"], adapters=True) as (bs, *ms):
+        got = scan_adapters(bs, ms, chunk=5)
+    d_ad = np.concatenate([(1.5 * (b @ a)).T.ravel(), np.zeros(4)])
+    d_full = np.concatenate([(grown["model.embed_tokens.weight"][:6] - base["model.embed_tokens.weight"]).ravel(),
+                             np.full(4, 0.1)])
+    want = KinshipStats.empty(2)
+    want.add_deltas(np.stack([d_ad, d_full]))
+    assert got.stats.n == want.n == 28 and any("vocabulary sizes differ" in n for n in got.notes)
+    assert np.allclose(got.stats.gram, want.gram, rtol=1e-12) and np.allclose(got.stats.sums, want.sums, rtol=1e-12)
+
+
+def test_nonfinite_factor_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cli_checks import assert_one_line_error
+    from kinmerge.cli import cli
+
+    base = {"model.layers.0.q.weight": np.ones((3, 3))}
+    save_safetensors(tmp_path / "base.safetensors", base)
+    bad_a = np.ones((1, 3))
+    bad_a[0, 1] = np.nan
+    bad = write_adapter(tmp_path / "bad", {"model.layers.0.q": (bad_a, np.ones((3, 1)))}, adapter_config(r=1))
+    good = write_adapter(tmp_path / "good", {"model.layers.0.q": (np.ones((1, 3)), np.ones((3, 1)))},
+                         adapter_config(r=1))
+    res = CliRunner().invoke(cli, ["kinship", str(bad), str(good), "--base", str(tmp_path / "base.safetensors"),
+                                   "--no-progress"])
+    assert_one_line_error(res, "bad", "model.layers.0.q.weight", "NaN or Inf")
