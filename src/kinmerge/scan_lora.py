@@ -7,7 +7,9 @@ zero delta. The statistics ``n``, ``Σδ_i``, ``Σδ_iδ_j`` of :class:`~kinmerg
 are bilinear in the terms, so per tensor
 
 * low-rank × low-rank pairs come from r × r products (no read of the base at all);
-* dense terms are streamed in blocks of whole rows: base and models read once, deltas in float64,
+* a tensor no adapter touches goes to ``kinmerge.scan.scan_tensors`` with the full models alone
+  (threads, the fused kernel); the adapters' deltas there are zero;
+* elsewhere dense terms are streamed in blocks of whole rows: base and models read once, deltas in float64,
   dense × dense from the block's Gram matrix, dense × low-rank as ``s·Σ (D Rᵀ) ∘ L`` per block.
 
 The statistics are those of the densified pool, to float64 rounding (tests check 1e-9), and add up
@@ -30,11 +32,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kinmerge import _kernels
 from kinmerge._kernels import widen
 from kinmerge.errors import ConfigError, NonFiniteError, SourceError
 from kinmerge.kinship import KinshipStats
 from kinmerge.lowrank import Factors, delta_sum, dense_inner, gram
-from kinmerge.scan import DEFAULT_CHUNK, Progress, ScanResult, TensorPlan, _check_distinct, display_labels, plan
+from kinmerge.scan import (
+    DEFAULT_CHUNK,
+    Progress,
+    ScanResult,
+    TensorPlan,
+    _check_distinct,
+    display_labels,
+    plan,
+    scan_tensors,
+)
 from kinmerge.sources import ModelSource
 from kinmerge.sources.lora import AdapterModule, LoraSource
 
@@ -119,7 +131,21 @@ def scan_adapters(
     total = KinshipStats.empty(n)
     per_tensor: dict[str, KinshipStats] = {}
     bytes_read = 0
+    # Tensors no adapter touches are the full models' alone: the threaded pass with the fused kernel.
+    plain = [p for p in plans if full and not any(p.name in ad.modules for _, ad in adapters)]
+    if plain:
+        idx = [i for i, m in enumerate(models) if not is_adapter(m)]
+        part, _, nbytes = scan_tensors(base, full, plain, chunk=chunk, progress=progress)
+        bytes_read += nbytes
+        for name, sub in part.items():
+            per_tensor[name] = lifted = KinshipStats.empty(n)
+            lifted.n = sub.n
+            lifted.sums[idx] = sub.sums
+            lifted.gram[np.ix_(idx, idx)] = sub.gram
     for p in plans:
+        if p.name in per_tensor:
+            total += per_tensor[p.name]
+            continue
         dense = [_Dense(i, m, p.name) for i, m in enumerate(models) if not is_adapter(m)]
         lowrank: list[tuple[int, Factors]] = []
         for i, ad in adapters:
@@ -165,27 +191,43 @@ def _stream_dense(base: ModelSource, p: TensorPlan, dense: list[_Dense], lowrank
     owners = [d.owner for d in dense]  # distinct: a model has at most one dense term per tensor
     b_dtype = base.tensors[p.name].dtype
     total = 0
+    dtypes = [d.src.tensors[d.key].dtype for d in dense]
     for lo in range(0, rows, step):
         hi = min(rows, lo + step)
         e0, e1 = lo * cols, hi * cols
-        raw = base.read_range(p.name, e0, e1)
-        nbytes = raw.nbytes
-        base_vals = widen(raw, b_dtype)
-        block = np.empty((len(dense), e1 - e0))
-        for k, d in enumerate(dense):
-            raw = d.src.read_range(d.key, e0, e1)
-            nbytes += raw.nbytes
-            np.subtract(widen(raw, d.src.tensors[d.key].dtype), base_vals, out=block[k])
-        st.sums[owners] += block.sum(axis=1)
-        st.gram[np.ix_(owners, owners)] += block @ block.T
-        for k, i in enumerate(owners):
-            rows_k = block[k].reshape(hi - lo, cols)
-            for j, f in lowrank:
-                _add_sym(st, i, j, dense_inner(rows_k, f, lo))
+        raw_base = base.read_range(p.name, e0, e1)
+        raws = [d.src.read_range(d.key, e0, e1) for d in dense]
+        nbytes = raw_base.nbytes + sum(r.nbytes for r in raws)
+        if not lowrank:  # dense terms alone: the fused kernel of kinmerge.scan, on the raw values
+            sums, gram_ = _kernels.accumulate(raw_base, b_dtype, raws, dtypes)
+            st.sums[owners] += sums
+            st.gram[np.ix_(owners, owners)] += gram_
+        else:
+            # The deltas in float64, and every product from them: one rounding for Σδ_d² and
+            # Σδ_d·ΔW, so an adapter and its own merge come out at ED 0, not at √(rounding).
+            base_vals = _exact_float(raw_base, b_dtype)
+            block = np.empty((len(dense), e1 - e0))
+            for k, (raw, dtype) in enumerate(zip(raws, dtypes, strict=True)):
+                # cast inside the ufunc: exact, and no float64 copies of either operand
+                np.subtract(_exact_float(raw, dtype), base_vals, out=block[k], dtype=np.float64)
+            st.sums[owners] += block.sum(axis=1)
+            st.gram[np.ix_(owners, owners)] += block @ block.T
+            for k, i in enumerate(owners):
+                for j, f in lowrank:
+                    _add_sym(st, i, j, dense_inner(block[k].reshape(hi - lo, cols), f, lo))
         total += nbytes
         if progress is not None:
             progress(nbytes)
     return total
+
+
+def _exact_float(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw values as a float array holding them exactly: BF16 bits become float32, others stay."""
+    if dtype != "BF16":
+        return raw
+    wide = raw.astype(np.uint32)
+    wide <<= 16
+    return wide.view(np.float32)
 
 
 def _check_finite(st: KinshipStats, p: TensorPlan, labels: Sequence[str]) -> None:
