@@ -234,6 +234,9 @@ def test_adapter_for_another_architecture_or_size(zoo, tmp_path):
                          adapter_config(fan_in_fan_out=True, base_model_name_or_path="openai-community/gpt2"))
     assert_one_line_error(_bad("kinship", gpt2, zoo["attn"], "--base", zoo["base"]), "transformer.h.0.attn.c_attn",
                           "another architecture", "openai-community/gpt2")
+    skipped = _json("kinship", gpt2, zoo["attn"], "--base", zoo["base"], "--allow-missing")
+    assert skipped["kinship"]["pcc"] is None and "transformer.h.0.attn.c_attn.weight" in skipped["skipped_tensors"]
+    assert any("the base lacks" in note for note in skipped["notes"])
     wide = write_adapter(tmp_path / "wide", _q(64), adapter_config())
     assert_one_line_error(_bad("matrix", zoo["attn"], wide, zoo["mlp_full"], "--base", zoo["base"]), "[64, 64]",
                           "[32, 32]", "another base")

@@ -27,8 +27,7 @@ pytest.importorskip("torch")
 
 from click.testing import CliRunner
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
-from fixtures_zoo import micro_zoo  # noqa: F401
+from evolve_helpers import run_config, write_config
 from kinmerge.cli import cli
 from kinmerge.errors import StoreError
 from kinmerge.evolve import evolve, read_summary
@@ -44,7 +43,7 @@ def _pool(summary) -> list[tuple]:
     return [(m.id, m.generation, m.parents, m.score) for m in summary.pool]
 
 
-def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, choice_tasks, tmp_path):
     run_dir = tmp_path / "run"
     first = evolve(_cfg(tmp_path, micro_zoo, choice_tasks), run_dir, progress=False)
     assert first.stop == "generation budget" and first.generation == 1
@@ -67,7 +66,7 @@ def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, c
         evolve(write_config(tmp_path / "limit.yaml", data), run_dir, progress=False)
 
 
-def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=3)
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -92,7 +91,7 @@ def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_task
     assert done.status == "finished" and done.generation == 3
 
 
-def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=2)
     run_dir = tmp_path / "run"
     done = evolve(cfg, run_dir, progress=False)
@@ -109,7 +108,7 @@ def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):
     assert _pool(repaired) == _pool(done) and not repaired.problems
 
 
-def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=2)
     run_dir = tmp_path / "run"
     done = evolve(cfg, run_dir, progress=False)
@@ -122,7 +121,7 @@ def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):  # no
     assert _pool(repaired) == _pool(done) and repaired.made["merges_reused"] >= 1 and not repaired.problems
 
 
-def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks)
     done = evolve(cfg, tmp_path / "run", progress=False)
     copy = tmp_path / "elsewhere" / "run"
@@ -137,7 +136,7 @@ def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path): 
     assert stored and all(p.startswith("./models/") for p in stored)
 
 
-def test_a_deleted_merge_folder_is_merged_again(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_deleted_merge_folder_is_merged_again(micro_zoo, choice_tasks, tmp_path):
     run_dir = tmp_path / "run"
     done = evolve(_cfg(tmp_path, micro_zoo, choice_tasks), run_dir, progress=False)
     best = max((m for m in done.pool if m.parents), key=lambda m: m.score or 0.0)

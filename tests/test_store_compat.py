@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from kinmerge.store.db import _dumps
 
 DATA = Path(__file__).parent / "data" / "store-0.1.0"
 
-
-@pytest.fixture
-def old_run(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(DATA / "kinmerge.db", run / "kinmerge.db")
-    return run
 
 
 def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:

@@ -11,6 +11,7 @@ so the CLI prints its one line; a lost worker, node or object becomes one ``Clus
 naming the task.
 
 Example:
+    >>> # not run here: starts a Ray cluster (tests/test_ray.py does)
     >>> with RayCluster(num_cpus=2) as cluster:                       # doctest: +SKIP
     ...     ref = cluster.submit(abs, -3, name="abs", num_cpus=1)
     ...     cluster.result(ref, "abs of -3")

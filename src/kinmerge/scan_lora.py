@@ -108,7 +108,8 @@ def scan_adapters(
     Args:
         chunk: elements per dense read (rounded to whole rows); memory is about
             ``chunk × (dense terms + 1) × 8`` bytes plus the factors of one tensor.
-        allow_missing: full models only: skip tensors absent from some of them (as ``kinmerge.scan``).
+        allow_missing: skip tensors absent from some full model (as ``kinmerge.scan``) and adapter
+            modules the base lacks (reported in ``notes`` and ``skipped``).
         progress: called with the bytes just read.
 
     Raises:
@@ -126,7 +127,11 @@ def scan_adapters(
     _check_distinct([base, *models])
     adapters = [(i, m) for i, m in enumerate(models) if isinstance(m, LoraSource)]
     for i, ad in adapters:
-        ad.check_base(base, labels[1 + i], labels[0])
+        lacking = ad.check_base(base, labels[1 + i], labels[0], allow_missing=allow_missing)
+        if lacking:
+            notes.append(f"skipped {len(lacking)} tensor(s) {labels[1 + i]} changes but the base lacks: "
+                         + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""))
+            skipped = sorted({*skipped, *lacking})
     n = len(models)
     total = KinshipStats.empty(n)
     per_tensor: dict[str, KinshipStats] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,24 @@ def _run_scan(base: str | None, models: list[str], allow_missing: bool, allow_pi
               no_progress: bool) -> Any:
     from kinmerge.scan import scan_refs
 
-    return scan_refs(base, models, chunk=chunk, allow_missing=allow_missing, allow_pickle=allow_pickle,
-                     progress=not no_progress)
+    with _allow_missing_hint():
+        return scan_refs(base, models, chunk=chunk, allow_missing=allow_missing, allow_pickle=allow_pickle,
+                         progress=not no_progress)
+
+
+@contextlib.contextmanager
+def _allow_missing_hint() -> Iterator[None]:
+    """Name ``--allow-missing`` in a missing-tensor error: these commands have the option (the
+    scan names none, since suggest and index have none), unless the cause is GGUF vs Hugging
+    Face names, where skipping would skip every tensor."""
+    from kinmerge.errors import MissingTensorError
+
+    try:
+        yield
+    except MissingTensorError as exc:
+        if exc.format_mismatch:
+            raise
+        raise MissingTensorError(f"{exc}; pass --allow-missing to skip them and report what was skipped") from None
 
 
 def _parse_metric_option(metrics: tuple[str, ...]) -> list[str]:
@@ -166,8 +184,9 @@ def matrix_cmd(models: tuple[str, ...], base: str | None, metrics: tuple[str, ..
 
         if base is None:
             raise click.BadParameter("--ray needs --base (adapters are read on this machine only)", param_hint="--base")
-        result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
-                          allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
+        with _allow_missing_hint():
+            result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
+                              allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
     else:
         result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
     data = result_dict(result, chosen)
@@ -226,7 +245,8 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
 @cli.command("convert")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (replaced if present).")
+              help="Folder to write: new, empty, or one kinmerge wrote (then replaced); never one holding "
+                   "other files.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
 def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
     """Convert a GGUF file (llama.cpp export) into a Hugging Face model folder.

@@ -41,8 +41,9 @@ from typing import Any
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
+from kinmerge.evolve.heldout import HeldOut, evaluator_for_run
 from kinmerge.evolve.racing import RaceSettings, race
-from kinmerge.evolve.resume import raise_budget, reconcile, repair
+from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
 from kinmerge.evolve.sketch_kinship import SketchKinship
 from kinmerge.evolve.steps import (
     EvaluateTask,
@@ -95,7 +96,7 @@ def evolve(
         MergeError, EvaluationError, SourceError: a step failed (the run is marked failed; rerun
             after fixing the cause to resume).
 
-    Example:
+    Example (not run here: minutes of merging; docs/api.md runs a one-generation evolution):
         >>> evolve("examples/evolve.yaml", "runs/demo").stop        # doctest: +SKIP
         'top-k unchanged'
     """
@@ -161,9 +162,10 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        evaluator = cfg.evaluator.build()
+        self.evaluator_cfg = evaluator_for_run(cfg, store)
+        evaluator = self.evaluator_cfg.build()
         self.eval_key, self.eval_identity = evaluator_key(evaluator), evaluator.settings()
-        self.eval_settings = cfg.evaluator.run_settings()
+        self.eval_settings = self.evaluator_cfg.run_settings()
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
@@ -176,6 +178,8 @@ class _Run:
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
+        self.heldout = HeldOut.for_run(self.evaluator_cfg, store=store, executor=self.executor, run_id=self.run_id,
+                                       path_of=self._path, step=self.report.step)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class _Run:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
                 repair(self.store, self.run_id, say=self.report.line)
+                self._score_heldout(0)
             while True:
                 _stop_if_terminated()
                 plan = self._next_plan()
@@ -204,6 +209,7 @@ class _Run:
                 if plan.stop is not None:
                     break
                 self._execute(plan)
+                self._score_heldout(plan.generation)
             self._finish(plan.stop)
         except Exception as exc:
             if not self.dry_run:
@@ -235,6 +241,7 @@ class _Run:
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
             evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
+            heldout=self.heldout.key if self.heldout is not None else None,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -403,10 +410,15 @@ class _Run:
         for n, res in self.executor.imap(run_evaluation, started(todo)):
             self._record_evaluation(todo[n], res, generation=generation, card=cards)
 
+    def _score_heldout(self, generation: int) -> None:
+        """The held-out scores of the top-k as it stands after ``generation`` (evolve.heldout)."""
+        if self.heldout is not None:
+            self.made["heldout_evaluations"] = self.heldout.after_generation(self._state(), self.k, generation)
+
     def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
         """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
         self.store.log_event(self.run_id, "evaluate_start", mid, generation=generation)
-        return EvaluateTask(self._path(mid), self.cfg.evaluator.name, self.eval_settings)
+        return EvaluateTask(self._path(mid), self.evaluator_cfg.name, self.eval_settings)
 
     def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool,
                            race: dict[str, Any] | None = None) -> None:
@@ -505,24 +517,12 @@ class _Run:
                                  "rerun to let the store repair itself, or restore the run directory")
             path = self._located(rec)
             if rec.origin == "merge" and not (Path(path) / METADATA_FILE).is_file():
-                self._remerge(rec, Path(path))
+                self.report.step(f"re-merging deleted {rec.id}")
+                task = remerge_task(rec, Path(path), parents=[self._path(p) for p in rec.parents],
+                                    base=self.cfg.base, cuda=self.cfg.merge.cuda)
+                check_remerge(rec, self.executor.map(run_merge, [task])[0], Path(path), store=self.store, run_id=self.run_id)
             self._paths[model_id] = path
         return path
-
-    def _remerge(self, rec: ModelRecord, folder: Path) -> None:
-        """Rebuild a deleted merge folder from its recorded parents and recipe."""
-        params = dict(rec.recipe or {})
-        method = params.pop("method", None)
-        if method is None or method == "raw":
-            raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
-                             "restore the folder")
-        self.report.step(f"re-merging deleted {rec.id}")
-        task = MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                         out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda)
-        res = self.executor.map(run_merge, [task])[0]  # where merges run (a GPU node on a cluster)
-        if res["id"] != rec.id:
-            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
-        self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
 
     def _undefined_message(self, requests: Iterable[tuple[str, str]]) -> str:
         a, b = next(iter(requests))

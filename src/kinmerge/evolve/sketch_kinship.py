@@ -13,6 +13,7 @@ The result has :func:`kinmerge.evolve.steps.run_kinship`'s shape, so the runner 
 same way.
 
 Example:
+    >>> # not run here: needs a run directory whose models have ids (tests/test_index.py)
     >>> source = SketchKinship("zoo:base", Path("runs/r"))                  # doctest: +SKIP
     >>> source.values(["id-a", "id-b"], {"id-a": "...", "id-b": "..."}.get)  # doctest: +SKIP
     {'values': {'pcc': [[0, 1, 0.012]], ...}, 'undefined': {...}, 'bytes_read': ..., ...}

@@ -4,6 +4,7 @@ The glue between model files (``kinmerge.sources``, ``kinmerge.sketch_scan``), t
 (``kinmerge.index.file``) and the pure math (``kinmerge.index.query``, ``family_tree``).
 
 Example:
+    >>> # not run here: the same as kinmerge.index's example, which runs
     >>> idx = Index("family.kmi")                                            # doctest: +SKIP
     >>> idx.add(["zoo:add", "zoo:sort", "zoo:count"], base="zoo:base")      # doctest: +SKIP
     >>> idx.query("zoo:add", top=2)[0]                                       # doctest: +SKIP

@@ -18,9 +18,9 @@ One module per concept, each importing only those above it in this list:
 format: ``safetensors``, ``gguf``, ``pickle``; and this package, which picks the format.
 
 Example:
-    >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):     # doctest: +SKIP
+    >>> with open_models(["zoo:base", "zoo:add"]) as (base, add):
     ...     print(base.display_name, len(base.tensors))
-    base 21
+    zoo:base 39
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from kinmerge.sources.base import (
     TensorInfo,
     first_nonfinite,
     is_vocab_tensor,
+    naming_mismatch,
 )
 from kinmerge.sources.config import read_config
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
@@ -77,6 +78,7 @@ __all__ = [
     "hub_id_of_cache_path",
     "is_hub_id",
     "is_vocab_tensor",
+    "naming_mismatch",
     "open_model",
     "open_models",
     "read_config",
@@ -104,8 +106,8 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False, adapt
         PickleNotAllowedError: only ``.bin`` weights were found and ``allow_pickle`` is False.
 
     Example:
-        >>> src = open_model("runs/zoo/base")            # doctest: +SKIP
-        >>> sorted(src.tensors)[:1]                      # doctest: +SKIP
+        >>> with open_model("zoo:base") as src:
+        ...     sorted(src.tensors)[:1]
         ['lm_head.weight']
     """
     resolved = resolve_ref(ref)
@@ -130,8 +132,9 @@ def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = 
     """Open several models at once and close them all on exit, even when one fails to open.
 
     Example:
-        >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):   # doctest: +SKIP
-        ...     print(len(base.tensors))
+        >>> with open_models(["zoo:base", "zoo:add"]) as (base, add):
+        ...     print(len(base.tensors) == len(add.tensors))
+        True
     """
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(open_model(ref, allow_pickle=allow_pickle, adapters=adapters)) for ref in refs]

@@ -125,17 +125,25 @@ class LoraSource(ModelSource):
     def close(self) -> None:
         self._file.close()
 
-    def check_base(self, base: ModelSource, label: str, base_label: str) -> None:
+    def check_base(self, base: ModelSource, label: str, base_label: str, *, allow_missing: bool = False) -> list[str]:
         """Refuse a base this adapter does not fit, in one line naming the tensor.
 
+        Returns:
+            The base tensors the adapter changes but the base lacks, skipped (``allow_missing``).
+
         Raises:
-            MissingTensorError: the adapter targets a tensor the base lacks (another architecture).
+            MissingTensorError: the adapter targets a tensor the base lacks (another architecture)
+                and ``allow_missing`` is False.
             ShapeMismatchError: a delta's shape differs from the base tensor's (another base size).
         """
         trained_on = f" (it was trained on {self.base_ref})" if self.base_ref else ""
+        skipped: list[str] = []
         for name, mod in self.modules.items():
             info = base.tensors.get(name)
             if info is None:
+                if allow_missing:
+                    skipped.append(name)
+                    continue
                 raise MissingTensorError(
                     f"{label}: the adapter changes '{name}', which the base {base_label} does not have: it is an "
                     f"adapter for another architecture{trained_on} — pass its own base with --base"
@@ -147,6 +155,7 @@ class LoraSource(ModelSource):
                         f"base {base_label}: the adapter was made for another base{trained_on} — pass that base "
                         "with --base"
                     )
+        return skipped
 
     def factor_shape(self, mod: AdapterModule) -> tuple[int, int] | None:
         """The shape of ``B·A`` in the base's layout (transposed where the base stores it so)."""

@@ -92,9 +92,10 @@ class RunStore:
 
     Example:
         >>> import tempfile
+        >>> from kinmerge.store import MIGRATIONS
         >>> with RunStore(tempfile.mkdtemp()) as store:
-        ...     store.applied_migrations()
-        ['0001_initial']
+        ...     store.applied_migrations() == [m.name for m in MIGRATIONS]   # a new store has every migration
+        True
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, lock: bool = True) -> None:

@@ -9,8 +9,8 @@ Example:
     >>> import sqlite3
     >>> conn = sqlite3.connect(":memory:", isolation_level=None)
     >>> migrate(conn, "memory", apply=True)
-    >>> applied(conn)
-    ['0001_initial']
+    >>> applied(conn)[0], applied(conn) == [m.name for m in MIGRATIONS]   # all of them, in order
+    ('0001_initial', True)
 """
 
 from __future__ import annotations
