@@ -43,9 +43,12 @@ __all__ = ["Index", "__version__", "evaluate", "evolve", "kinship", "matrix", "m
 PathLike = str | os.PathLike[str]
 
 
-def kinship(a: PathLike, b: PathLike, *, base: PathLike, allow_missing: bool = False, allow_pickle: bool = False,
-            progress: bool = False) -> PairKinship:
-    """Kinship of models ``a`` and ``b`` (folders, weight files or hub ids) against ``base``.
+def kinship(a: PathLike, b: PathLike, *, base: PathLike | None = None, allow_missing: bool = False,
+            allow_pickle: bool = False, progress: bool = False) -> PairKinship:
+    """Kinship of models ``a`` and ``b`` (folders, weight files, hub ids or LoRA adapters) against ``base``.
+
+    ``base`` may be left out when ``a`` or ``b`` is a PEFT LoRA adapter that names its base
+    (``base_model_name_or_path``); adapters are read from their factors (docs/adapters.md).
 
     Exact and streaming: one pass over the three files, float64 accumulators, memory bounded by a
     few chunks whatever the model size.
@@ -64,9 +67,11 @@ def kinship(a: PathLike, b: PathLike, *, base: PathLike, allow_missing: bool = F
     return scan_refs(base, [a, b], allow_missing=allow_missing, allow_pickle=allow_pickle, progress=progress).pair()
 
 
-def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = False, allow_pickle: bool = False,
-           progress: bool = False, ray: bool | str = False) -> ScanResult:
+def matrix(models: Sequence[PathLike], *, base: PathLike | None = None, allow_missing: bool = False,
+           allow_pickle: bool = False, progress: bool = False, ray: bool | str = False) -> ScanResult:
     """Kinship of every pair of ``models`` against ``base``, reading each file once.
+
+    ``models`` may mix full models and LoRA adapters; ``base`` defaults to the adapters' own.
 
     Args:
         ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan_ray``; same
@@ -84,8 +89,11 @@ def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = 
         (3, 3)
     """
     if ray:
+        from kinmerge.errors import ConfigError
         from kinmerge.scan_ray import scan_ray
 
+        if base is None:
+            raise ConfigError("matrix(ray=...) needs base= (adapters are read on this machine only)")
         return scan_ray(base, list(models), address=None if ray is True else str(ray), allow_missing=allow_missing,
                         allow_pickle=allow_pickle, progress=progress)
     from kinmerge.scan import scan_refs

@@ -33,6 +33,7 @@ import numpy as np
 
 from kinmerge import _kernels
 from kinmerge.errors import (
+    ConfigError,
     DuplicateModelError,
     MissingTensorError,
     NonFiniteError,
@@ -522,7 +523,7 @@ def pair_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | No
 
 
 def scan_refs(
-    base: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None,
     models: Sequence[str | os.PathLike[str]],
     *,
     chunk: int | None = None,
@@ -530,9 +531,11 @@ def scan_refs(
     allow_pickle: bool = False,
     progress: bool = False,
 ) -> ScanResult:
-    """Open ``base`` and ``models`` (folders, files or hub ids), scan them once, close them.
+    """Open ``base`` and ``models`` (folders, files, hub ids or LoRA adapters), scan them once, close them.
 
-    ``progress`` draws a bar with bytes and throughput on stderr.
+    A pool holding PEFT LoRA adapters is read from their factors (``kinmerge.scan_lora``); with
+    ``base`` None the adapters' ``base_model_name_or_path`` is the base. ``progress`` draws a bar
+    with bytes and throughput on stderr.
 
     Example:
         >>> r = scan_refs("zoo:base", ["zoo:add", "zoo:sort"])
@@ -540,11 +543,23 @@ def scan_refs(
         -0.0098
     """
     from kinmerge.progress import progress_bar
-    from kinmerge.sources import open_models
+    from kinmerge.sources import LoraSource, open_model, open_models
 
-    with open_models([base, *models], allow_pickle=allow_pickle) as opened:
-        plan(opened[0], opened[1:], allow_missing=allow_missing)  # refuse before a progress bar is drawn
-        total = sum(info.nbytes for src in opened for info in src.tensors.values())
-        with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
-            return scan(opened[0], opened[1:], chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                        allow_missing=allow_missing, progress=advance)
+    with open_models(list(models), allow_pickle=allow_pickle, adapters=True) as opened:
+        adapters = [m for m in opened if isinstance(m, LoraSource)]
+        if adapters:  # the one dispatch to the adapter pass (imported here: it builds on this module)
+            from kinmerge.scan_lora import adapters_base, planned_bytes, scan_adapters
+
+            with open_model(adapters_base(adapters) if base is None else base, allow_pickle=allow_pickle,
+                            adapters=True) as base_src, \
+                    progress_bar(planned_bytes(base_src, opened), "reading", unit="bytes", enabled=progress) as advance:
+                return scan_adapters(base_src, opened, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                                     allow_missing=allow_missing, progress=advance)
+        if base is None:
+            raise ConfigError("no base given: pass --base (only LoRA adapters name their own base)")
+        with open_model(base, allow_pickle=allow_pickle) as base_src:
+            plan(base_src, opened, allow_missing=allow_missing)  # refuse before a progress bar is drawn
+            total = sum(info.nbytes for src in [base_src, *opened] for info in src.tensors.values())
+            with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
+                return scan(base_src, opened, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                            allow_missing=allow_missing, progress=advance)

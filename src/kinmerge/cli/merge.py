@@ -244,13 +244,14 @@ def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | 
 
 @cli.command("suggest")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--base", required=True, help="The shared base model the deltas are taken from.")
+@click.option("--base", default=None, help="The shared base model the deltas are taken from (LoRA adapters: default "
+                                         "their base_model_name_or_path).")
 @click.option("--scores", "scores_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON {model: average score} (the models as given here) to predict child scores too.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Pairs to show.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @json_option
-def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top: int, no_progress: bool,
+def suggest_cmd(models: tuple[str, ...], base: str | None, scores_file: str | None, top: int, no_progress: bool,
                 as_json: bool) -> None:
     """Rank the pairs of MODELS for merging, from their kinship (and scores, when given).
 
