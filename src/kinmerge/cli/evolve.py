@@ -23,7 +23,8 @@ from kinmerge.pool import short_id
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Keep the runs, the configs and the report here (rerunning resumes).")
 @click.option("--generations", type=click.IntRange(1, 20), default=6, show_default=True, help="Generation budget.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Held-out examples per task.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
+              help="Examples per task the loop selects on (a held-out part it never sees scores the top-k).")
 @click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
 @click.option("--zoo", "zoo", default="headroom", show_default=True,
               help="A shipped zoo (headroom, tiny) or a folder built with `kinmerge zoo build`.")
