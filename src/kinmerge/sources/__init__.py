@@ -148,7 +148,7 @@ def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> st
     ctime and inode; every hit re-checks a sample of the bytes) in
     ``$KINMERGE_CACHE/content_ids.json``; see ``kinmerge.sources.content_ids``.
     """
-    with open_model(ref, allow_pickle=allow_pickle) as src:
+    with open_model(ref, allow_pickle=allow_pickle, adapters=True) as src:  # an adapter: config + weights
         return src.content_id()
 
 
