@@ -74,8 +74,8 @@ def merge_cmd(
       kinmerge merge zoo:add zoo:sort --method slerp --t 0.3 --out merges --json
       kinmerge merge zoo:add zoo:sort --method ties --base zoo:base --density 0.5 --weight 0.5 --out merges
       kinmerge merge zoo:add zoo:sort --config examples/nuslerp.yaml --out merges --name add-sort
-      kinmerge merge adapters/add adapters/sort --method lora --combination linear --out merges
-      kinmerge merge adapters/add adapters/sort --full --method task_arithmetic --base zoo:base --out merges
+      kinmerge merge examples/adapters/add examples/adapters/sort --method lora --combination linear --out merges
+      kinmerge merge examples/adapters/add examples/adapters/sort --full --base zoo:base --out merges
     """
     from kinmerge.errors import MergeError
     from kinmerge.merge import RECIPES, Raw, get_recipe, merge
@@ -240,6 +240,7 @@ def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | 
     Example:
       kinmerge eval zoo:add --tasks zoo:tasks
       kinmerge eval merges/add-sort --tasks zoo:tasks --limit 50 --json
+      kinmerge eval examples/adapters/add --tasks zoo:tasks --limit 20
       kinmerge eval zoo:add --evaluator lm_eval --tasks examples/lm-eval/zoo_add.yaml --num-fewshot 0 --batch-size auto
     """
     from kinmerge.evaluate import get_evaluator
