@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import ConfigError, MergeError
+from kinmerge.errors import ConfigError, MergeError, SourceError
 from kinmerge.merge._mergekit import one_line
 from kinmerge.merge.card import base_model_names, read_metadata
 from kinmerge.merge.parents import HUB_PATTERNS, Parent
@@ -45,7 +45,10 @@ _ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS)
 
 def is_adapter(ref: str | os.PathLike[str]) -> bool:
     """Whether ``ref`` (a folder, its ``adapter_model.safetensors``, or a hub id) is a PEFT adapter."""
-    path = resolve_ref(ref, patterns=HUB_PATTERNS).path
+    try:
+        path = resolve_ref(ref, patterns=HUB_PATTERNS).path
+    except SourceError:
+        return False  # not there: the loader that follows says so in its own words
     assert path is not None  # fetched: resolve_ref fetches hub ids by default
     return is_adapter_folder(path.parent if path.name == ADAPTER_WEIGHTS else path)
 
