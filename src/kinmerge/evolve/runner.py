@@ -251,12 +251,10 @@ class _Run:
     def _check_family(self) -> None:
         """Before anything is evaluated: every foundation must fit the base tensor for tensor (a
         model of another size or family fails here, naming it, not after minutes of scoring)."""
-        from kinmerge.scan import plan as align
-        from kinmerge.sources import open_models
+        from kinmerge.evolve.family import check_family
 
         self.report.step("checking that the models fit the base")
-        with open_models([self.cfg.base, *self.cfg.foundation]) as sources:
-            align(sources[0], sources[1:])
+        check_family(self.cfg.base, self.cfg.foundation)  # full models and LoRA adapters
 
     def _next_plan(self) -> Plan:
         """The saved pending plan, or a new one (kinship computed as the strategy asks), saved."""

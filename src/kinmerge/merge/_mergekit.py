@@ -141,10 +141,12 @@ def run_mergekit(
     cuda: bool,
     out_shard_bytes: int,
     quiet: bool,
+    lora_cache: str | None = None,
 ) -> None:
     """Run mergekit on ``config`` (a dict ``MergeConfiguration`` accepts), writing into ``out``.
 
     Call it holding :data:`MERGE_LOCK`. ``seed`` seeds mergekit's random methods (and torch).
+    ``lora_cache``: where mergekit writes the full models of ``BASE+ADAPTER`` parents.
 
     Raises:
         MergeError: mergekit is missing, rejects the config, or fails while merging.
@@ -174,6 +176,7 @@ def run_mergekit(
         random_seed=seed,
         quiet=quiet,
         safe_serialization=True,
+        lora_merge_cache=lora_cache,
     )
     if seed is not None:
         import torch
