@@ -37,6 +37,7 @@ from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
 from kinmerge.evaluate.checks import pad_id as pad_id_of
+from kinmerge.evaluate.fixed_order import fixed_order_attention, log_softmax
 from kinmerge.evaluate.tasks import Task, load_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -294,7 +295,9 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
     scores: dict[str, float] = {}
     details: dict[str, dict[str, float]] = {}
     try:
-        with torch.inference_mode(), _progress(progress, n_batches, label) as advance:
+        # fixed_order_attention: the same bits on AVX2 and AVX-512 CPUs (issue 18)
+        with torch.inference_mode(), fixed_order_attention(model), \
+                _progress(progress, n_batches, label) as advance:
             for name, examples in plan.items():
                 advance(0, name)
                 step = functools.partial(advance, 1, name)
@@ -359,7 +362,7 @@ def _logliks(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int,
         for row, i in enumerate(idx):
             ids, n_cont = seqs[i]
             end = len(ids) - 1
-            part = torch.log_softmax(logits[row, end - n_cont:end].float(), dim=-1)
+            part = log_softmax(logits[row, end - n_cont:end].float())  # torch's differs by vector width
             target = torch.tensor(ids[-n_cont:], device=part.device)
             out[i] = float(part.gather(1, target[:, None]).sum())
         step()
