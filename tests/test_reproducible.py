@@ -186,3 +186,19 @@ def test_fixed_order_softmax_matches_torch_and_the_attention_switch_is_restored(
     assert model.config._attn_implementation == before
     assert torch.allclose(got, expected, atol=1e-5)
 
+
+
+def test_only_a_gpu_is_part_of_a_merges_id_and_an_evaluations_key():
+    """What cannot be made the same bits (a GPU's kernels) keys what it makes; the CPU does not."""
+    import kinmerge
+    from kinmerge.evaluate.builtin import BuiltinEvaluator
+    from kinmerge.merge import Slerp, merge_id
+
+    a, b = "a" * 32, "b" * 32
+    assert merge_id([a, b], Slerp()) == merge_id([a, b], Slerp(), device=None) == "54884bdbefcf11f3"  # as before
+    on_gpu = {merge_id([a, b], Slerp(), device=f"cuda:{name}") for name in ("NVIDIA H100 80GB HBM3", "NVIDIA A10G")}
+    assert len(on_gpu) == 2 and "54884bdbefcf11f3" not in on_gpu
+    tasks = Path(kinmerge.__file__).parent / "data" / "zoo" / "tasks"
+    cpu = BuiltinEvaluator(tasks, limit=4).settings()
+    assert "device" not in cpu and BuiltinEvaluator(tasks, limit=4, device="cpu").settings() == cpu
+    assert BuiltinEvaluator(tasks, limit=4, device="cuda").settings() == {**cpu, "device": "cuda"}

@@ -16,8 +16,10 @@ than the model's positions would give a score that means nothing, so the run sto
 file and line.
 
 Every task also reports ``mean_loglik``: the mean over examples of log p(answer | prompt),
-summed over the answer's tokens. Scores do not depend on ``batch_size`` or ``device`` beyond
-float rounding, so those are not part of ``settings()``.
+summed over the answer's tokens. Scores do not depend on ``batch_size`` beyond float rounding, so
+it is not part of ``settings()``. On the CPU they are the same bits on AVX2 and AVX-512 and for
+any thread count (``kinmerge.evaluate.fixed_order``); a GPU ``device`` is part of ``settings()``,
+since its kernels round differently (docs/distributed.md).
 
 torch and transformers are imported inside the functions that need them.
 """
@@ -110,6 +112,8 @@ class BuiltinEvaluator:
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
             **({"sample_seed": self.sample_seed} if self.sample_seed is not None else {}),
+            # CPU scores are the same bits on every x86 CPU (fixed_order); a GPU's are not
+            **({"device": str(self.device)} if not str(self.device).startswith("cpu") else {}),
         }
 
     #: examples ``[start, stop)`` of each task can be scored on their own (racing, see evolve.racing)

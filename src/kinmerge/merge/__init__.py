@@ -111,20 +111,28 @@ class MergeResult:
         }}
 
 
-def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None) -> str:
+def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None, *,
+             device: str | None = None) -> str:
     """The id of a merge: 16 hex characters of SHA-256 over (parent content ids, base, recipe).
 
-    The base counts only when the recipe uses it. Device and mergekit version do not count.
+    The base counts only when the recipe uses it. ``device``: the GPU a merge ran on (e.g.
+    ``"cuda:NVIDIA H100 80GB HBM3"``), or None on the CPU. A CPU merge has the same bytes on every
+    x86 CPU and thread count, so the CPU is not part of its id; a GPU's arithmetic differs from the
+    CPU's (and another GPU's) in the last bits, so a GPU merge gets an id of its own
+    (docs/distributed.md, "Same bytes, same pool"). The mergekit version does not count.
 
     Example:
         >>> merge_id(["a" * 32, "b" * 32], Slerp())
         '54884bdbefcf11f3'
     """
-    return json_digest({
+    key: dict[str, Any] = {
         "parents": list(parent_ids),
         "base": base_id if recipe.uses_base else None,
         "recipe": recipe.params(),
-    }, 16)
+    }
+    if device is not None:  # only then: CPU merges keep the ids they always had
+        key["device"] = device
+    return json_digest(key, 16)
 
 
 def is_temp_merge_folder(path: str | os.PathLike[str]) -> bool:
@@ -210,17 +218,20 @@ def merge(
     base_model = load_parent(base) if base is not None else None
     resized = check_compatible(models, base_model)
 
-    mid = merge_id([m.content_id for m in models], recipe, base_model.content_id if base_model else None)
-    final = Path(out_root).expanduser().absolute() / mid
-    if (existing := read_metadata(final)) is not None:
-        return MergeResult(id=mid, path=final, recipe=recipe, reused=True, metadata=existing)
-    if final.exists():  # a folder without kinmerge.json was never completed by us: stale
-        shutil.rmtree(final, ignore_errors=True)
+    device = None
     if cuda:
         import torch
 
         if not torch.cuda.is_available():
             raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
+        device = f"cuda:{torch.cuda.get_device_name()}"
+    mid = merge_id([m.content_id for m in models], recipe, base_model.content_id if base_model else None,
+                   device=device)
+    final = Path(out_root).expanduser().absolute() / mid
+    if (existing := read_metadata(final)) is not None:
+        return MergeResult(id=mid, path=final, recipe=recipe, reused=True, metadata=existing)
+    if final.exists():  # a folder without kinmerge.json was never completed by us: stale
+        shutil.rmtree(final, ignore_errors=True)
     if kin is None and kinship_base is not None:
         kin = _parents_kinship(models, kinship_base)
 
