@@ -32,17 +32,16 @@ import yaml
 
 from fixtures_zoo import micro_model, micro_zoo  # noqa: F401
 
-# Three shipped specialists, the kinship strategy over 3 generations: every generation's top-k,
-# exploration partner and stop depend on scores and kinship of the merges before it.
-CONFIG: dict[str, Any] = {
-    "foundation": ["zoo:add", "zoo:caesar", "zoo:count"],
-    "base": "zoo:base",
-    "strategy": {"name": "kinship", "k": 3, "max_generations": 3},
-    "merge": {"method": "slerp"},
-    "evaluator": {"name": "builtin", "tasks_dir": "zoo:tasks", "limit": 8},
-    "kinship_metric": "pcc",
-    "seed": 5,
-}
+# The run benchmarks/repro_bench.py times (three shipped specialists, the kinship strategy over 3
+# SLERP generations: every top-k, exploration partner and stop depends on the scores and kinship
+# of the merges before it), on 8 examples per task to keep the test short.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+try:
+    from repro_bench import CONFIG as BENCH_CONFIG
+finally:
+    sys.path.pop(0)
+
+CONFIG: dict[str, Any] = {**BENCH_CONFIG, "evaluator": {**BENCH_CONFIG["evaluator"], "limit": 8}}
 
 
 def _env(**extra: str) -> dict[str, str]:
