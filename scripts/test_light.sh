@@ -25,4 +25,6 @@ echo "light install: kinmerge kinship and matrix ran"
 # -p no:cacheprovider: the repo's .pytest_cache belongs to the main venv's runs.
 "$V/bin/python" -m pytest -q -p no:cacheprovider tests/test_kinship_math.py tests/test_scan.py \
   tests/test_cli_kinship.py tests/test_docs.py tests/test_layers.py tests/test_inputs_fuzz.py \
-  tests/test_inputs_faults.py "$@"
+  tests/test_inputs_faults.py tests/test_hostile_outputs.py tests/test_hostile_inputs.py \
+  tests/test_hostile_suggest.py tests/test_hostile_compare.py tests/test_hostile_messages.py \
+  tests/test_hostile_store.py tests/test_hostile_index.py "$@"

@@ -1,7 +1,6 @@
 """Shared helpers for evolution-run tests: a choice-task folder on the micro zoo, config files.
 
-Import the fixtures into a test module (``from evolve_helpers import choice_tasks``) together
-with ``fixtures_zoo.micro_zoo``.
+The fixtures (``micro_zoo``, ``choice_tasks``) live in ``conftest.py``; these are the plain helpers.
 
 Why choice tasks: the micro zoo's 24k-parameter models get (almost) no exact-match answer
 right, so every score would be 0 and ranking would fall back to ids. Log-likelihood choice
@@ -15,10 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-
-_BUILT: dict[str, Path] = {}
 
 
 def _corrupt(answer: str) -> str:
@@ -41,14 +37,6 @@ def make_choice_tasks(tasks_dir: Path, out: Path, n: int = 8) -> Path:
             lines.append(json.dumps({"prompt": ex["prompt"], "answer": ex["answer"], "choices": choices}))
         (out / f.name).write_text("\n".join(lines) + "\n")
     return out
-
-
-@pytest.fixture(scope="session")
-def choice_tasks(micro_zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of 2-way choice tasks (8 examples each) built from the micro zoo's tasks."""
-    if "choice" not in _BUILT:
-        _BUILT["choice"] = make_choice_tasks(micro_zoo.tasks_dir, tmp_path_factory.mktemp("choice-tasks"))
-    return _BUILT["choice"]
 
 
 def run_config(zoo: Any, tasks_dir: Path, **overrides: Any) -> dict[str, Any]:

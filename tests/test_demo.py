@@ -10,8 +10,6 @@ import sys
 
 import pytest
 
-from fixtures_zoo import micro_zoo  # noqa: F401  (fixture)
-
 pytest.importorskip("mergekit")
 
 
@@ -22,7 +20,7 @@ def _demo(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):  # noqa: F811
+def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     out = tmp_path / "demo"
     first = _demo("--zoo", str(micro_zoo.root), "--out", str(out), "--generations", "2", "--limit", "10", "--json")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -13,7 +13,6 @@ pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from fixtures_zoo import micro_model, micro_zoo  # noqa: E402,F401
 from kinmerge.cli import cli  # noqa: E402
 from kinmerge.errors import ConfigError, EvaluationError  # noqa: E402
 from kinmerge.evaluate import EVALUATORS, EvalResult, Evaluator, get_evaluator  # noqa: E402
@@ -53,7 +52,7 @@ def _prompts(zoo, per_task: int = 15) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def greedy_cases(micro_zoo, micro_model):  # noqa: F811
+def greedy_cases(micro_zoo, micro_model):
     """(prompt, naive greedy output) for prompts whose greedy path has a clear margin."""
     model, tok = micro_model
     cases = []
@@ -68,7 +67,7 @@ def greedy_cases(micro_zoo, micro_model):  # noqa: F811
 # --------------------------------------------------------------------------- generation mode
 
 
-def test_exact_match_is_one_on_the_models_own_greedy_answers(tmp_path, micro_zoo, micro_model,  # noqa: F811
+def test_exact_match_is_one_on_the_models_own_greedy_answers(tmp_path, micro_zoo, micro_model,
                                                              greedy_cases):
     write_task(tmp_path / "own.jsonl", [Example(p, a) for p, a in greedy_cases])
     write_task(tmp_path / "wrong.jsonl", [Example(p, a + "q") for p, a in greedy_cases])
@@ -79,8 +78,8 @@ def test_exact_match_is_one_on_the_models_own_greedy_answers(tmp_path, micro_zoo
     assert result.details["own"]["n"] == len(greedy_cases)
 
 
-def test_generation_mean_loglik_matches_a_naive_teacher_forced_sum(tmp_path, micro_zoo,  # noqa: F811
-                                                                  micro_model):  # noqa: F811
+def test_generation_mean_loglik_matches_a_naive_teacher_forced_sum(tmp_path, micro_zoo,
+                                                                  micro_model):
     model, tok = micro_model
     examples = load_task(micro_zoo.tasks_dir / "add.jsonl").examples[:20]
     write_task(tmp_path / "add.jsonl", examples)
@@ -93,7 +92,7 @@ def test_generation_mean_loglik_matches_a_naive_teacher_forced_sum(tmp_path, mic
 # --------------------------------------------------------------------------- choice mode
 
 
-def test_choice_mode_picks_the_most_likely_choice(tmp_path, micro_zoo, micro_model):  # noqa: F811
+def test_choice_mode_picks_the_most_likely_choice(tmp_path, micro_zoo, micro_model):
     model, tok = micro_model
     letters = list("abcdefgh")
     best, worst, best_ll = [], [], []
@@ -115,7 +114,7 @@ def test_choice_mode_picks_the_most_likely_choice(tmp_path, micro_zoo, micro_mod
                                                                   abs=1e-4)
 
 
-def test_choice_mode_with_multi_token_choices(tmp_path, micro_zoo, micro_model):  # noqa: F811
+def test_choice_mode_with_multi_token_choices(tmp_path, micro_zoo, micro_model):
     # The correct caesar shift against garbage of the same length, every token of each scored.
     model, tok = micro_model
     task = load_task(micro_zoo.tasks_dir / "caesar.jsonl")
@@ -135,7 +134,7 @@ def test_choice_mode_with_multi_token_choices(tmp_path, micro_zoo, micro_model):
 # --------------------------------------------------------------------------- behaviour
 
 
-def test_two_runs_are_identical_and_batch_size_does_not_change_scores(micro_zoo):  # noqa: F811
+def test_two_runs_are_identical_and_batch_size_does_not_change_scores(micro_zoo):
     ev = BuiltinEvaluator(micro_zoo.tasks_dir, limit=16, progress=False)
     first = ev.evaluate(micro_zoo.base)
     assert ev.evaluate(micro_zoo.base) == first
@@ -146,14 +145,14 @@ def test_two_runs_are_identical_and_batch_size_does_not_change_scores(micro_zoo)
         assert other.details[task]["mean_loglik"] == pytest.approx(detail["mean_loglik"], abs=1e-4)
 
 
-def test_limit_and_task_selection(micro_zoo):  # noqa: F811
+def test_limit_and_task_selection(micro_zoo):
     ev = BuiltinEvaluator(micro_zoo.tasks_dir, limit=5, tasks=["add"], progress=False)
     result = ev.evaluate(micro_zoo.base)
     assert list(result.scores) == ["add"]
     assert result.details["add"]["n"] == 5
 
 
-def test_a_sample_seed_draws_another_held_out_sample(micro_zoo):  # noqa: F811
+def test_a_sample_seed_draws_another_held_out_sample(micro_zoo):
     first = BuiltinEvaluator(micro_zoo.tasks_dir, limit=6, progress=False)
     seeded = [BuiltinEvaluator(micro_zoo.tasks_dir, limit=6, sample_seed=s, progress=False) for s in (1, 1, 2)]
     prompts = [[e.prompt for e in ev.tasks["add"].examples[:6]] for ev in (first, *seeded)]
@@ -189,7 +188,7 @@ def test_registry_and_protocol(tmp_path):
     assert EvalResult(scores={"a": 1.0, "b": 0.5}).average == 0.75
 
 
-def test_missing_model_folder_is_an_evaluation_error(tmp_path, micro_zoo):  # noqa: F811
+def test_missing_model_folder_is_an_evaluation_error(tmp_path, micro_zoo):
     ev = BuiltinEvaluator(micro_zoo.tasks_dir, progress=False)
     with pytest.raises(EvaluationError, match="not a model folder"):
         ev.evaluate(tmp_path)
@@ -246,7 +245,7 @@ def test_task_round_trip_and_blank_lines(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_eval_json(micro_zoo):  # noqa: F811
+def test_cli_eval_json(micro_zoo):
     args = ["eval", str(micro_zoo.base), "--tasks", str(micro_zoo.tasks_dir), "--limit", "4",
             "--json"]
     result = CliRunner().invoke(cli, args)
@@ -259,7 +258,7 @@ def test_cli_eval_json(micro_zoo):  # noqa: F811
     assert set(data["details"]["add"]) == {"accuracy", "mean_loglik", "n", "of"}  # n scored of the set's "of"
 
 
-def test_cli_eval_table_and_errors(micro_zoo, tmp_path):  # noqa: F811
+def test_cli_eval_table_and_errors(micro_zoo, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["eval", str(micro_zoo.base), "--tasks", str(micro_zoo.tasks_dir),
                                  "--limit", "2"])
@@ -282,7 +281,7 @@ def test_cli_eval_help_has_an_example():
     assert result.exit_code == 0 and "Example:" in result.output
 
 
-def test_eval_results_are_cached_by_content_and_settings(micro_zoo, tmp_path, monkeypatch):  # noqa: F811
+def test_eval_results_are_cached_by_content_and_settings(micro_zoo, tmp_path, monkeypatch):
     import shutil
 
     monkeypatch.setenv("KINMERGE_CACHE", str(tmp_path / "cache"))
@@ -300,7 +299,7 @@ def test_eval_results_are_cached_by_content_and_settings(micro_zoo, tmp_path, mo
     assert fresh["cached"] is False and fresh["scores"] == first["scores"]
 
 
-def test_a_copy_with_another_config_never_shares_cached_scores(micro_zoo, tmp_path):  # noqa: F811
+def test_a_copy_with_another_config_never_shares_cached_scores(micro_zoo, tmp_path):
     """Issue 8: identity covers config.json. A copy with ``rms_norm_eps: 10`` is another model:
     it is scored afresh, and scoring it never overwrites the original's cached result."""
     import shutil

@@ -180,8 +180,7 @@ def test_every_index_command_has_help_with_an_example():
 
 # == recorded runs: the tree recovers the parents; evolution scored from sketches ================
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: E402,F401  (fixture)
-from fixtures_zoo import micro_zoo  # noqa: E402,F401  (fixture)
+from evolve_helpers import run_config, write_config  # noqa: E402
 
 
 def _evolve(tmp_path: Path, name: str, zoo, tasks: Path, **overrides) -> Path:
@@ -207,7 +206,7 @@ def _recorded(run_dir: Path) -> tuple[list[tuple[str, str]], dict[str, set[str]]
 
 
 @pytest.mark.slow
-def test_tree_recovers_the_parents_of_a_recorded_run_and_sketch_kinship_runs(micro_zoo, choice_tasks,  # noqa: F811
+def test_tree_recovers_the_parents_of_a_recorded_run_and_sketch_kinship_runs(micro_zoo, choice_tasks,
                                                                              tmp_path):
     exact = _evolve(tmp_path, "exact", micro_zoo, choice_tasks)
     models, parents = _recorded(exact)

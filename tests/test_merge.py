@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
+from kinmerge._io import OWNER_MARKER  # noqa: E402
 from kinmerge.errors import KinmergeError, MergeError  # noqa: E402
 from kinmerge.merge import (  # noqa: E402
     RECIPES,
@@ -531,7 +532,7 @@ def test_card_of_local_parents_is_valid_hub_metadata_and_takes_scores(fam, tmp_p
                    ("text-generation", "reverse", "reverse", "accuracy", 0.5)}
     assert "Made in generation 3 of run `kinship-s0`." in card.text and "| **average** | 0.6250 |" in card.text
     assert json.loads((res.path / "kinmerge.json").read_text()) == res.metadata  # the lineage is untouched
-    assert sorted(p.name for p in res.path.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in res.path.iterdir() if p.name.startswith(".")) == [OWNER_MARKER]  # no temp
     with pytest.raises(MergeError, match="score of task 'add' must be a finite number"):
         write_card(res.path, scores={"add": float("inf")})
     with pytest.raises(MergeError, match=r"no readable kinmerge\.json"):

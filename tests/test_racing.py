@@ -82,16 +82,15 @@ def test_counts_of_reads_correct_answers() -> None:
 torch = pytest.importorskip("torch")
 
 from evolve_helpers import make_choice_tasks, run_config, write_config  # noqa: E402
-from fixtures_zoo import micro_zoo  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
-def long_tasks(micro_zoo, tmp_path_factory):  # noqa: F811
+def long_tasks(micro_zoo, tmp_path_factory):
     """Choice tasks with all 32 held-out examples each, so a race has rounds to stop in."""
     return make_choice_tasks(micro_zoo.tasks_dir, tmp_path_factory.mktemp("long-tasks"), n=32)
 
 
-def test_parts_of_a_task_set_score_what_the_whole_set_scores(micro_zoo, long_tasks):  # noqa: F811
+def test_parts_of_a_task_set_score_what_the_whole_set_scores(micro_zoo, long_tasks):
     from kinmerge.evaluate import get_evaluator
 
     ev = get_evaluator("builtin", tasks_dir=str(long_tasks), progress=False)
@@ -102,7 +101,7 @@ def test_parts_of_a_task_set_score_what_the_whole_set_scores(micro_zoo, long_tas
     assert all(d["n"] == 32 and "partial" not in d for d in pieces["details"].values())
 
 
-def test_a_racing_run_scores_fewer_examples_and_a_full_run_finishes_them(micro_zoo, long_tasks, tmp_path):  # noqa: F811
+def test_a_racing_run_scores_fewer_examples_and_a_full_run_finishes_them(micro_zoo, long_tasks, tmp_path):
     from kinmerge.evolve import evolve
     from kinmerge.store import RunStore
 

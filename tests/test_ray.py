@@ -23,8 +23,7 @@ import pytest
 pytest.importorskip("pydantic")
 pytest.importorskip("yaml")
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
-from fixtures_zoo import micro_zoo  # noqa: F401
+from evolve_helpers import run_config, write_config
 from kinmerge.errors import ClusterError, ConfigError, SourceError
 from kinmerge.evolve.config import RunConfig
 from kinmerge.evolve.executors import RayExecutor, get_executor
@@ -66,7 +65,7 @@ def test_ray_is_imported_only_when_used():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_ray_executor_config(micro_zoo, choice_tasks):  # noqa: F811
+def test_ray_executor_config(micro_zoo, choice_tasks):
     data = run_config(micro_zoo, choice_tasks, executor={
         "name": "ray", "address": "auto", "merge_gpus": 1, "eval_gpus": 0.5, "max_retries": 2,
         "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}})
@@ -175,7 +174,7 @@ def test_a_lost_worker_is_retried_then_fails_in_one_line(ray_cluster):
     assert "\n" not in text
 
 
-def test_storage_check(ray_cluster, micro_zoo, tmp_path):  # noqa: F811
+def test_storage_check(ray_cluster, micro_zoo, tmp_path):
     models = tmp_path / "run" / "models"
     with RayExecutor() as ex:
         ex.check_storage([str(micro_zoo.base), str(micro_zoo.tasks_dir)], str(models))
@@ -201,7 +200,7 @@ def test_storage_check(ray_cluster, micro_zoo, tmp_path):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def reference(micro_zoo, choice_tasks, tmp_path_factory):  # noqa: F811
+def reference(micro_zoo, choice_tasks, tmp_path_factory):
     """The same run made by the local executor, in sequence."""
     from kinmerge.evolve import evolve
 
@@ -291,7 +290,7 @@ def test_a_killed_driver_resumes_on_the_cluster(ray_cluster, reference, tmp_path
 # -- the sharded kinship matrix ----------------------------------------------------------------
 
 
-def test_sharded_matrix_equals_the_local_scan(ray_cluster, micro_zoo):  # noqa: F811
+def test_sharded_matrix_equals_the_local_scan(ray_cluster, micro_zoo):
     from kinmerge.scan import scan_refs
     from kinmerge.scan_ray import scan_ray
 
@@ -311,7 +310,7 @@ def test_sharded_matrix_equals_the_local_scan(ray_cluster, micro_zoo):  # noqa: 
             assert np.allclose(first.per_tensor[name].gram, st.gram, rtol=1e-12, atol=0)
 
 
-def test_matrix_cli_with_ray(ray_cluster, micro_zoo):  # noqa: F811
+def test_matrix_cli_with_ray(ray_cluster, micro_zoo):
     from click.testing import CliRunner
 
     from kinmerge.cli import cli

@@ -14,6 +14,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kinmerge._io import OWNER_MARKER
 from kinmerge.cli import cli
 from kinmerge.pool import STOP_KINSHIP, STOP_TOPK_UNCHANGED, Plan, PlannedMerge, RunFingerprint
 from kinmerge.report.compare import compare_table
@@ -195,7 +197,7 @@ def test_every_figure_is_a_valid_png(report: Path) -> None:
         assert _is_png(out / name), name
         assert (out / name).stat().st_size > 10_000, name
     # no temp files or folders left behind
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html", OWNER_MARKER])
 
 
 def test_html_is_self_contained_with_tables_and_images(report: Path, tmp_path: Path) -> None:
@@ -320,13 +322,36 @@ def test_report_of_an_empty_run(tmp_path: Path) -> None:
     assert data["runs"][0]["final_best"] is None
 
 
+#: Rewrites a report in a process that may not write a file of ``limit`` bytes or more
+#: (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write raises "File too large").
+_REWRITE_WITH_A_SIZE_LIMIT = """
+import resource, sys
+from pathlib import Path
+from kinmerge.report.html import write_report
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+write_report([Path(sys.argv[1])], Path(sys.argv[2]))
+"""
+
+
 def test_report_rewrites_atomically_and_reports_errors(kin_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = write_report([kin_dir], out)
+    complete = first.read_bytes()
     before = first.stat().st_mtime_ns
     second = write_report([kin_dir], out)
     assert second == first and second.stat().st_mtime_ns >= before
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [OWNER_MARKER]
+    # A rewrite that fails at the page's last byte (the disk full, say): the figures fit under the
+    # limit, the page does not. The old page must stay whole; a plain write would have left its
+    # first len - 1 bytes at the final path.
+    limit = len(complete) - 1
+    assert max(p.stat().st_size for p in out.glob("*.png")) < limit
+    failed = subprocess.run([sys.executable, "-c", _REWRITE_WITH_A_SIZE_LIMIT, str(kin_dir), str(out), str(limit)],
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]
+    assert first.read_bytes() == complete
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [OWNER_MARKER]
     from kinmerge.errors import StoreError
 
     with pytest.raises(StoreError, match="no kinmerge store"):

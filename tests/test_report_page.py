@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401  (fixture)
-from fixtures_zoo import micro_zoo  # noqa: F401  (fixture)
+from evolve_helpers import run_config, write_config
 from kinmerge.pool import Plan, PlannedMerge, RunFingerprint
 from kinmerge.report.budget import early_stop_table
 from kinmerge.report.figures import panel_titles, score_curve, tree_nodes
@@ -43,7 +42,7 @@ VARIANTS = (("greedy", {"name": "greedy"}, 0), ("kinship-nostop", {"name": "kins
 
 
 @pytest.fixture(scope="module")
-def study(micro_zoo, choice_tasks, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:  # noqa: F811
+def study(micro_zoo, choice_tasks, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Real runs: 4 variants x 2 testbeds (evaluator limit 6 or 8), 3 generations each; the report."""
     from kinmerge.evolve import evolve
 

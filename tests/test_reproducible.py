@@ -30,8 +30,6 @@ pytest.importorskip("pydantic")
 
 import yaml
 
-from fixtures_zoo import micro_model, micro_zoo  # noqa: F401
-
 # The run benchmarks/repro_bench.py times (three shipped specialists, the kinship strategy over 3
 # SLERP generations: every top-k, exploration partner and stop depends on the scores and kinship
 # of the merges before it), on 8 examples per task to keep the test short.
@@ -166,7 +164,7 @@ def test_evaluations_have_the_same_bits_on_avx2_and_the_default_capability():
     assert outs[0]["details"] == outs[1]["details"]  # generation and choice log-likelihoods, bit for bit
 
 
-def test_fixed_order_softmax_matches_torch_and_the_attention_switch_is_restored(micro_model):  # noqa: F811
+def test_fixed_order_softmax_matches_torch_and_the_attention_switch_is_restored(micro_model):
     import torch
 
     from kinmerge.evaluate.fixed_order import ATTENTION, fixed_order_attention, log_softmax, softmax

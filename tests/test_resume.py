@@ -27,8 +27,7 @@ pytest.importorskip("torch")
 
 from click.testing import CliRunner
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
-from fixtures_zoo import micro_zoo  # noqa: F401
+from evolve_helpers import run_config, write_config
 from kinmerge.cli import cli
 from kinmerge.errors import StoreError
 from kinmerge.evolve import evolve, read_summary
@@ -44,7 +43,7 @@ def _pool(summary) -> list[tuple]:
     return [(m.id, m.generation, m.parents, m.score) for m in summary.pool]
 
 
-def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, choice_tasks, tmp_path):
     run_dir = tmp_path / "run"
     first = evolve(_cfg(tmp_path, micro_zoo, choice_tasks), run_dir, progress=False)
     assert first.stop == "generation budget" and first.generation == 1
@@ -52,8 +51,16 @@ def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, c
     data["foundation"] = list(reversed(data["foundation"]))
     again = evolve(write_config(tmp_path / "reordered.yaml", data), run_dir, progress=False)
     assert again.made["merges"] == 0 and again.made["evaluations"] == 0 and _pool(again) == _pool(first)
+    # --dry-run after the budget is raised plans what the real run then does (issue 17), and keeps nothing.
+    dry = evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "longer.yaml", max_generations=2), run_dir, progress=False,
+                 dry_run=True)
+    assert dry.next_plan is not None and dry.next_plan.stop is None and dry.next_plan.generation == 2
+    with RunStore(run_dir, lock=False) as store:
+        assert store.stop_reason("kin") == "generation budget" and not store.events("kin", kind="budget_raised")
     longer = evolve(_cfg(tmp_path, micro_zoo, choice_tasks, "longer.yaml", max_generations=2), run_dir, progress=False)
     assert longer.generation == 2 and longer.made["merges"] >= 1 and longer.stop == "generation budget"
+    with RunStore(run_dir, lock=False) as store:
+        assert store.get_plan("kin", 2) == dry.next_plan
     assert _pool(longer)[: len(first.pool)] == _pool(first)  # the same run, gone further
     with RunStore(run_dir, lock=False) as store:
         assert [e.message for e in store.events("kin", kind="budget_raised")] == ["max_generations 1 -> 2"]
@@ -67,7 +74,7 @@ def test_reordered_foundations_resume_and_a_larger_budget_continues(micro_zoo, c
         evolve(write_config(tmp_path / "limit.yaml", data), run_dir, progress=False)
 
 
-def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=3)
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -92,7 +99,7 @@ def test_sigterm_leaves_the_run_interrupted_and_resumable(micro_zoo, choice_task
     assert done.status == "finished" and done.generation == 3
 
 
-def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=2)
     run_dir = tmp_path / "run"
     done = evolve(cfg, run_dir, progress=False)
@@ -109,7 +116,7 @@ def test_a_lost_score_is_reported_and_redone(micro_zoo, choice_tasks, tmp_path):
     assert _pool(repaired) == _pool(done) and not repaired.problems
 
 
-def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks, max_generations=2)
     run_dir = tmp_path / "run"
     done = evolve(cfg, run_dir, progress=False)
@@ -122,14 +129,15 @@ def test_a_lost_model_record_is_redone(micro_zoo, choice_tasks, tmp_path):  # no
     assert _pool(repaired) == _pool(done) and repaired.made["merges_reused"] >= 1 and not repaired.problems
 
 
-def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path):
     cfg = _cfg(tmp_path, micro_zoo, choice_tasks)
     done = evolve(cfg, tmp_path / "run", progress=False)
     copy = tmp_path / "elsewhere" / "run"
     shutil.copytree(tmp_path / "run", copy)
     shutil.rmtree(tmp_path / "run")
     moved = evolve(cfg, copy, progress=False)
-    assert moved.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
+    assert moved.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0,
+                          "kinship_pairs": 0, "kinship_scans": 0}
     assert _pool(moved) == _pool(done)
     assert all(str(m.path).startswith(str(copy)) for m in moved.pool if m.parents)
     with sqlite3.connect(copy / "kinmerge.db") as con:
@@ -137,7 +145,7 @@ def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path): 
     assert stored and all(p.startswith("./models/") for p in stored)
 
 
-def test_a_deleted_merge_folder_is_merged_again(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_deleted_merge_folder_is_merged_again(micro_zoo, choice_tasks, tmp_path):
     run_dir = tmp_path / "run"
     done = evolve(_cfg(tmp_path, micro_zoo, choice_tasks), run_dir, progress=False)
     best = max((m for m in done.pool if m.parents), key=lambda m: m.score or 0.0)

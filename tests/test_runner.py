@@ -28,8 +28,7 @@ pytest.importorskip("pydantic")
 
 from click.testing import CliRunner
 
-from evolve_helpers import choice_tasks, run_config, write_config  # noqa: F401
-from fixtures_zoo import micro_zoo  # noqa: F401
+from evolve_helpers import run_config, write_config
 from kinmerge.cli import cli
 from kinmerge.errors import ConfigError, StoreError
 from kinmerge.evolve import PoolModel, PoolState, evolve, read_summary
@@ -51,7 +50,7 @@ def _env(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(micro_zoo, choice_tasks, tmp_path_factory):  # noqa: F811
+def runs(micro_zoo, choice_tasks, tmp_path_factory):
     """A greedy run, then a kinship run in the same run directory (shared merges/evaluations)."""
     root = tmp_path_factory.mktemp("evolve")
     with pytest.MonkeyPatch.context() as mp:
@@ -197,14 +196,15 @@ def test_rerun_is_a_no_op(runs):
     with RunStore(runs.run_dir, lock=False) as store:
         before = (len(store.get_kinship("pcc")), store.evaluators(), _plans(store, "greedy"))
     again = evolve(runs.greedy_cfg, runs.run_dir, progress=False)
-    assert again.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
+    assert again.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0,
+                          "kinship_pairs": 0, "kinship_scans": 0}
     assert _pool_key(again) == _pool_key(runs.greedy)
     assert again.stop == runs.greedy.stop and again.status == "finished"
     with RunStore(runs.run_dir, lock=False) as store:
         assert (len(store.get_kinship("pcc")), store.evaluators(), _plans(store, "greedy")) == before
 
 
-def test_changed_settings_are_refused_on_resume(runs, choice_tasks):  # noqa: F811
+def test_changed_settings_are_refused_on_resume(runs, choice_tasks):
     other = RunConfig.from_dict({**yaml_of(runs.greedy_cfg), "strategy": {"name": "greedy", "k": 2,
                                                                           "max_generations": 3}})
     with pytest.raises(StoreError, match=r"started with other settings: strategy\.k: 3 -> 2; rerun with the same"):
@@ -289,7 +289,7 @@ def test_a_second_concurrent_run_is_refused(runs, tmp_path):
         assert r.output.count("\n") == 1 and "in use by pid" in r.output
 
 
-def test_a_failed_step_marks_the_run_failed_and_a_rerun_resumes(micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_a_failed_step_marks_the_run_failed_and_a_rerun_resumes(micro_zoo, choice_tasks, tmp_path):
     zoo = tmp_path / "zoo"
     shutil.copytree(micro_zoo.root, zoo)
     broken = zoo / "specialists" / "add" / "config.json"
@@ -315,7 +315,7 @@ def test_a_failed_step_marks_the_run_failed_and_a_rerun_resumes(micro_zoo, choic
 
 
 @pytest.fixture
-def base_cfg(micro_zoo, choice_tasks):  # noqa: F811
+def base_cfg(micro_zoo, choice_tasks):
     return run_config(micro_zoo, choice_tasks)
 
 
@@ -334,7 +334,7 @@ def test_config_missing_field(tmp_path, base_cfg, field):
     assert f"{field}: missing (required)" in _error(tmp_path, data)
 
 
-def test_config_errors_name_the_field(tmp_path, base_cfg, micro_zoo):  # noqa: F811
+def test_config_errors_name_the_field(tmp_path, base_cfg, micro_zoo):
     def err(**change):
         return _error(tmp_path, {**base_cfg, **change})
 
@@ -387,7 +387,7 @@ def test_config_file_errors(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("Error: ") and r.output.count("\n") == 1
 
 
-def test_config_relative_paths_resolve_against_the_file(tmp_path, micro_zoo, choice_tasks):  # noqa: F811
+def test_config_relative_paths_resolve_against_the_file(tmp_path, micro_zoo, choice_tasks):
     zoo = tmp_path / "zoo"
     shutil.copytree(micro_zoo.root, zoo)
     data = {
@@ -540,7 +540,7 @@ def _after(seconds: float) -> Condition:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_uninterrupted_pool(runs, micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_kill_and_resume_gives_the_uninterrupted_pool(runs, micro_zoo, choice_tasks, tmp_path):
     run_dir = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "kinmerge.cli", "evolve", str(runs.kinship_cfg), "--run-dir", str(run_dir)]
@@ -577,7 +577,7 @@ def test_kill_and_resume_gives_the_uninterrupted_pool(runs, micro_zoo, choice_ta
 
 
 @pytest.mark.slow
-def test_parallel_workers_give_the_same_pool(runs, micro_zoo, choice_tasks, tmp_path):  # noqa: F811
+def test_parallel_workers_give_the_same_pool(runs, micro_zoo, choice_tasks, tmp_path):
     data = yaml_of(runs.greedy_cfg)
     data["executor"] = {"name": "local", "workers": 2}
     cfg = write_config(tmp_path / "parallel.yaml", data)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from kinmerge.store.db import _dumps
 DATA = Path(__file__).parent / "data" / "store-0.1.0"
 
 
-@pytest.fixture
-def old_run(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(DATA / "kinmerge.db", run / "kinmerge.db")
-    return run
-
 
 def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
     expected = json.loads((DATA / "expected.json").read_text())
@@ -35,6 +27,9 @@ def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
         got = read_summary(old_run, run_id).to_dict()
         got.pop("seconds"), got.pop("run_dir")
         assert got.pop("problems") == []  # the store checks itself (new in 0.2): nothing lost here
+        # Held-out scores (new in 0.3): a 0.1.0 run did not split its tasks, so it has none.
+        assert (got.pop("heldout"), got.pop("best_heldout_score")) == (False, None)
+        assert [m.pop("heldout_score") for m in got["pool"]] == [None] * len(got["pool"])
         want = expected[run_id]
         # 0.1.0 reported a run left marked running with no process as "interrupted" too; both finished here.
         assert got == want, run_id
@@ -51,7 +46,8 @@ def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
 
 def test_fingerprints_read_back_typed_and_write_the_same_text(old_run: Path) -> None:
     with RunStore(old_run) as store:  # with the lock: a resume would open it this way
-        assert store.applied_migrations() == ["0001_initial", "0002_interrupted_runs"]  # upgraded in place
+        assert store.applied_migrations() == ["0001_initial", "0002_interrupted_runs",
+                                              "0003_kinship_keyed_by_base"]  # upgraded in place
         for run in store.runs():
             fp = run.fingerprint
             assert fp is not None and fp.strategy == run.strategy and fp.k == 3 and len(fp.foundation) == 3
@@ -68,3 +64,24 @@ def test_the_report_renders_an_old_store(old_run: Path, tmp_path: Path) -> None:
 
     page = write_report([old_run], tmp_path / "report").read_text(encoding="utf-8")
     assert "kinship early stop" in page and "generation budget" in page
+
+
+def test_old_kinship_rows_are_keyed_by_the_base_of_the_store_runs(old_run: Path) -> None:
+    """0003 keys kinship by base and source; the old rows take the base all its runs share, so a
+    resumed 0.1.0 run reads its kinship back instead of scanning again."""
+    import sqlite3
+
+    before = sqlite3.connect(old_run / "kinmerge.db").execute("SELECT count(*) FROM kinship").fetchone()[0]
+    with RunStore(old_run) as store:
+        run = store.get_run("greedy")
+        assert run is not None
+        base = run.config["base"]
+        assert store.base_id() == base
+        keyed = store.get_kinship("pcc", base=base, source="exact")
+        assert keyed and keyed == store.get_kinship("pcc")
+        assert store.get_kinship("pcc", base="another-base", source="exact") == {}
+        assert store.get_kinship("pcc", base=base, source="sketch") == {}
+    rows = sqlite3.connect(old_run / "kinmerge.db").execute(
+        "SELECT DISTINCT base, source FROM kinship").fetchall()
+    assert rows == [(base, "exact")]
+    assert sqlite3.connect(old_run / "kinmerge.db").execute("SELECT count(*) FROM kinship").fetchone()[0] == before

@@ -14,12 +14,12 @@ pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from fixtures_zoo import micro_zoo  # noqa: E402,F401
 from kinmerge.cli import cli  # noqa: E402
 from kinmerge.errors import ConfigError, SourceError  # noqa: E402
 from kinmerge.evaluate.builtin import BuiltinEvaluator  # noqa: E402
 from kinmerge.evaluate.tasks import load_tasks  # noqa: E402
 from kinmerge.zoo import (  # noqa: E402
+    CHAR_TASKS,
     CHARACTERS,
     PRESETS,
     TASKS,
@@ -107,7 +107,7 @@ def test_training_never_draws_a_held_out_prompt():
 # --------------------------------------------------------------------------- micro zoo
 
 
-def test_micro_zoo_layout_and_manifest(micro_zoo):  # noqa: F811
+def test_micro_zoo_layout_and_manifest(micro_zoo):
     root = micro_zoo.root
     preset = PRESETS["micro"]
     assert micro_zoo.base == root / "base"
@@ -126,7 +126,7 @@ def test_micro_zoo_layout_and_manifest(micro_zoo):  # noqa: F811
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_micro_zoo_models_load_and_share_dtype_and_shapes(micro_zoo):  # noqa: F811
+def test_micro_zoo_models_load_and_share_dtype_and_shapes(micro_zoo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = _tensors(micro_zoo.base)
@@ -197,7 +197,7 @@ def test_build_rejects_bad_settings(tmp_path):
         load_zoo(tmp_path)
 
 
-def test_cli_zoo_list_json_on_a_given_root(micro_zoo):  # noqa: F811
+def test_cli_zoo_list_json_on_a_given_root(micro_zoo):
     result = CliRunner().invoke(cli, ["zoo", "list", "--root", str(micro_zoo.root), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -233,7 +233,7 @@ def shipped():
 
 def test_shipped_zoo_is_complete(shipped):
     assert shipped.manifest["preset"] == "tiny"
-    assert set(shipped.specialists) == set(TASKS)
+    assert set(shipped.specialists) == set(CHAR_TASKS)
     assert shipped.manifest["build_seconds"]["total"] < 600
     result = CliRunner().invoke(cli, ["zoo", "list", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["root"] == str(shipped.root)

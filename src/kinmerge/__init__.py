@@ -13,8 +13,7 @@ shared base (Hu et al., 2025, arXiv 2410.12613). The public API, for a notebook 
 
 Example:
     >>> import kinmerge
-    >>> zoo = "src/kinmerge/data/zoo"
-    >>> k = kinmerge.kinship(f"{zoo}/specialists/add", f"{zoo}/specialists/sort", base=f"{zoo}/base")
+    >>> k = kinmerge.kinship("zoo:add", "zoo:sort", base="zoo:base")   # zoo:NAME: a shipped model
     >>> -1.0 <= k.pcc <= 1.0 and k.ed > 0
     True
 
@@ -25,13 +24,11 @@ transformers, mergekit and lm-eval only inside merge and evaluate.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+import types
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-# The math module ``kinmerge.kinship`` is loaded first, so that the function below, not the module,
-# is ``kinmerge.kinship`` (Python binds a submodule to its package's namespace on its first import
-# only); ``from kinmerge.kinship import KinshipStats`` still reaches the module.
-from kinmerge import kinship as _kinship_math  # noqa: F401
 from kinmerge._version import __version__
 
 if TYPE_CHECKING:
@@ -46,9 +43,12 @@ __all__ = ["Index", "__version__", "evaluate", "evolve", "kinship", "matrix", "m
 PathLike = str | os.PathLike[str]
 
 
-def kinship(a: PathLike, b: PathLike, *, base: PathLike, allow_missing: bool = False, allow_pickle: bool = False,
-            progress: bool = False) -> PairKinship:
-    """Kinship of models ``a`` and ``b`` (folders, weight files or hub ids) against ``base``.
+def kinship(a: PathLike, b: PathLike, *, base: PathLike | None = None, allow_missing: bool = False,
+            allow_pickle: bool = False, progress: bool = False) -> PairKinship:
+    """Kinship of models ``a`` and ``b`` (folders, weight files, hub ids or LoRA adapters) against ``base``.
+
+    ``base`` may be left out when ``a`` or ``b`` is a PEFT LoRA adapter that names its base
+    (``base_model_name_or_path``); adapters are read from their factors (docs/adapters.md).
 
     Exact and streaming: one pass over the three files, float64 accumulators, memory bounded by a
     few chunks whatever the model size.
@@ -67,9 +67,11 @@ def kinship(a: PathLike, b: PathLike, *, base: PathLike, allow_missing: bool = F
     return scan_refs(base, [a, b], allow_missing=allow_missing, allow_pickle=allow_pickle, progress=progress).pair()
 
 
-def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = False, allow_pickle: bool = False,
-           progress: bool = False, ray: bool | str = False) -> ScanResult:
+def matrix(models: Sequence[PathLike], *, base: PathLike | None = None, allow_missing: bool = False,
+           allow_pickle: bool = False, progress: bool = False, ray: bool | str = False) -> ScanResult:
     """Kinship of every pair of ``models`` against ``base``, reading each file once.
+
+    ``models`` may mix full models and LoRA adapters; ``base`` defaults to the adapters' own.
 
     Args:
         ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan_ray``; same
@@ -82,13 +84,16 @@ def matrix(models: Sequence[PathLike], *, base: PathLike, allow_missing: bool = 
         n-model kinship, ``result.per_layer()`` a breakdown.
 
     Example:
-        >>> m = matrix(["zoo/add", "zoo/sort", "zoo/count"], base="zoo/base")   # doctest: +SKIP
-        >>> m.matrix("pcc").shape                                               # doctest: +SKIP
+        >>> m = matrix(["zoo:add", "zoo:sort", "zoo:count"], base="zoo:base")
+        >>> m.matrix("pcc").shape
         (3, 3)
     """
     if ray:
+        from kinmerge.errors import ConfigError
         from kinmerge.scan_ray import scan_ray
 
+        if base is None:
+            raise ConfigError("matrix(ray=...) needs base= (adapters are read on this machine only)")
         return scan_ray(base, list(models), address=None if ray is True else str(ray), allow_missing=allow_missing,
                         allow_pickle=allow_pickle, progress=progress)
     from kinmerge.scan import scan_refs
@@ -106,9 +111,12 @@ def merge(parents: Sequence[PathLike], recipe: str | Recipe = "slerp", *, out: P
         base: the parents' shared base (needed by the task-vector recipes).
 
     Example:
-        >>> res = merge(["zoo/add", "zoo/sort"], "slerp", out="merges", t=0.5)   # doctest: +SKIP
-        >>> res.id, res.reused                                                  # doctest: +SKIP
-        ('3f9c0a1b2d4e5f60', False)
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> merge(["zoo:add", "zoo:sort"], "slerp", out=out, t=0.5).reused
+        False
+        >>> merge(["zoo:add", "zoo:sort"], "slerp", out=out, t=0.5).reused   # the same merge: its folder
+        True
     """
     from kinmerge.merge import get_recipe
     from kinmerge.merge import merge as _merge
@@ -126,28 +134,67 @@ def evaluate(model: PathLike, evaluator: str = "builtin", *, cache: bool = True,
             same settings before.
 
     Example:
-        >>> evaluate("zoo/add", tasks_dir="zoo/tasks", limit=50).average        # doctest: +SKIP
-        0.46
+        >>> evaluate("zoo:add", tasks_dir="zoo:tasks", limit=50).average
+        0.49
     """
-    from kinmerge.evaluate import get_evaluator
+    from kinmerge.evaluate import get_evaluator, resolve_paths
     from kinmerge.evaluate.cache import evaluate_cached
+    from kinmerge.sources import resolve_ref
 
-    result, _ = evaluate_cached(get_evaluator(evaluator, **settings), model, refresh=not cache)
+    folder = resolve_ref(model, want="folder").path
+    assert folder is not None  # fetch=True: a hub id comes back as its cached folder
+    result, _ = evaluate_cached(get_evaluator(evaluator, **resolve_paths(settings)), folder, refresh=not cache)
     return result
 
 
 def evolve(config: Any, run_dir: PathLike | None = None, *, progress: bool = True,
            dry_run: bool = False) -> RunSummary:
-    """Run or resume an evolution from a YAML config file (or a ``RunConfig``); see docs/evolve.md.
+    """Run or resume an evolution; see docs/evolve.md.
+
+    Args:
+        config: a YAML config file (as ``kinmerge evolve CONFIG``; its relative paths are relative
+            to its folder), the same fields as a mapping (relative paths relative to the working
+            directory: a notebook needs no file), or a ``RunConfig``.
+        run_dir: the store and merges (default: the config's ``out.run_dir``, else
+            ``runs/<config stem>``, ``runs/evolve`` for a mapping).
 
     Example:
-        >>> summary = evolve("examples/evolve.yaml")                            # doctest: +SKIP
-        >>> summary.best.score                                                  # doctest: +SKIP
-        0.61
+        >>> # not run here (minutes of merging); docs/api.md runs a one-generation evolution
+        >>> summary = evolve("examples/evolve.yaml")   # doctest: +SKIP
+        >>> summary.status, summary.stop               # doctest: +SKIP
+        ('finished', 'kinship above threshold')
     """
     from kinmerge.evolve.runner import evolve as _evolve
 
+    if isinstance(config, Mapping):
+        from kinmerge.evolve.config import RunConfig
+
+        config = RunConfig.from_dict(config)
     return _evolve(config, run_dir, progress=progress, dry_run=dry_run)
+
+
+#: Public functions that share their name with a submodule (``kinmerge/kinship.py``,
+#: ``kinmerge/merge/``, ``kinmerge/evaluate/``, ``kinmerge/evolve/``).
+_SHADOWED = frozenset({"kinship", "merge", "evaluate", "evolve"})
+
+
+class _PublicAPI(types.ModuleType):
+    """The ``kinmerge`` package, whose public functions stay bound whatever is imported later.
+
+    Python's import system binds a submodule into its package's namespace on the submodule's first
+    import (``setattr(kinmerge, "merge", <module kinmerge.merge>)``), which would replace the
+    function ``kinmerge.merge`` by the subpackage as soon as anything imports it, in any order.
+    That one binding is refused here; the submodules stay reachable as ``from kinmerge.merge
+    import ...`` and in ``sys.modules`` (which is where imports look them up).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PublicAPI
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,12 @@ killed at any instant leaves at most a temp entry (named ``.<name>.<pid>-<random
 reader mistakes for the real thing. Temp names are unique per process *and* call, so two
 processes writing the same destination never collide; the last rename wins.
 
+Every folder made by :func:`atomic_dir` carries a marker file (:data:`OWNER_MARKER`), and only a
+folder that carries it (or that a writer recognises as its own from before markers existed) may be
+replaced: an existing folder of the user's with files in it is refused in one line before any work,
+as is an output folder that holds the command's own input. Nothing kinmerge did not write is ever
+deleted.
+
 Permissions follow the umask like any ordinary file (``tempfile.mkstemp`` would make them 0600,
 unreadable to the rest of a team on shared storage).
 
@@ -18,7 +24,7 @@ Example:
     >>> with atomic_dir(folder / "model") as tmp:
     ...     _ = (tmp / "config.json").write_text("{}")
     >>> sorted(p.name for p in (folder / "model").iterdir())
-    ['config.json']
+    ['.kinmerge-output', 'config.json']
 """
 
 from __future__ import annotations
@@ -30,23 +36,33 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from kinmerge.errors import OutputFolderError
+
 __all__ = [
+    "OWNER_MARKER",
     "TMP_SUFFIX",
     "atomic_dir",
     "atomic_file",
     "atomic_symlink",
     "atomic_write",
     "canonical_json",
+    "check_output_folder",
+    "claim_folder",
     "json_digest",
+    "owned_by_kinmerge",
     "remove_dead_temps",
     "temp_name",
 ]
 
 TMP_SUFFIX = ".tmp"
+#: The file :func:`atomic_dir` writes into every folder it makes: proof that kinmerge wrote the
+#: folder, so that kinmerge may replace it (``--force``, a rebuilt report, a converted model).
+OWNER_MARKER = ".kinmerge-output"
+_MARKER_TEXT = "written by kinmerge: kinmerge may replace this folder whole (a rebuild, --force)\n"
 
 
 def temp_name(final: str | os.PathLike[str]) -> Path:
@@ -102,12 +118,27 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _raise_with_path(exc, final)
         raise
     if fsync:
         _fsync_dir(final.parent)
+
+
+def _raise_with_path(exc: BaseException, final: Path, tmp: Path | None = None) -> None:
+    """Re-raise an ``OSError`` that names no file (a full disk: ``write`` knows no path), or names a
+    file inside the temp folder ``tmp`` (gone by now), as one naming where it was going under
+    ``final``, so the user's one line says where the disk filled up."""
+    if not isinstance(exc, OSError) or isinstance(exc, OutputFolderError) or exc.errno is None:
+        return
+    if exc.filename is None:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc
+    if tmp is not None:
+        with contextlib.suppress(ValueError):
+            inside = Path(os.fsdecode(exc.filename)).relative_to(tmp)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(final / inside)) from exc
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes, *, fsync: bool = True) -> Path:
@@ -137,39 +168,122 @@ def _normalise_modes(root: Path) -> None:
                 os.chmod(p, file_mode)
 
 
+def owned_by_kinmerge(folder: str | os.PathLike[str], legacy: Callable[[Path], bool] | None = None) -> bool:
+    """Whether ``folder`` is one kinmerge wrote: it carries :data:`OWNER_MARKER`, or ``legacy``
+    (a writer's test for its folders from before the marker) recognises it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return (folder / OWNER_MARKER).is_file() or (legacy is not None and legacy(folder))
+
+
+def check_output_folder(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                        legacy: Callable[[Path], bool] | None = None, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder whose replacement would destroy the user's data;
+    return it as an absolute path.
+
+    A missing folder, an empty one or one kinmerge wrote (:func:`owned_by_kinmerge`) may be
+    written; ``inputs`` (the command's input files or folders) must not lie inside it.
+
+    Raises:
+        OutputFolderError: ``path`` is a file, the file system root, a non-empty folder kinmerge
+            did not write, or holds one of ``inputs``. The line names the folder and the way out.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "notes.txt").write_text("keep")
+        >>> try:
+        ...     check_output_folder(d)
+        ... except OutputFolderError as exc:
+        ...     print("refused:", "did not write (notes.txt)" in str(exc))
+        refused: True
+    """
+    final = Path(os.path.abspath(Path(path).expanduser()))
+    if not final.name:
+        raise OutputFolderError(f"{option} {final}: the file system root cannot be an output folder; "
+                                "name a new folder")
+    real = final.resolve()
+    for item in inputs:
+        src = Path(os.path.abspath(Path(item).expanduser()))
+        if any(s == f or f in s.parents for s in (src, src.resolve()) for f in (final, real)):
+            raise OutputFolderError(f"{option} {final} holds the input {src}; writing there would replace it: "
+                                    f"choose another folder for {option}")
+    if final.is_symlink() or final.exists():
+        if not final.is_dir():
+            raise OutputFolderError(f"{option} {final} is a file, not a folder; choose another folder for {option}")
+        entries = sorted(p.name for p in final.iterdir())
+        if entries and not owned_by_kinmerge(final, legacy):
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise OutputFolderError(f"{option} {final} holds files kinmerge did not write ({shown}); nothing "
+                                    f"was changed: choose a new or empty folder for {option}")
+    return final
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``path``; on a clean exit it becomes ``path``.
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False,
+               inputs: Iterable[str | os.PathLike[str]] = (), legacy: Callable[[Path], bool] | None = None,
+               option: str = "--out") -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; on a clean exit it becomes ``path``, marked
+    with :data:`OWNER_MARKER` as kinmerge's.
 
     Args:
         path: the final folder.
-        replace: an existing ``path`` is replaced (moved aside, then deleted after the new one
-            is in place). Without it, an existing ``path`` raises ``FileExistsError`` at the end
-            and the temp folder is removed: the first complete writer wins.
+        replace: an existing ``path`` that kinmerge wrote (or that is empty) is replaced (moved
+            aside, then deleted after the new one is in place); one holding files kinmerge did not
+            write is refused before the caller's work starts (:func:`check_output_folder`).
+            Without it, an existing ``path`` raises ``FileExistsError`` at the end and the temp
+            folder is removed: the first complete writer wins.
+        inputs: the command's inputs; a ``path`` holding one is refused.
+        legacy: recognises this writer's folders from before the marker existed.
+        option: how the user named ``path`` (for the error line).
+
+    Raises:
+        OutputFolderError: see :func:`check_output_folder`.
+        OSError: a write failed; one that names no file (a full disk) is raised naming ``path``.
 
     On an exception the temp folder is removed and ``path`` is untouched.
     """
-    final = Path(path)
+    final = check_output_folder(path, inputs=inputs, legacy=legacy, option=option) if replace else \
+        Path(os.path.abspath(Path(path).expanduser()))
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(final)
     tmp = temp_name(final)
     tmp.mkdir(mode=0o777)
     try:
         yield tmp
+        (tmp / OWNER_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         _normalise_modes(tmp)
         old: Path | None = None
         if final.exists() or final.is_symlink():
             if not replace:
                 raise FileExistsError(17, "already exists", str(final))
+            check_output_folder(final, inputs=inputs, legacy=legacy, option=option)  # changed while we worked?
             old = temp_name(final)
             os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         if old is not None:
             _remove(old)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        _raise_with_path(exc, final, tmp)
         raise
+
+
+def claim_folder(path: str | os.PathLike[str], *, legacy: Callable[[Path], bool] | None = None,
+                 option: str = "--out") -> Path:
+    """Make ``path`` a folder kinmerge writes into over several steps (the demo's output, which
+    resumes), marking it as kinmerge's; return it as an absolute path.
+
+    Raises:
+        OutputFolderError: as :func:`check_output_folder` (a non-empty folder of the user's).
+    """
+    final = check_output_folder(path, legacy=legacy, option=option)
+    final.mkdir(parents=True, exist_ok=True)
+    if not (final / OWNER_MARKER).is_file():
+        atomic_write(final / OWNER_MARKER, _MARKER_TEXT)
+    return final
 
 
 def remove_dead_temps(final: str | os.PathLike[str]) -> list[Path]:

@@ -11,6 +11,7 @@ so the CLI prints its one line; a lost worker, node or object becomes one ``Clus
 naming the task.
 
 Example:
+    >>> # not run here: starts a Ray cluster (tests/test_ray.py does)
     >>> with RayCluster(num_cpus=2) as cluster:                       # doctest: +SKIP
     ...     ref = cluster.submit(abs, -3, name="abs", num_cpus=1)
     ...     cluster.result(ref, "abs of -3")
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +33,8 @@ __all__ = ["RayCluster", "import_ray"]
 
 #: How long a probe or a connection may take before the cluster is declared unreachable.
 PROBE_TIMEOUT_S = 120.0
+#: How long connecting to a cluster's address may take (``KINMERGE_RAY_CONNECT_TIMEOUT`` overrides it).
+CONNECT_TIMEOUT_S = 30.0
 
 
 def import_ray() -> Any:
@@ -61,10 +65,18 @@ class RayCluster:
         num_cpus, num_gpus: the size of a new local cluster (default: this machine's); given
             without an address, they start one even where ``ray start`` has run.
         runtime_env: Ray's runtime environment for this job (``env_vars``, ``py_modules``, ...).
+        connect_timeout_s: how long the cluster's address may take to answer before it is
+            declared unreachable (default ``KINMERGE_RAY_CONNECT_TIMEOUT``, else 30 s). Ray itself
+            retries an address that does not answer for minutes, printing its own log lines.
     """
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-                 runtime_env: dict[str, Any] | None = None) -> None:
+                 runtime_env: dict[str, Any] | None = None, connect_timeout_s: float | None = None) -> None:
+        if connect_timeout_s is not None and (isinstance(connect_timeout_s, bool)
+                                              or not isinstance(connect_timeout_s, int | float)
+                                              or not 0 < connect_timeout_s < float("inf")):
+            raise ConfigError(f"the Ray connect timeout must be a number of seconds > 0, got {connect_timeout_s!r}")
+        self.connect_timeout_s = connect_timeout_s
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -92,6 +104,7 @@ class RayCluster:
                                       "runtime_env": self.runtime_env, "include_dashboard": False}
             if sized:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+            self._probe(address)
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -102,6 +115,42 @@ class RayCluster:
         self._ray = ray
         self._call = ray.remote(_call)
         return ray
+
+    def _timeout(self) -> float:
+        if self.connect_timeout_s is not None:
+            return float(self.connect_timeout_s)
+        text = os.environ.get("KINMERGE_RAY_CONNECT_TIMEOUT")
+        if text is None:
+            return CONNECT_TIMEOUT_S
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"KINMERGE_RAY_CONNECT_TIMEOUT must be a number of seconds > 0, got {text!r}")
+        return value
+
+    def _probe(self, address: str | None) -> None:
+        """Fail in seconds, in one line naming the address, when nothing answers there.
+
+        Only a ``HOST:PORT`` (or ``ray://HOST:PORT``) address is probed, given or from
+        ``RAY_ADDRESS``; ``auto`` and ``local`` are found or started by Ray on this machine.
+        """
+        where = address if address not in (None, "auto") else os.environ.get("RAY_ADDRESS")
+        target = _host_port(where)
+        if target is None:
+            return
+        timeout = self._timeout()
+        try:
+            with socket.create_connection(target, timeout=timeout):
+                pass
+        except TimeoutError:
+            raise ClusterError(f"the Ray cluster at {where} did not answer within {timeout:g} s; check the "
+                               "address and that `ray start --head` runs there (KINMERGE_RAY_CONNECT_TIMEOUT "
+                               "sets the wait)") from None
+        except OSError as exc:
+            raise ClusterError(f"cannot reach the Ray cluster at {where} ({exc.strerror or exc}); check the address "
+                               "and that `ray start --head` runs there") from None
 
     def close(self) -> None:
         """Shut down the local cluster this object started, or disconnect (idempotent)."""
@@ -182,6 +231,22 @@ class RayCluster:
         if self._ray is not None:
             with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
                 self._ray.cancel(ref)
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """``("host", port)`` of a ``HOST:PORT`` or ``ray://HOST:PORT`` address; ``None`` otherwise.
+
+    Example:
+        >>> _host_port("ray://10.0.0.5:10001"), _host_port("127.0.0.1:1"), _host_port("auto")
+        (('10.0.0.5', 10001), ('127.0.0.1', 1), None)
+    """
+    if not address or address in ("auto", "local"):
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kinmerge._io import atomic_write
+from kinmerge._io import atomic_write, claim_folder
 
 #: The tiny zoo's paper-sized foundation sets (triples, scored on their own tasks).
 FOUNDATION_SETS: tuple[tuple[str, ...], ...] = (
@@ -96,7 +96,8 @@ class DemoSettings:
     variants: tuple[Variant, ...] = DEMO_VARIANTS
     k: int = 3
     generations: int = 6
-    limit: int = 100  # held-out examples per task
+    limit: int = 100  # examples per task the loop selects on
+    evaluator: Mapping[str, Any] = field(default_factory=dict)  # more builtin settings (threads, batch_size)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def write_configs(out: Path, settings: DemoSettings, zoo: Any,
     for tb in testbeds:
         tasks = list(tb.tasks) if tb.tasks else list(dict.fromkeys(zoo.task_of(s) for s in tb.foundation))
         evaluator: dict[str, Any] = {"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": tasks,
-                                     "limit": settings.limit}
+                                     "limit": settings.limit, **settings.evaluator}
         if tb.sample_seed is not None:
             evaluator["sample_seed"] = tb.sample_seed
         for v in settings.variants:
@@ -210,7 +211,8 @@ def _evolve_one(path: Path, progress: bool) -> str:
 
 
 def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per strategy, over all its runs: gain of the final best over the best foundation model."""
+    """Per strategy, over all its runs: gain of the final best over the best foundation model, on
+    the selection part and (runs that split) on the held-out part."""
     rows: list[dict[str, Any]] = []
     by_strategy: dict[str, list[dict[str, Any]]] = {}
     for run in compare["runs"]:
@@ -219,12 +221,19 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
         gains = [r["final_best"] - r["best_per_generation"][0] for r in runs
                  if r["final_best"] is not None and r["best_per_generation"]
                  and r["best_per_generation"][0] is not None]
+        # Held out: the final best model's score on examples no choice saw, over the held-out
+        # score of the best foundation (the model a user would have had without merging).
+        held = [r["final_best_heldout"] - r["best_heldout_per_generation"][0] for r in runs
+                if r.get("final_best_heldout") is not None and r.get("best_heldout_per_generation")
+                and r["best_heldout_per_generation"][0] is not None]
         merges = [r["merges_used"] for r in runs]
         rows.append({
             "strategy": strategy,
             "runs": len(runs),
             "gain_mean": statistics.fmean(gains) if gains else None,
             "gain_std": statistics.stdev(gains) if len(gains) > 1 else None,
+            "heldout_gain_mean": statistics.fmean(held) if held else None,
+            "heldout_gain_std": statistics.stdev(held) if len(held) > 1 else None,
             "gain_min": min(gains) if gains else None,
             "gain_max": max(gains) if gains else None,
             "merges_mean": statistics.fmean(merges) if merges else None,
@@ -234,12 +243,21 @@ def across_sets(compare: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def resolve_zoo(zoo: str | os.PathLike[str] | None) -> Any:
-    """A zoo by shipped name (``headroom``, ``tiny``) or folder; None: the headroom zoo."""
-    from kinmerge.zoo import SHIPPED, load_zoo, shipped_zoo
+    """A zoo by shipped name (``headroom``, ``tiny``), by the preset of a zoo built into the cache
+    (``smol``), or by folder; None: the headroom zoo."""
+    from kinmerge.zoo import PRESETS, SHIPPED, built_zoo_dir, load_zoo, shipped_zoo
 
     if zoo is None or str(zoo) in SHIPPED:
         return shipped_zoo(str(zoo) if zoo is not None else "headroom")
+    if str(zoo) in PRESETS and not Path(zoo).exists():  # built into the cache: `kinmerge zoo build --preset smol`
+        return load_zoo(built_zoo_dir(str(zoo)))
     return load_zoo(zoo)
+
+
+def _demo_before_markers(folder: Path) -> bool:
+    """A demo folder from before folders carried kinmerge's marker: only what the demo writes."""
+    names = {p.name for p in folder.iterdir()}
+    return bool(names) and names <= {"configs", "runs", "report"}
 
 
 def run_demo(
@@ -263,6 +281,7 @@ def run_demo(
     content), so an interrupted demo picks up where it stopped.
 
     Example:
+        >>> # not run here: minutes of merging (tests/test_demo.py runs the demo)
         >>> result = run_demo("demo-out")                 # doctest: +SKIP
         >>> result.report                                 # doctest: +SKIP
         PosixPath('demo-out/report/index.html')
@@ -271,8 +290,10 @@ def run_demo(
     from kinmerge.report.html import write_report
 
     t0 = time.perf_counter()
-    out_dir = Path(out).resolve()
     chosen = resolve_zoo(zoo)
+    # The demo writes configs/, runs/ and report/ into ``out`` and resumes there: a folder of the
+    # user's is refused, before any work, rather than mixed with (or overwritten by) ours.
+    out_dir = claim_folder(out, legacy=_demo_before_markers).resolve()
     configs = write_configs(out_dir, settings, chosen, demo_testbeds(settings, chosen, max_sets))
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     run_configs(configs, workers=workers, progress=progress and workers <= 1, log=log)

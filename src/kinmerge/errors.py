@@ -37,7 +37,16 @@ class ShapeMismatchError(KinmergeError, ValueError):
 
 
 class MissingTensorError(KinmergeError, KeyError):
-    """A tensor exists in some models but not in others."""
+    """A tensor exists in some models but not in others.
+
+    Attributes:
+        format_mismatch: the names differ because the files are of different formats (a GGUF file
+            and a Hugging Face folder), so skipping the missing tensors would skip them all.
+    """
+
+    def __init__(self, message: str, *, format_mismatch: bool = False) -> None:
+        super().__init__(message)
+        self.format_mismatch = format_mismatch
 
     def __str__(self) -> str:  # KeyError quotes its message; we want the plain line.
         return str(self.args[0]) if self.args else ""
@@ -49,6 +58,11 @@ class NonFiniteError(KinmergeError, ValueError):
 
 class DuplicateModelError(KinmergeError, ValueError):
     """The same model was given twice (same path or same content)."""
+
+
+class OutputFolderError(KinmergeError, FileExistsError):
+    """An output folder cannot be written without destroying something kinmerge did not write: it
+    holds the user's files, it is a file, or it holds the command's own input."""
 
 
 class ConfigError(KinmergeError, ValueError):

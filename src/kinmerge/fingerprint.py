@@ -39,6 +39,10 @@ class RunFingerprint:
             refused resume can name the setting that changed (``None``: recorded before 0.2).
         kinship_source: ``exact`` (scans) or ``sketch`` (estimates from sketches); stored only
             when not ``exact``, so earlier runs read back unchanged.
+        heldout: the evaluator key of the held-out part of the tasks (``evaluator`` is then the
+            selection part's): where status, compare and the reports find the scores of examples
+            the run never chose with. ``None``: the run did not split (before 0.3, or
+            ``heldout: false``).
     """
 
     foundation: tuple[str, ...]
@@ -52,6 +56,7 @@ class RunFingerprint:
     racing: Mapping[str, Any] | None = None
     evaluator_settings: Mapping[str, Any] | None = None
     kinship_source: str = "exact"
+    heldout: str | None = None
 
     @property
     def k(self) -> int:
@@ -82,6 +87,8 @@ class RunFingerprint:
             out["evaluator_settings"] = dict(self.evaluator_settings)
         if self.kinship_source != "exact":
             out["kinship_source"] = self.kinship_source
+        if self.heldout is not None:
+            out["heldout"] = self.heldout
         return out
 
     @classmethod
@@ -97,7 +104,8 @@ class RunFingerprint:
                    evaluator=data["evaluator"], metric=metric if metric in METRICS else "pcc",
                    identity=data.get("identity"), racing=data.get("racing"),
                    evaluator_settings=data.get("evaluator_settings"),
-                   kinship_source=str(data.get("kinship_source") or "exact"))
+                   kinship_source=str(data.get("kinship_source") or "exact"),
+                   heldout=data.get("heldout") if isinstance(data.get("heldout"), str) else None)
 
     def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from ``other``: ``{name: (mine, other's)}``.
@@ -114,7 +122,7 @@ class RunFingerprint:
         out: dict[str, tuple[Any, Any]] = {}
         if set(self.foundation) != set(other.foundation):
             out["foundation"] = (list(self.foundation), list(other.foundation))
-        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source"):
+        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source", "heldout"):
             if getattr(self, name) != getattr(other, name):
                 out[name] = (getattr(self, name), getattr(other, name))
         sections = [("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)]
@@ -125,4 +133,6 @@ class RunFingerprint:
             for k in sorted(set(mine) | set(theirs)):
                 if mine.get(k) != theirs.get(k):
                     out[f"{prefix}.{k}"] = (mine.get(k), theirs.get(k))
+        if "heldout" in out and None not in out["heldout"] and any(k.startswith("evaluator.") for k in out):
+            del out["heldout"]  # a key hashed from the evaluator settings named above: no news
         return out

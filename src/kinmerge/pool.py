@@ -127,6 +127,8 @@ class PoolModel:
         reason: why the strategy merged it (greedy / exploration / random), when known.
         merge_gain: ``score`` minus the mean of its parents' scores (paper §2), when known.
         kinship: its parents' kinship in the run's metric, when known.
+        heldout_score: ``P̄`` on the held-out part of the tasks (``kinmerge.evolve.heldout``),
+            for models that entered the top-k of a run that splits; nothing ranks by it.
     """
 
     id: str
@@ -138,6 +140,7 @@ class PoolModel:
     reason: str | None = None
     merge_gain: float | None = None
     kinship: float | None = None
+    heldout_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.generation < 0:
@@ -155,8 +158,8 @@ class PoolModel:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (``--json`` outputs)."""
         return {"id": self.id, "generation": self.generation, "origin": self.origin, "parents": list(self.parents),
-                "score": self.score, "path": self.path, "reason": self.reason, "merge_gain": self.merge_gain,
-                "kinship": self.kinship}
+                "score": self.score, "heldout_score": self.heldout_score, "path": self.path, "reason": self.reason,
+                "merge_gain": self.merge_gain, "kinship": self.kinship}
 
 
 @dataclass(frozen=True)

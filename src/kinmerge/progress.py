@@ -1,7 +1,7 @@
 """Progress bars on stderr, so stdout stays clean for tables and ``--json``.
 
 Example:
-    >>> with progress_bar(total=3, description="evaluating") as advance:  # doctest: +SKIP
+    >>> with progress_bar(total=3, description="evaluating") as advance:   # draws on stderr only
     ...     for _ in range(3):
     ...         advance(1)
 """

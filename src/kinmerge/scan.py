@@ -33,6 +33,7 @@ import numpy as np
 
 from kinmerge import _kernels
 from kinmerge.errors import (
+    ConfigError,
     DuplicateModelError,
     MissingTensorError,
     NonFiniteError,
@@ -40,7 +41,7 @@ from kinmerge.errors import (
     UnsupportedDtypeError,
 )
 from kinmerge.kinship import METRICS, KinshipStats, check_metric
-from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer, is_vocab_tensor
+from kinmerge.sources import RAW_DTYPES, ModelSource, ReadBuffer, is_vocab_tensor, naming_mismatch
 
 DEFAULT_CHUNK = 1 << 20  # elements per read: 2 MB of bf16 per model and worker (measured: docs/benchmarks.md)
 _WINDOW = 64  # chunks a worker may run ahead of the in-order reduction (bounds pending results)
@@ -153,8 +154,9 @@ def plan(base: ModelSource, models: Sequence[ModelSource], *,
     notes: list[str] = []
     if missing:
         if not allow_missing:
-            raise MissingTensorError(_missing_message(everyone, labels) + "; pass --allow-missing to skip them and "
-                                     "report what was skipped")
+            cause = naming_mismatch(everyone)  # no option named: only commands that have one add it
+            raise MissingTensorError(_missing_message(everyone, labels) + (f"; {cause}" if cause else ""),
+                                     format_mismatch=cause is not None)
         skipped = sorted(set().union(*missing.values()))
         notes.append(f"skipped {len(skipped)} tensor(s) missing from some model: " + _short_list(skipped))
     common = [n for n in base.tensors if n not in set(skipped)]  # base's file order
@@ -292,10 +294,11 @@ def scan(
         plus everything ``plan`` raises, and read errors (``CorruptFileError``, ``OSError``).
 
     Example:
-        >>> from kinmerge.sources import open_model                      # doctest: +SKIP
-        >>> r = scan(open_model("base"), [open_model("a"), open_model("b")])  # doctest: +SKIP
-        >>> r.stats.value("pcc", 0, 1)                                   # doctest: +SKIP
-        0.1234
+        >>> from kinmerge.sources import open_models
+        >>> with open_models(["zoo:base", "zoo:add", "zoo:sort"]) as (base, *models):
+        ...     r = scan(base, models)
+        >>> round(r.stats.value("pcc", 0, 1), 4)
+        -0.0098
     """
     if chunk < 1:
         raise ValueError("chunk must be a positive number of elements")
@@ -336,6 +339,7 @@ def scan_tensors(
         order, and the bytes read.
 
     Example:
+        >>> # not run here: base and models are open sources, as in :func:`scan`'s example
         >>> plans, _, _ = plan(base, models)                                   # doctest: +SKIP
         >>> per_tensor, total, nbytes = scan_tensors(base, models, plans[:3])  # doctest: +SKIP
     """
@@ -519,7 +523,7 @@ def pair_dict(result: ScanResult, metrics: Sequence[str], *, breakdown: str | No
 
 
 def scan_refs(
-    base: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None,
     models: Sequence[str | os.PathLike[str]],
     *,
     chunk: int | None = None,
@@ -527,21 +531,35 @@ def scan_refs(
     allow_pickle: bool = False,
     progress: bool = False,
 ) -> ScanResult:
-    """Open ``base`` and ``models`` (folders, files or hub ids), scan them once, close them.
+    """Open ``base`` and ``models`` (folders, files, hub ids or LoRA adapters), scan them once, close them.
 
-    ``progress`` draws a bar with bytes and throughput on stderr.
+    A pool holding PEFT LoRA adapters is read from their factors (``kinmerge.scan_lora``); with
+    ``base`` None the adapters' ``base_model_name_or_path`` is the base. ``progress`` draws a bar
+    with bytes and throughput on stderr.
 
     Example:
-        >>> r = scan_refs("zoo/base", ["zoo/add", "zoo/sort"])       # doctest: +SKIP
-        >>> r.stats.value("pcc", 0, 1)                               # doctest: +SKIP
-        0.31
+        >>> r = scan_refs("zoo:base", ["zoo:add", "zoo:sort"])
+        >>> round(r.stats.value("pcc", 0, 1), 4)
+        -0.0098
     """
     from kinmerge.progress import progress_bar
-    from kinmerge.sources import open_models
+    from kinmerge.sources import LoraSource, open_model, open_models
 
-    with open_models([base, *models], allow_pickle=allow_pickle) as opened:
-        plan(opened[0], opened[1:], allow_missing=allow_missing)  # refuse before a progress bar is drawn
-        total = sum(info.nbytes for src in opened for info in src.tensors.values())
-        with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
-            return scan(opened[0], opened[1:], chunk=DEFAULT_CHUNK if chunk is None else chunk,
-                        allow_missing=allow_missing, progress=advance)
+    with open_models(list(models), allow_pickle=allow_pickle, adapters=True) as opened:
+        adapters = [m for m in opened if isinstance(m, LoraSource)]
+        if adapters:  # the one dispatch to the adapter pass (imported here: it builds on this module)
+            from kinmerge.scan_lora import adapters_base, planned_bytes, scan_adapters
+
+            with open_model(adapters_base(adapters) if base is None else base, allow_pickle=allow_pickle,
+                            adapters=True) as base_src, \
+                    progress_bar(planned_bytes(base_src, opened), "reading", unit="bytes", enabled=progress) as advance:
+                return scan_adapters(base_src, opened, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                                     allow_missing=allow_missing, progress=advance)
+        if base is None:
+            raise ConfigError("no base given: pass --base (only LoRA adapters name their own base)")
+        with open_model(base, allow_pickle=allow_pickle) as base_src:
+            plan(base_src, opened, allow_missing=allow_missing)  # refuse before a progress bar is drawn
+            total = sum(info.nbytes for src in [base_src, *opened] for info in src.tensors.values())
+            with progress_bar(total, "reading", unit="bytes", enabled=progress) as advance:
+                return scan(base_src, opened, chunk=DEFAULT_CHUNK if chunk is None else chunk,
+                            allow_missing=allow_missing, progress=advance)

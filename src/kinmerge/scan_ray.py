@@ -12,6 +12,7 @@ Every node must see the model files at the paths the driver opened them from (sh
 docs/distributed.md). ``kinmerge matrix ... --ray [ADDRESS]`` is the command line.
 
 Example:
+    >>> # not run here: starts a Ray cluster (tests/test_ray.py does)
     >>> r = scan_ray("zoo/base", ["zoo/add", "zoo/sort", "zoo/count"], address=None)  # doctest: +SKIP
     >>> r.matrix("pcc").shape                                                       # doctest: +SKIP
     (3, 3)

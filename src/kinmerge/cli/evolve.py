@@ -23,7 +23,8 @@ from kinmerge.pool import short_id
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Keep the runs, the configs and the report here (rerunning resumes).")
 @click.option("--generations", type=click.IntRange(1, 20), default=6, show_default=True, help="Generation budget.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Held-out examples per task.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
+              help="Examples per task the loop selects on (a held-out part it never sees scores the top-k).")
 @click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
 @click.option("--zoo", "zoo", default="headroom", show_default=True,
               help="A shipped zoo (headroom, tiny) or a folder built with `kinmerge zoo build`.")
@@ -60,13 +61,18 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: 
     print_compare(result.compare)
     from rich.table import Table
 
-    table = Table(title="across foundation sets: gain of the final best over the best foundation model")
-    for col in ("strategy", "runs", "gain mean", "std", "min – max", "merges mean", "early stops"):
+    held = any(row.get("heldout_gain_mean") is not None for row in result.across_sets)
+    table = Table(title="across foundation sets: gain of the final best over the best foundation model"
+                  + (" (selection part, and held-out: examples no choice saw)" if held else ""))
+    for col in ("strategy", "runs", "gain mean", "std", "min – max", *(("held-out gain", "std") if held else ()),
+                "merges mean", "early stops"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for row in result.across_sets:
         table.add_row(row["strategy"], str(row["runs"]), fmt_num(row["gain_mean"], 3), fmt_num(row["gain_std"], 3),
-                      f"{fmt_num(row['gain_min'], 3)} – {fmt_num(row['gain_max'], 3)}", fmt_num(row["merges_mean"], 1),
-                      str(row["early_stops"]))
+                      f"{fmt_num(row['gain_min'], 3)} – {fmt_num(row['gain_max'], 3)}",
+                      *((fmt_num(row.get("heldout_gain_mean"), 3), fmt_num(row.get("heldout_gain_std"), 3))
+                        if held else ()),
+                      fmt_num(row["merges_mean"], 1), str(row["early_stops"]))
     console = wide_console()
     print_tables(console, table)
     for line in summary_lines(result):
@@ -163,14 +169,16 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
     from rich import box
 
     table = Table(title=f"run {summary.run_id} in {summary.run_dir}", box=box.SIMPLE_HEAD)
+    scores = (("selection", "right"), ("held-out", "right")) if summary.heldout else (("score", "right"),)
     for col, justify in (("top", "center"), ("id", "left"), ("gen", "right"), ("origin", "left"),
-                         ("parents", "left"), ("score", "right"), ("gain", "right"),
+                         ("parents", "left"), *scores, ("gain", "right"),
                          (f"kinship ({summary.metric})", "right"), ("reason / model", "left")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for e in summary.pool:
         what = (e.reason or "") if e.origin == "merge" else Path(e.path or "").name
+        cells = (num(e.score), num(e.heldout_score)) if summary.heldout else (num(e.score),)
         table.add_row("*" if e.id in summary.top_k else "", short_id(e.id), str(e.generation), e.origin,
-                      "+".join(short_id(p) for p in e.parents), num(e.score), num(e.merge_gain, "+.4f"),
+                      "+".join(short_id(p) for p in e.parents), *cells, num(e.merge_gain, "+.4f"),
                       num(e.kinship), what)
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
@@ -182,6 +190,10 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
                   highlight=False)
     console.print(f"merges: {summary.merges}; top-{summary.k} {summary.metric} kinship: "
                   f"{num(summary.top_k_kinship)}", highlight=False)
+    best = summary.best
+    if summary.heldout and best is not None:
+        console.print(f"best by selection score: {short_id(best.id)}, held-out {num(best.heldout_score)} "
+                      f"(selection {num(best.score)}; gains are on the selection part)", highlight=False)
     if summary.status == "interrupted":
         console.print("the run was interrupted; rerun `kinmerge evolve CONFIG` with the same run dir to resume",
                       highlight=False)

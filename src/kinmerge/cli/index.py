@@ -34,8 +34,9 @@ def _fmt(value: float | None, bound: float | None = None) -> str:
 
 @index_group.command("add")
 @click.argument("index", type=click.Path(dir_okay=False))
-@click.argument("models", nargs=-1, required=True)
-@click.option("--base", default=None, help="The base model (required for a new index; checked otherwise).")
+@click.argument("models", nargs=-1)
+@click.option("--base", default=None, help="The base model (required for a new index; checked otherwise; a base "
+                                           "that moved: its new place, checked by content id).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Models sketched per pass over the base (memory: ~3 MB each).")
 @click.option("--size", type=click.IntRange(min=256), default=None,
@@ -52,12 +53,16 @@ def add_cmd(index: str, models: tuple[str, ...], base: str | None, batch: int, s
 
     Models already in the index (same content id) are skipped, so adding again is harmless.
     Each batch is one transaction: Ctrl-C keeps the finished batches and nothing half-written.
+    The base folder moved? ``--base NEW_PLACE`` (with or without models) re-points the index
+    once the new place holds the same weights (content id).
 
     \b
     Example:
       kinmerge index add family.kmi zoo:add zoo:sort zoo:count --base zoo:base
       kinmerge index add family.kmi runs/evolve-kinship/models/*
     """
+    if not models and base is None:
+        raise click.UsageError("give MODELS to add, or --base NEW_PLACE to re-point the index at its moved base")
     from kinmerge.index import Index
     from kinmerge.sketch import DEFAULT_SIZE, check_size
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,9 @@ def _metrics_option(default: str) -> Any:
 def _scan_options(fn: Any) -> Any:
     for opt in reversed(
         [
-            click.option("--base", required=True, help="The shared base model the deltas are taken from."),
+            click.option("--base", default=None,
+                         help="The shared base model the deltas are taken from (LoRA adapters: default their "
+                              "base_model_name_or_path)."),
             click.option("--allow-missing", is_flag=True, help="Skip tensors absent from some model (reported)."),
             click.option("--allow-pickle", is_flag=True, help="Accept pickled pytorch_model*.bin (weights_only load)."),
             click.option("--chunk", type=click.IntRange(min=1), default=None,
@@ -41,12 +45,28 @@ def _scan_options(fn: Any) -> Any:
     return fn
 
 
-def _run_scan(base: str, models: list[str], allow_missing: bool, allow_pickle: bool, chunk: int | None,
+def _run_scan(base: str | None, models: list[str], allow_missing: bool, allow_pickle: bool, chunk: int | None,
               no_progress: bool) -> Any:
     from kinmerge.scan import scan_refs
 
-    return scan_refs(base, models, chunk=chunk, allow_missing=allow_missing, allow_pickle=allow_pickle,
-                     progress=not no_progress)
+    with _allow_missing_hint():
+        return scan_refs(base, models, chunk=chunk, allow_missing=allow_missing, allow_pickle=allow_pickle,
+                         progress=not no_progress)
+
+
+@contextlib.contextmanager
+def _allow_missing_hint() -> Iterator[None]:
+    """Name ``--allow-missing`` in a missing-tensor error: these commands have the option (the
+    scan names none, since suggest and index have none), unless the cause is GGUF vs Hugging
+    Face names, where skipping would skip every tensor."""
+    from kinmerge.errors import MissingTensorError
+
+    try:
+        yield
+    except MissingTensorError as exc:
+        if exc.format_mismatch:
+            raise
+        raise MissingTensorError(f"{exc}; pass --allow-missing to skip them and report what was skipped") from None
 
 
 def _parse_metric_option(metrics: tuple[str, ...]) -> list[str]:
@@ -75,8 +95,9 @@ def _print_notes(console: Any, result: Any) -> None:
 @click.option("--per-layer", is_flag=True, help="Also show a per-layer breakdown (the headline stays global).")
 @click.option("--per-tensor", is_flag=True, help="Also show a per-tensor breakdown.")
 @json_option
-def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...], per_layer: bool, per_tensor: bool,
-                as_json: bool, allow_missing: bool, allow_pickle: bool, chunk: int | None, no_progress: bool) -> None:
+def kinship_cmd(model_a: str, model_b: str, base: str | None, metrics: tuple[str, ...], per_layer: bool,
+                per_tensor: bool, as_json: bool, allow_missing: bool, allow_pickle: bool, chunk: int | None,
+                no_progress: bool) -> None:
     """Kinship of two models: similarity of their weight deltas from BASE.
 
     PCC (Pearson) and CS (signed cosine) grow with kinship; ED (Euclidean distance) shrinks.
@@ -86,6 +107,10 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
     Example:
       kinmerge kinship zoo:add zoo:sort --base zoo:base --metric pcc,cs,ed
       kinmerge kinship zoo:add zoo:reverse --base zoo:base --per-layer --json
+      kinmerge kinship someorg/math-lora someorg/code-lora     # LoRA adapters: base from their config
+
+    MODEL_A and MODEL_B may be PEFT LoRA adapters (docs/adapters.md): kinship is then computed
+    exactly from their low-rank factors, and --base defaults to their base_model_name_or_path.
     """
     from kinmerge.scan import pair_dict
 
@@ -136,7 +161,7 @@ def kinship_cmd(model_a: str, model_b: str, base: str, metrics: tuple[str, ...],
               help="Scan on a Ray cluster in tensor shards (same numbers): at ADDRESS (auto, HOST:PORT, "
                    "ray://HOST:10001, local), else RAY_ADDRESS, this machine's `ray start` cluster or a new local "
                    "one. Give it after the models or as --ray=ADDRESS.")
-def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
+def matrix_cmd(models: tuple[str, ...], base: str | None, metrics: tuple[str, ...], csv_path: str | None, as_json: bool,
                plot_path: str | None, allow_missing: bool, allow_pickle: bool, chunk: int | None,
                no_progress: bool, ray_address: str | None) -> None:
     """Kinship of every pair of MODELS, reading each file once.
@@ -157,8 +182,11 @@ def matrix_cmd(models: tuple[str, ...], base: str, metrics: tuple[str, ...], csv
     if ray_address is not None:
         from kinmerge.scan_ray import scan_ray
 
-        result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
-                          allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
+        if base is None:
+            raise click.BadParameter("--ray needs --base (adapters are read on this machine only)", param_hint="--base")
+        with _allow_missing_hint():
+            result = scan_ray(base, list(models), address=ray_address or None, chunk=chunk,
+                              allow_missing=allow_missing, allow_pickle=allow_pickle, progress=not no_progress)
     else:
         result = _run_scan(base, list(models), allow_missing, allow_pickle, chunk, no_progress)
     data = result_dict(result, chosen)
@@ -217,7 +245,8 @@ def _write_matrix_csv(path: Path, names: list[str], metrics: list[str], matrices
 @cli.command("convert")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (replaced if present).")
+              help="Folder to write: new, empty, or one kinmerge wrote (then replaced); never one holding "
+                   "other files.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
 def convert_cmd(gguf_file: str, out_dir: str, dtype: str) -> None:
     """Convert a GGUF file (llama.cpp export) into a Hugging Face model folder.

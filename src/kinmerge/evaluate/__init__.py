@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from kinmerge.errors import ConfigError
 
-__all__ = ["EVALUATORS", "EvalResult", "Evaluator", "evaluator_accepts", "get_evaluator", "register_evaluator"]
+__all__ = ["EVALUATORS", "PATH_SETTINGS", "EvalResult", "Evaluator", "evaluator_accepts", "get_evaluator",
+           "register_evaluator", "resolve_paths"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,57 @@ def evaluator_accepts(name: str, setting: str) -> bool:
     """Whether evaluator ``name`` takes the keyword ``setting`` (e.g. ``"progress"``)."""
     params = _parameters(_factory(name))
     return params is None or setting in params
+
+
+#: Evaluator settings that name local folders or files (``tasks_dir``: builtin; ``include_path``: lm_eval).
+PATH_SETTINGS = ("tasks_dir", "include_path")
+
+
+def resolve_paths(settings: Mapping[str, Any], *,
+                  root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The evaluator ``settings`` with every folder they name made absolute.
+
+    The one place where the Python API, ``kinmerge eval`` and a run config read the folders an
+    evaluator is given, so each accepts the same references: ``zoo:tasks`` (a shipped task folder),
+    ``~/tasks``, or a path relative to ``root`` (a config file's folder; default the working
+    directory). lm_eval ``tasks`` that exist as paths under ``root`` become absolute; the others
+    are harness task names and stay as given.
+
+    Raises:
+        ConfigError: a ``zoo:`` reference names no shipped folder (the message starts with the
+            setting's name). A folder that does not exist is left for the evaluator to refuse,
+            in its own words ("task folder not found; expected a folder of <task>.jsonl files").
+
+    Example:
+        >>> resolve_paths({"tasks_dir": "zoo:tasks", "limit": 5})["tasks_dir"].endswith("data/zoo/tasks")
+        True
+    """
+    from kinmerge.errors import SourceError
+    from kinmerge.sources.refs import ZOO_PREFIX, zoo_path
+
+    here = Path(root).expanduser() if root is not None else Path.cwd()
+    out = dict(settings)
+    for key in PATH_SETTINGS:
+        value = out.get(key)
+        if value is None:
+            continue
+        resolved = []
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if str(item).startswith(ZOO_PREFIX):
+                try:
+                    path = zoo_path(str(item))
+                except SourceError as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
+            else:
+                path = Path(os.fspath(item)).expanduser()
+                path = path if path.is_absolute() else here / path
+            resolved.append(str(path.resolve()))  # a missing folder is the evaluator's to name
+        out[key] = resolved if isinstance(value, list | tuple) else resolved[0]
+    if isinstance(out.get("tasks"), list | tuple):
+        out["tasks"] = [str((here / t).resolve())
+                        if isinstance(t, str) and not Path(t).is_absolute() and (here / t).exists() else t
+                        for t in out["tasks"]]
+    return out
 
 
 def get_evaluator(name: str, **settings: Any) -> Evaluator:

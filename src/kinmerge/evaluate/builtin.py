@@ -35,12 +35,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kinmerge._json import StrictInputError, number
 from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
 from kinmerge.evaluate.checks import pad_id as pad_id_of
 from kinmerge.evaluate.fixed_order import fixed_order_attention, log_softmax
-from kinmerge.evaluate.tasks import Task, load_tasks
+from kinmerge.evaluate.tasks import Task, load_tasks, split_task
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -70,15 +71,22 @@ class BuiltinEvaluator:
         sample_seed: score a seeded random sample of each task's examples (``limit`` of them, or
             all in a seeded order) instead of the first ones: another held-out sample is another
             testbed, which is how a study's seeds vary a deterministic strategy (greedy).
+        split: ``"all"`` (default), or one part of every task's seeded selection / held-out
+            split (``"selection"``, ``"heldout"``; ``kinmerge.evaluate.tasks.split_task``): an
+            evolution run chooses on one and reports the other. ``limit`` and ``sample_seed``
+            apply within the part.
+        heldout_fraction: the share of each task's examples held out (default 0.5).
+        split_seed: seeds the split (independent of ``sample_seed``).
 
     Raises:
         EvaluationError: if the task folder or a task file is invalid (names file and line).
         ConfigError: if ``limit``, ``batch_size``, ``max_new_tokens`` or ``dtype`` is invalid.
 
     Example:
-        >>> ev = BuiltinEvaluator("src/kinmerge/data/zoo/tasks", limit=100)  # doctest: +SKIP
-        >>> ev.evaluate(Path("src/kinmerge/data/zoo/specialists/add")).scores["add"]  # doctest: +SKIP
-        0.97
+        >>> from kinmerge.sources import zoo_path
+        >>> ev = BuiltinEvaluator(zoo_path("zoo:tasks"), tasks=["add"], limit=100)
+        >>> ev.evaluate(zoo_path("zoo:add")).scores["add"]
+        0.27
     """
 
     name = "builtin"
@@ -86,17 +94,30 @@ class BuiltinEvaluator:
     def __init__(self, tasks_dir: str | os.PathLike[str], limit: int | None = None,
                  batch_size: int = 64, max_new_tokens: int | None = None, device: str = "cpu",
                  tasks: Sequence[str] | None = None, dtype: str = "float32",
-                 threads: int | None = None, progress: bool = True, sample_seed: int | None = None) -> None:
-        if limit is not None and limit < 1:
-            raise ConfigError(f"limit must be at least 1, got {limit}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+                 threads: int | None = None, progress: bool = True, sample_seed: int | None = None,
+                 split: str = "all", heldout_fraction: float = 0.5, split_seed: int = 0) -> None:
+        # Checked here, at construction, so a config's --dry-run refuses what the real run would
+        # crash on (``limit: 2.5``, ``batch_size: true``, ``tasks: []``).
+        try:
+            limit = None if limit is None else int(number(limit, "limit", integer=True, low=1))
+            batch_size = int(number(batch_size, "batch_size", integer=True, low=1))
+            if max_new_tokens is not None:
+                max_new_tokens = int(number(max_new_tokens, "max_new_tokens", integer=True, low=1))
+            if threads is not None:
+                threads = int(number(threads, "threads", integer=True, low=1))
+            if sample_seed is not None:
+                sample_seed = int(number(sample_seed, "sample_seed", integer=True, low=0))
+        except StrictInputError as exc:
+            raise ConfigError(str(exc)) from None
+        if tasks is not None and (isinstance(tasks, str) or not tasks):
+            raise ConfigError(f"tasks must be a non-empty list of task names, got {tasks!r}; leave it out to "
+                              "evaluate every task in tasks_dir")
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.tasks_dir = Path(tasks_dir)
         self.tasks = load_tasks(self.tasks_dir, tasks)
+        self.split, self.heldout_fraction, self.split_seed = split, heldout_fraction, split_seed
+        self.tasks = {name: split_task(t, split, heldout_fraction, split_seed) for name, t in self.tasks.items()}
         self.sample_seed = sample_seed
         if sample_seed is not None:
             self.tasks = {name: _shuffled(t, sample_seed) for name, t in self.tasks.items()}
@@ -112,6 +133,8 @@ class BuiltinEvaluator:
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
             **({"sample_seed": self.sample_seed} if self.sample_seed is not None else {}),
+            **({"split": self.split, "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed}
+               if self.split != "all" else {}),
             # CPU scores are the same bits on every x86 CPU (fixed_order); a GPU's are not
             **({"device": str(self.device)} if not str(self.device).startswith("cpu") else {}),
         }

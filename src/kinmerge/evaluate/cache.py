@@ -6,9 +6,11 @@ gives the same scores, so ``kinmerge eval`` answers from the cache. The evolutio
 its own cache in the run store; this one serves standalone evaluations.
 
 Example:
-    >>> from kinmerge.evaluate import get_evaluator                          # doctest: +SKIP
-    >>> ev = get_evaluator("builtin", tasks_dir="zoo/tasks")                 # doctest: +SKIP
-    >>> result, hit = evaluate_cached(ev, "zoo/specialists/add")             # doctest: +SKIP
+    >>> from kinmerge.evaluate import get_evaluator
+    >>> from kinmerge.sources import zoo_path
+    >>> ev = get_evaluator("builtin", tasks_dir=zoo_path("zoo:tasks"), tasks=["add"], limit=20)
+    >>> [evaluate_cached(ev, zoo_path("zoo:add"))[1] for _ in range(2)]   # scored, then from the cache
+    [False, True]
 """
 
 from __future__ import annotations

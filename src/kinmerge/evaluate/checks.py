@@ -9,6 +9,7 @@ and a prompt that runs past ``max_position_embeddings`` is cut (or fed positions
 saw). :func:`check_examples` refuses these with the task file and line.
 
 Example:
+    >>> # not run here: needs a loaded model and tokenizer (BuiltinEvaluator.evaluate calls it on every task)
     >>> check_examples(model, tok, task, task.examples, label="add")   # doctest: +SKIP
 """
 
@@ -58,6 +59,7 @@ def check_examples(model: Any, tokenizer: Any, task: Task, examples: Sequence[Ex
         EvaluationError: naming the task file and line (``path:line``) and what is wrong.
 
     Example:
+        >>> # not run here: needs a loaded model and tokenizer (BuiltinEvaluator.evaluate calls it on every task)
         >>> task = load_task("tasks/add.jsonl")                             # doctest: +SKIP
         >>> check_examples(model, tok, task, task.examples, label="add")    # doctest: +SKIP
     """

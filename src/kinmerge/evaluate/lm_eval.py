@@ -73,6 +73,7 @@ class LmEvalEvaluator:
         ConfigError: a task path that does not exist or defines no task, or a bad option.
 
     Example:
+        >>> # not run here: needs a GPU and lm-eval's harness tasks
         >>> ev = LmEvalEvaluator(device="cuda", batch_size="auto")            # doctest: +SKIP
         >>> ev.evaluate(Path("merges/3f9c0a1b2d4e5f60")).scores              # doctest: +SKIP
         {'winogrande': 0.781, 'gsm8k': 0.512, 'truthfulqa_mc2': 0.603}

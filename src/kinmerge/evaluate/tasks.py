@@ -20,14 +20,14 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kinmerge._io import atomic_file
-from kinmerge._json import StrictJSONError, loads_strict
+from kinmerge._json import StrictJSONError, json_lines, loads_strict
 from kinmerge.errors import EvaluationError
 
-__all__ = ["Example", "Task", "load_task", "load_tasks", "write_task"]
+__all__ = ["SPLITS", "Example", "Task", "load_task", "load_tasks", "split_task", "write_task"]
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -114,8 +114,9 @@ def load_task(path: str | os.PathLike[str]) -> Task:
             file and line.
 
     Example:
-        >>> load_task("zoo/tasks/add.jsonl").examples[0]  # doctest: +SKIP
-        Example(prompt='add 23+45=', answer='68', choices=None)
+        >>> from kinmerge.sources import zoo_path
+        >>> load_task(zoo_path("zoo:tasks") / "add.jsonl").examples[0]
+        Example(prompt='add 39+62=', answer='101', choices=None, line=1)
     """
     path = Path(path)
     if not _TASK_NAME.match(path.stem):
@@ -130,9 +131,7 @@ def load_task(path: str | os.PathLike[str]) -> Task:
         raise EvaluationError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     examples: list[Example] = []
     first_mode_line = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in json_lines(text):  # on \n only: U+2028 inside a JSON string is no line end
         example = _parse_line(path, lineno, line)
         if examples and (example.choices is None) != (examples[0].choices is None):
             raise EvaluationError(
@@ -180,3 +179,48 @@ def write_task(path: str | os.PathLike[str], examples: Iterable[Example]) -> Pat
         for ex in examples:
             fh.write(ex.to_json() + "\n")
     return Path(path)
+
+
+#: The parts a task's examples split into: ``selection`` (what a loop may choose with), ``heldout``
+#: (what it never sees: the score a chosen model reports) and ``all`` (no split).
+SPLITS = ("all", "selection", "heldout")
+
+
+def split_task(task: Task, part: str, heldout_fraction: float = 0.5, seed: int = 0) -> Task:
+    """The examples of ``task`` in one part of a seeded selection / held-out split.
+
+    The split is a seeded permutation of the examples' positions (by task name and ``seed``, the
+    same on every machine): its first ``round(n × heldout_fraction)`` positions (at least 1, at
+    most n − 1) are held out, the rest are the selection part; both keep file order. The two parts
+    are disjoint and cover the task, so a model chosen on ``selection`` is scored on examples the
+    choice never saw. Evolutionary merging over-fits its fitness set (docs/evolve.md), which is
+    why every run splits by default.
+
+    Raises:
+        EvaluationError: ``part`` is unknown, the fraction is outside (0, 1), or the task has fewer
+            than 2 examples (nothing to hold out).
+
+    Example:
+        >>> t = Task("t", Path("t.jsonl"), tuple(Example(str(i), "a") for i in range(10)), "x")
+        >>> sel, held = split_task(t, "selection"), split_task(t, "heldout")
+        >>> len(sel.examples), len(held.examples), set(sel.examples) & set(held.examples)
+        (5, 5, set())
+    """
+    if part not in SPLITS:
+        raise EvaluationError(f"unknown split {part!r}; choose one of {', '.join(SPLITS)}")
+    if part == "all":
+        return task
+    if not 0.0 < heldout_fraction < 1.0:
+        raise EvaluationError(f"heldout_fraction must be between 0 and 1 (exclusive), got {heldout_fraction}")
+    n = len(task.examples)
+    if n < 2:
+        raise EvaluationError(f"{task.path}: {n} example(s): too few to split into selection and held-out "
+                              f"parts; add examples, or turn the split off (heldout: false)")
+    import random
+
+    order = list(range(n))
+    random.Random(f"split:{seed}:{task.name}").shuffle(order)
+    n_held = min(n - 1, max(1, round(n * heldout_fraction)))
+    held = set(order[:n_held])
+    keep = [i for i in range(n) if (i in held) == (part == "heldout")]
+    return replace(task, examples=tuple(task.examples[i] for i in keep))

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from kinmerge._io import json_digest
 from kinmerge.errors import ConfigError, KinmergeError, SourceError
-from kinmerge.sources import ZOO_PREFIX, resolve_ref, zoo_path
+from kinmerge.sources import resolve_ref
 
 if TYPE_CHECKING:
     from kinmerge.evaluate import Evaluator
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-#: Evaluator settings that name folders or files (resolved against the config's folder).
-_PATH_SETTINGS = ("tasks_dir", "include_path")
 
 
 def _root(info: ValidationInfo) -> Path:
@@ -161,71 +159,81 @@ def _build_recipe(method: str, params: Mapping[str, Any]) -> Recipe:
 class EvaluatorConfig(BaseModel):
     """``evaluator:`` the evaluator's registry ``name`` (``builtin``, ``lm_eval``) plus its
     settings, flat (builtin: ``tasks_dir``, ``limit``, ``batch_size``, ``device``, ...;
-    lm_eval: ``tasks``, ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ...)."""
+    lm_eval: ``tasks``, ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ...).
+
+    ``heldout`` (the run's, not the evaluator's): the share of every task's examples the loop
+    never sees (default 0.5; ``false``: no split). The run chooses on the rest (``split:
+    selection``; ``limit`` and ``sample_seed`` apply there) and scores every model that enters the
+    top-k on the whole held-out part (``split: heldout``), for evaluators that can split
+    (builtin); ``heldout_seed`` seeds the split."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
+    heldout: float | Literal[False] = 0.5
+    heldout_seed: int = 0
 
-    def settings(self) -> dict[str, Any]:
-        """The evaluator's keyword arguments (paths already resolved)."""
-        return dict(self.model_extra or {})
+    @field_validator("heldout", mode="before")
+    @classmethod
+    def _check_heldout(cls, v: Any) -> Any:
+        if v is False or v is None:
+            return False
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"heldout must be a share between 0 and 1 (exclusive) or false, got {v!r}")
+        return float(v)
+
+    @property
+    def splits(self) -> bool:
+        """Whether this run splits its tasks: ``heldout`` is on and the evaluator can split."""
+        from kinmerge.evaluate import evaluator_accepts
+
+        return self.heldout is not False and evaluator_accepts(self.name, "split")
+
+    def settings(self, split: str | None = None) -> dict[str, Any]:
+        """The evaluator's keyword arguments (paths already resolved), for one ``split`` part
+        (``"selection"`` / ``"heldout"``) when the run splits; ``None``: the selection part."""
+        out = dict(self.model_extra or {})
+        if self.splits:
+            out.update(split=split or "selection", heldout_fraction=self.heldout, split_seed=self.heldout_seed)
+            if split == "heldout":  # scored whole: `limit` and `sample_seed` pick what the loop selects on
+                out.pop("limit", None)
+                out.pop("sample_seed", None)
+        return out
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> EvaluatorConfig:
-        from kinmerge.evaluate import EVALUATORS
+        from kinmerge.evaluate import EVALUATORS, resolve_paths
 
         if self.name not in EVALUATORS:
             raise ValueError(f"unknown evaluator {self.name!r}; choose one of {', '.join(sorted(EVALUATORS))}")
-        root = _root(info)
         extra = self.model_extra if self.model_extra is not None else {}
-        for key in _PATH_SETTINGS:
-            if key in extra and extra[key] is not None:
-                value = extra[key]
-                items = value if isinstance(value, list) else [value]
-                resolved = []
-                for item in items:
-                    if str(item).startswith(ZOO_PREFIX):  # zoo:tasks, the shipped task folder
-                        try:
-                            p = zoo_path(str(item))
-                        except SourceError as exc:
-                            raise ValueError(f"{key}: {exc}") from None
-                    else:
-                        p = Path(str(item)).expanduser()
-                        p = p if p.is_absolute() else root / p
-                    if not p.exists():
-                        raise ValueError(f"{key}: no such folder {p}")
-                    resolved.append(str(p.resolve()))
-                extra[key] = resolved if isinstance(value, list) else resolved[0]
-        if isinstance(extra.get("tasks"), list):
-            # lm_eval: a task is a harness name or a path to YAMLs; resolve the ones that exist here.
-            extra["tasks"] = [
-                str((root / t).resolve())
-                if isinstance(t, str) and not Path(t).is_absolute() and (root / t).exists()
-                else t
-                for t in extra["tasks"]
-            ]
+        if "split" in extra or "heldout_fraction" in extra:
+            raise ValueError("the run splits the tasks itself: set heldout (a share, or false), not split")
+        try:
+            extra.update(resolve_paths(extra, root=_root(info)))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         try:
             self.build()
         except KinmergeError as exc:
             raise ValueError(str(exc)) from None
         return self
 
-    def run_settings(self) -> dict[str, Any]:
+    def run_settings(self, split: str | None = None) -> dict[str, Any]:
         """The settings an evolution run evaluates with: the file's, with the evaluator's own
         progress bar off where it has one (the runner draws its own progress line)."""
         from kinmerge.evaluate import evaluator_accepts
 
-        settings = self.settings()
+        settings = self.settings(split)
         if evaluator_accepts(self.name, "progress"):
             settings.setdefault("progress", False)
         return settings
 
-    def build(self) -> Evaluator:
+    def build(self, split: str | None = None) -> Evaluator:
         """The evaluator object (``kinmerge.evaluate.get_evaluator``) with :meth:`run_settings`."""
         from kinmerge.evaluate import get_evaluator
 
-        return get_evaluator(self.name, **self.run_settings())
+        return get_evaluator(self.name, **self.run_settings(split))
 
 
 class ExecutorConfig(_Section):
@@ -236,7 +244,8 @@ class ExecutorConfig(_Section):
     - ``ray`` (docs/distributed.md): ``address`` (default: a local cluster of ``num_cpus`` /
       ``num_gpus``), ``merge_cpus``, ``merge_gpus``, ``eval_cpus``, ``eval_gpus`` (each step's
       resource request), ``max_retries`` (a step whose worker died), ``workers`` (steps in
-      flight; default: what the cluster holds), ``runtime_env``.
+      flight; default: what the cluster holds), ``runtime_env``, ``connect_timeout_s`` (how long
+      the address may take to answer; default 30 s).
 
     A setting the named executor does not take is refused, naming the executors that take it.
     """
@@ -252,6 +261,7 @@ class ExecutorConfig(_Section):
     eval_gpus: float | None = Field(None, ge=0)
     max_retries: int | None = Field(None, ge=0)
     runtime_env: dict[str, Any] | None = None
+    connect_timeout_s: float | None = Field(None, gt=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod
@@ -427,9 +437,11 @@ class RunConfig(_Section):
     def shared_paths(self) -> list[str]:
         """The local files and folders every machine that runs steps must see: the base, the
         foundations, the evaluator's task folders (hub ids are fetched by each machine)."""
+        from kinmerge.evaluate import PATH_SETTINGS
+
         extra = self.evaluator.settings()
         paths = [self.base, *self.foundation]
-        for key in _PATH_SETTINGS:
+        for key in PATH_SETTINGS:
             value = extra.get(key)
             paths += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
         return [p for p in paths if Path(p).exists()]
@@ -479,11 +491,13 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             message names the file and the field, e.g. ``evolve.yaml: strategy.k: ...``).
 
     Example:
-        >>> cfg = load_config("examples/evolve.yaml")        # doctest: +SKIP
-        >>> cfg.strategy.name, cfg.metric                     # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> import kinmerge
+        >>> cfg = load_config(Path(kinmerge.__file__).parents[2] / "examples" / "evolve.yaml")
+        >>> cfg.strategy.name, cfg.metric
         ('kinship', 'pcc')
     """
-    import yaml
+    from kinmerge._json import StrictYAMLError, load_yaml_strict
 
     file = Path(path).expanduser()
     try:
@@ -493,12 +507,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{file}: not valid YAML{where} ({problem})") from None
+        data = load_yaml_strict(text)  # a key given twice is refused, not silently the last block
+    except StrictYAMLError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     if data is None:
         raise ConfigError(f"{file}: the config is empty; it needs foundation, base, strategy and evaluator")
     return RunConfig.from_dict(data, root=file.resolve().parent, source=str(file))

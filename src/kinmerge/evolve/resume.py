@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from kinmerge.errors import SettingsChangedError
-from kinmerge.pool import STOP_BUDGET, RunFingerprint
+from kinmerge.errors import SettingsChangedError, StoreError
+from kinmerge.evolve.steps import MergeTask
+from kinmerge.pool import STOP_BUDGET, ModelRecord, RunFingerprint
 from kinmerge.store import RunStore, check_run
 
-__all__ = ["Resume", "raise_budget", "reconcile", "repair"]
+__all__ = ["Resume", "check_remerge", "raise_budget", "reconcile", "remerge_task", "repair"]
 
 _BUDGET = "strategy.max_generations"
 
@@ -106,3 +108,22 @@ def repair(store: RunStore, run_id: str, *, say: Callable[[str], None]) -> None:
         store.log_event(run_id, "repair", f"generation {generation}: {'; '.join(lost)}", generation=generation,
                         payload={"problems": lost})
         say(f"gen {generation}: the store lost {len(lost)} record(s) ({lost[0]}...); redoing those steps")
+
+
+def remerge_task(rec: ModelRecord, folder: Path, *, parents: list[str], base: str, cuda: bool | None) -> MergeTask:
+    """The merge that rebuilds a deleted merge folder from its recorded parents and recipe: same
+    parents and recipe, so the same id and bytes (run where merges run: a GPU node on a cluster)."""
+    params = dict(rec.recipe or {})
+    method = params.pop("method", None)
+    if method is None or method == "raw":
+        raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
+                         "restore the folder")
+    return MergeTask(parents=tuple(parents), method=method, params=params, out_root=str(folder.parent),
+                     base=base, cuda=cuda)
+
+
+def check_remerge(rec: ModelRecord, res: dict[str, Any], folder: Path, *, store: RunStore, run_id: str) -> None:
+    """Refuse a rebuilt merge whose id differs from the recorded one; log the rebuild."""
+    if res["id"] != rec.id:
+        raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
+    store.log_event(run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])

@@ -27,12 +27,9 @@ directory. Temp folders left by a killed merge are removed on the next start.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,8 +38,10 @@ from typing import Any
 from kinmerge.errors import ConfigError, KinmergeError, StoreError
 from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
+from kinmerge.evolve.heldout import HeldOut, evaluator_for_run
 from kinmerge.evolve.racing import RaceSettings, race
-from kinmerge.evolve.resume import raise_budget, reconcile, repair
+from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
+from kinmerge.evolve.signals import sigterm_interrupts, stop_if_terminated
 from kinmerge.evolve.sketch_kinship import SketchKinship
 from kinmerge.evolve.steps import (
     EvaluateTask,
@@ -59,7 +58,7 @@ from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
 from kinmerge.progress import StatusLines
 from kinmerge.sources.content_ids import ID_VERSION
-from kinmerge.store import RunStore, copy_store
+from kinmerge.store import RunStore, copy_store, discard_unused_store, first_missing
 
 __all__ = ["MODELS_DIR", "evolve"]
 
@@ -95,13 +94,13 @@ def evolve(
         MergeError, EvaluationError, SourceError: a step failed (the run is marked failed; rerun
             after fixing the cause to resume).
 
-    Example:
+    Example (not run here: minutes of merging; docs/api.md runs a one-generation evolution):
         >>> evolve("examples/evolve.yaml", "runs/demo").stop        # doctest: +SKIP
         'top-k unchanged'
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     target = cfg.run_dir(run_dir)
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         return _evolve(cfg, target, progress=progress, dry_run=dry_run)
 
 
@@ -111,40 +110,13 @@ def _evolve(cfg: RunConfig, target: Path, *, progress: bool, dry_run: bool) -> R
             copy_store(target, scratch)
             with RunStore(scratch) as store:
                 return _Run(cfg, store, target, progress=progress, dry_run=True).run()
-    with RunStore(target) as store:
-        return _Run(cfg, store, target, progress=progress, dry_run=False).run()
-
-
-_TERMINATED = threading.Event()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption, ``kill``) stops a run like Ctrl-C: recorded as interrupted,
-    resumable. Only the main thread may install signal handlers; elsewhere nothing changes.
-
-    The handler raises KeyboardInterrupt where the main thread is; if that lands somewhere Python
-    swallows it (a finalizer: "Exception ignored in ..."), the flag stops the run at its next step.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _TERMINATED.clear()
-
-    def interrupt(signum: int, frame: object) -> None:
-        _TERMINATED.set()
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    created = first_missing(target)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _stop_if_terminated() -> None:
-    if _TERMINATED.is_set():
-        raise KeyboardInterrupt("SIGTERM")
+        with RunStore(target) as store:
+            return _Run(cfg, store, target, progress=progress, dry_run=False).run()
+    except BaseException:
+        discard_unused_store(target, created=created)  # failed before the run started: leave nothing
+        raise
 
 
 class _Run:
@@ -161,14 +133,16 @@ class _Run:
         self.metric = cfg.metric
         self.strategy = cfg.build_strategy()
         self.k = int(self.strategy.settings().get("k", 3))
-        evaluator = cfg.evaluator.build()
+        self.evaluator_cfg = evaluator_for_run(cfg, store)
+        evaluator = self.evaluator_cfg.build()
         self.eval_key, self.eval_identity = evaluator_key(evaluator), evaluator.settings()
-        self.eval_settings = cfg.evaluator.run_settings()
+        self.eval_settings = self.evaluator_cfg.run_settings()
         self.recipe_kwargs = cfg.merge.recipe_kwargs(seed=cfg.seed)
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
         self.report = StatusLines(progress)
-        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
+        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0, "kinship_pairs": 0,
+                     "kinship_scans": 0}
         self._scanned: set[frozenset[str]] = set()  # pairs scanned by this call (some undefined)
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
@@ -176,6 +150,9 @@ class _Run:
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
+        self.heldout = HeldOut.for_run(self.evaluator_cfg, store=store, executor=self.executor, run_id=self.run_id,
+                                       path_of=self._path, step=self.report.step)
+        self.base_id = ""  # the base's content id, once _start has hashed it: every kinship is keyed by it
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -196,14 +173,16 @@ class _Run:
             if not self.dry_run:
                 self._evaluate(foundations, generation=0)
                 repair(self.store, self.run_id, say=self.report.line)
+                self._score_heldout(0)
             while True:
-                _stop_if_terminated()
+                stop_if_terminated()
                 plan = self._next_plan()
                 if self.dry_run:
                     return self._summary(start, next_plan=plan)
                 if plan.stop is not None:
                     break
                 self._execute(plan)
+                self._score_heldout(plan.generation)
             self._finish(plan.stop)
         except Exception as exc:
             if not self.dry_run:
@@ -222,6 +201,7 @@ class _Run:
         self.report.step("hashing the foundation models")
         ids = self.executor.map(hash_model, [self.cfg.base, *self.cfg.foundation])
         base_id, foundation_ids = ids[0], ids[1:]
+        self.base_id = base_id
         seen: dict[str, str] = {}
         for ref, cid in zip(self.cfg.foundation, foundation_ids, strict=True):
             if cid == base_id:
@@ -235,6 +215,7 @@ class _Run:
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
             evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
+            heldout=self.heldout.key if self.heldout is not None else None,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -242,7 +223,7 @@ class _Run:
             resume = reconcile(existing.fingerprint, existing.seed, fingerprint, self.cfg.seed, run=self.run_id,
                                where=str(self.run_dir), decided=bool(self.store.plans(self.run_id)))
             fingerprint = resume.fingerprint
-            if resume.raised_budget is not None and not self.dry_run:
+            if resume.raised_budget is not None:  # a dry run too (on its scratch copy): it plans as the run will
                 raise_budget(self.store, self.run_id, fingerprint, *resume.raised_budget, say=self.report.line)
             elif fingerprint.to_dict() != existing.config:  # nothing decided yet: the new settings hold
                 self.store.update_run_config(self.run_id, fingerprint.to_dict())
@@ -314,7 +295,8 @@ class _Run:
         self._gen_started.setdefault(g, time.perf_counter())
         pairs = {m.pair for m in plan.merges}
         self._ensure_kinship(pairs, generation=g, why="parents")
-        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}) for m in METRICS}
+        kin = {m: self.store.get_kinship(m, model_ids={p for pr in pairs for p in pr}, **self._kinship_key())
+               for m in METRICS}
         tasks = [
             MergeTask(
                 parents=tuple(self._path(p) for p in m.parents), method=self.cfg.merge.method,
@@ -328,7 +310,7 @@ class _Run:
 
         def started(items: list[MergeTask]) -> Iterator[MergeTask]:
             for i, item in enumerate(items):
-                _stop_if_terminated()
+                stop_if_terminated()
                 merge = plan.merges[i]
                 self.report.step(f"gen {g}: merging {i + 1}/{len(items)}")
                 self.store.log_event(self.run_id, "merge_start", "+".join(merge.parents), generation=g,
@@ -340,7 +322,7 @@ class _Run:
         def evaluation(i: int, _: object) -> EvaluateTask | None:
             if self.race is not None:  # a race scores the whole generation together, below
                 return None
-            _stop_if_terminated()
+            stop_if_terminated()
             self.report.step(f"gen {g}: {len(children)}/{len(tasks)} merged, evaluating {short_id(children[i])}")
             scored = self.store.average_scores([children[i]], evaluator=self.eval_key).get(children[i]) is not None
             return None if scored else self._start_evaluation(children[i], g)
@@ -396,17 +378,21 @@ class _Run:
 
         def started(items: list[str]) -> Iterator[EvaluateTask]:
             for n, mid in enumerate(items):
-                _stop_if_terminated()
+                stop_if_terminated()
                 self.report.step(f"gen {generation}: evaluating {n + 1}/{len(items)}")
                 yield self._start_evaluation(mid, generation)
 
         for n, res in self.executor.imap(run_evaluation, started(todo)):
             self._record_evaluation(todo[n], res, generation=generation, card=cards)
 
+    def _score_heldout(self, generation: int) -> None:  # the top-k after `generation` (evolve.heldout)
+        if self.heldout is not None:
+            self.made["heldout_evaluations"] = self.heldout.after_generation(self._state(), self.k, generation)
+
     def _start_evaluation(self, mid: str, generation: int) -> EvaluateTask:
         """The evaluation of ``mid``, logged as started (the executor pulls it when it starts)."""
         self.store.log_event(self.run_id, "evaluate_start", mid, generation=generation)
-        return EvaluateTask(self._path(mid), self.cfg.evaluator.name, self.eval_settings)
+        return EvaluateTask(self._path(mid), self.evaluator_cfg.name, self.eval_settings)
 
     def _record_evaluation(self, mid: str, res: dict[str, Any], *, generation: int, card: bool,
                            race: dict[str, Any] | None = None) -> None:
@@ -446,19 +432,19 @@ class _Run:
         Every pair among the scanned models is recorded (a scan gives them all for free).
         """
         pairs = set(pairs)
-        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p})
+        known = self.store.get_kinship(self.metric, model_ids={m for p in pairs for m in p}, **self._kinship_key())
         missing = [p for p in pairs if p not in known and p not in self._scanned]
         if not missing:
             return
         models = sorted({m for p in missing for m in p})
         self.report.step(f"kinship: scanning {len(models)} models ({why})")
-        res = self.sketches.values(models, self._path) if self.sketches is not None else \
+        res = self.sketches.values(models, self._path, base_id=self.base_id) if self.sketches is not None else \
             self.executor.map(run_kinship, [KinshipTask(self.cfg.base, tuple(self._path(m) for m in models))])[0]
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
             if values:
-                self.store.record_kinships(values, metric)
+                self.store.record_kinships(values, metric, **self._kinship_key())
             count = max(count, len(values))
         self._scanned |= {frozenset(p) for p in itertools.combinations(models, 2)}
         self.made["kinship_pairs"] += count
@@ -472,6 +458,9 @@ class _Run:
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _kinship_key(self) -> dict[str, str]:
+        return {"base": self.base_id, "source": self.cfg.kinship_source}
 
     def _remove_stale_temp(self) -> None:
         for p in remove_stale_temp(self.models_dir):
@@ -505,24 +494,13 @@ class _Run:
                                  "rerun to let the store repair itself, or restore the run directory")
             path = self._located(rec)
             if rec.origin == "merge" and not (Path(path) / METADATA_FILE).is_file():
-                self._remerge(rec, Path(path))
+                self.report.step(f"re-merging deleted {rec.id}")
+                task = remerge_task(rec, Path(path), parents=[self._path(p) for p in rec.parents],
+                                    base=self.cfg.base, cuda=self.cfg.merge.cuda)
+                check_remerge(rec, self.executor.map(run_merge, [task])[0], Path(path), store=self.store,
+                              run_id=self.run_id)
             self._paths[model_id] = path
         return path
-
-    def _remerge(self, rec: ModelRecord, folder: Path) -> None:
-        """Rebuild a deleted merge folder from its recorded parents and recipe."""
-        params = dict(rec.recipe or {})
-        method = params.pop("method", None)
-        if method is None or method == "raw":
-            raise StoreError(f"merge {rec.id} is missing from {folder} and its recipe cannot be replayed; "
-                             "restore the folder")
-        self.report.step(f"re-merging deleted {rec.id}")
-        task = MergeTask(parents=tuple(self._path(p) for p in rec.parents), method=method, params=params,
-                         out_root=str(folder.parent), base=self.cfg.base, cuda=self.cfg.merge.cuda)
-        res = self.executor.map(run_merge, [task])[0]  # where merges run (a GPU node on a cluster)
-        if res["id"] != rec.id:
-            raise StoreError(f"re-merging deleted {rec.id} gave {res['id']}; restore the folder {folder}")
-        self.store.log_event(self.run_id, "remerge", f"rebuilt deleted merge {rec.id}", duration_s=res["seconds"])
 
     def _undefined_message(self, requests: Iterable[tuple[str, str]]) -> str:
         a, b = next(iter(requests))

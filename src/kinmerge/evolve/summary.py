@@ -5,6 +5,7 @@ view of the store (read without the run lock, so it works while the run is going
 the pool's pure helpers.
 
 Example:
+    >>> # not run here: needs a run (kinmerge evolve examples/evolve.yaml makes this one)
     >>> summary = read_summary("runs/evolve-kinship")              # doctest: +SKIP
     >>> summary.status, summary.best.id                       # doctest: +SKIP
     ('finished', '0ab0718cc0970b8b')
@@ -13,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class RunSummary:
         next_plan: the plan a dry run would execute next.
         problems: records a done generation promised and the store lacks (the next
             ``kinmerge evolve`` redoes those steps).
+        heldout: whether the run splits its tasks: ``score`` is then the selection part's, and
+            each model that entered the top-k has a ``heldout_score``.
     """
 
     run_id: str
@@ -63,6 +66,7 @@ class RunSummary:
     seconds: float = 0.0
     next_plan: Plan | None = None
     problems: tuple[str, ...] = ()
+    heldout: bool = False
 
     @property
     def best(self) -> PoolModel | None:
@@ -86,6 +90,8 @@ class RunSummary:
             "top_k_kinship": self.top_k_kinship,
             "best": best.id if best else None,
             "best_score": best.score if best else None,
+            "best_heldout_score": best.heldout_score if best else None,
+            "heldout": self.heldout,
             "merges": self.merges,
             "pool": [{**m.to_dict(), "in_top_k": m.id in self.top_k} for m in self.pool],
             "made": dict(self.made),
@@ -106,12 +112,16 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
     metric, k = (fp.metric, fp.k) if fp else ("pcc", 3)
     models = store.pool(run_id, evaluator=fp.evaluator if fp else None)
     ids = [m.id for m in models]
-    kinship = store.get_kinship(metric, model_ids=ids)
+    base, source = store.kinship_key(run.id)
+    kinship = store.get_kinship(metric, model_ids=ids, base=base, source=source)
     reasons: dict[frozenset[str], str] = {}
     for plan, _ in store.plans(run_id).values():
         for m in plan.merges:
             reasons.setdefault(m.pair, m.reason)
     pool = with_merge_facts(models, scores={m.id: m.score for m in models}, kinship=kinship, reasons=reasons)
+    if fp is not None and fp.heldout is not None:
+        heldout = store.average_scores(ids, evaluator=fp.heldout)
+        pool = tuple(replace(m, heldout_score=heldout.get(m.id)) for m in pool)
     scored = sorted((m for m in pool if m.score is not None), key=lambda m: (-(m.score or 0.0), m.id))
     top = tuple(m.id for m in scored[:k])
     pending = store.pending_plan(run_id)
@@ -133,6 +143,7 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
         merges=sum(1 for m in pool if m.parents),
         pending=pending.generation if pending else None,
         problems=tuple(p.describe() for p in check_run(store, run_id)),
+        heldout=fp is not None and fp.heldout is not None,
     )
 
 

@@ -5,10 +5,14 @@ One module per concept: ``query`` (pure: one model against thousands, screened r
 (the SQLite adapter), ``api`` (:class:`Index`: reading models, adding, querying).
 
 Example:
-    >>> from kinmerge.index import Index                                    # doctest: +SKIP
-    >>> idx = Index("family.kmi")                                           # doctest: +SKIP
-    >>> idx.add(["zoo:add", "zoo:sort", "zoo:count"], base="zoo:base")     # doctest: +SKIP
-    >>> [(n.label, round(n.value, 3)) for n in idx.query("zoo:add", top=2)]  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> from kinmerge.index import Index
+    >>> idx = Index(os.path.join(tempfile.mkdtemp(), "family.kmi"))
+    >>> len(idx.add(["zoo:add", "zoo:sort", "zoo:count"], base="zoo:base").added)
+    3
+    >>> [(n.label, round(n.value, 2)) for n in idx.query("zoo:add", top=2)]
+    [('zoo:count', 0.06), ('zoo:sort', -0.01)]
+    >>> idx.close()
 """
 
 from kinmerge.index.api import AddResult, Index, IndexMismatchError, Neighbour

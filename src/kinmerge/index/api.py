@@ -4,6 +4,7 @@ The glue between model files (``kinmerge.sources``, ``kinmerge.sketch_scan``), t
 (``kinmerge.index.file``) and the pure math (``kinmerge.index.query``, ``family_tree``).
 
 Example:
+    >>> # not run here: the same as kinmerge.index's example, which runs
     >>> idx = Index("family.kmi")                                            # doctest: +SKIP
     >>> idx.add(["zoo:add", "zoo:sort", "zoo:count"], base="zoo:base")      # doctest: +SKIP
     >>> idx.query("zoo:add", top=2)[0]                                       # doctest: +SKIP
@@ -112,14 +113,30 @@ class Index:
     def __len__(self) -> int:
         return self.file.count()
 
-    def find(self, ref: str) -> ModelRow | None:
-        """An indexed model by content id (or a unique prefix of 6+ characters), label or reference."""
+    def find(self, ref: str, *, allow_pickle: bool = False) -> ModelRow | None:
+        """An indexed model by content id (or a unique prefix of 6+ characters), label or reference.
+
+        A bare name that is also a file or folder here names the same thing two ways: it resolves
+        to the indexed model only when the path holds that model's weights (same content id);
+        otherwise it is refused as ambiguous (docs/inputs.md, "How names resolve").
+
+        Raises:
+            IndexMismatchError: ``ref`` is an indexed label or id prefix and a path to other weights.
+        """
         rows = self.models()
-        for r in rows:
-            if ref in (r.id, r.label, r.ref):
-                return r
-        hits = [r for r in rows if len(ref) >= 6 and r.id.startswith(ref)]
-        return hits[0] if len(hits) == 1 else None
+        hit = next((r for r in rows if ref in (r.id, r.ref)), None)
+        if hit is not None:
+            return hit
+        by_name = [r for r in rows if r.label == ref]
+        if not by_name:
+            by_name = [r for r in rows if len(ref) >= 6 and r.id.startswith(ref)]
+        if len(by_name) != 1:
+            return None
+        if os.path.exists(ref) and _content_id(ref, allow_pickle) != by_name[0].id:
+            raise IndexMismatchError(
+                f"{ref!r} is both a model in {self.path} ({by_name[0].label}, content id {by_name[0].id[:12]}) and a "
+                f"path here holding other weights; write ./{ref} for the path, or the content id for the indexed model")
+        return by_name[0]
 
     def sketch(self, model_id: str) -> Sketch:
         """The whole-delta sketch of an indexed model."""
@@ -164,10 +181,22 @@ class Index:
             ShapeMismatchError, MissingTensorError: a model not fine-tuned from this base (named).
             SourceError, NonFiniteError: unreadable or damaged models.
         """
+        created = not self.path.exists()
+        try:
+            return self._add(models, base=base, ids=ids, progress=progress, batch=batch, allow_pickle=allow_pickle,
+                             max_delta=max_delta)
+        except BaseException:
+            if created:  # a new index that got no model (a full disk, a refused model): leave no file
+                self.file.discard_if_empty()
+            raise
+
+    def _add(self, models: Sequence[PathLike], *, base: PathLike | None, ids: Sequence[str] | None, progress: bool,
+             batch: int, allow_pickle: bool, max_delta: float | None) -> AddResult:
         from kinmerge.progress import progress_bar
         from kinmerge.sources import open_model, open_models
 
         start = time.perf_counter()
+        self.file.check_folder()
         meta = self.meta
         base_ref = self._check_base(meta, base, allow_pickle)
         out = AddResult()
@@ -210,7 +239,20 @@ class Index:
                 raise IndexMismatchError(
                     f"{os.fspath(base)} is not this index's base ({meta['base']['ref']}, content id "
                     f"{meta['base']['id'][:12]}); an index holds one family: use another index file")
-        return str(meta["base"]["ref"])
+            ref = _ref_of(base)
+            if ref != meta["base"]["ref"]:  # the same weights elsewhere (a moved folder): re-point
+                self.file.set_base_ref(ref)
+            return ref
+        return self._base_ref(meta)
+
+    def _base_ref(self, meta: dict[str, Any]) -> str:
+        """Where the index's base is; a local base that is gone is one line saying how to re-point."""
+        ref = str(meta["base"]["ref"])
+        if os.path.isabs(ref) and not os.path.exists(ref):
+            raise IndexMismatchError(
+                f"the base of {self.path} is gone from {ref} (moved?); re-point the index at it with `kinmerge index "
+                f"add {self.path} --base NEW_PLACE` (checked by content id)")
+        return ref
 
     def _sketch_batch(self, base: Any, models: list[Any], ids: list[str], advance: Callable[[float], None],
                       max_delta: float | None) -> Any:
@@ -309,11 +351,11 @@ class Index:
                       confidence=confidence)
         out = [Neighbour(ids[keep[r.row]], by_id[ids[keep[r.row]]].label, r.value, r.bound, r.reason) for r in ranked]
         if exact and out:
-            out = self._exact(qref, out, metric, allow_pickle, progress)
+            out = self._exact(qref, qid, out, metric, allow_pickle, progress)
         return out
 
     def _query_sketch(self, model: PathLike, allow_pickle: bool, progress: bool) -> tuple[Sketch, str | None, str]:
-        hit = self.find(os.fspath(model))
+        hit = self.find(os.fspath(model), allow_pickle=allow_pickle)
         if hit is None:  # a path or hub id: indexed under its content id?
             found = self.file.rows([_content_id(model, allow_pickle)])
             hit = found[0] if found else None
@@ -325,7 +367,7 @@ class Index:
         from kinmerge.sources import open_models
 
         meta = self.meta
-        with open_models([meta["base"]["ref"], model], allow_pickle=allow_pickle) as (b, m):
+        with open_models([self._base_ref(meta), model], allow_pickle=allow_pickle) as (b, m):
             plan(b, [m])
             total = sum(t.nbytes for s in (b, m) for t in s.tensors.values())
             with progress_bar(total, "sketching the query", unit="bytes", enabled=progress) as advance:
@@ -344,12 +386,18 @@ class Index:
             self._coarse_cache = (stamp, ids, coarse)
         return self._coarse_cache[1], self._coarse_cache[2]
 
-    def _exact(self, qref: str, out: list[Neighbour], metric: str, allow_pickle: bool,
+    def _exact(self, qref: str, qid: str | None, out: list[Neighbour], metric: str, allow_pickle: bool,
                progress: bool) -> list[Neighbour]:
         from kinmerge.scan import scan_refs
 
         refs = {r.id: r.ref for r in self.models()}
-        res = scan_refs(self.meta["base"]["ref"], [qref, *[refs[n.id] for n in out]], allow_pickle=allow_pickle,
+        for mid, ref in ([(qid, qref)] if qid is not None else []) + [(n.id, refs[n.id]) for n in out]:
+            now = _content_id(ref, allow_pickle)  # the exact value must be of the bytes that were indexed
+            if now != mid:
+                raise IndexMismatchError(
+                    f"{ref} changed since it was indexed in {self.path} (content id {mid[:12]} then, {now[:12]} now); "
+                    f"re-index it into a new file, or query without --exact")
+        res = scan_refs(self._base_ref(self.meta), [qref, *[refs[n.id] for n in out]], allow_pickle=allow_pickle,
                         progress=progress)
         return [Neighbour(n.id, n.label, n.value, n.bound, n.reason, res.stats.value(metric, 0, i + 1))
                 for i, n in enumerate(out)]

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -98,11 +99,16 @@ class IndexFile:
         if self._conn is None:
             if self.path.is_dir():
                 raise IndexFileError(f"{self.path} is a folder; give the index a file name (e.g. family.kmi)")
+            self.check_folder()
             exists = self.path.exists()
             if exists and self.path.stat().st_size and not _is_sqlite(self.path):
                 raise IndexFileError(f"{self.path} is not a kinmerge index (not an SQLite file); give a new file name")
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode = WAL")
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error as exc:
+                raise IndexFileError(f"{self.path}: cannot open the index ({exc}); check the folder's permissions "
+                                     "and free space") from None
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and "meta" not in tables:
                 conn.close()
@@ -115,6 +121,23 @@ class IndexFile:
                                          f"{json.loads(row[0])}); upgrade kinmerge to read it")
             self._conn = conn
         return self._conn
+
+    def check_folder(self) -> None:
+        """The index's folder must exist (checked before any model is read)."""
+        if not self.path.parent.is_dir():
+            raise IndexFileError(f"{self.path}: the folder {self.path.parent} does not exist; create it first "
+                                 "or give the index a path in an existing folder")
+
+    def discard_if_empty(self) -> None:
+        """Remove the file if it holds no model (what a failed first ``add`` made)."""
+        try:
+            empty = self.count() == 0
+        except (IndexFileError, sqlite3.Error):
+            return
+        if empty:
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -131,15 +154,27 @@ class IndexFile:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: everything inside is committed together or not at all."""
         conn = self._connection()
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from None
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._write_error(exc) from None
             raise
-        conn.execute("COMMIT")
+
+    def _write_error(self, exc: sqlite3.Error) -> IndexFileError:
+        """A write that failed (a full disk, a read-only folder) as one line; nothing of it was kept."""
+        return IndexFileError(f"{self.path}: cannot write the index ({exc}); free space (or write permission) on "
+                              f"{self.path.parent.absolute()} and add again: the models of this batch were not "
+                              "added, those before it are kept")
 
     # -- meta and shared arrays -----------------------------------------------------------------
     @property
@@ -153,15 +188,30 @@ class IndexFile:
             return {}
         conn = self._connection()
         try:
-            return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            rows = conn.execute("SELECT key, value FROM meta").fetchall()
         except sqlite3.OperationalError:  # no table yet
             return {}
+        out: dict[str, Any] = {}
+        for k, v in rows:
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, ValueError):
+                raise IndexFileError(f"{self.path} is damaged: its meta value {k!r} is not valid JSON; rebuild the "
+                                     "index (`kinmerge index add` into a new file) or restore it from a copy") from None
+        return out
 
     def shared(self, name: str, dtype: str) -> np.ndarray:
         row = self._connection().execute("SELECT value FROM shared WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise IndexFileError(f"{self.path}: the index lacks its shared array {name!r}; it is damaged — rebuild it")
         return np.frombuffer(row[0], dtype=dtype)
+
+    def set_base_ref(self, ref: str) -> None:
+        """Re-point the index at its base's new place (the caller checked the content id)."""
+        meta = self.meta()
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('base', ?)",
+                         (json.dumps({**meta["base"], "ref": ref}),))
 
     @staticmethod
     def write_meta(conn: sqlite3.Connection, meta: dict[str, Any], shared: dict[str, np.ndarray]) -> None:
@@ -186,11 +236,42 @@ class IndexFile:
         if not self.initialised:
             return []
         sql = "SELECT seq, id, label, ref, made, added, n, sum, sumsq FROM models ORDER BY seq"
-        out = [ModelRow(*r) for r in self._connection().execute(sql)]
+        positions = self.meta().get("n")
+        out = [self._checked(ModelRow(*r), positions) for r in self._connection().execute(sql)]
         if ids is not None:
             wanted = set(ids)
             out = [r for r in out if r.id in wanted]
         return out
+
+    def damaged(self, model: str, problem: str) -> IndexFileError:
+        """The one-line error for a stored value that is not what the format says."""
+        return IndexFileError(f"{self.path} is damaged: model {model}: {problem}; rebuild the index (`kinmerge "
+                              "index add` into a new file) or restore it from a copy")
+
+    def _checked(self, row: ModelRow, positions: object) -> ModelRow:
+        """A model row whose moments are numbers that can be moments (a damaged value must not
+        read as a model whose delta is constant or zero)."""
+        who = f"{row.label} ({str(row.id)[:12]})"
+        if isinstance(row.n, bool) or not isinstance(row.n, int) or row.n < 1:
+            raise self.damaged(who, f"n {row.n!r} is not a positive count")
+        if isinstance(positions, int) and row.n != positions:
+            raise self.damaged(who, f"n {row.n!r} is not the index's {positions} positions per sketch")
+        for name, value in (("sum", row.sum), ("sumsq", row.sumsq)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise self.damaged(who, f"{name} {value!r} is not a finite number")
+        if row.sumsq < 0 or row.sum * row.sum > row.sumsq * row.n * (1 + 1e-6) + 1e-300:
+            raise self.damaged(who, f"sum {row.sum!r} and sumsq {row.sumsq!r} cannot both be right "
+                                    "(Σδ² below (Σδ)²/n)")
+        return row
+
+    def _expected_length(self, column: str) -> int | None:
+        """Bytes a stored array of ``column`` must have (None: not fixed by the meta)."""
+        meta = self.meta()
+        size, groups, group_size = meta.get("size"), meta.get("groups") or [], meta.get("group_size") or 0
+        if not isinstance(size, int):
+            return None
+        return {"sketch": 4 * size, "coarse": 4 * min(int(meta.get("coarse") or size), size),
+                "group_moments": 16 * len(groups), "groups": 4 * len(groups) * group_size}.get(column)
 
     @staticmethod
     def insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
@@ -215,7 +296,18 @@ class IndexFile:
         missing = [i for i in ids if got.get(i) is None]
         if missing:
             raise IndexFileError(f"{self.path}: no {column} stored for model {missing[0]}")
-        return np.stack([np.frombuffer(got[i], dtype=dtype) for i in ids]) if ids else np.empty((0, 0), dtype)
+        want = self._expected_length(column)
+        out = []
+        for i in ids:
+            blob = got[i]
+            if not isinstance(blob, bytes) or (want is not None and len(blob) != want):
+                size = len(blob) if isinstance(blob, bytes) else type(blob).__name__
+                raise self.damaged(i[:12], f"its {column} has {size} bytes, not {want} (truncated?)")
+            values = np.frombuffer(blob, dtype=dtype)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise self.damaged(i[:12], f"its {column} holds values that are not finite numbers")
+            out.append(values)
+        return np.stack(out) if ids else np.empty((0, 0), dtype)
 
     def all_coarse(self) -> tuple[list[str], np.ndarray]:
         """Every model's id and coarse sketch, in the order added: one query."""
@@ -228,7 +320,16 @@ class IndexFile:
             blobs.append(blob)
         if not blobs:
             return ids, np.empty((0, 0), np.float32)
-        return ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+        want = self._expected_length("coarse")
+        for mid, blob in zip(ids, blobs, strict=True):
+            if not isinstance(blob, bytes) or (want is not None and len(blob) != want):
+                raise self.damaged(mid[:12], f"its coarse sketch has {len(blob) if isinstance(blob, bytes) else 0} "
+                                             f"bytes, not {want} (truncated?)")
+        coarse = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+        if not np.isfinite(coarse).all():
+            bad = ids[int(np.argwhere(~np.isfinite(coarse))[0][0])]
+            raise self.damaged(bad[:12], "its coarse sketch holds values that are not finite numbers")
+        return ids, coarse
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -24,9 +24,10 @@ The folder is built under a temp name beside it and renamed into place when comp
 again returns it untouched.
 
 Example:
+    >>> # not run here: the same merge as :func:`merge`'s example, which runs
     >>> from kinmerge.merge import merge, Slerp
-    >>> res = merge(["zoo/math", "zoo/code"], Slerp(), Path("merges"))   # doctest: +SKIP
-    >>> res.path                                                        # doctest: +SKIP
+    >>> res = merge(["zoo:add", "zoo:sort"], Slerp(), Path("merges"))   # doctest: +SKIP
+    >>> res.path                                                       # doctest: +SKIP
     PosixPath('merges/3f9c0a1b2d4e5f60')
 """
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kinmerge._io import TMP_SUFFIX, atomic_dir, json_digest
+from kinmerge._io import TMP_SUFFIX, atomic_dir, check_output_folder, json_digest
 from kinmerge.errors import DuplicateModelError, MergeError
 from kinmerge.kinship import METRICS
 from kinmerge.merge._mergekit import MERGE_LOCK, run_mergekit, safe_paths
@@ -161,6 +162,17 @@ def remove_stale_temp(out_root: str | os.PathLike[str]) -> list[Path]:
     return stale
 
 
+def _merge_files_only(folder: Path) -> bool:
+    """A folder under a merge's id holding only files a merge writes (weights, config, tokenizer,
+    card): a merge left incomplete by a writer from before the marker, safe to redo."""
+    from kinmerge.sources.content_ids import TOKENIZER_FILES
+
+    own = {"config.json", "README.md", "kinmerge.json", "mergekit_config.yml", "model.safetensors.index.json",
+           *TOKENIZER_FILES}
+    return all(p.is_file() and (p.name in own or (p.name.startswith("model") and p.name.endswith(".safetensors")))
+               for p in folder.iterdir())
+
+
 def merge(
     parents: Sequence[str | os.PathLike[str]],
     recipe: Recipe | None = None,
@@ -197,11 +209,13 @@ def merge(
             architectures or tensor shapes, bad ``kinship`` values, no CUDA device with
             ``cuda=True``, or a mergekit failure. No partial folder is left behind.
         SourceError: a parent or base cannot be found.
+        OutputFolderError: ``out_root/<id>`` holds files kinmerge did not write (left untouched).
 
     Example:
-        >>> res = merge(["zoo/math", "zoo/code"], Slerp(t=0.5, dtype="float32"), "merges")  # doctest: +SKIP
-        >>> res.id, res.reused                                                              # doctest: +SKIP
-        ('3f9c0a1b2d4e5f60', False)
+        >>> import tempfile
+        >>> res = merge(["zoo:add", "zoo:sort"], Slerp(t=0.5, dtype="float32"), tempfile.mkdtemp())
+        >>> len(res.id), res.reused, (res.path / "kinmerge.json").is_file()
+        (16, False, True)
     """
     recipe = recipe if recipe is not None else Slerp()
     if not isinstance(recipe, Recipe):
@@ -230,7 +244,10 @@ def merge(
     final = Path(out_root).expanduser().absolute() / mid
     if (existing := read_metadata(final)) is not None:
         return MergeResult(id=mid, path=final, recipe=recipe, reused=True, metadata=existing)
-    if final.exists():  # a folder without kinmerge.json was never completed by us: stale
+    if final.exists() or final.is_symlink():
+        # A complete merge always has kinmerge.json: one without it that kinmerge marked is stale;
+        # anything else under this name is the user's, never ours to delete.
+        check_output_folder(final, option="--out", legacy=_merge_files_only)
         shutil.rmtree(final, ignore_errors=True)
     if kin is None and kinship_base is not None:
         kin = _parents_kinship(models, kinship_base)

@@ -274,6 +274,7 @@ def write_card(
         MergeError: ``folder`` has no ``kinmerge.json``, or a score is not a finite number.
 
     Example:
+        >>> # not run here: needs a merge folder in a run (tests/test_merge.py)
         >>> write_card("runs/r/models/3f9c0a1b2d4e5f60", scores={"add": 0.8}, generation=2, run="kin")  # doctest: +SKIP
         PosixPath('runs/r/models/3f9c0a1b2d4e5f60/README.md')
     """

@@ -8,8 +8,8 @@ hub, or the models a parent that is itself a merge descends from), which the mod
 (``kinmerge.merge.card``).
 
 Example:
-    >>> parents = [load_parent("zoo/math"), load_parent("zoo/code")]     # doctest: +SKIP
-    >>> check_compatible(parents, None)                                  # doctest: +SKIP
+    >>> parents = [load_parent("zoo:add"), load_parent("zoo:sort")]
+    >>> check_compatible(parents, None)
     []
 """
 

@@ -363,13 +363,13 @@ class Raw(Recipe):
         return cls(config=text, seed=seed)
 
     def _data(self) -> Any:
-        import yaml
+        from kinmerge._json import StrictYAMLError, load_yaml_strict
 
         try:
-            return yaml.safe_load(self.config)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise MergeError(f"raw recipe: invalid YAML ({first}); quote placeholders inside [..] or {{..}}") from None
+            return load_yaml_strict(self.config)
+        except StrictYAMLError as exc:
+            hint = "" if "twice" in str(exc) else "; quote placeholders inside [..] or {..}"
+            raise MergeError(f"raw recipe: {exc}{hint}") from None
 
     def placeholders(self) -> set[str]:
         """The ``${name}`` placeholders the YAML uses."""

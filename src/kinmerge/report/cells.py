@@ -5,8 +5,9 @@ sit in a ``div.scroll``: a table wider than the page scrolls inside its box and 
 the page.
 
 Example:
-    >>> table(["a"], [["1"]], numeric=(0,))[-60:]
-    '</tr></thead><tbody><tr><td class="num">1</td></tr></tbody></table></div>'
+    >>> print(table(["a"], [["1"]], numeric=(0,)).replace("<tbody>", "\\n<tbody>"))
+    <div class="scroll"><table><thead><tr><th>a</th></tr></thead>
+    <tbody><tr><td class="num">1</td></tr></tbody></table></div>
 """
 
 from __future__ import annotations

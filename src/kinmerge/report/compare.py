@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from kinmerge.report.budget import budget_table, early_stop_table
-from kinmerge.report.queries import RunHistory, load_runs
+from kinmerge.report.queries import RunHistory, counted_runs, left_out_line, load_runs, unfinished
 
-__all__ = ["compare_runs", "compare_table"]
+__all__ = ["compare_runs", "compare_table", "counted_runs", "left_out_line"]
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +68,8 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
         "stop_reason": r.stop_reason,
         "early_stop_generation": r.early_stop_generation,
         "final_best": r.final_best,
+        "best_heldout_per_generation": [r.best_heldout_per_generation().get(g) for g in range(last + 1)],
+        "final_best_heldout": r.final_best_heldout,
     }
 
 
@@ -89,13 +92,16 @@ def resolution(runs: Sequence[RunHistory]) -> dict[str, Any]:
 def compare_runs(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = None,
                  reference: str = "greedy") -> dict[str, Any]:
     """:func:`compare_table` of runs already loaded."""
-    rows = [_run_row(r) for r in runs]
+    everyone = runs
+    rows = [_run_row(r) | {"counted": r.run.status == "finished"} for r in everyone]
+    runs = counted_runs(everyone)
+    rows_counted = [row for row in rows if row["counted"]]
     # Runs group by strategy, its settings but the seed, *and* foundation set: scores of different
     # foundations don't average, and `kinship` with early stopping off is another variant, not a seed.
     keys = [(r.run.strategy, _settings_but_seed(r), tuple(sorted(m.id for m in r.foundations))) for r in runs]
     strategies: list[dict[str, Any]] = []
     for key in dict.fromkeys(keys):
-        group = [row for row, k in zip(rows, keys, strict=True) if k == key]
+        group = [row for row, k in zip(rows_counted, keys, strict=True) if k == key]
         variants = {row["variant"] for row in group}
         length = max(len(row["best_per_generation"]) for row in group)
         carried = [_carried(row["best_per_generation"], length) for row in group]
@@ -109,11 +115,16 @@ def compare_runs(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = 
                 "best_per_generation": [_spread([c[g] for c in carried]) for g in range(length)],
                 "merges_used": _spread([row["merges_used"] for row in group]),
                 "final_best": _spread([row["final_best"] for row in group]),
+                "final_best_heldout": _spread([row["final_best_heldout"] for row in group]),
                 "early_stops": sum(1 for row in group if row["early_stop_generation"] is not None),
             }
         )
-    return {"runs": rows, "strategies": strategies, "resolution": resolution(runs),
-            "budget": budget_table(runs, budgets=budgets, reference=reference), "early_stop": early_stop_table(runs)}
+    return {"runs": rows, "strategies": strategies, "resolution": resolution(everyone),
+            "budget": budget_table(runs, budgets=budgets, reference=reference) if runs else None,
+            "early_stop": early_stop_table(runs) if runs else None,
+            "left_out": [{"run_dir": str(r.run_dir), "run_id": r.run.id, "status": unfinished(r.run.status)}
+                         for r in everyone if r.run.status != "finished"],
+            "note": left_out_line(everyone)}
 
 
 def compare_table(
@@ -136,7 +147,10 @@ def compare_table(
         are not comparable); each group lists its ``foundations``. ``budget``: every variant at
         equal budgets, paired with ``reference`` testbed by testbed (``report.budget``);
         ``early_stop``: kinship early stopping replayed on runs recorded without it;
-        ``resolution``: how finely scores move (decimals worth printing).
+        ``resolution``: how finely scores move (decimals worth printing). Each run counts once
+        (a directory given twice is read once), and only finished runs enter ``strategies``,
+        ``budget`` and ``early_stop``: every run row says ``counted``; ``left_out`` lists the
+        unfinished ones and ``note`` says so in one line (``None`` when all finished).
 
     Raises:
         StoreError: a directory holds no store or no run, or its evaluator is ambiguous.

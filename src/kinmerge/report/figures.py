@@ -18,7 +18,7 @@ from kinmerge.report.budget_plots import plot_anytime, plot_early_stop
 from kinmerge.report.groups import bed_labels, variant_styles, variants_of
 from kinmerge.report.panels import KinshipCurve, ScoreCurve, plot_scores, plot_topk_kinship
 from kinmerge.report.plots import GainPoint, plot_merge_gains
-from kinmerge.report.queries import RunHistory
+from kinmerge.report.queries import RunHistory, counted_runs
 from kinmerge.report.tree import TreeNode, plot_family_tree
 
 __all__ = ["gain_points", "heatmap_data", "kinship_curve", "make_figures", "panel_titles", "score_curve",
@@ -136,7 +136,8 @@ def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | N
     styles = variant_styles(variants_of(runs))
     beds = bed_labels(runs)
     titles = panel_titles(runs)
-    early = early_stop_table(runs)
+    counted = counted_runs(runs)  # across-run figures: finished runs only, as compare counts them
+    early = early_stop_table(counted)
     figures: dict[str, Path | None] = {
         "scores": plot_scores([score_curve(r, beds[r.testbed]) for r in runs], folder / "scores.png",
                               styles=styles, titles=titles),
@@ -145,8 +146,9 @@ def make_figures(runs: Sequence[RunHistory], folder: Path) -> dict[str, Path | N
             metric=metric, k=k, thresholds=_thresholds(runs, metric), titles=titles,
         ),
         "gain": plot_merge_gains(gain_points(runs), folder / "merge_gain.png"),
-        "anytime": plot_anytime(anytime_bands(runs), anytime_bands(runs, unit="examples"), folder / "anytime.png",
-                                styles=styles) if len(runs) > 1 else None,
+        "anytime": plot_anytime(anytime_bands(counted), anytime_bands(counted, unit="examples"),
+                                folder / "anytime.png",
+                                styles=styles) if len(runs) > 1 and counted else None,
         "early_stop": plot_early_stop(early["rows"], folder / "early_stop.png") if early["runs"] else None,
     }
     for i, r in enumerate(runs):

@@ -3,8 +3,9 @@
 ``write_report(run_dirs, out_dir)`` reads every run of the given stores and writes
 ``out_dir/index.html`` plus the figures as PNG files next to it. The page embeds the same PNGs
 as base64 ``data:`` URIs and its CSS inline: it needs no network, no JavaScript and no other
-file, so it can be mailed or attached to a model card as is. Every file is written to a temp name
-and renamed into place (the page last), so a failed report never leaves a half-written page.
+file, so it can be mailed or attached to a model card as is. The whole folder is built under a temp
+name and renamed into place (``_io.atomic_dir``), so a failed report (a full disk) leaves the older
+report as it was and nothing half-written; a folder holding files kinmerge did not write is refused.
 
 Built to scale with the number of runs: runs are rows of one table (not columns), the settings
 are said once where the runs agree, figures have a panel per testbed and a colour per variant,
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kinmerge._io import atomic_write
+from kinmerge._io import atomic_dir, check_output_folder
 from kinmerge._version import __version__
 from kinmerge.report.budget import budget_table, early_stop_table
 from kinmerge.report.cells import empty, esc, figure, swatch
@@ -29,7 +30,7 @@ from kinmerge.report.compare import resolution
 from kinmerge.report.figures import gain_points, make_figures
 from kinmerge.report.groups import Style, bed_labels, by_testbed, variant_styles, variants_of
 from kinmerge.report.plots import METRIC_SHORT
-from kinmerge.report.queries import RunHistory, load_runs
+from kinmerge.report.queries import RunHistory, counted_runs, left_out_line, load_runs
 from kinmerge.report.run_detail import run_detail
 from kinmerge.report.sections import (
     budget_section,
@@ -208,6 +209,7 @@ def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> 
         "<p class='muted'>One row per run; the run id opens its detail below. gain: final best minus the "
         "best foundation model of its testbed.</p>",
         runs_table(runs, styles, beds, digits=digits),
+        f"<p class='note caveat'>{esc(note)}</p>" if (note := left_out_line(runs)) else "",
         "<h3>Testbeds</h3>",
         testbeds_table(runs, beds),
         "<h2 id='settings'>Run settings</h2>",
@@ -223,7 +225,7 @@ def render_html(runs: Sequence[RunHistory], figures: dict[str, Path | None]) -> 
                "No top-k kinship yet: it needs scored models and the kinship of the top-k pairs."),
     ]
     if several:
-        parts += _study_sections(runs, figures, styles, digits)
+        parts += _study_sections(counted_runs(runs), figures, styles, digits)
     parts += [
         "<h2 id='gain'>Merge gain vs the parents' kinship</h2>",
         figure(figures.get("gain"), "merge gain vs kinship", _HOWTO["gain"],
@@ -287,20 +289,30 @@ def write_report(
 
     Args:
         run_dirs: run directories (each with a ``kinmerge.db``); every run in each is reported.
-        out_dir: where the page and PNGs go (created; files from an older report are replaced).
+        out_dir: where the page and PNGs go: new, empty, or an older report (replaced whole, once
+            the new one is complete); a folder holding other files, or a run directory, is refused.
         evaluator: which evaluator's scores to use when a store holds several.
         metric: kinship metric the figures and kinship columns draw (default: the strategy's); the
             settings still say which metric each run decided with.
 
     Raises:
         StoreError: a directory holds no store or no run, or its evaluator is ambiguous.
+        OutputFolderError: ``out_dir`` holds files kinmerge did not write, or a run directory.
 
     Example:
         ``write_report(["runs/greedy", "runs/kinship"], "runs/report")`` → ``runs/report/index.html``
     """
     if not run_dirs:
         raise ValueError("give at least one run directory")
+    check_output_folder(out_dir, inputs=run_dirs, legacy=_report_before_markers)  # before reading the runs
     runs = by_testbed(load_runs(run_dirs, evaluator=evaluator, metric=metric))
-    out = Path(out_dir)
-    figures = make_figures(runs, out)  # each PNG written atomically
-    return atomic_write(out / "index.html", render_html(runs, figures))  # the page last
+    with atomic_dir(out_dir, replace=True, inputs=run_dirs, legacy=_report_before_markers) as tmp:
+        figures = make_figures(runs, tmp)
+        (tmp / "index.html").write_text(render_html(runs, figures), encoding="utf-8")
+    return Path(os.path.abspath(out_dir)) / "index.html"
+
+
+def _report_before_markers(folder: Path) -> bool:
+    """A report folder from before folders carried kinmerge's marker: its page and PNGs only."""
+    names = [p.name for p in folder.iterdir()]
+    return "index.html" in names and all(n == "index.html" or n.endswith(".png") for n in names)

@@ -168,6 +168,7 @@ class RunHistory:
     merge_order: tuple[str, ...] = ()
     examples: dict[str, int] = field(default_factory=dict)
     task_examples: dict[str, dict[str, int]] = field(default_factory=dict)
+    heldout: dict[str, float] = field(default_factory=dict)
 
     @property
     def anytime(self) -> Anytime:
@@ -251,6 +252,28 @@ class RunHistory:
         """Best average score in the whole pool."""
         scores = [m.score for m in self.models.values() if m.score is not None]
         return max(scores) if scores else None
+
+    def best_model(self, generation: int | None = None) -> PoolModel | None:
+        """The model the run would hand over after ``generation`` (default: now): the best by the
+        score it ranks with (ties by id), among models from generations ``<= generation``."""
+        scored = [m for m in self.models.values() if m.score is not None
+                  and (generation is None or m.generation <= generation)]
+        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
+
+    @property
+    def final_best_heldout(self) -> float | None:
+        """The held-out score of :meth:`best_model` (``None``: the run did not split, or has not
+        scored it yet): the number a user of the chosen model can expect."""
+        best = self.best_model()
+        return self.heldout.get(best.id) if best is not None else None
+
+    def best_heldout_per_generation(self) -> dict[int, float | None]:
+        """The held-out score of the best model after each generation."""
+        out: dict[int, float | None] = {}
+        for s in self.generations:
+            best = self.best_model(s.generation)
+            out[s.generation] = self.heldout.get(best.id) if best is not None else None
+        return out
 
     def best_per_generation(self) -> dict[int, float | None]:
         """Best score of the pool after each generation (the paper's §5 table row)."""
@@ -351,7 +374,51 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         merge_order=order,
         examples={mid: sum(n.values()) for mid, n in per_task.items()},
         task_examples=per_task,
+        heldout={mid: v for mid, v in store.average_scores(ids, evaluator=fp.heldout).items() if v is not None}
+        if fp is not None and fp.heldout is not None else {},
     )
+
+
+def counted_runs(runs: Sequence[RunHistory]) -> list[RunHistory]:
+    """The runs whose numbers enter means across runs: finished ones. An interrupted, failed or
+    still-running run has a pool cut short at some generation; averaged with finished runs it
+    would pull a strategy's curve down for a reason that is not the strategy."""
+    return [r for r in runs if r.run.status == "finished"]
+
+
+def left_out_line(runs: Sequence[RunHistory]) -> str | None:
+    """The one line that says which runs are shown but left out of the means, and why; ``None``
+    when every run finished."""
+    left = [r for r in runs if r.run.status != "finished"]
+    if not left:
+        return None
+    names = ", ".join(f"{r.run.id} in {r.run_dir} ({unfinished(r.run.status)})" for r in left)
+    return (f"left out of the means across runs, not finished: {names}; resume with `kinmerge evolve CONFIG` "
+            "to count them")
+
+
+def unfinished(status: str) -> str:
+    """How a run that is not finished is described (a run marked running with no process is
+    one that was killed)."""
+    return "interrupted or still running" if status == "running" else status
+
+
+def unique_run_dirs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """``run_dirs`` without repeats, first mention kept: ``runs/a``, ``./runs/a/`` and a link to it
+    name one store, whose runs must count once in every mean.
+
+    Example:
+        >>> unique_run_dirs(["runs/a", "runs/a/", "./runs/a", "runs/b"])
+        ['runs/a', 'runs/b']
+    """
+    seen: set[Path] = set()
+    out = []
+    for run_dir in run_dirs:
+        key = Path(run_dir).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(run_dir)
+    return out
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | None = None,
@@ -373,7 +440,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike[str]], *, evaluator: str | No
         except ValueError as exc:
             raise StoreError(str(exc)) from None
     stores = []
-    for run_dir in run_dirs:
+    for run_dir in unique_run_dirs(run_dirs):  # a directory given twice (runs/a runs/a/) counts once
         with RunStore(run_dir, lock=False) as store:
             runs = store.runs()
         if not runs:

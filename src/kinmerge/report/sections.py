@@ -38,6 +38,7 @@ def _stop(r: RunHistory) -> str:
 def runs_table(runs: Sequence[RunHistory], styles: Mapping[str, Style], beds: Beds, *, digits: int) -> str:
     """One row per run: where, what, how it ended and what it found (± the evaluation's SE)."""
     rows, classes = [], []
+    heldout = any(r.heldout for r in runs)  # scores are the selection part's; say what held-out gives
     for i, r in enumerate(runs):
         first = i == 0 or runs[i - 1].testbed != r.testbed  # the testbed named once, on its first row
         classes.append("first" if first and i else "")
@@ -53,10 +54,11 @@ def runs_table(runs: Sequence[RunHistory], styles: Mapping[str, Style], beds: Be
             swatch(r.run.strategy, styles.get(r.variant)), esc("—" if r.run.seed is None else r.run.seed),
             esc(status), esc(_stop(r)), esc(r.merges_used), num(r.foundation_best, digits), final,
             signed(gain, digits), esc(r.examples_per_task or "—"),
+            *((num(r.final_best_heldout, digits),) if heldout else ()),
         ])
     head = ["testbed", "run", "strategy", "seed", "status", "stop", "merges", "best foundation",
-            "final best ± SE", "gain", "n / task"]
-    return table(head, rows, classes=classes, numeric=(3, 6, 7, 8, 9, 10))
+            "final best ± SE", "gain", "n / task", *(("held-out (final best)",) if heldout else ())]
+    return table(head, rows, classes=classes, numeric=(3, 6, 7, 8, 9, 10, *((11,) if heldout else ())))
 
 
 def testbeds_table(runs: Sequence[RunHistory], beds: Beds) -> str:

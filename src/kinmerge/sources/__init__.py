@@ -6,7 +6,9 @@ A reference is one of
   * a single ``.safetensors`` file,
   * a GGUF file (``.gguf``, e.g. a llama.cpp export), dequantised tensor by tensor,
   * a hub id ``org/name[@revision]``, fetched with huggingface_hub (config and safetensors only),
-    honouring ``HF_HUB_OFFLINE`` and the HF cache.
+    honouring ``HF_HUB_OFFLINE`` and the HF cache;
+  * with ``adapters=True`` (kinship reads them), a PEFT LoRA adapter folder, local or a hub id
+    (``adapter_config.json`` + ``adapter_model.safetensors``): a ``LoraSource`` (``sources.lora``).
 
 One module per concept, each importing only those above it in this list:
 ``hub`` (hub ids, fetching), ``content_ids`` (weight hashes and their cache) and ``config``
@@ -16,9 +18,9 @@ One module per concept, each importing only those above it in this list:
 format: ``safetensors``, ``gguf``, ``pickle``; and this package, which picks the format.
 
 Example:
-    >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):     # doctest: +SKIP
+    >>> with open_models(["zoo:base", "zoo:add"]) as (base, add):
     ...     print(base.display_name, len(base.tensors))
-    base 21
+    zoo:base 39
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from kinmerge.sources.base import (
     TensorInfo,
     first_nonfinite,
     is_vocab_tensor,
+    naming_mismatch,
 )
 from kinmerge.sources.config import read_config
 from kinmerge.sources.content_ids import cache_dir, content_id_of_files
 from kinmerge.sources.gguf import GgufSource, gguf_to_hf
 from kinmerge.sources.hub import HUB_ID, WEIGHT_PATTERNS, fetch_from_hub, hub_id_of_cache_path, is_hub_id
+from kinmerge.sources.lora import ADAPTER_WEIGHTS, LoraSource, is_adapter_folder, open_adapter
 from kinmerge.sources.pickle import open_pickle
 from kinmerge.sources.refs import ZOO_PREFIX, Resolved, resolve_ref, zoo_path
 from kinmerge.sources.safetensors import SafetensorsSource, save_safetensors, to_bf16_bits
@@ -58,6 +62,7 @@ __all__ = [
     "ZOO_PREFIX",
     "ArraySource",
     "GgufSource",
+    "LoraSource",
     "ModelSource",
     "ReadBuffer",
     "ReadStats",
@@ -73,6 +78,7 @@ __all__ = [
     "hub_id_of_cache_path",
     "is_hub_id",
     "is_vocab_tensor",
+    "naming_mismatch",
     "open_model",
     "open_models",
     "read_config",
@@ -83,13 +89,16 @@ __all__ = [
 ]
 
 
-def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> ModelSource:
+def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False, adapters: bool = False) -> ModelSource:
     """Resolve ``ref`` (with :func:`resolve_ref`) and open it as a ``ModelSource``.
 
     Args:
         ref: a local folder, a ``.safetensors`` or ``.gguf`` file, or a hub id ``org/name[@rev]``.
         allow_pickle: accept pickled ``pytorch_model*.bin`` checkpoints (loaded with
             ``torch.load(weights_only=True)``). Off by default: pickles can run code.
+        adapters: open a PEFT LoRA adapter folder as a ``LoraSource`` (factors, not dense
+            tensors: only kinship reads them). Off by default, so a command that needs dense
+            tensors refuses an adapter in one line instead of misreading it.
 
     Raises:
         SourceError: nothing usable at ``ref`` (with what was looked for).
@@ -97,27 +106,38 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> Mo
         PickleNotAllowedError: only ``.bin`` weights were found and ``allow_pickle`` is False.
 
     Example:
-        >>> src = open_model("runs/zoo/base")            # doctest: +SKIP
-        >>> sorted(src.tensors)[:1]                      # doctest: +SKIP
+        >>> with open_model("zoo:base") as src:
+        ...     sorted(src.tensors)[:1]
         ['lm_head.weight']
     """
     resolved = resolve_ref(ref)
     assert resolved.path is not None  # fetched: resolve_ref fetches hub ids by default
-    src = _open_local(resolved.given, resolved.path, allow_pickle)
+    folder = resolved.path.parent if resolved.path.name == ADAPTER_WEIGHTS else resolved.path
+    if is_adapter_folder(folder):  # the folder, or its adapter_model.safetensors named directly
+        if not adapters:
+            raise SourceError(
+                f"{resolved.given}: a PEFT LoRA adapter; only kinship, matrix and suggest read adapters so far — "
+                "merge it into its base (peft's merge_and_unload) and pass the merged folder"
+            )
+        src: ModelSource = open_adapter(resolved.given, folder)
+    else:
+        src = _open_local(resolved.given, resolved.path, allow_pickle)
     src.hub_id = resolved.hub_id
     return src
 
 
 @contextlib.contextmanager
-def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = False) -> Iterator[list[ModelSource]]:
+def open_models(refs: Sequence[str | os.PathLike[str]], *, allow_pickle: bool = False,
+                adapters: bool = False) -> Iterator[list[ModelSource]]:
     """Open several models at once and close them all on exit, even when one fails to open.
 
     Example:
-        >>> with open_models(["zoo/base", "zoo/add"]) as (base, add):   # doctest: +SKIP
-        ...     print(len(base.tensors))
+        >>> with open_models(["zoo:base", "zoo:add"]) as (base, add):
+        ...     print(len(base.tensors) == len(add.tensors))
+        True
     """
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(open_model(ref, allow_pickle=allow_pickle)) for ref in refs]
+        yield [stack.enter_context(open_model(ref, allow_pickle=allow_pickle, adapters=adapters)) for ref in refs]
 
 
 def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> str:

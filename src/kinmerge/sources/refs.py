@@ -37,10 +37,16 @@ _DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _shipped_zoos() -> dict[str, Path]:
-    if not _DATA.is_dir():
-        return {}
-    return {("tiny" if p.name == "zoo" else p.name.removeprefix("zoo-")): p
-            for p in sorted(_DATA.iterdir()) if p.is_dir() and (p.name == "zoo" or p.name.startswith("zoo-"))}
+    """Zoo name -> folder: the zoos shipped in the package, then those built into the cache
+    (``$KINMERGE_CACHE/zoos/NAME``, e.g. the real-model ``smol`` zoo; a shipped name wins)."""
+    from kinmerge.sources.content_ids import cache_dir
+
+    built = cache_dir() / "zoos"
+    zoos = {p.name: p for p in sorted(built.iterdir()) if (p / "zoo.json").is_file()} if built.is_dir() else {}
+    if _DATA.is_dir():
+        zoos.update({("tiny" if p.name == "zoo" else p.name.removeprefix("zoo-")): p
+                     for p in sorted(_DATA.iterdir()) if p.is_dir() and (p.name == "zoo" or p.name.startswith("zoo-"))})
+    return zoos
 
 
 def zoo_path(ref: str) -> Path:

@@ -13,18 +13,19 @@ loop or the reports above it.
 Example:
     >>> import tempfile
     >>> with RunStore(tempfile.mkdtemp()) as store:
-    ...     store.applied_migrations()
-    ['0001_initial']
+    ...     store.applied_migrations() == [m.name for m in MIGRATIONS]   # a new store has every migration
+    True
 """
 
 from __future__ import annotations
 
 from kinmerge.store.backup import copy_store
-from kinmerge.store.db import DB_NAME, RunStore
+from kinmerge.store.db import DB_NAME, RunStore, discard_unused_store, first_missing
 from kinmerge.store.integrity import Problem, check_run
 from kinmerge.store.lock import LOCK_NAME, is_locked
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
 from kinmerge.store.schema import MIGRATIONS, Migration
 
 __all__ = ["DB_NAME", "LOCK_NAME", "MIGRATIONS", "Event", "LineageNode", "Migration", "Problem", "RunRecord",
-           "RunStatus", "RunStore", "check_run", "copy_store", "is_locked"]
+           "RunStatus", "RunStore", "check_run", "copy_store", "discard_unused_store", "first_missing",
+           "is_locked"]

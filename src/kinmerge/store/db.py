@@ -30,6 +30,7 @@ Not thread-safe: use one ``RunStore`` per thread (the runner writes from one thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,10 +47,11 @@ from kinmerge.errors import StoreError
 from kinmerge.kinship import check_metric
 from kinmerge.pool import ModelRecord, Origin, Plan, PoolModel, PoolState
 from kinmerge.store import lock as run_lock
+from kinmerge.store.checks import damaged, read_json, read_number
 from kinmerge.store.records import Event, LineageNode, RunRecord, RunStatus
-from kinmerge.store.schema import applied, migrate, now, pending_migrations
+from kinmerge.store.schema import KINSHIP_SOURCES, applied, migrate, now, pending_migrations
 
-__all__ = ["DB_NAME", "RunStore"]
+__all__ = ["DB_NAME", "RunStore", "discard_unused_store", "first_missing"]
 
 DB_NAME = "kinmerge.db"
 #: The prefix of a recorded path that is relative to the run directory.
@@ -59,10 +61,6 @@ RELATIVE = "./"
 def _dumps(obj: Any) -> str:
     # Sorted keys: equal configs give equal text, so a resume can compare them as strings.
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def _canonical(a: str, b: str) -> tuple[str, str]:
@@ -92,9 +90,10 @@ class RunStore:
 
     Example:
         >>> import tempfile
+        >>> from kinmerge.store import MIGRATIONS
         >>> with RunStore(tempfile.mkdtemp()) as store:
-        ...     store.applied_migrations()
-        ['0001_initial']
+        ...     store.applied_migrations() == [m.name for m in MIGRATIONS]   # a new store has every migration
+        True
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, lock: bool = True) -> None:
@@ -229,7 +228,8 @@ class RunStore:
         config_json = _dumps(dict(config))
         with self._write(f"start run {run_id!r}") as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
+            if row is None:  # a new run only: a store from before 0003 may hold several bases, and resumes
+                self._check_one_base(run_id, config.get("base"))
                 conn.execute(
                     "INSERT INTO runs (id, strategy, config, seed, status, started) "
                     "VALUES (?, ?, ?, ?, 'running', ?)",
@@ -249,6 +249,24 @@ class RunStore:
         assert run is not None
         return run
 
+    def _check_one_base(self, run_id: str, base: object) -> None:
+        """Refuse a run on another base than the store's other runs: every number a store keeps
+        (kinship above all) is about deltas from one base, so one run directory holds one family."""
+        if not base:
+            return
+        for run in self.runs():
+            other = run.config.get("base")
+            if run.id != run_id and other and other != base:
+                raise StoreError(
+                    f"{self.run_dir} holds run {run.id!r} on base {str(other)[:12]}; a run on base "
+                    f"{str(base)[:12]} needs its own run directory (out.run_dir, or --run-dir)")
+
+    def base_id(self) -> str | None:
+        """The content id of the base every run of this store was started on (``None``: no run
+        records one). A store holds one base (``start_run`` refuses a second)."""
+        bases = {str(r.config["base"]) for r in self.runs() if r.config.get("base")}
+        return next(iter(bases)) if len(bases) == 1 else None
+
     def update_run_config(self, run_id: str, config: Mapping[str, Any]) -> None:
         """Replace a run's stored config (the runner does so only for a change that continues the
         same experiment: a larger generation budget)."""
@@ -265,13 +283,17 @@ class RunStore:
                 raise StoreError(f"no run {run_id!r} in {self.db_path}")
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        """The run's row, or ``None``."""
+        """The run's row, or ``None``.
+
+        Raises:
+            DamagedStoreError: its config is not a JSON object (or not a readable fingerprint).
+        """
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _run_record(rows[0]) if rows else None
+        return _run_record(self.db_path, rows[0]) if rows else None
 
     def runs(self) -> list[RunRecord]:
         """Every run in the store, oldest first."""
-        return [_run_record(r) for r in self._query("SELECT * FROM runs ORDER BY started, id")]
+        return [_run_record(self.db_path, r) for r in self._query("SELECT * FROM runs ORDER BY started, id")]
 
     def pick_run(self, run_id: str | None = None) -> RunRecord:
         """``run_id`` if the store has it; with ``None``, the latest started run.
@@ -382,7 +404,7 @@ class RunStore:
         rows = self._query("SELECT * FROM models WHERE id = ?", (model_id,))
         if not rows:
             return None
-        record = _model_record(rows[0], self._parents_of_one(model_id))
+        record = _model_record(self.db_path, rows[0], self._parents_of_one(model_id))
         return replace(record, path=self.resolve_path(record.path))
 
     def resolve_path(self, path: str | None) -> str | None:
@@ -441,7 +463,7 @@ class RunStore:
                 r = models[mid]
                 built[mid] = LineageNode(
                     id=mid, origin=r["origin"], generation=r["generation"], path=self.resolve_path(r["path"]),
-                    recipe=_loads(r["recipe"]),
+                    recipe=read_json(self.db_path, "models", mid[:8], "recipe", r["recipe"], kind=dict),
                     parents=tuple(build(p, (*path, mid)) for p in parents.get(mid, ())),
                 )
             return built[mid]
@@ -518,10 +540,19 @@ class RunStore:
         key = self.resolve_evaluator(evaluator)
         wanted = None if model_ids is None else set(model_ids)
         out: dict[str, dict[str, float]] = defaultdict(dict)
-        for r in self._query("SELECT model_id, task, score FROM evaluations WHERE evaluator = ?", (key,)):
+        for r in self._query("SELECT model_id, task, score, details FROM evaluations WHERE evaluator = ?", (key,)):
             if wanted is None or r["model_id"] in wanted:
-                out[r["model_id"]][r["task"]] = r["score"]
+                out[r["model_id"]][r["task"]] = self._score(r)
         return dict(out)
+
+    def _score(self, r: sqlite3.Row) -> float:
+        """A stored task score, checked: a number, and in [0, 1] where its details say it is an
+        accuracy (the evaluator protocol's primary score)."""
+        where = f"model {r['model_id'][:8]}, task {r['task']!r}"
+        details = read_json(self.db_path, "evaluations", where, "details", r["details"], kind=dict)
+        accuracy = details is not None and any(k in details for k in ("accuracy", "acc", "acc_norm"))
+        return read_number(self.db_path, "evaluations", where, "score", r["score"],
+                           lo=0.0 if accuracy else None, hi=1.0 if accuracy else None)
 
     def examples_scored(self, model_ids: Iterable[str] | None = None, *,
                         evaluator: str | None = None) -> dict[str, int]:
@@ -538,7 +569,8 @@ class RunStore:
         wanted = None if model_ids is None else set(model_ids)
         out: dict[str, dict[str, int]] = defaultdict(dict)
         for r in self._query("SELECT model_id, task, details FROM evaluations WHERE evaluator = ?", (key,)):
-            n = (_loads(r["details"]) or {}).get("n") if r["details"] else None
+            where = f"model {r['model_id'][:8]}, task {r['task']!r}"
+            n = (read_json(self.db_path, "evaluations", where, "details", r["details"], kind=dict) or {}).get("n")
             if (wanted is None or r["model_id"] in wanted) and isinstance(n, (int, float)):
                 out[r["model_id"]][r["task"]] = int(n)
         return dict(out)
@@ -567,49 +599,91 @@ class RunStore:
 
     # -- kinship --------------------------------------------------------------------------------
 
-    def record_kinship(self, a: str, b: str, metric: str, value: float, *, scope: str = "global") -> None:
+    def record_kinship(self, a: str, b: str, metric: str, value: float, *, scope: str = "global",
+                       base: str | None = None, source: str = "exact") -> None:
         """Record one kinship value (pair order does not matter; upsert)."""
-        self.record_kinships({(a, b): value}, metric, scope=scope)
+        self.record_kinships({(a, b): value}, metric, scope=scope, base=base, source=source)
 
     def record_kinships(self, values: Mapping[tuple[str, str] | frozenset[str], float], metric: str, *,
-                        scope: str = "global") -> None:
+                        scope: str = "global", base: str | None = None, source: str = "exact") -> None:
         """Record many kinship values of one metric in one transaction (a scan's output).
+
+        A value is keyed by everything it depends on: the base its deltas are taken from, the
+        pair, the metric, the scope and how it was computed, so runs on other bases or sources
+        never read each other's numbers.
 
         Args:
             values: ``{(a, b): value}`` or ``{pair(a, b): value}``.
             metric: ``"pcc"``, ``"cs"`` or ``"ed"``.
             scope: ``"global"`` for the paper's whole-vector kinship, or a label for a
                 breakdown (e.g. ``"layer:3"``), which is never mixed with the global value.
+            base: the base's content id; default the base of the store's runs (:meth:`base_id`).
+            source: ``"exact"`` (a scan) or ``"sketch"`` (an estimate from sketches).
         """
         check_metric(metric)
+        key_base, source = self._kinship_key(base, source)
         rows = []
         for key, value in values.items():
             a, b = _canonical(*sorted(key)) if isinstance(key, frozenset) else _canonical(*key)
-            rows.append((a, b, metric, scope, _check_score(value, f"kinship of {a!r}, {b!r}"), now()))
+            rows.append((key_base, a, b, metric, scope, source, _check_score(value, f"kinship of {a!r}, {b!r}"),
+                         now()))
         with self._write(f"record {metric} kinship") as conn:
             conn.executemany(
-                "INSERT INTO kinship (model_a, model_b, metric, scope, value, created) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (model_a, model_b, metric, scope) DO UPDATE SET "
+                "INSERT INTO kinship (base, model_a, model_b, metric, scope, source, value, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (base, model_a, model_b, metric, scope, source) DO UPDATE SET "
                 "value = excluded.value, created = excluded.created",
                 rows,
             )
 
     def get_kinship(self, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
-                    scope: str = "global") -> dict[frozenset[str], float]:
-        """Kinship values ``{pair(a, b): value}`` of one metric and scope.
+                    scope: str = "global", base: str | None = None,
+                    source: str | None = None) -> dict[frozenset[str], float]:
+        """Kinship values ``{pair(a, b): value}`` of one metric and scope, on one base and source.
 
         Args:
             model_ids: only pairs with both models in this set (default: all pairs).
+            base: the base's content id; default the base of the store's runs.
+            source: ``"exact"`` or ``"sketch"``; default the source of the store's runs when they
+                all share one, else ``"exact"``.
+
+        Raises:
+            DamagedStoreError: a stored value is not a number in its metric's range.
         """
         check_metric(metric)
+        key_base, key_source = self._kinship_key(base, source)
         wanted = None if model_ids is None else set(model_ids)
-        return {
-            frozenset((r["model_a"], r["model_b"])): r["value"]
-            for r in self._query("SELECT model_a, model_b, value FROM kinship WHERE metric = ? AND scope = ?",
-                                 (metric, scope))
-            if wanted is None or (r["model_a"] in wanted and r["model_b"] in wanted)
-        }
+        lo, hi = (0.0, None) if metric == "ed" else (-1.0 - 1e-9, 1.0 + 1e-9)
+        out: dict[frozenset[str], float] = {}
+        for r in self._query("SELECT model_a, model_b, value FROM kinship "
+                             "WHERE metric = ? AND scope = ? AND base = ? AND source = ?",
+                             (metric, scope, key_base, key_source)):
+            if wanted is None or (r["model_a"] in wanted and r["model_b"] in wanted):
+                row = f"{r['model_a'][:8]}-{r['model_b'][:8]} {metric}"
+                out[frozenset((r["model_a"], r["model_b"]))] = read_number(
+                    self.db_path, "kinship", row, "value", r["value"], lo=lo, hi=hi)
+        return out
+
+    def kinship_key(self, run_id: str) -> tuple[str | None, str | None]:
+        """The (base, source) the kinship of run ``run_id`` is keyed by, from its settings
+        (``None`` for what a hand-recorded run does not say: the store's default then)."""
+        run = self.get_run(run_id)
+        config = run.config if run is not None else {}
+        base = config.get("base")
+        return (str(base) if base else None), str(config.get("kinship_source") or "exact")
+
+    def _kinship_key(self, base: str | None, source: str | None) -> tuple[str, str]:
+        """The (base, source) a kinship value is recorded under or looked up by."""
+        if source is not None and source not in KINSHIP_SOURCES:
+            raise ValueError(f"kinship source must be one of {', '.join(KINSHIP_SOURCES)}, got {source!r}")
+        if base is None or source is None:
+            runs = self.runs()
+            if base is None:
+                base = self.base_id() or ""
+            if source is None:
+                sources = {str(r.config.get("kinship_source") or "exact") for r in runs}
+                source = next(iter(sources)) if len(sources) == 1 and sources <= set(KINSHIP_SOURCES) else "exact"
+        return base, source
 
     # -- plans ----------------------------------------------------------------------------------
 
@@ -654,7 +728,19 @@ class RunStore:
         """Every saved plan of a run: ``{generation: (plan, "planned" | "done")}``."""
         rows = self._query("SELECT generation, plan, status FROM plans WHERE run_id = ? ORDER BY generation",
                            (run_id,))
-        return {r["generation"]: (Plan.from_dict(json.loads(r["plan"])), r["status"]) for r in rows}
+        return {r["generation"]: (self._plan(run_id, r), r["status"]) for r in rows}
+
+    def _plan(self, run_id: str, r: sqlite3.Row) -> Plan:
+        where = f"run {run_id!r} generation {r['generation']}"
+        data = read_json(self.db_path, "plans", where, "plan", r["plan"], kind=dict)
+        try:
+            plan = Plan.from_dict(data)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise damaged(self.db_path, "plans", where, f"plan is not a saved plan ({type(exc).__name__}: {exc})") \
+                from None
+        if plan.generation != r["generation"]:
+            raise damaged(self.db_path, "plans", where, f"plan says generation {plan.generation}")
+        return plan
 
     def discard_stop(self, run_id: str, reason: str) -> int | None:
         """Forget a saved stop decision made for ``reason`` (e.g. the generation budget after the
@@ -748,7 +834,8 @@ class RunStore:
             sql += " AND kind = ?"
             params.append(kind)
         return [Event(id=r["id"], run_id=r["run_id"], ts=r["ts"], generation=r["generation"], kind=r["kind"],
-                      message=r["message"], duration_s=r["duration_s"], payload=_loads(r["payload"]))
+                      message=r["message"], duration_s=r["duration_s"],
+                      payload=read_json(self.db_path, "events", str(r["id"]), "payload", r["payload"], kind=dict))
                 for r in self._query(sql + " ORDER BY id", params)]
 
     # -- the pool -------------------------------------------------------------------------------
@@ -800,9 +887,10 @@ class RunStore:
             raise StoreError(f"no run {run_id!r} in {self.db_path}")
         generation = self.last_completed_generation(run_id)
         models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial)
+        base, source = self.kinship_key(run_id)
         return PoolState(
             models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
-            kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope),
+            kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope, base=base, source=source),
             merged_pairs=self.merged_pairs(run_id)
             | {frozenset(m.parents) for m in models if len(set(m.parents)) == 2},
             generation=generation,
@@ -810,11 +898,70 @@ class RunStore:
         )
 
 
-def _run_record(r: sqlite3.Row) -> RunRecord:
-    return RunRecord(id=r["id"], strategy=r["strategy"], config=json.loads(r["config"]), seed=r["seed"],
-                     status=r["status"], started=r["started"], finished=r["finished"])
+def first_missing(path: str | os.PathLike[str]) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (what creating it would make)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
-def _model_record(r: sqlite3.Row, parents: tuple[str, ...]) -> ModelRecord:
+def discard_unused_store(run_dir: str | os.PathLike[str], *, created: Path | None) -> bool:
+    """Remove a store that records no run (a run that failed before it started: an unreachable
+    cluster, a model that does not fit), so a failed start leaves nothing half-made behind.
+
+    Only what kinmerge writes there goes: the database (with its WAL files), the lock, an empty
+    ``models/`` folder, and the folders this call's run created (``created``: the topmost, see
+    :func:`first_missing`) if they are empty now. Returns whether the store was removed.
+    """
+    run_dir = Path(run_dir)
+    db = run_dir / DB_NAME
+    if not db.is_file() or run_lock.is_locked(run_dir):
+        return False
+    try:
+        conn = sqlite3.connect(db, isolation_level=None, timeout=5.0)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            used = "runs" not in tables or conn.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+    if used:
+        return False
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", run_lock.LOCK_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    folders = [run_dir / "models"]
+    if created is not None:
+        here = run_dir.absolute()
+        while here.is_relative_to(created):
+            folders.append(here)
+            here = here.parent
+    for folder in folders:
+        with contextlib.suppress(OSError):  # only if empty
+            folder.rmdir()
+    return True
+
+
+def _run_record(db: Path, r: sqlite3.Row) -> RunRecord:
+    where = repr(r["id"])
+    record = RunRecord(id=r["id"], strategy=r["strategy"],
+                       config=read_json(db, "runs", where, "config", r["config"], kind=dict), seed=r["seed"],
+                       status=r["status"], started=r["started"], finished=r["finished"])
+    try:  # a fingerprint with fields of the wrong type would fail later, far from here
+        fp = record.fingerprint
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise damaged(db, "runs", where, f"config is not a run's settings ({type(exc).__name__}: {exc})") from None
+    if fp is not None and not (isinstance(record.config.get("foundation", []), list)
+                               and isinstance(record.config.get("strategy"), dict)
+                               and all(isinstance(f, str) for f in fp.foundation)):
+        raise damaged(db, "runs", where, "config is not a run's settings (foundation or strategy of the wrong type)")
+    return record
+
+
+def _model_record(db: Path, r: sqlite3.Row, parents: tuple[str, ...]) -> ModelRecord:
     return ModelRecord(id=r["id"], path=r["path"], origin=r["origin"], generation=r["generation"],
-                       recipe=_loads(r["recipe"]), created=r["created"], parents=parents)
+                       recipe=read_json(db, "models", r["id"][:8], "recipe", r["recipe"], kind=dict),
+                       created=r["created"], parents=parents)

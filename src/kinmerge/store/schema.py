@@ -9,8 +9,8 @@ Example:
     >>> import sqlite3
     >>> conn = sqlite3.connect(":memory:", isolation_level=None)
     >>> migrate(conn, "memory", apply=True)
-    >>> applied(conn)
-    ['0001_initial']
+    >>> applied(conn)[0], applied(conn) == [m.name for m in MIGRATIONS]   # all of them, in order
+    ('0001_initial', True)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from kinmerge.errors import StoreError
 
-__all__ = ["MIGRATIONS", "Migration", "applied", "migrate", "now", "pending_migrations"]
+__all__ = ["KINSHIP_SOURCES", "MIGRATIONS", "Migration", "applied", "migrate", "now", "pending_migrations"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,51 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         rebuilds=True,
     ),
+    Migration(
+        "0003_kinship_keyed_by_base",
+        (
+            # A kinship value depends on the base the deltas are taken from and on how it was
+            # computed (an exact scan or a sketch estimate), not only on the pair: keyed by all of
+            # them, two runs on other bases (or sources) never read each other's numbers. Rows
+            # from before get the base and source of the store's runs when all runs share one;
+            # otherwise '' / 'unknown', which no run asks for (they are computed again).
+            """CREATE TABLE kinship_new (
+                base TEXT NOT NULL,               -- content id of the base ('' = not known)
+                model_a TEXT NOT NULL REFERENCES models(id),
+                model_b TEXT NOT NULL REFERENCES models(id),
+                metric TEXT NOT NULL CHECK (metric IN ('pcc', 'cs', 'ed')),
+                scope TEXT NOT NULL DEFAULT 'global',
+                source TEXT NOT NULL CHECK (source IN ('exact', 'sketch', 'unknown')),
+                value REAL NOT NULL,
+                created TEXT NOT NULL,
+                PRIMARY KEY (base, model_a, model_b, metric, scope, source),
+                CHECK (model_a < model_b)
+            )""",
+            """INSERT INTO kinship_new (base, model_a, model_b, metric, scope, source, value, created)
+               SELECT
+                 coalesce((SELECT CASE WHEN count(*) > 0 AND count(b) = count(*) AND count(DISTINCT b) = 1
+                                       THEN max(b) END
+                           FROM (SELECT CASE WHEN json_valid(config) THEN json_extract(config, '$.base') END AS b
+                                 FROM runs)), ''),
+                 model_a, model_b, metric, scope,
+                 coalesce((SELECT CASE WHEN count(*) = 0 THEN 'exact'
+                                       WHEN count(s) = count(*) AND count(DISTINCT s) = 1
+                                            AND max(s) IN ('exact', 'sketch') THEN max(s) END
+                           FROM (SELECT CASE WHEN json_valid(config)
+                                             THEN coalesce(json_extract(config, '$.kinship_source'), 'exact') END AS s
+                                 FROM runs)), 'unknown'),
+                 value, created
+               FROM kinship""",
+            "DROP TABLE kinship",
+            "ALTER TABLE kinship_new RENAME TO kinship",
+            "CREATE INDEX kinship_b ON kinship(model_b)",
+        ),
+        rebuilds=True,
+    ),
 )
+
+#: How a kinship value was computed: an exact scan, or an estimate from sketches.
+KINSHIP_SOURCES = ("exact", "sketch")
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS migrations (
     name TEXT PRIMARY KEY,

