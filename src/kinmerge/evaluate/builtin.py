@@ -16,8 +16,10 @@ than the model's positions would give a score that means nothing, so the run sto
 file and line.
 
 Every task also reports ``mean_loglik``: the mean over examples of log p(answer | prompt),
-summed over the answer's tokens. Scores do not depend on ``batch_size`` or ``device`` beyond
-float rounding, so those are not part of ``settings()``.
+summed over the answer's tokens. Scores do not depend on ``batch_size`` beyond float rounding, so
+it is not part of ``settings()``. On the CPU they are the same bits on AVX2 and AVX-512 and for
+any thread count (``kinmerge.evaluate.fixed_order``); a GPU ``device`` is part of ``settings()``,
+since its kernels round differently (docs/distributed.md).
 
 torch and transformers are imported inside the functions that need them.
 """
@@ -39,6 +41,7 @@ from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
 from kinmerge.evaluate.checks import pad_id as pad_id_of
+from kinmerge.evaluate.fixed_order import fixed_order_attention, log_softmax
 from kinmerge.evaluate.tasks import Task, load_tasks, split_task
 from kinmerge.progress import quiet_transformers
 
@@ -134,6 +137,8 @@ class BuiltinEvaluator:
             **({"sample_seed": self.sample_seed} if self.sample_seed is not None else {}),
             **({"split": self.split, "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed}
                if self.split != "all" else {}),
+            # CPU scores are the same bits on every x86 CPU (fixed_order); a GPU's are not
+            **({"device": str(self.device)} if not str(self.device).startswith("cpu") else {}),
         }
 
     #: examples ``[start, stop)`` of each task can be scored on their own (racing, see evolve.racing)
@@ -364,7 +369,9 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
     scores: dict[str, float] = {}
     details: dict[str, dict[str, float]] = {}
     try:
-        with torch.inference_mode(), _progress(progress, n_batches, label) as advance:
+        # fixed_order_attention: the same bits on AVX2 and AVX-512 CPUs (issue 18)
+        with torch.inference_mode(), fixed_order_attention(model), \
+                _progress(progress, n_batches, label) as advance:
             for name, examples in plan.items():
                 advance(0, name)
                 step = functools.partial(advance, 1, name)
@@ -429,7 +436,7 @@ def _logliks(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int,
         for row, i in enumerate(idx):
             ids, n_cont = seqs[i]
             end = len(ids) - 1
-            part = torch.log_softmax(logits[row, end - n_cont:end].float(), dim=-1)
+            part = log_softmax(logits[row, end - n_cont:end].float())  # torch's differs by vector width
             target = torch.tensor(ids[-n_cont:], device=part.device)
             out[i] = float(part.gather(1, target[:, None]).sum())
         step()

@@ -116,20 +116,28 @@ class MergeResult:
         }}
 
 
-def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None) -> str:
+def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None, *,
+             device: str | None = None) -> str:
     """The id of a merge: 16 hex characters of SHA-256 over (parent content ids, base, recipe).
 
-    The base counts only when the recipe uses it. Device and mergekit version do not count.
+    The base counts only when the recipe uses it. ``device``: the GPU a merge ran on (e.g.
+    ``"cuda:NVIDIA H100 80GB HBM3"``), or None on the CPU. A CPU merge has the same bytes on every
+    x86 CPU and thread count, so the CPU is not part of its id; a GPU's arithmetic differs from the
+    CPU's (and another GPU's) in the last bits, so a GPU merge gets an id of its own
+    (docs/distributed.md, "Same bytes, same pool"). The mergekit version does not count.
 
     Example:
         >>> merge_id(["a" * 32, "b" * 32], Slerp())
         '54884bdbefcf11f3'
     """
-    return json_digest({
+    key: dict[str, Any] = {
         "parents": list(parent_ids),
         "base": base_id if recipe.uses_base else None,
         "recipe": recipe.params(),
-    }, 16)
+    }
+    if device is not None:  # only then: CPU merges keep the ids they always had
+        key["device"] = device
+    return json_digest(key, 16)
 
 
 def is_temp_merge_folder(path: str | os.PathLike[str]) -> bool:
@@ -231,8 +239,15 @@ def merge(
     resized = check_compatible([m for m in models if not m.adapter], base_model or lora_base)
 
     full_lora_base = None if recipe.makes_adapter else lora_base  # adapters become base+adapter in mergekit
+    device = None
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
+        device = f"cuda:{torch.cuda.get_device_name()}"
     mid = merge_id([parent_id(m, full_lora_base) for m in models], recipe,
-                   base_model.content_id if base_model else None)
+                   base_model.content_id if base_model else None, device=device)
     final = Path(out_root).expanduser().absolute() / mid
     if (existing := read_metadata(final)) is not None:
         return MergeResult(id=mid, path=final, recipe=recipe, reused=True, metadata=existing)
@@ -241,11 +256,6 @@ def merge(
         # anything else under this name is the user's, never ours to delete.
         check_output_folder(final, option="--out", legacy=_merge_files_only)
         shutil.rmtree(final, ignore_errors=True)
-    if cuda:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
     if kin is None and kinship_base is not None:
         kin = _parents_kinship(models, kinship_base)
 
