@@ -163,8 +163,9 @@ class EvaluatorConfig(BaseModel):
 
     ``heldout`` (the run's, not the evaluator's): the share of every task's examples the loop
     never sees (default 0.5; ``false``: no split). The run chooses on the rest (``split:
-    selection``) and scores every model that enters the top-k on the held-out part (``split:
-    heldout``), for evaluators that can split (builtin); ``heldout_seed`` seeds the split."""
+    selection``; ``limit`` and ``sample_seed`` apply there) and scores every model that enters the
+    top-k on the whole held-out part (``split: heldout``), for evaluators that can split
+    (builtin); ``heldout_seed`` seeds the split."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -194,6 +195,9 @@ class EvaluatorConfig(BaseModel):
         out = dict(self.model_extra or {})
         if self.splits:
             out.update(split=split or "selection", heldout_fraction=self.heldout, split_seed=self.heldout_seed)
+            if split == "heldout":  # scored whole: `limit` and `sample_seed` pick what the loop selects on
+                out.pop("limit", None)
+                out.pop("sample_seed", None)
         return out
 
     @model_validator(mode="after")

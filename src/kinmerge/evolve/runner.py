@@ -142,8 +142,8 @@ class _Run:
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
         self.report = StatusLines(progress)
-        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0,
-                     "kinship_rechecks": 0}
+        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0, "kinship_pairs": 0,
+                     "kinship_scans": 0, "kinship_rechecks": 0}
         self._scanned: set[frozenset[str]] = set()  # pairs scanned by this call (some undefined)
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
