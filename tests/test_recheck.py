@@ -182,7 +182,7 @@ def test_a_sketch_run_stores_and_shows_bounds_and_rechecks_a_close_early_stop(mi
     assert sketch and all(b is not None and 0 < b < 1 for (b,) in sketch)
     assert _rows(run, "SELECT count(*) FROM kinship WHERE source = 'exact' AND bound IS NOT NULL") == [(0,)]
     # status: each merge's parents' kinship says it is an estimate and shows its bound
-    status = json.loads(_invoke("status", run, "--json"))
+    status = status_free = json.loads(_invoke("status", run, "--json"))
     merges = [m for m in status["pool"] if m["origin"] == "merge"]
     estimated = [m for m in merges if m["kinship_estimate"]]
     assert estimated and all(m["kinship_bound"] > 0 for m in estimated)
@@ -222,3 +222,16 @@ def test_a_sketch_run_stores_and_shows_bounds_and_rechecks_a_close_early_stop(mi
     assert status["kinship_rechecks"] == len(decisions) >= 1
     # the re-checked pairs read exact now: no bound on the top-3's mean when it is all exact
     assert f"{len(decisions)} decision(s) an estimate could flip re-checked exactly" in _invoke("status", close)
+
+    # compare and the report show the same: estimates with their bounds, and the re-checks
+    rows = {Path(r["run_dir"]).name: r for r in json.loads(_invoke("compare", run, close, "--json"))["runs"]}
+    free = rows["free"]
+    assert free["kinship_source"] == "sketch" and free["final_top_k_kinship_estimate"]
+    assert free["final_top_k_kinship_bound"] == pytest.approx(status_free["top_k_kinship_bound"])
+    assert rows["close"]["kinship_rechecks"] == len(decisions)
+    table = _invoke("compare", run, close)
+    assert f"{free['final_top_k_kinship']:.4f} ± {free['final_top_k_kinship_bound']:.4f}" in table
+    pytest.importorskip("matplotlib")
+    _invoke("report", run, close, "--out", tmp_path / "page")
+    page = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert "estimated from sketches" in page and f"± {free['final_top_k_kinship_bound']:.3f}" in page
