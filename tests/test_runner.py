@@ -197,7 +197,7 @@ def test_rerun_is_a_no_op(runs):
         before = (len(store.get_kinship("pcc")), store.evaluators(), _plans(store, "greedy"))
     again = evolve(runs.greedy_cfg, runs.run_dir, progress=False)
     assert again.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0,
-                          "kinship_pairs": 0, "kinship_scans": 0}
+                          "kinship_pairs": 0, "kinship_scans": 0, "kinship_rechecks": 0}
     assert _pool_key(again) == _pool_key(runs.greedy)
     assert again.stop == runs.greedy.stop and again.status == "finished"
     with RunStore(runs.run_dir, lock=False) as store:

@@ -605,7 +605,8 @@ class RunStore:
         self.record_kinships({(a, b): value}, metric, scope=scope, base=base, source=source)
 
     def record_kinships(self, values: Mapping[tuple[str, str] | frozenset[str], float], metric: str, *,
-                        scope: str = "global", base: str | None = None, source: str = "exact") -> None:
+                        scope: str = "global", base: str | None = None, source: str = "exact",
+                        bounds: Mapping[tuple[str, str] | frozenset[str], float] | None = None) -> None:
         """Record many kinship values of one metric in one transaction (a scan's output).
 
         A value is keyed by everything it depends on: the base its deltas are taken from, the
@@ -619,20 +620,31 @@ class RunStore:
                 breakdown (e.g. ``"layer:3"``), which is never mixed with the global value.
             base: the base's content id; default the base of the store's runs (:meth:`base_id`).
             source: ``"exact"`` (a scan) or ``"sketch"`` (an estimate from sketches).
+            bounds: each estimate's 99% bound (a half-width, keyed like ``values``), so the store
+                can say how far off it may be; only with ``source="sketch"``.
+
+        Raises:
+            ValueError: a value or bound is not finite, a bound is negative, or bounds are given
+                for exact values (an exact value has none).
         """
         check_metric(metric)
         key_base, source = self._kinship_key(base, source)
+        if bounds and source != "sketch":
+            raise ValueError(f"only estimates (source 'sketch') carry a bound, not {source!r} values")
         rows = []
         for key, value in values.items():
             a, b = _canonical(*sorted(key)) if isinstance(key, frozenset) else _canonical(*key)
+            bound = None if bounds is None or key not in bounds else _check_score(bounds[key], f"bound of {a!r}, {b!r}")
+            if bound is not None and bound < 0:
+                raise ValueError(f"bound of {a!r}, {b!r} must be >= 0, got {bound!r}")
             rows.append((key_base, a, b, metric, scope, source, _check_score(value, f"kinship of {a!r}, {b!r}"),
-                         now()))
+                         bound, now()))
         with self._write(f"record {metric} kinship") as conn:
             conn.executemany(
-                "INSERT INTO kinship (base, model_a, model_b, metric, scope, source, value, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO kinship (base, model_a, model_b, metric, scope, source, value, bound, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (base, model_a, model_b, metric, scope, source) DO UPDATE SET "
-                "value = excluded.value, created = excluded.created",
+                "value = excluded.value, bound = excluded.bound, created = excluded.created",
                 rows,
             )
 
@@ -663,6 +675,55 @@ class RunStore:
                 out[frozenset((r["model_a"], r["model_b"]))] = read_number(
                     self.db_path, "kinship", row, "value", r["value"], lo=lo, hi=hi)
         return out
+
+    def get_kinship_bounds(self, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
+                           scope: str = "global", base: str | None = None) -> dict[frozenset[str], float]:
+        """The 99% bound ``{pair(a, b): bound}`` of each stored estimate (source ``sketch``).
+
+        An estimate recorded before bounds were kept (migration ``0004_kinship_bounds``) has an
+        unknown bound: ``math.inf`` here, so nothing treats it as sure.
+
+        Raises:
+            DamagedStoreError: a stored bound is not a number >= 0.
+        """
+        check_metric(metric)
+        key_base, _ = self._kinship_key(base, "sketch")
+        wanted = None if model_ids is None else set(model_ids)
+        out: dict[frozenset[str], float] = {}
+        for r in self._query("SELECT model_a, model_b, bound FROM kinship "
+                             "WHERE metric = ? AND scope = ? AND base = ? AND source = 'sketch'",
+                             (metric, scope, key_base)):
+            if wanted is None or (r["model_a"] in wanted and r["model_b"] in wanted):
+                row = f"{r['model_a'][:8]}-{r['model_b'][:8]} {metric}"
+                out[frozenset((r["model_a"], r["model_b"]))] = math.inf if r["bound"] is None else read_number(
+                    self.db_path, "kinship", row, "bound", r["bound"], lo=0.0, hi=None)
+        return out
+
+    def kinship_of_run(self, run_id: str, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
+                       scope: str = "global") -> tuple[dict[frozenset[str], float], dict[frozenset[str], float]]:
+        """The kinship run ``run_id`` decides with, and the bound of each value that is an estimate.
+
+        An exact run reads its exact values (no bounds). A ``kinship_source: sketch`` run reads its
+        estimates, except where an exact value of the pair on the same base is stored (a decision
+        an estimate could have flipped was re-checked exactly): the exact value replaces the
+        estimate and has no bound.
+
+        Returns:
+            ``(values, bounds)``: ``{pair: value}`` and ``{pair: 99% bound}`` for the estimates.
+
+        Example:
+            ``values, bounds = store.kinship_of_run("r1")``; ``bounds.get(pair(a, b))`` is ``None``
+            for an exact value.
+        """
+        base, source = self.kinship_key(run_id)
+        ids = None if model_ids is None else set(model_ids)
+        values = self.get_kinship(metric, model_ids=ids, scope=scope, base=base, source=source)
+        if source != "sketch":
+            return values, {}
+        bounds = self.get_kinship_bounds(metric, model_ids=ids, scope=scope, base=base)
+        exact = self.get_kinship(metric, model_ids=ids, scope=scope, base=base, source="exact")
+        values.update(exact)
+        return values, {p: b for p, b in bounds.items() if p not in exact and p in values}
 
     def kinship_key(self, run_id: str) -> tuple[str | None, str | None]:
         """The (base, source) the kinship of run ``run_id`` is keyed by, from its settings
@@ -873,7 +934,8 @@ class RunStore:
 
         - models: the pool members from generations ``<=`` the last completed one, with their
           average score (``None`` if not fully evaluated: the strategy will refuse to rank it);
-        - kinship: the stored ``metric``/``scope`` values among those models;
+        - kinship: the stored ``metric``/``scope`` values among those models
+          (:meth:`kinship_of_run`), with ``kinship_bounds`` for those that are estimates;
         - merged_pairs: every pair in any saved plan of the run (done or pending) plus the parent
           pair of every pool member, so a pending merge is never planned twice.
 
@@ -887,10 +949,11 @@ class RunStore:
             raise StoreError(f"no run {run_id!r} in {self.db_path}")
         generation = self.last_completed_generation(run_id)
         models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial)
-        base, source = self.kinship_key(run_id)
+        kinship, bounds = self.kinship_of_run(run_id, metric, model_ids=[m.id for m in models], scope=scope)
         return PoolState(
             models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
-            kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope, base=base, source=source),
+            kinship=kinship,
+            kinship_bounds=bounds,
             merged_pairs=self.merged_pairs(run_id)
             | {frozenset(m.parents) for m in models if len(set(m.parents)) == 2},
             generation=generation,
