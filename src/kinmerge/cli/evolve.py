@@ -95,14 +95,14 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
     Each generation is planned by the config's strategy, saved, then executed: merges into
     RUN_DIR/models/<id>, evaluations, kinship, all recorded in RUN_DIR/kinmerge.db. Killed or
     crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
-    The config format is in docs/evolve.md.
+    The config format is in docs/evolve.md; --track (or the config's tracking:) logs every score,
+    each generation and the final summary to W&B, MLflow or TensorBoard while the run goes.
 
     \b
     Example:
       kinmerge evolve examples/evolve.yaml --dry-run
       kinmerge evolve examples/evolve.yaml
-      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy
-      kinmerge evolve examples/evolve.yaml --track tensorboard --dry-run
+      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy --track tensorboard
     """
     from kinmerge.evolve.config import load_config
     from kinmerge.evolve.runner import evolve
