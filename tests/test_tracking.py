@@ -43,9 +43,11 @@ def _facts(run_dir: Path) -> dict[str, Any]:
     """What the store says the tracker should have: scored models, generations, plans, the best."""
     with RunStore(run_dir, lock=False) as store:
         evals = store.events("tracked", kind="evaluate")
+        heldout = store.events("tracked", kind="evaluate_heldout")
         gens = store.events("tracked", kind="generation")
         plans = store.events("tracked", kind="plan")
     return {"scores": sorted(round(e.payload["average"], 6) for e in evals),
+            "heldout": sorted(round(e.payload["average"], 6) for e in heldout),
             "generations": sorted({e.generation for e in gens}),
             "best": {e.generation: e.payload["best"] for e in gens},
             "stops": {e.generation: e.payload["stop"] for e in plans}}
@@ -91,6 +93,8 @@ def test_tensorboard_gets_a_run_resumed_with_tracking_switched_on(micro_zoo, cho
     acc = EventAccumulator(str(run_dir / "tensorboard" / "tracked"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     assert sorted(round(e.value, 6) for e in acc.Scalars("model/score")) == pytest.approx(facts["scores"], abs=1e-6)
+    assert facts["heldout"]  # the run splits its tasks: the top-k's held-out scores are tracked too
+    assert sorted(round(e.value, 6) for e in acc.Scalars("model/heldout_score")) == pytest.approx(facts["heldout"])
     gen_at = {e.step: int(e.value) for e in acc.Scalars("generation")}
     best = {gen_at[e.step]: e.value for e in acc.Scalars("gen/best")}
     assert best == pytest.approx(facts["best"], abs=1e-6) and set(best) == {0, 1, 2}
@@ -125,6 +129,8 @@ def test_mlflow_keeps_one_run_across_a_resume(micro_zoo, choice_tasks, tmp_path,
     assert best == pytest.approx(facts["best"], abs=1e-9) and set(best) == {0, 1, 2}
     scores = client.get_metric_history(run.info.run_id, "model/score")
     assert sorted(round(m.value, 6) for m in scores) == facts["scores"]
+    heldout = client.get_metric_history(run.info.run_id, "model/heldout_score")
+    assert sorted(round(m.value, 6) for m in heldout) == facts["heldout"] != []
     stops = client.get_metric_history(run.info.run_id, "gen/early_stop")
     # generation 1 planned, stop before 2 (budget 1), then the raised budget reopens it: 2 planned, stop before 3
     assert [m.value for m in sorted(stops, key=lambda m: m.step)] == [0.0, 1.0, 0.0, 1.0]
