@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install kinmerge with every extra. Idempotent: a second run is fast.
+# Create .venv (once) and install kinmerge with every extra (`all`: the trackers of `track` too).
+# Idempotent: a second run is fast.
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel.
 # `pip install -e .` also builds the C kinship and sketch kernels (setup.py; optional: without a C
 # compiler kinmerge falls back to numpy). They are rebuilt when a source changes or one is missing.

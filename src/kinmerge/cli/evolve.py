@@ -86,24 +86,32 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: 
               help="Run directory (store + merges)  [default: out.run_dir, else runs/<config name> by the config]")
 @click.option("--dry-run", is_flag=True, help="Print the next plan; merge, evaluate and record nothing.")
 @click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@click.option("--track", type=click.Choice(["wandb", "mlflow", "tensorboard", "none"]), default=None,
+              help="Watch the run live in this tracker (its settings from the config's tracking: section, if "
+                   "it names the same one; none: no tracker)  [default: the config's tracking:, else none]")
 @json_option
-def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, as_json: bool) -> None:
+def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, track: str | None,
+               as_json: bool) -> None:
     """Evolve a pool of merges from CONFIG (top-k greedy merging, with or without kinship).
 
     Each generation is planned by the config's strategy, saved, then executed: merges into
     RUN_DIR/models/<id>, evaluations, kinship, all recorded in RUN_DIR/kinmerge.db. Killed or
     crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
-    The config format is in docs/evolve.md.
+    The config format is in docs/evolve.md; --track (or the config's tracking:) logs every score,
+    each generation and the final summary to W&B, MLflow or TensorBoard while the run goes.
 
     \b
     Example:
       kinmerge evolve examples/evolve.yaml --dry-run
       kinmerge evolve examples/evolve.yaml
-      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy
+      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy --track tensorboard
     """
+    from kinmerge.evolve.config import load_config
     from kinmerge.evolve.runner import evolve
+    from kinmerge.evolve.tracking import with_tracker
 
-    summary = evolve(config, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
+    cfg = with_tracker(load_config(config), track)
+    summary = evolve(cfg, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
     if as_json:
         echo_json(summary.to_dict())
         return

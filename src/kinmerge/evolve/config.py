@@ -32,22 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from kinmerge.errors import ConfigError, KinmergeError, SourceError
 from kinmerge.evolve.evaluator_config import EvaluatorConfig, _root, evaluator_key
+from kinmerge.evolve.tracking import TrackingConfig
 from kinmerge.sources import resolve_ref
 
 if TYPE_CHECKING:
     from kinmerge.evolve.strategies import Strategy
     from kinmerge.merge import Recipe
 
-__all__ = [
-    "EvaluatorConfig",
-    "ExecutorConfig",
-    "MergeConfig",
-    "OutConfig",
-    "RunConfig",
-    "StrategyConfig",
-    "evaluator_key",
-    "load_config",
-]
+__all__ = ["EvaluatorConfig", "ExecutorConfig", "MergeConfig", "OutConfig", "RunConfig", "StrategyConfig",
+           "TrackingConfig", "evaluator_key", "load_config"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -253,6 +246,8 @@ class RunConfig(_Section):
         kinship_source: ``exact`` (default: a scan for every kinship the strategy asks for) or
             ``sketch`` (every model sketched once, kinship estimated from sketches, nothing read
             again: ``kinmerge.evolve.sketch_kinship``, docs/index.md).
+        tracking: ``{name: wandb | mlflow | tensorboard, ...}``: watch the run live there (see
+            :class:`TrackingConfig`); default none. Not part of the run's identity.
         source: the file it was loaded from (not a YAML field).
     """
 
@@ -269,6 +264,7 @@ class RunConfig(_Section):
     final_kinship_matrix: bool = True
     kinship_source: Literal["exact", "sketch"] = "exact"
     racing: RacingConfig | None = None
+    tracking: TrackingConfig | None = None
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("foundation", mode="after")

@@ -54,6 +54,7 @@ from kinmerge.evolve.steps import (
     run_merge,
 )
 from kinmerge.evolve.summary import RunSummary, generation_line, summarize
+from kinmerge.evolve.tracking import RunTracking
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
@@ -148,6 +149,8 @@ class _Run:
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
+        self.tracking = RunTracking.for_run(cfg.tracking, dry_run=dry_run, store=store, run_id=self.run_id,
+                                            run_dir=run_dir, config=cfg.model_dump(mode="json"), say=self.report.line)
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
@@ -162,6 +165,8 @@ class _Run:
         try:
             return self._run(start)
         finally:
+            if self.tracking is not None:
+                self.tracking.close()
             self.report.close()
             self.executor.close()
 

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +102,9 @@ class RunStore:
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._depth = 0
+        #: Called with each event :meth:`log_event` records, once it is committed (the run's
+        #: trackers follow the step log this way: ``kinmerge.evolve.tracking``).
+        self.listeners: list[Callable[[Event], None]] = []
         if lock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = run_lock.acquire(self.run_dir)
@@ -854,14 +857,20 @@ class RunStore:
         Example:
             ``store.log_event("r1", "merge", "merged a+b", generation=1, duration_s=12.5)``
         """
+        text, ts = None if payload is None else _dumps(dict(payload)), now()
         with self._write(f"log event {kind!r}") as conn:
             cur = conn.execute(
                 "INSERT INTO events (run_id, ts, generation, kind, message, duration_s, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now(), generation, kind, message, duration_s,
-                 None if payload is None else _dumps(dict(payload))),
+                (run_id, ts, generation, kind, message, duration_s, text),
             )
-        return int(cur.lastrowid or 0)
+        event_id = int(cur.lastrowid or 0)
+        if self.listeners and self._depth == 0:  # inside a transaction it might still roll back: not told
+            event = Event(id=event_id, run_id=run_id, ts=ts, generation=generation, kind=kind, message=message,
+                          duration_s=duration_s, payload=None if text is None else json.loads(text))
+            for listener in list(self.listeners):
+                listener(event)
+        return event_id
 
     @contextmanager
     def timed(self, run_id: str | None, kind: str, message: str, *,
@@ -885,9 +894,10 @@ class RunStore:
         self.log_event(run_id, kind, message, generation=generation,
                        duration_s=time.perf_counter() - start, payload=payload)
 
-    def events(self, run_id: str | None = None, *, kind: str | None = None) -> list[Event]:
-        """The step log, oldest first, optionally for one run and/or one kind."""
-        sql, params = "SELECT * FROM events WHERE 1 = 1", []
+    def events(self, run_id: str | None = None, *, kind: str | None = None, after: int = 0) -> list[Event]:
+        """The step log, oldest first, optionally for one run and/or one kind; ``after``: only the
+        events logged after the one with that id (what a follower of the log has not seen)."""
+        sql, params = "SELECT * FROM events WHERE id > ?", list[Any]([after])
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)
