@@ -1,6 +1,6 @@
 """``kinmerge.Index``: add models to an index file, query it, draw its matrix and family tree.
 
-The glue between model files (``kinmerge.sources``, ``kinmerge.sketch_scan``), the index file
+The glue between model files (``kinmerge.sources``, ``kinmerge.scan.sketches``), the index file
 (``kinmerge.index.file``) and the pure math (``kinmerge.index.query``, ``family_tree``).
 
 Example:
@@ -258,7 +258,7 @@ class Index:
                       max_delta: float | None) -> Any:
         from kinmerge.errors import MissingTensorError
         from kinmerge.scan import display_labels, plan
-        from kinmerge.sketch_scan import layer_group, sketch_models
+        from kinmerge.scan.sketches import layer_group, sketch_models
 
         for m in models:  # one model at a time: the error names the model that does not fit
             try:
@@ -363,7 +363,7 @@ class Index:
             return self.sketch(hit.id), hit.id, hit.ref
         from kinmerge.progress import progress_bar
         from kinmerge.scan import plan
-        from kinmerge.sketch_scan import sketch_models
+        from kinmerge.scan.sketches import sketch_models
         from kinmerge.sources import open_models
 
         meta = self.meta
