@@ -151,14 +151,14 @@ def test_files_stay_readable(path: Path) -> None:
 
 
 def test_one_module_streams_tensors() -> None:
-    """Exact kinship, sketches and the Ray shards all read through ``kinmerge.scan.stream``; none reads alone."""
+    """Exact kinship, sketches, Ray shards and adapters all read through ``kinmerge.scan.stream``."""
     graph = _graph()
-    for consumer in ("kinmerge.scan.exact", "kinmerge.scan.sketches"):
+    for consumer in ("kinmerge.scan.exact", "kinmerge.scan.sketches", "kinmerge.scan.adapters"):
         assert "kinmerge.scan.stream" in graph[consumer], consumer
     assert "kinmerge.scan.exact" in graph["kinmerge.scan.shards"]  # a shard task is scan_tensors: one pass
-    readers = sorted(m for m, p in _modules().items() if m.startswith("kinmerge.scan") and "ReadBuffer()" in
-                     p.read_text(encoding="utf-8"))
-    assert readers == ["kinmerge.scan.stream"], readers
+    readers = sorted(m for m, p in _modules().items()
+                     if m.startswith("kinmerge.scan") and ".read_range" in p.read_text(encoding="utf-8"))
+    assert readers == ["kinmerge.scan.stream"], f"only the pass reads by range; {readers} do too"
 
 
 def test_the_checker_sees_upward_and_function_level_imports(tmp_path: Path) -> None:

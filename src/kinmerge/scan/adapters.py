@@ -9,8 +9,9 @@ are bilinear in the terms, so per tensor
 * low-rank × low-rank pairs come from r × r products (no read of the base at all);
 * a tensor no adapter touches goes to the one pass (``kinmerge.scan.scan_tensors``) with the full
   models alone (threads, the fused kernel); the adapters' deltas there are zero;
-* elsewhere dense terms are streamed in blocks of whole rows: base and models read once, deltas in float64,
-  dense × dense from the block's Gram matrix, dense × low-rank as ``s·Σ (D Rᵀ) ∘ L`` per block.
+* elsewhere dense terms go through the same pass (``kinmerge.scan.stream``) in blocks of whole rows:
+  base and models read once, deltas in float64, dense × dense from the block's Gram matrix, dense ×
+  low-rank as ``s·Σ (D Rᵀ) ∘ L`` per block.
 
 The statistics are those of the densified pool, to float64 rounding (tests check 1e-9), and add up
 per tensor like ``kinmerge.scan``'s, so ``--per-layer`` and the JSON views are unchanged. Every
@@ -29,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ from kinmerge.kinship import KinshipStats
 from kinmerge.lowrank import Factors, delta_sum, dense_inner, gram
 from kinmerge.scan.align import TensorPlan, _check_distinct, display_labels, plan
 from kinmerge.scan.exact import ScanResult, scan_tensors
-from kinmerge.scan.stream import DEFAULT_CHUNK, Progress
+from kinmerge.scan.stream import DEFAULT_CHUNK, Consumer, Piece, Progress, stream
 from kinmerge.sources import ModelSource
 from kinmerge.sources.lora import AdapterModule, LoraSource
 
@@ -182,41 +184,51 @@ def _add_sym(st: KinshipStats, i: int, j: int, v: float) -> None:
 
 def _stream_dense(base: ModelSource, p: TensorPlan, dense: list[_Dense], lowrank: list[tuple[int, Factors]],
                   st: KinshipStats, chunk: int, progress: Progress | None) -> int:
-    """Add the dense terms of tensor ``p`` (and their products with the low-rank terms) to ``st``."""
+    """Add the dense terms of tensor ``p`` (and their products with the low-rank terms) to ``st``.
+
+    One pass of ``kinmerge.scan.stream`` over the base and the dense terms' sources, in blocks of
+    whole rows (``dense_inner`` works on rows), each term read under its own name.
+    """
     rows = p.shape[0] if p.shape else 1
     cols = p.numel // rows if rows else 0
-    step = max(1, chunk // max(cols, 1))
-    owners = [d.owner for d in dense]  # distinct: a model has at most one dense term per tensor
-    b_dtype = base.tensors[p.name].dtype
-    total = 0
-    dtypes = [d.src.tensors[d.key].dtype for d in dense]
-    for lo in range(0, rows, step):
-        hi = min(rows, lo + step)
-        e0, e1 = lo * cols, hi * cols
-        raw_base = base.read_range(p.name, e0, e1)
-        raws = [d.src.read_range(d.key, e0, e1) for d in dense]
-        nbytes = raw_base.nbytes + sum(r.nbytes for r in raws)
-        if not lowrank:  # dense terms alone: the fused kernel of kinmerge.scan, on the raw values
-            sums, gram_ = _kernels.accumulate(raw_base, b_dtype, raws, dtypes)
-            st.sums[owners] += sums
-            st.gram[np.ix_(owners, owners)] += gram_
-        else:
-            # The deltas in float64, and every product from them: one rounding for Σδ_d² and
-            # Σδ_d·ΔW, so an adapter and its own merge come out at ED 0, not at √(rounding).
-            base_vals = _exact_float(raw_base, b_dtype)
-            block = np.empty((len(dense), e1 - e0))
-            for k, (raw, dtype) in enumerate(zip(raws, dtypes, strict=True)):
-                # cast inside the ufunc: exact, and no float64 copies of either operand
-                np.subtract(_exact_float(raw, dtype), base_vals, out=block[k], dtype=np.float64)
-            st.sums[owners] += block.sum(axis=1)
-            st.gram[np.ix_(owners, owners)] += block @ block.T
-            for k, i in enumerate(owners):
-                for j, f in lowrank:
-                    _add_sym(st, i, j, dense_inner(block[k].reshape(hi - lo, cols), f, lo))
-        total += nbytes
-        if progress is not None:
-            progress(nbytes)
-    return total
+    if cols == 0:
+        return 0
+    step = max(1, chunk // cols)
+    keys = [{}, *[{p.name: d.key} for d in dense]]
+    return stream(base, [d.src for d in dense], [p], [_DenseTerms(st, [d.owner for d in dense], lowrank, cols)],
+                  chunk=step * cols, progress=progress, keys=keys)
+
+
+class _DenseTerms(Consumer):
+    """The dense terms' sums, Gram and products with the low-rank terms, block by block, into ``st``."""
+
+    def __init__(self, st: KinshipStats, owners: list[int], lowrank: list[tuple[int, Factors]], cols: int) -> None:
+        self.st, self.owners, self.lowrank, self.cols = st, owners, lowrank, cols  # owners: distinct
+
+    def consume(self, worker: int, piece: Piece, raws: list[np.ndarray], dtypes: list[str]) -> Any:
+        if not self.lowrank:  # dense terms alone: the fused kernel of the exact scan, on the raw values
+            sums, gram_ = _kernels.accumulate(raws[0], dtypes[0], raws[1:], dtypes[1:])
+            return sums, gram_, []
+        # The deltas in float64, and every product from them: one rounding for Σδ_d² and
+        # Σδ_d·ΔW, so an adapter and its own merge come out at ED 0, not at √(rounding).
+        base_vals = _exact_float(raws[0], dtypes[0])
+        block = np.empty((len(raws) - 1, piece.stop - piece.start))
+        for k, (raw, dtype) in enumerate(zip(raws[1:], dtypes[1:], strict=True)):
+            # cast inside the ufunc: exact, and no float64 copies of either operand
+            np.subtract(_exact_float(raw, dtype), base_vals, out=block[k], dtype=np.float64)
+        lo, n_rows = piece.start // self.cols, (piece.stop - piece.start) // self.cols
+        inner = [dense_inner(block[k].reshape(n_rows, self.cols), f, lo)
+                 for k in range(len(self.owners)) for _, f in self.lowrank]
+        return block.sum(axis=1), block @ block.T, inner
+
+    def reduce(self, piece: Piece, result: Any) -> None:
+        sums, gram_, inner = result
+        st, owners = self.st, self.owners
+        st.sums[owners] += sums
+        st.gram[np.ix_(owners, owners)] += gram_
+        pairs = [(i, j) for i in owners for j, _ in self.lowrank]
+        for (i, j), v in zip(pairs, inner, strict=True):
+            _add_sym(st, i, j, v)
 
 
 def _exact_float(raw: np.ndarray, dtype: str) -> np.ndarray:

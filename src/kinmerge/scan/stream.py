@@ -24,7 +24,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +66,11 @@ class Pass:
     chunk: int
     backend: str
     workers: int = 1
+    keys: dict[str, list[str]] | None = None  # planned name -> its name in each source (default: the same)
 
-    def dtypes(self, tensor: str) -> list[str]:
-        return [src.tensors[tensor].dtype for src in self.sources]
+    def key(self, s: int, tensor: str) -> str:
+        """The name source ``s`` stores planned tensor ``tensor`` under."""
+        return self.keys[tensor][s] if self.keys is not None else tensor
 
     def reread(self, tensor: TensorPlan) -> Iterator[tuple[int, np.ndarray]]:
         """Every source's values of ``tensor`` again, chunk by chunk, as ``(source index, raw)``.
@@ -77,7 +79,7 @@ class Pass:
         """
         for s, read in enumerate(self.readers):
             for lo in range(0, tensor.numel, self.chunk):
-                yield s, read(tensor.name, lo, min(tensor.numel, lo + self.chunk), None)
+                yield s, read(self.key(s, tensor.name), lo, min(tensor.numel, lo + self.chunk), None)
 
 
 class Consumer:
@@ -138,8 +140,12 @@ def stream(
     backend: str = "auto",
     progress: Progress | None = None,
     threads: int | None = None,
+    keys: Sequence[Mapping[str, str]] | None = None,
 ) -> int:
     """Read ``plans`` of ``base`` and ``models`` once, feeding every chunk to every consumer.
+
+    ``keys``: per source (base first), the names under which it stores planned tensors where
+    they differ (an adapter's whole-tensor copy); consumers still see the planned name.
 
     Returns:
         The bytes read.
@@ -160,10 +166,11 @@ def stream(
         raise ValueError("chunk must be a positive number of elements")
     sources = [base, *models]
     readers = [_reader(src) for src in sources]
-    dtypes = {p.name: [src.tensors[p.name].dtype for src in sources] for p in plans}
+    names = {p.name: [k.get(p.name, p.name) for k in keys] for p in plans} if keys is not None else None
+    ps = Pass(sources, readers, plans, chunk, backend, keys=names)
+    dtypes = {p.name: [src.tensors[ps.key(s, p.name)].dtype for s, src in enumerate(sources)] for p in plans}
     work = [Piece(p, lo, min(p.numel, lo + chunk)) for p in plans for lo in range(0, p.numel, chunk)]
-    n_workers = max(1, min(threads or n_threads(), len(work)))
-    ps = Pass(sources, readers, plans, chunk, backend, n_workers)
+    n_workers = ps.workers = max(1, min(threads or n_threads(), len(work)))
     for c in consumers:
         c.start(ps)
     fixed = any(c.fixed_schedule for c in consumers)
@@ -187,10 +194,11 @@ def stream(
             if stop.is_set():
                 return
             piece = work[k]
-            dts = dtypes[piece.tensor.name]
+            name = piece.tensor.name
+            dts = dtypes[name]
             try:
-                raws = [read(piece.tensor.name, piece.start, piece.stop, buf)
-                        for read, buf in zip(readers, buffers, strict=True)]
+                raws = [read(ps.key(s, name), piece.start, piece.stop, buf)
+                        for s, (read, buf) in enumerate(zip(readers, buffers, strict=True))]
                 results = [c.consume(w, piece, raws, dts) for c in consumers]
                 done.put((k, results, sum(r.nbytes for r in raws), None))
             except BaseException as exc:  # handed to the main thread, raised in chunk order
