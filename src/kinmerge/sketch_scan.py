@@ -1,14 +1,4 @@
-"""Sketching models in one pass: kept importable here; the code is ``kinmerge.scan.sketches``.
-
-Example:
-    >>> from kinmerge.sketch import estimate
-    >>> from kinmerge.sources import open_models
-    >>> with open_models(["zoo:base", "zoo:add", "zoo:sort"]) as (base, *models):
-    ...     result = sketch_models(base, models)
-    >>> e = estimate(*result.sketches, "pcc")   # the exact PCC is -0.0098
-    >>> round(e.value, 4), round(e.bound, 4), e.confidence
-    (-0.0097, 0.0109, 0.99)
-"""
+"""Sketching models in one pass: kept importable here; the code (and its example) is ``kinmerge.scan.sketches``."""
 
 from kinmerge.scan.sketches import (
     SketchBuilder,
