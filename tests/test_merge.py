@@ -342,7 +342,7 @@ def test_recipe_validation():
     with pytest.raises(MergeError, match="slerp takes no parameter density"):
         get_recipe("slerp", density=0.5)
     assert get_recipe("dare_ties", seed=3, weight=None) == DareTies(seed=3)
-    assert set(RECIPES) == {"slerp", "linear", "task_arithmetic", "ties", "dare_ties", "raw"}
+    assert set(RECIPES) == {"slerp", "linear", "task_arithmetic", "ties", "dare_ties", "raw", "lora"}
     assert Slerp().to_yaml(["a", "b"]).count("filter:") == 2
 
 

@@ -136,7 +136,8 @@ def test_a_copied_run_directory_still_works(micro_zoo, choice_tasks, tmp_path):
     shutil.copytree(tmp_path / "run", copy)
     shutil.rmtree(tmp_path / "run")
     moved = evolve(cfg, copy, progress=False)
-    assert moved.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
+    assert moved.made == {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0,
+                          "kinship_pairs": 0, "kinship_scans": 0, "kinship_rechecks": 0}
     assert _pool(moved) == _pool(done)
     assert all(str(m.path).startswith(str(copy)) for m in moved.pool if m.parents)
     with sqlite3.connect(copy / "kinmerge.db") as con:

@@ -27,6 +27,14 @@ def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
         got = read_summary(old_run, run_id).to_dict()
         got.pop("seconds"), got.pop("run_dir")
         assert got.pop("problems") == []  # the store checks itself (new in 0.2): nothing lost here
+        # Held-out scores (new in 0.3): a 0.1.0 run did not split its tasks, so it has none.
+        assert (got.pop("heldout"), got.pop("best_heldout_score")) == (False, None)
+        assert [m.pop("heldout_score") for m in got["pool"]] == [None] * len(got["pool"])
+        # New in 0.3 (kinship estimates carry their bounds): an exact run says so, nothing more.
+        assert (got.pop("kinship_source"), got.pop("top_k_kinship_bound"), got.pop("kinship_rechecks")) \
+            == ("exact", None, 0)
+        for m in got["pool"]:
+            assert (m.pop("kinship_estimate"), m.pop("kinship_bound")) == (False, None)
         want = expected[run_id]
         # 0.1.0 reported a run left marked running with no process as "interrupted" too; both finished here.
         assert got == want, run_id
@@ -44,7 +52,8 @@ def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
 def test_fingerprints_read_back_typed_and_write_the_same_text(old_run: Path) -> None:
     with RunStore(old_run) as store:  # with the lock: a resume would open it this way
         assert store.applied_migrations() == ["0001_initial", "0002_interrupted_runs",
-                                              "0003_kinship_keyed_by_base"]  # upgraded in place
+                                              "0003_kinship_keyed_by_base",
+                                              "0004_kinship_bounds"]  # upgraded in place
         for run in store.runs():
             fp = run.fingerprint
             assert fp is not None and fp.strategy == run.strategy and fp.k == 3 and len(fp.foundation) == 3

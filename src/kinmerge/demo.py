@@ -96,7 +96,8 @@ class DemoSettings:
     variants: tuple[Variant, ...] = DEMO_VARIANTS
     k: int = 3
     generations: int = 6
-    limit: int = 100  # held-out examples per task
+    limit: int = 100  # examples per task the loop selects on
+    evaluator: Mapping[str, Any] = field(default_factory=dict)  # more builtin settings (threads, batch_size)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def write_configs(out: Path, settings: DemoSettings, zoo: Any,
     for tb in testbeds:
         tasks = list(tb.tasks) if tb.tasks else list(dict.fromkeys(zoo.task_of(s) for s in tb.foundation))
         evaluator: dict[str, Any] = {"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": tasks,
-                                     "limit": settings.limit}
+                                     "limit": settings.limit, **settings.evaluator}
         if tb.sample_seed is not None:
             evaluator["sample_seed"] = tb.sample_seed
         for v in settings.variants:

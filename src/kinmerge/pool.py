@@ -38,7 +38,8 @@ from kinmerge.kinship import DEFAULT_THRESHOLDS, METRICS
 __all__ = [
     "CANDIDATE_SETS", "DEFAULT_THRESHOLDS", "METRICS", "REASONS", "SHORT_ID", "STOP_BUDGET", "STOP_KINSHIP",
     "STOP_NO_GAIN", "STOP_NO_PAIRS", "STOP_REASONS", "STOP_TOPK_UNCHANGED", "ModelRecord", "Plan", "PlannedMerge",
-    "PoolModel", "PoolState", "RunFingerprint", "best_by_generation", "known_mean_kinship", "mean_pairwise_kinship",
+    "PoolModel", "PoolState", "RunFingerprint", "best_by_generation", "known_mean_kinship", "mean_kinship_bound",
+    "mean_pairwise_kinship",
     "merge_gain", "missing_kinship", "pair", "parents_mean", "ranked", "short_id", "topk", "topk_by_generation",
     "with_merge_facts",
 ]
@@ -62,6 +63,12 @@ STOP_REASONS: tuple[str, ...] = (STOP_TOPK_UNCHANGED, STOP_KINSHIP, STOP_BUDGET,
 #: id, and every command that takes an id takes this prefix. 8 hex digits: a collision among the
 #: ~100 models of a run has probability ~1e-6, and then the prefix lookup says so.
 SHORT_ID = 8
+
+
+def _json_bound(bound: float | None) -> float | None:
+    """A bound as JSON has it: an unknown (infinite) bound is ``null``, like no bound, and
+    ``kinship_estimate`` tells the two apart."""
+    return bound if bound is None or math.isfinite(bound) else None
 
 
 def short_id(model_id: str) -> str:
@@ -127,6 +134,8 @@ class PoolModel:
         reason: why the strategy merged it (greedy / exploration / random), when known.
         merge_gain: ``score`` minus the mean of its parents' scores (paper §2), when known.
         kinship: its parents' kinship in the run's metric, when known.
+        kinship_bound: the 99% bound of ``kinship`` when it is an estimate from sketches
+            (``math.inf``: an estimate whose bound was not recorded); ``None`` when exact.
         heldout_score: ``P̄`` on the held-out part of the tasks (``kinmerge.evolve.heldout``),
             for models that entered the top-k of a run that splits; nothing ranks by it.
     """
@@ -141,6 +150,7 @@ class PoolModel:
     merge_gain: float | None = None
     kinship: float | None = None
     heldout_score: float | None = None
+    kinship_bound: float | None = None
 
     def __post_init__(self) -> None:
         if self.generation < 0:
@@ -159,7 +169,8 @@ class PoolModel:
         """Plain JSON-ready data (``--json`` outputs)."""
         return {"id": self.id, "generation": self.generation, "origin": self.origin, "parents": list(self.parents),
                 "score": self.score, "heldout_score": self.heldout_score, "path": self.path, "reason": self.reason,
-                "merge_gain": self.merge_gain, "kinship": self.kinship}
+                "merge_gain": self.merge_gain, "kinship": self.kinship,
+                "kinship_estimate": self.kinship_bound is not None, "kinship_bound": _json_bound(self.kinship_bound)}
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,9 @@ class PoolState:
         generation: the last completed generation (0 = only foundation models).
         kinship_metric: which metric ``kinship`` holds, if known; a strategy with a different
             ``metric`` refuses it instead of reading distances as similarities.
+        kinship_bounds: the 99% bound of each ``kinship`` value that is an estimate from sketches
+            (``kinship_source: sketch``); an exact value has none. Strategies plan from the
+            values alone; the runner reads the bounds to re-check a decision they could flip.
     """
 
     models: tuple[PoolModel, ...]
@@ -182,6 +196,7 @@ class PoolState:
     merged_pairs: frozenset[frozenset[str]] = frozenset()
     generation: int = 0
     kinship_metric: str | None = None
+    kinship_bounds: Mapping[frozenset[str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.models]
@@ -376,6 +391,24 @@ def known_mean_kinship(ids: Iterable[str], kinship: Mapping[frozenset[str], floa
     return mean_pairwise_kinship(unique, kinship)
 
 
+def mean_kinship_bound(ids: Iterable[str], bounds: Mapping[frozenset[str], float]) -> float | None:
+    """The bound of the mean pairwise kinship of ``ids`` when some of its values are estimates:
+    the mean of their bounds (an exact value counts 0), else ``None`` (every value is exact).
+
+    Why the mean: if every estimate is within its bound, the mean of the errors is within the
+    mean of the bounds, whatever their signs; no independence is assumed.
+
+    Example:
+        >>> mean_kinship_bound(["a", "b", "c"], {pair("a", "b"): 0.03, pair("a", "c"): 0.06})
+        0.03
+    """
+    unique = sorted(set(ids))
+    pairs = [frozenset(p) for p in itertools.combinations(unique, 2)]
+    if not pairs or not any(p in bounds for p in pairs):
+        return None
+    return math.fsum(bounds.get(p, 0.0) for p in pairs) / len(pairs)
+
+
 def merge_gain(child_score: float, parent_scores: Iterable[float]) -> float:
     """Merge gain (paper §2): the child's score minus the *mean* of its parents' scores.
 
@@ -403,6 +436,7 @@ def with_merge_facts(
     scores: Mapping[str, float | None],
     kinship: Mapping[frozenset[str], float],
     reasons: Mapping[frozenset[str], str],
+    bounds: Mapping[frozenset[str], float] | None = None,
 ) -> tuple[PoolModel, ...]:
     """The models with ``merge_gain``, ``kinship`` (of their parents) and ``reason`` filled in.
 
@@ -411,6 +445,7 @@ def with_merge_facts(
             pool slice given).
         kinship: pairwise kinship of one metric.
         reasons: why each parent pair was planned (from the run's saved plans).
+        bounds: the bound of each kinship value that is an estimate (``kinship_bound``).
     """
     out = []
     for m in models:
@@ -419,10 +454,11 @@ def with_merge_facts(
             continue
         mean = parents_mean(m, scores)
         gain = merge_gain(m.score, [mean]) if m.score is not None and mean is not None else None
+        kin = known_mean_kinship(m.parents, kinship)
         out.append(PoolModel(
             id=m.id, generation=m.generation, parents=m.parents, score=m.score, path=m.path,
-            task_scores=m.task_scores, reason=reasons.get(frozenset(m.parents), m.reason),
-            merge_gain=gain, kinship=known_mean_kinship(m.parents, kinship),
+            task_scores=m.task_scores, reason=reasons.get(frozenset(m.parents), m.reason), merge_gain=gain,
+            kinship=kin, kinship_bound=None if kin is None else mean_kinship_bound(m.parents, bounds or {}),
         ))
     return tuple(out)
 

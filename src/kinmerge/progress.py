@@ -78,3 +78,23 @@ class StatusLines:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own load/save progress bars (ours is on stderr) and its warnings, such
+    as the ~20-line load report it prints before raising; restore both after. What the report
+    says that matters is checked by ``load_model`` and said in one line."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    if was_enabled:
+        hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from kinmerge.pool import short_id
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Keep the runs, the configs and the report here (rerunning resumes).")
 @click.option("--generations", type=click.IntRange(1, 20), default=6, show_default=True, help="Generation budget.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Held-out examples per task.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
+              help="Examples per task the loop selects on (a held-out part it never sees scores the top-k).")
 @click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
 @click.option("--zoo", "zoo", default="headroom", show_default=True,
               help="A shipped zoo (headroom, tiny) or a folder built with `kinmerge zoo build`.")
@@ -84,24 +86,32 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: 
               help="Run directory (store + merges)  [default: out.run_dir, else runs/<config name> by the config]")
 @click.option("--dry-run", is_flag=True, help="Print the next plan; merge, evaluate and record nothing.")
 @click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@click.option("--track", type=click.Choice(["wandb", "mlflow", "tensorboard", "none"]), default=None,
+              help="Watch the run live in this tracker (its settings from the config's tracking: section, if "
+                   "it names the same one; none: no tracker)  [default: the config's tracking:, else none]")
 @json_option
-def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, as_json: bool) -> None:
+def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: bool, track: str | None,
+               as_json: bool) -> None:
     """Evolve a pool of merges from CONFIG (top-k greedy merging, with or without kinship).
 
     Each generation is planned by the config's strategy, saved, then executed: merges into
     RUN_DIR/models/<id>, evaluations, kinship, all recorded in RUN_DIR/kinmerge.db. Killed or
     crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
-    The config format is in docs/evolve.md.
+    The config format is in docs/evolve.md; --track (or the config's tracking:) logs every score,
+    each generation and the final summary to W&B, MLflow or TensorBoard while the run goes.
 
     \b
     Example:
       kinmerge evolve examples/evolve.yaml --dry-run
       kinmerge evolve examples/evolve.yaml
-      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy
+      kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy --track tensorboard
     """
+    from kinmerge.evolve.config import load_config
     from kinmerge.evolve.runner import evolve
+    from kinmerge.evolve.tracking import with_tracker
 
-    summary = evolve(config, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
+    cfg = with_tracker(load_config(config), track)
+    summary = evolve(cfg, run_dir, progress=not no_progress and not as_json, dry_run=dry_run)
     if as_json:
         echo_json(summary.to_dict())
         return
@@ -116,7 +126,9 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
     made = summary.made
     click.echo(f"merges in the pool: {summary.merges}; this call: {made.get('merges', 0)} merged, "
                f"{made.get('merges_reused', 0)} reused, {made.get('evaluations', 0)} evaluated, "
-               f"{made.get('kinship_pairs', 0)} kinship pairs")
+               f"{made.get('kinship_pairs', 0)} kinship pairs"
+               + (f", {made.get('kinship_rechecks', 0)} decisions re-checked exactly"
+                  if summary.kinship_source == "sketch" else ""))
     click.echo(f"details: kinmerge status {summary.run_dir}")
 
 
@@ -154,6 +166,7 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
       kinmerge status runs/evolve-kinship --run kinship --json
     """
     from kinmerge.evolve import read_summary
+    from kinmerge.evolve.summary import format_bound
 
     summary = read_summary(run_dir, run_id)
     if as_json:
@@ -178,7 +191,7 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
         cells = (num(e.score), num(e.heldout_score)) if summary.heldout else (num(e.score),)
         table.add_row("*" if e.id in summary.top_k else "", short_id(e.id), str(e.generation), e.origin,
                       "+".join(short_id(p) for p in e.parents), *cells, num(e.merge_gain, "+.4f"),
-                      num(e.kinship), what)
+                      num(e.kinship) + format_bound(e.kinship_bound), what)
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=140)
@@ -188,7 +201,11 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
     console.print(f"status: {summary.status}; {stop}; last completed generation {summary.generation}{pending}",
                   highlight=False)
     console.print(f"merges: {summary.merges}; top-{summary.k} {summary.metric} kinship: "
-                  f"{num(summary.top_k_kinship)}", highlight=False)
+                  f"{num(summary.top_k_kinship)}{format_bound(summary.top_k_kinship_bound)}", highlight=False)
+    if summary.kinship_source == "sketch":
+        console.print(f"kinship: estimates from sketches, ± their 99% bound (exact where re-checked); "
+                      f"{summary.kinship_rechecks} decision(s) an estimate could flip re-checked exactly",
+                      highlight=False)
     best = summary.best
     if summary.heldout and best is not None:
         console.print(f"best by selection score: {short_id(best.id)}, held-out {num(best.heldout_score)} "
@@ -226,30 +243,59 @@ def lineage_cmd(model_id: str, run_dir: str, as_json: bool) -> None:
     with RunStore(run_dir, lock=False) as store:
         mid = store.find_model(model_id)
         node = store.lineage(mid)
-        fp = store.pick_run().fingerprint
+        run = store.pick_run()
+        fp = run.fingerprint
         keys = store.evaluators()
         key = fp.evaluator if fp and fp.evaluator in keys else (keys[0] if len(keys) == 1 else None)
         scores = store.average_scores({mid} | node.ancestors(), evaluator=key) if key else {}
+        metric = fp.metric if fp else "pcc"
+        values, bounds = store.kinship_of_run(run.id, metric, model_ids={mid} | node.ancestors())
+    kinship = _parents_kinship(node, values, bounds)
     if as_json:
 
         def with_scores(d: dict[str, Any]) -> dict[str, Any]:
-            return {**d, "score": scores.get(d["id"]), "parents": [with_scores(p) for p in d["parents"]]}
+            value, bound = kinship.get(d["id"], (None, None))
+            return {**d, "score": scores.get(d["id"]), "kinship_metric": metric, "kinship": value,
+                    "kinship_estimate": bound is not None,
+                    "kinship_bound": bound if bound is not None and math.isfinite(bound) else None,
+                    "parents": [with_scores(p) for p in d["parents"]]}
 
         echo_json(with_scores(node.to_dict()))
         return
-    for line in lineage_lines(node, scores):
+    for line in lineage_lines(node, scores, kinship=kinship, metric=metric):
         click.echo(line)
 
 
-def lineage_lines(node: Any, scores: dict[str, float | None]) -> list[str]:
-    """A family tree (``RunStore.lineage``) as indented text lines, the model first.
+def _parents_kinship(node: Any, values: dict[frozenset[str], float], bounds: dict[frozenset[str], float]
+                     ) -> dict[str, tuple[float, float | None]]:
+    """``{merge id: (its parents' kinship, its bound or None when exact)}`` over a family tree."""
+    out: dict[str, tuple[float, float | None]] = {}
+
+    def walk(n: Any) -> None:
+        key = frozenset(p.id for p in n.parents)
+        if len(key) == 2 and key in values:
+            out[n.id] = (values[key], bounds.get(key))
+        for p in n.parents:
+            walk(p)
+
+    walk(node)
+    return out
+
+
+def lineage_lines(node: Any, scores: dict[str, float | None], *,
+                  kinship: dict[str, tuple[float, float | None]] | None = None, metric: str = "pcc") -> list[str]:
+    """A family tree (``RunStore.lineage``) as indented text lines, the model first; a merge shows
+    its parents' kinship, with `` ± bound`` when that is an estimate from sketches.
 
     Example output::
 
-        0ab0718c  gen 2  merge  score 0.5417  slerp
+        0ab0718c  gen 2  merge  score 0.5417  pcc 0.1203 ± 0.0108  slerp
         ├── 2458350c  gen 0  foundation  score 0.4100  specialists/caesar
-        └── 9e9acbc8  gen 1  merge  score 0.5000  slerp
+        └── 9e9acbc8  gen 1  merge  score 0.5000  pcc -0.0412  slerp
     """
+    from kinmerge.evolve.summary import format_bound
+
+    kinship = kinship or {}
 
     def label(n: Any) -> str:
         score = scores.get(n.id)
@@ -258,6 +304,9 @@ def lineage_lines(node: Any, scores: dict[str, float | None]) -> list[str]:
         what = (n.recipe or {}).get("method", "") if n.origin == "merge" else where
         text = f"{short_id(n.id)}  gen {n.generation}  {n.origin}"
         text += f"  score {score:.4f}" if score is not None else "  score -"
+        if n.id in kinship:
+            value, bound = kinship[n.id]
+            text += f"  {metric} {value:.4f}{format_bound(bound)}"
         return f"{text}  {what}".rstrip()
 
     lines = [label(node)]

@@ -10,12 +10,17 @@ import click
 from kinmerge.cli.app import cli, echo_json, fmt_num, json_option, print_tables, wide_console
 from kinmerge.evaluate import EVALUATORS
 from kinmerge.merge import DTYPES, RECIPES
+from kinmerge.merge.recipes import LORA_COMBINATIONS
 
 
 @cli.command("merge")
 @click.argument("parents", nargs=-1, required=True)
 @click.option("--method", type=click.Choice(list(RECIPES)),
-              default=None, help="Merge recipe  [default: slerp; raw with --config]")
+              default=None, help="Merge recipe  [default: slerp; raw with --config; lora for LoRA adapters]")
+@click.option("--combination", type=click.Choice(LORA_COMBINATIONS), default=None,
+              help="lora: PEFT's add_weighted_adapter combination  [default: cat, exact]")
+@click.option("--full", is_flag=True,
+              help="LoRA adapter parents: merge base+adapter through mergekit into a full model (not an adapter)")
 @click.option("--t", "t", type=float, default=None,
               help="slerp: one constant t in [0,1] (0 = parent A, 1 = B)  [default: the paper's layer gradient]")
 @click.option("--weight", multiple=True,
@@ -37,6 +42,8 @@ from kinmerge.merge import DTYPES, RECIPES
 def merge_cmd(
     parents: tuple[str, ...],
     method: str | None,
+    combination: str | None,
+    full: bool,
     t: float | None,
     weight: tuple[str, ...],
     density: float | None,
@@ -56,24 +63,38 @@ def merge_cmd(
     (tokenizer from the first parent) plus kinmerge.json (lineage) and a README.md model card.
     The default recipe is the paper's: SLERP with a layer gradient, parent A as base, bf16.
 
+    PEFT LoRA adapters (of one base: --base, or their base_model_name_or_path) merge into a new
+    adapter with PEFT's add_weighted_adapter (--method lora, the default for adapters; the child
+    stays low-rank), or with --full into a full model through mergekit (each adapter applied to
+    the base first).
+
     \b
     Example:
       kinmerge merge zoo:add zoo:sort --out merges
       kinmerge merge zoo:add zoo:sort --method slerp --t 0.3 --out merges --json
       kinmerge merge zoo:add zoo:sort --method ties --base zoo:base --density 0.5 --weight 0.5 --out merges
       kinmerge merge zoo:add zoo:sort --config examples/nuslerp.yaml --out merges --name add-sort
+      kinmerge merge examples/adapters/add examples/adapters/sort --method lora --combination linear --out merges
+      kinmerge merge examples/adapters/add examples/adapters/sort --full --base zoo:base --out merges
     """
     from kinmerge.errors import MergeError
     from kinmerge.merge import RECIPES, Raw, get_recipe, merge
 
-    method = method or ("raw" if raw_config else "slerp")
+    method = method or ("raw" if raw_config else _default_method(parents, full))
+    if full and method == "lora":
+        raise MergeError("--full merges into a full model through mergekit; --method lora makes an adapter — "
+                         "drop one of them")
+    if not full and method != "lora" and (adapter := _first_adapter(parents)):
+        raise MergeError(f"{adapter} is a LoRA adapter: pass --full to merge base+adapter into a full model with "
+                         f"{method}, or --method lora for an adapter")
     if method == "raw":
         if not raw_config:
             raise MergeError("--method raw needs --config RAW.yaml (a mergekit YAML with ${parent_a}, ${parent_b})")
     elif raw_config:
         raise MergeError(f"--config is the raw recipe; drop --method {method} or --config")
     weights = _parse_weights(weight)
-    given = {"t": t, "weight": tuple(weights) or None, "density": density, "seed": seed, "dtype": dtype}
+    given = {"t": t, "weight": tuple(weights) or None, "density": density, "seed": seed, "dtype": dtype,
+             "combination": combination}
     fields_of = set(RECIPES[method].__dataclass_fields__)
     for key, value in given.items():
         if value is not None and key not in fields_of:
@@ -91,6 +112,20 @@ def merge_cmd(
         click.echo(f"id: {result.id}")
         click.echo(f"path: {result.path}")
         click.echo(f"reused: {'yes' if result.reused else 'no (merged now)'}")
+
+
+def _first_adapter(parents: tuple[str, ...]) -> str | None:
+    """The first parent that is a PEFT LoRA adapter, if any."""
+    from kinmerge.merge.adapters import is_adapter
+
+    return next((p for p in parents if is_adapter(p)), None)
+
+
+def _default_method(parents: tuple[str, ...], full: bool) -> str:
+    """slerp (the paper's), or lora when every parent is an adapter and no --full was asked for."""
+    from kinmerge.merge.adapters import is_adapter
+
+    return "lora" if not full and all(is_adapter(p) for p in parents) else "slerp"
 
 
 def _parse_weights(given: tuple[str, ...]) -> list[float]:
@@ -205,6 +240,7 @@ def eval_cmd(model: str, tasks: tuple[str, ...], evaluator: str, limit: float | 
     Example:
       kinmerge eval zoo:add --tasks zoo:tasks
       kinmerge eval merges/add-sort --tasks zoo:tasks --limit 50 --json
+      kinmerge eval examples/adapters/add --tasks zoo:tasks --limit 20
       kinmerge eval zoo:add --evaluator lm_eval --tasks examples/lm-eval/zoo_add.yaml --num-fewshot 0 --batch-size auto
     """
     from kinmerge.evaluate import get_evaluator

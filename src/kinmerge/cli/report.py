@@ -83,10 +83,11 @@ def print_compare(data: dict) -> None:
     console = wide_console()
     gens = max(len(r["best_per_generation"]) for r in data["runs"])
     heldout = any(r.get("final_best_heldout") is not None for r in data["runs"])
+    sketched = any(r.get("kinship_source") == "sketch" for r in data["runs"])  # estimates: show their bounds
     runs = Table(title="runs: best score of the pool after each generation"
                  + (" (selection part; held-out: the final best model on examples no choice saw)" if heldout else ""))
     for col in ("testbed", "run", "seed", *[f"gen {g}" for g in range(gens)], "merges", "stop", "final best",
-                *(("held-out",) if heldout else ())):
+                *(("held-out",) if heldout else ()), *(("top-k kinship", "re-checked") if sketched else ())):
         runs.add_column(col, justify="left" if col in ("testbed", "run", "stop") else "right")
     for r in data["runs"]:
         best = r["best_per_generation"] + [None] * (gens - len(r["best_per_generation"]))
@@ -95,7 +96,8 @@ def print_compare(data: dict) -> None:
             stop = f"{r['status']}: not counted"
         runs.add_row(r.get("testbed", ""), r["run_id"], "—" if r["seed"] is None else str(r["seed"]),
                      *[num(b) for b in best], str(r["merges_used"]), stop, num(r["final_best"]),
-                     *((num(r.get("final_best_heldout")),) if heldout else ()))
+                     *((num(r.get("final_best_heldout")),) if heldout else ()),
+                     *(_kinship_cells(r) if sketched else ()))
     tables = [runs]
     if any(s["runs"] > 1 for s in data["strategies"]):  # seeds of one strategy on one testbed: their spread
         summary = Table(title="across seeds: each strategy variant on each foundation set "
@@ -124,6 +126,17 @@ def print_compare(data: dict) -> None:
                       f"gains are over each testbed's best foundation model; ± is one standard error; "
                       f"[lo, hi] a bootstrap 95% interval of the paired difference, then wins/ties/losses and a "
                       f"sign test", highlight=False, markup=False)
+
+
+def _kinship_cells(run: dict) -> tuple[str, str]:
+    """A run's final top-k kinship, `` ± bound`` when it is an estimate (``?``: bound not recorded),
+    and how many decisions it re-checked exactly."""
+    value = run.get("final_top_k_kinship")
+    text = fmt_num(value, 4)
+    if value is not None and run.get("final_top_k_kinship_estimate"):
+        bound = run.get("final_top_k_kinship_bound")
+        text += f" ± {fmt_num(bound, 4) if bound is not None else '?'}"
+    return text, str(run.get("kinship_rechecks", 0)) if run.get("kinship_source") == "sketch" else "exact"
 
 
 def _budget_table(budget: dict, num: Callable[..., str], paired: Callable[..., str], gain: Callable[..., str]) -> Any:

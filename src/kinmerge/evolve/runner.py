@@ -40,6 +40,7 @@ from kinmerge.evolve.config import RunConfig, evaluator_key, load_config
 from kinmerge.evolve.executors import Executor, get_executor
 from kinmerge.evolve.heldout import HeldOut, evaluator_for_run
 from kinmerge.evolve.racing import RaceSettings, race
+from kinmerge.evolve.recheck import Recheck, record_exact, settle
 from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
 from kinmerge.evolve.signals import sigterm_interrupts, stop_if_terminated
 from kinmerge.evolve.sketch_kinship import SketchKinship
@@ -53,6 +54,7 @@ from kinmerge.evolve.steps import (
     run_merge,
 )
 from kinmerge.evolve.summary import RunSummary, generation_line, summarize
+from kinmerge.evolve.tracking import RunTracking
 from kinmerge.kinship import METRICS
 from kinmerge.merge import METADATA_FILE, remove_stale_temp, write_card
 from kinmerge.pool import ModelRecord, Plan, PoolState, RunFingerprint, short_id, topk
@@ -141,11 +143,14 @@ class _Run:
         self.recipe = get_recipe(cfg.merge.method, **self.recipe_kwargs)
         self.models_dir = run_dir / MODELS_DIR
         self.report = StatusLines(progress)
-        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "kinship_pairs": 0, "kinship_scans": 0}
+        self.made = {"merges": 0, "merges_reused": 0, "evaluations": 0, "heldout_evaluations": 0, "kinship_pairs": 0,
+                     "kinship_scans": 0, "kinship_rechecks": 0}
         self._scanned: set[frozenset[str]] = set()  # pairs scanned by this call (some undefined)
         self._paths: dict[str, str] = {}
         self._foundations: set[str] = set()
         self._gen_started: dict[int, float] = {}
+        self.tracking = RunTracking.for_run(cfg.tracking, dry_run=dry_run, store=store, run_id=self.run_id,
+                                            run_dir=run_dir, config=cfg.model_dump(mode="json"), say=self.report.line)
         self.executor: Executor = get_executor(cfg.executor.name, **cfg.executor.settings())
         self.race = RaceSettings(**cfg.racing.model_dump()) if cfg.racing is not None else None
         self.sketches = SketchKinship(cfg.base, store.run_dir) if cfg.kinship_source == "sketch" else None
@@ -160,6 +165,8 @@ class _Run:
         try:
             return self._run(start)
         finally:
+            if self.tracking is not None:
+                self.tracking.close()
             self.report.close()
             self.executor.close()
 
@@ -250,12 +257,10 @@ class _Run:
     def _check_family(self) -> None:
         """Before anything is evaluated: every foundation must fit the base tensor for tensor (a
         model of another size or family fails here, naming it, not after minutes of scoring)."""
-        from kinmerge.scan import plan as align
-        from kinmerge.sources import open_models
+        from kinmerge.evolve.family import check_family
 
         self.report.step("checking that the models fit the base")
-        with open_models([self.cfg.base, *self.cfg.foundation]) as sources:
-            align(sources[0], sources[1:])
+        check_family(self.cfg.base, self.cfg.foundation)  # full models and LoRA adapters
 
     def _next_plan(self) -> Plan:
         """The saved pending plan, or a new one (kinship computed as the strategy asks), saved."""
@@ -278,6 +283,10 @@ class _Run:
             plan = self.strategy.plan(state)
         if plan.kinship_requests:
             raise KinmergeError(self._undefined_message(plan.kinship_requests))
+        if self.sketches is not None:  # a decision an estimate's bound could flip is re-checked exactly
+            plan, state, checked = settle(self.strategy, state, plan, read_state=self._state,
+                                          scan_exact=lambda r: self._recheck(r, state.generation))
+            self.made["kinship_rechecks"] += checked
         self._report_generation(state)
         if self.dry_run:
             return plan
@@ -442,8 +451,9 @@ class _Run:
         count = 0
         for metric in METRICS:
             values = {(models[i], models[j]): v for i, j, v in res["values"][metric]}
+            bounds = {(models[i], models[j]): b for i, j, b in res.get("bounds", {}).get(metric, [])}
             if values:
-                self.store.record_kinships(values, metric, **self._kinship_key())
+                self.store.record_kinships(values, metric, bounds=bounds or None, **self._kinship_key())
             count = max(count, len(values))
         self._scanned |= {frozenset(p) for p in itertools.combinations(models, 2)}
         self.made["kinship_pairs"] += count
@@ -455,6 +465,13 @@ class _Run:
             payload={"models": models, "pairs": count, "bytes_read": res["bytes_read"], "undefined": undefined,
                      "notes": res["notes"], "sketched": res.get("sketched")},
         )
+
+    def _recheck(self, r: Recheck, generation: int) -> None:
+        self.report.step(f"kinship: re-checking the {r.decision} exactly ({len(r.models)} models)")
+        res = self.executor.map(run_kinship, [KinshipTask(self.cfg.base, tuple(self._path(m) for m in r.models))])[0]
+        self.made["kinship_pairs"] += record_exact(self.store, self.run_id, r, res, base=self.base_id,
+                                                   generation=generation)
+        self.made["kinship_scans"] += 1
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ model is sketched once, the first time a kinship involving it is wanted (foundat
 pass, each generation's children together at the next plan, while their files are still in the
 page cache), into ``<run_dir>/sketches.kmi`` (a ``kinmerge index``), and every pair after that
 is an estimate from two sketches (``kinmerge.sketch.estimate_matrix``): nothing is read again.
-The estimates are recorded in the store like exact values; the run's fingerprint carries the
-source, so a run never mixes the two.
+The estimates are recorded in the store with their 99% bounds (source ``sketch``); the run's
+fingerprint carries the source. A decision an estimate could flip is re-checked with an exact
+scan (:mod:`kinmerge.evolve.recheck`), recorded with source ``exact``.
 
 The result has :func:`kinmerge.evolve.steps.run_kinship`'s shape, so the runner records it the
 same way.

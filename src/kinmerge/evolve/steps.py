@@ -143,12 +143,10 @@ def run_kinship(task: KinshipTask) -> dict[str, Any]:
         ``{"values": {metric: [[i, j, value], ...]}, "undefined": {metric: [[i, j, why], ...]},
         "seconds", "bytes_read", "notes"}`` with ``i < j`` indexing ``task.models``.
     """
-    from kinmerge.scan import scan
-    from kinmerge.sources import open_models
+    from kinmerge.scan import scan_refs
 
     start = time.perf_counter()
-    with open_models([task.base, *task.models]) as sources:
-        result = scan(sources[0], sources[1:])
+    result = scan_refs(task.base, list(task.models))  # LoRA adapters: read from their factors
     values: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
     undefined: dict[str, list[list[Any]]] = {m: [] for m in METRICS}
     for metric in METRICS:

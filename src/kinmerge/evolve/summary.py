@@ -13,15 +13,37 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kinmerge.pool import Plan, PoolModel, PoolState, known_mean_kinship, topk, with_merge_facts
+from kinmerge.pool import (
+    Plan,
+    PoolModel,
+    PoolState,
+    known_mean_kinship,
+    mean_kinship_bound,
+    topk,
+    with_merge_facts,
+)
 from kinmerge.store import RunStore, check_run, is_locked
 
-__all__ = ["RunSummary", "generation_line", "read_summary", "summarize"]
+__all__ = ["RunSummary", "format_bound", "generation_line", "read_summary", "summarize"]
+
+
+def format_bound(bound: float | None, digits: int = 4) -> str:
+    """How a value shows that it is an estimate: `` ± 0.0123`` after it (`` ± ?`` for a bound not
+    recorded), nothing for an exact value.
+
+    Example:
+        >>> f"0.5120{format_bound(0.0101)}", f"0.5120{format_bound(None)}"
+        ('0.5120 ± 0.0101', '0.5120')
+    """
+    if bound is None:
+        return ""
+    return f" ± {bound:.{digits}f}" if math.isfinite(bound) else " ± ?"
 
 
 @dataclass(frozen=True)
@@ -36,12 +58,18 @@ class RunSummary:
         generation: the last completed generation.
         metric, k: the run's kinship metric and top-k size.
         top_k, top_k_kinship: the current top-k and its mean pairwise kinship.
+        top_k_kinship_bound: that mean's 99% bound when some of its values are estimates
+            (``kinship_source: sketch``), else ``None``.
+        kinship_source: ``"exact"`` or ``"sketch"`` (estimates; a pair re-checked exactly reads
+            its exact value).
+        kinship_rechecks: decisions an estimate could have flipped, re-checked exactly (all
+            calls of the run; ``made["kinship_rechecks"]`` counts this call's).
         pool: every model of the pool, by generation then id, with merge gain, parents' kinship
             and the reason it was merged.
         merges: merges in the pool (the paper's "merges" column).
         pending: the generation planned but not finished, if any.
         made: what this call did: ``merges``, ``merges_reused``, ``evaluations``,
-            ``kinship_pairs``, ``kinship_scans``.
+            ``kinship_pairs``, ``kinship_scans``, ``kinship_rechecks``.
         seconds: how long this call took.
         next_plan: the plan a dry run would execute next.
         problems: records a done generation promised and the store lacks (the next
@@ -67,6 +95,9 @@ class RunSummary:
     next_plan: Plan | None = None
     problems: tuple[str, ...] = ()
     heldout: bool = False
+    top_k_kinship_bound: float | None = None
+    kinship_source: str = "exact"
+    kinship_rechecks: int = 0
 
     @property
     def best(self) -> PoolModel | None:
@@ -88,6 +119,9 @@ class RunSummary:
             "k": self.k,
             "top_k": list(self.top_k),
             "top_k_kinship": self.top_k_kinship,
+            "top_k_kinship_bound": _finite(self.top_k_kinship_bound),
+            "kinship_source": self.kinship_source,
+            "kinship_rechecks": self.kinship_rechecks,
             "best": best.id if best else None,
             "best_score": best.score if best else None,
             "best_heldout_score": best.heldout_score if best else None,
@@ -112,13 +146,13 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
     metric, k = (fp.metric, fp.k) if fp else ("pcc", 3)
     models = store.pool(run_id, evaluator=fp.evaluator if fp else None)
     ids = [m.id for m in models]
-    base, source = store.kinship_key(run.id)
-    kinship = store.get_kinship(metric, model_ids=ids, base=base, source=source)
+    kinship, bounds = store.kinship_of_run(run.id, metric, model_ids=ids)
     reasons: dict[frozenset[str], str] = {}
     for plan, _ in store.plans(run_id).values():
         for m in plan.merges:
             reasons.setdefault(m.pair, m.reason)
-    pool = with_merge_facts(models, scores={m.id: m.score for m in models}, kinship=kinship, reasons=reasons)
+    pool = with_merge_facts(models, scores={m.id: m.score for m in models}, kinship=kinship, reasons=reasons,
+                             bounds=bounds)
     if fp is not None and fp.heldout is not None:
         heldout = store.average_scores(ids, evaluator=fp.heldout)
         pool = tuple(replace(m, heldout_score=heldout.get(m.id)) for m in pool)
@@ -139,12 +173,19 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
         k=k,
         top_k=top,
         top_k_kinship=known_mean_kinship(top, kinship),
+        top_k_kinship_bound=mean_kinship_bound(top, bounds) if known_mean_kinship(top, kinship) is not None else None,
+        kinship_source=store.kinship_key(run.id)[1] or "exact",
+        kinship_rechecks=len(store.events(run_id, kind="kinship_recheck")),
         pool=pool,
         merges=sum(1 for m in pool if m.parents),
         pending=pending.generation if pending else None,
         problems=tuple(p.describe() for p in check_run(store, run_id)),
         heldout=fp is not None and fp.heldout is not None,
     )
+
+
+def _finite(bound: float | None) -> float | None:
+    return bound if bound is None or math.isfinite(bound) else None  # JSON has no inf: unknown is null
 
 
 def read_summary(run_dir: str | os.PathLike[str], run_id: str | None = None) -> RunSummary:
@@ -183,6 +224,7 @@ def generation_line(state: PoolState, k: int, metric: str, *,
     new = sum(1 for m in state.models if m.generation == g)
     what = f"{new} foundation models" if g == 0 else f"{new} merges"
     timing = f" | {seconds:.1f}s" if seconds is not None else ""
+    bound = None if kin is None else mean_kinship_bound(topk(state, k), state.kinship_bounds)
     line = (f"gen {g}: {what} | best {best:.4f}{gain} | top-{k} {metric} kinship "
-            f"{'n/a' if kin is None else f'{kin:.4f}'} | merges {merges}{timing}")
+            f"{'n/a' if kin is None else f'{kin:.4f}'}{format_bound(bound)} | merges {merges}{timing}")
     return line, {"best": best, "top_k_kinship": None if kin is None else round(kin, 4), "merges": merges}

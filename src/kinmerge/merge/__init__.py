@@ -33,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from kinmerge.errors import DuplicateModelError, MergeError
 from kinmerge.kinship import METRICS
 from kinmerge.merge._mergekit import MERGE_LOCK, run_mergekit, safe_paths
 from kinmerge.merge._yaml import dump_yaml
+from kinmerge.merge.adapters import adapter_base, build_adapter, is_adapter, load_adapter, mergekit_name, parent_id
 from kinmerge.merge.card import (
     METADATA_FILE,
     METADATA_FORMAT,
@@ -65,6 +68,7 @@ from kinmerge.merge.recipes import (
     RECIPES,
     DareTies,
     Linear,
+    Lora,
     Raw,
     Recipe,
     Slerp,
@@ -75,8 +79,8 @@ from kinmerge.merge.recipes import (
 from kinmerge.sources import first_nonfinite, open_model
 
 __all__ = [
-    "DTYPES", "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "MergeResult",
-    "Raw",
+    "DTYPES", "METADATA_FILE", "PAPER_MLP_T", "PAPER_SELF_ATTN_T", "RECIPES", "DareTies", "Linear", "Lora",
+    "MergeResult", "Raw",
     "Recipe", "Slerp", "TaskArithmetic", "Ties", "get_recipe", "is_temp_merge_folder", "merge", "merge_id",
     "model_card", "read_metadata", "remove_stale_temp", "write_card"
 ]
@@ -112,20 +116,28 @@ class MergeResult:
         }}
 
 
-def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None) -> str:
+def merge_id(parent_ids: Sequence[str], recipe: Recipe, base_id: str | None = None, *,
+             device: str | None = None) -> str:
     """The id of a merge: 16 hex characters of SHA-256 over (parent content ids, base, recipe).
 
-    The base counts only when the recipe uses it. Device and mergekit version do not count.
+    The base counts only when the recipe uses it. ``device``: the GPU a merge ran on (e.g.
+    ``"cuda:NVIDIA H100 80GB HBM3"``), or None on the CPU. A CPU merge has the same bytes on every
+    x86 CPU and thread count, so the CPU is not part of its id; a GPU's arithmetic differs from the
+    CPU's (and another GPU's) in the last bits, so a GPU merge gets an id of its own
+    (docs/distributed.md, "Same bytes, same pool"). The mergekit version does not count.
 
     Example:
         >>> merge_id(["a" * 32, "b" * 32], Slerp())
         '54884bdbefcf11f3'
     """
-    return json_digest({
+    key: dict[str, Any] = {
         "parents": list(parent_ids),
         "base": base_id if recipe.uses_base else None,
         "recipe": recipe.params(),
-    }, 16)
+    }
+    if device is not None:  # only then: CPU merges keep the ids they always had
+        key["device"] = device
+    return json_digest(key, 16)
 
 
 def is_temp_merge_folder(path: str | os.PathLike[str]) -> bool:
@@ -214,17 +226,28 @@ def merge(
         raise MergeError(f"recipe must be a kinmerge.merge.Recipe, got {type(recipe).__name__}")
     if isinstance(parents, (str, os.PathLike)):
         raise MergeError("parents must be a list of models, not a single path")
+    with contextlib.ExitStack() as stack:
+        models, lora_base = _load_parents(parents, base, recipe, stack)
+    base = base if base is not None or lora_base is None else str(lora_base.path)
     recipe.check_parents(len(parents), base)
     kin = check_kinship(kinship) if kinship is not None else None
     kinship_base = base
     if base is not None and not recipe.uses_base:
         base = None  # e.g. SLERP: the shared base plays no part in the merge or its id
+    base_model = (lora_base if lora_base is not None and base is not None else load_parent(base)) \
+        if base is not None else None
+    resized = check_compatible([m for m in models if not m.adapter], base_model or lora_base)
 
-    models = [load_parent(p) for p in parents]
-    base_model = load_parent(base) if base is not None else None
-    resized = check_compatible(models, base_model)
+    full_lora_base = None if recipe.makes_adapter else lora_base  # adapters become base+adapter in mergekit
+    device = None
+    if cuda:
+        import torch
 
-    mid = merge_id([m.content_id for m in models], recipe, base_model.content_id if base_model else None)
+        if not torch.cuda.is_available():
+            raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
+        device = f"cuda:{torch.cuda.get_device_name()}"
+    mid = merge_id([parent_id(m, full_lora_base) for m in models], recipe,
+                   base_model.content_id if base_model else None, device=device)
     final = Path(out_root).expanduser().absolute() / mid
     if (existing := read_metadata(final)) is not None:
         return MergeResult(id=mid, path=final, recipe=recipe, reused=True, metadata=existing)
@@ -233,11 +256,6 @@ def merge(
         # anything else under this name is the user's, never ours to delete.
         check_output_folder(final, option="--out", legacy=_merge_files_only)
         shutil.rmtree(final, ignore_errors=True)
-    if cuda:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
     if kin is None and kinship_base is not None:
         kin = _parents_kinship(models, kinship_base)
 
@@ -245,7 +263,7 @@ def merge(
     built = False
     try:
         with atomic_dir(final) as tmp:
-            meta = _build(tmp, mid, models, base_model, recipe, resized, kin, started,
+            meta = _build(tmp, mid, models, base_model, recipe, resized, kin, started, lora_base=full_lora_base,
                           cuda=cuda, out_shard_bytes=out_shard_bytes, quiet=quiet)
             built = True
     except FileExistsError:
@@ -279,21 +297,40 @@ def _build(
     resized: list[str],
     kinship: dict[str, float | None] | None,
     started: float,
+    lora_base: Parent | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Run mergekit into the temp folder ``tmp`` and add tokenizer, config, card and lineage."""
+    """Run mergekit (PEFT for the ``lora`` recipe) into the temp folder ``tmp`` and add tokenizer,
+    config, card and lineage. ``lora_base``: the base that adapter parents are applied to."""
+    if isinstance(recipe, Lora):
+        assert base is not None  # the recipe uses the base
+        config: dict[str, Any] = {"peft": build_adapter(tmp, models, base, recipe)}
+        return _record(tmp, mid, models, base, recipe, config, kinship, started, adapter=True)
     paths = [m.path for m in models] + ([base.path] if base is not None else [])
     labels = [f"parent_{i}" for i in range(len(models))] + (["base"] if base is not None else [])
-    with MERGE_LOCK, safe_paths(paths, labels) as names:
-        config = recipe.mergekit_config(names[: len(models)], names[-1] if base is not None else None)
+    if lora_base is not None:
+        paths.append(lora_base.path)
+        labels.append("adapter_base")
+    with MERGE_LOCK, safe_paths(paths, labels) as names, tempfile.TemporaryDirectory(prefix="kinmerge-lora-") as cache:
+        given = [mergekit_name(names[-1], n) if m.adapter else n for m, n in zip(models, names, strict=False)]
+        config = recipe.mergekit_config(given, names[len(models)] if base is not None else None)
         if resized and "tokenizer_source" not in config and "tokenizer" not in config:
             # A fine-tune that added tokens: align every model's vocabulary rows to parent A's.
-            config["tokenizer_source"] = names[0]
-        run_mergekit(config, tmp, recipe.seed_value, **options)
+            config["tokenizer_source"] = given[0]
+        run_mergekit(config, tmp, recipe.seed_value, lora_cache=cache if lora_base else None, **options)
     _refuse_nonfinite(tmp, models)
-    copy_tokenizer(models[0].path, tmp)
+    donor = models[0].path if not models[0].adapter or lora_base is None else lora_base.path
+    copy_tokenizer(models[0].path if (models[0].path / "tokenizer_config.json").exists() else donor, tmp)
     # Record the real paths, not the temporary safe-name links mergekit saw.
     recorded = replace_strings(config, {n: str(p) for n, p in zip(names, paths, strict=True)})
+    (tmp / "mergekit_config.yml").write_text(dump_yaml(recorded), encoding="utf-8")
+    return _record(tmp, mid, models, base, recipe, recorded, kinship, started)
+
+
+def _record(tmp: Path, mid: str, models: list[Parent], base: Parent | None, recipe: Recipe, config: dict[str, Any],
+            kinship: dict[str, float | None] | None, started: float, adapter: bool = False) -> dict[str, Any]:
+    """Write ``kinmerge.json`` and the model card into ``tmp``; return the record."""
+    recorded = config
     meta = {
         "format": METADATA_FORMAT,
         "id": mid,
@@ -305,24 +342,52 @@ def _build(
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 3),
+        **({"adapter": True} if adapter else {}),
     }
-    (tmp / "mergekit_config.yml").write_text(dump_yaml(recorded), encoding="utf-8")
     (tmp / "README.md").write_text(model_card(meta), encoding="utf-8")
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
+def _load_parents(parents: Sequence[str | os.PathLike[str]], base: str | os.PathLike[str] | None, recipe: Recipe,
+                  stack: contextlib.ExitStack) -> tuple[list[Parent], Parent | None]:
+    """Each parent as a :class:`Parent`, and, when some are LoRA adapters, the base they apply to
+    (``base``, else the one they name), checked to fit every adapter."""
+    kinds = [is_adapter(p) for p in parents]
+    if recipe.makes_adapter and not all(kinds):
+        full = next(str(p) for p, a in zip(parents, kinds, strict=True) if not a)
+        raise MergeError(f"{full} is not a LoRA adapter; the {recipe.method} recipe merges adapters only — use a "
+                         "mergekit recipe (slerp, linear, ties, ...) for full models")
+    if not any(kinds):
+        return [load_parent(p) for p in parents], None
+    models, sources = [], []
+    for p, adapter in zip(parents, kinds, strict=True):
+        if adapter:
+            parent, src = load_adapter(p)
+            sources.append(stack.enter_context(src))
+            models.append(parent)
+        else:
+            models.append(load_parent(p))
+    ids = [m.content_id for m in models]
+    if len(set(ids)) < len(ids):
+        raise MergeError("the same adapter is given twice; merging a model with itself changes nothing — pick another")
+    lora_base = load_parent(base if base is not None else adapter_base(sources))
+    with open_model(lora_base.path) as base_src:
+        for parent, src in zip([m for m in models if m.adapter], sources, strict=True):
+            src.check_base(base_src, parent.ref, lora_base.ref)
+    return models, lora_base
+
+
 def _parents_kinship(models: list[Parent], base: str | os.PathLike[str]) -> dict[str, float | None] | None:
     """The parents' kinship against ``base`` (one scan; n-model mean for more than two), or
-    None when a parent is the base itself (its delta is zero: nothing to compare)."""
-    from kinmerge.scan import scan
-    from kinmerge.sources import open_models
+    None when a parent is the base itself (its delta is zero: nothing to compare). Adapters are
+    read from their factors (``kinmerge.scan.scan_refs``)."""
+    from kinmerge.scan import scan_refs
 
-    with open_models([base, *(m.path for m in models)]) as (base_src, *srcs):
-        try:
-            stats = scan(base_src, srcs).stats
-        except DuplicateModelError:
-            return None
+    try:
+        stats = scan_refs(base, [m.path for m in models]).stats
+    except DuplicateModelError:
+        return None
     return {metric: stats.mean_pairwise(metric) for metric in METRICS}
 
 

@@ -8,7 +8,10 @@ our own terms:
 - every path it gets is local, so the hub is switched off while it runs (``_hub_offline``);
 - its loader cache is process-global and keeps files open: we drop our entries after each merge,
   and run one merge at a time per process (``MERGE_LOCK``);
-- its errors become one-line ``MergeError`` messages.
+- its errors become one-line ``MergeError`` messages;
+- on the CPU it runs on one torch thread (``_one_torch_thread``): SLERP's norms and dot products
+  are whole-tensor sums that torch splits by thread count, so the merged bytes, hence every
+  child's content id, would depend on the machine's cores (docs/distributed.md).
 
 Example:
     >>> one_line(RuntimeError("disk on fire\nsecond line"))
@@ -61,6 +64,29 @@ def _safe_path(path: Path, links: Path, name: str) -> str:
     if _UNSAFE_PATH.search(str(link)):
         raise MergeError(f"the temp folder {links} itself contains '+', '@' or spaces; set TMPDIR to a plain path")
     return str(link)
+
+
+@contextlib.contextmanager
+def _one_torch_thread(cuda: bool) -> Iterator[None]:
+    """One torch CPU thread while mergekit runs on the CPU, restored after.
+
+    torch cuts a whole-tensor sum into one contiguous part per thread and adds the parts, so
+    the order of additions (and the last bit of SLERP's norms and dot product, then of a bf16
+    weight) follows the thread count. One thread fixes the order everywhere: 1 or 16 cores,
+    local or Ray. Merges are a small share of a run's time (measured: benchmarks/repro_bench.py).
+    On a GPU the arithmetic is on the device and the CPU threads do not matter.
+    """
+    if cuda:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -141,10 +167,12 @@ def run_mergekit(
     cuda: bool,
     out_shard_bytes: int,
     quiet: bool,
+    lora_cache: str | None = None,
 ) -> None:
     """Run mergekit on ``config`` (a dict ``MergeConfiguration`` accepts), writing into ``out``.
 
     Call it holding :data:`MERGE_LOCK`. ``seed`` seeds mergekit's random methods (and torch).
+    ``lora_cache``: where mergekit writes the full models of ``BASE+ADAPTER`` parents.
 
     Raises:
         MergeError: mergekit is missing, rejects the config, or fails while merging.
@@ -174,13 +202,14 @@ def run_mergekit(
         random_seed=seed,
         quiet=quiet,
         safe_serialization=True,
+        lora_merge_cache=lora_cache,
     )
     if seed is not None:
         import torch
 
         torch.manual_seed(seed)
     try:
-        with _hub_offline(), _without_mergekits_deprecation(), _mergekit_logs_quiet():
+        with _hub_offline(), _without_mergekits_deprecation(), _mergekit_logs_quiet(), _one_torch_thread(cuda):
             run_merge(merge_config, str(out), options)
     except KinmergeError:
         raise

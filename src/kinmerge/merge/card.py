@@ -172,11 +172,14 @@ def model_card(
     """
     parents = list(meta.get("parents") or [])
     checked = _check_scores(scores) if scores else {}
+    adapter = bool(meta.get("adapter"))  # a LoRA adapter made by peft, not a model made by mergekit
+    tool = ("peft", "https://github.com/huggingface/peft") if adapter else ("mergekit",
+                                                                           "https://github.com/arcee-ai/mergekit")
     front: dict[str, Any] = {
         "base_model": base_model_names(meta),
         "base_model_relation": "merge",
-        "tags": ["merge", "mergekit", "kinmerge"],
-        "library_name": "transformers",
+        "tags": ["merge", tool[0], "kinmerge", *(["lora"] if adapter else [])],
+        "library_name": "peft" if adapter else "transformers",
     }
     if checked:
         front["model-index"] = [{"name": meta["id"], "results": [
@@ -191,9 +194,9 @@ def model_card(
     lines = [
         "---", dump_yaml(front).rstrip(), "---", "",
         f"# Merge {meta['id']}", "",
-        f"A merge of {len(parents)} models with the `{recipe['method']}` recipe, made by "
-        "[kinmerge](https://arxiv.org/abs/2410.12613) using [mergekit](https://github.com/arcee-ai/mergekit)."
-        + made, "",
+        f"A merge of {len(parents)} {'LoRA adapters into a LoRA adapter' if adapter else 'models'} with the "
+        f"`{recipe['method']}` recipe, made by [kinmerge](https://arxiv.org/abs/2410.12613) using "
+        f"[{tool[0]}]({tool[1]})." + made, "",
         "## Parents", "",
         "| # | model | from | content id |",
         "|---|---|---|---|",
@@ -230,7 +233,7 @@ def model_card(
         lines += [f"| {t} | {v:.4f} |" for t, v in checked.items()] + [f"| **average** | {avg:.4f} |"]
     names = {str(p.get("path")): _describe(p)[0] for _, p in rows}
     lines += ["", "## Recipe", "", "```yaml", dump_yaml(recipe).rstrip(), "```", ""]
-    lines += ["mergekit configuration (models by name):", "", "```yaml",
+    lines += [f"{tool[0]} {'call' if adapter else 'configuration'} (models by name):", "", "```yaml",
               dump_yaml(replace_strings(meta["mergekit_config"], names)).rstrip(), "```", ""]
     versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if v)
     lines += [f"Made {meta.get('created', '')} with {versions}.", ""]

@@ -27,10 +27,10 @@ from kinmerge.merge.card import base_model_names, read_metadata
 from kinmerge.sources import is_vocab_tensor, open_model, resolve_ref
 from kinmerge.sources.content_ids import TOKENIZER_FILES
 
-__all__ = ["Parent", "check_compatible", "copy_tokenizer", "load_parent"]
+__all__ = ["HUB_PATTERNS", "Parent", "check_compatible", "copy_tokenizer", "load_parent"]
 
 # What merging fetches of a hub model: weights, configs and the tokenizer (never pickles).
-_HUB_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja")
+HUB_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja")
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,13 @@ class Parent:
     vocab_size: int | None
     hub_id: str | None
     descends_from: tuple[str, ...] | None
+    adapter: bool = False
 
     def info(self) -> dict[str, Any]:
         """What ``kinmerge.json`` records of this model."""
         return {"ref": self.ref, "path": str(self.path), "content_id": self.content_id, "hub_id": self.hub_id,
-                "descends_from": list(self.descends_from) if self.descends_from is not None else None}
+                "descends_from": list(self.descends_from) if self.descends_from is not None else None,
+                **({"adapter": True} if self.adapter else {})}
 
 
 def load_parent(ref: str | os.PathLike[str]) -> Parent:
@@ -71,7 +73,7 @@ def load_parent(ref: str | os.PathLike[str]) -> Parent:
         SourceError: no such folder, and not a hub id that can be fetched.
         MergeError: a single file, or a folder without ``config.json``.
     """
-    resolved = resolve_ref(ref, want="folder", patterns=_HUB_PATTERNS)
+    resolved = resolve_ref(ref, want="folder", patterns=HUB_PATTERNS)
     path = resolved.path
     assert path is not None  # fetched: resolve_ref fetches hub ids by default
     if not (path / "config.json").exists():

@@ -9,7 +9,7 @@ Example:
     >>> Slerp(t=0.3).params()
     {'method': 'slerp', 't': 0.3, 'dtype': 'bfloat16'}
     >>> sorted(RECIPES)
-    ['dare_ties', 'linear', 'raw', 'slerp', 'task_arithmetic', 'ties']
+    ['dare_ties', 'linear', 'lora', 'raw', 'slerp', 'task_arithmetic', 'ties']
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from kinmerge.merge._yaml import dump_yaml
 
 __all__ = [
     "DTYPES",
+    "LORA_COMBINATIONS",
     "PAPER_MLP_T",
     "PAPER_SELF_ATTN_T",
     "RECIPES",
     "DareTies",
     "Linear",
+    "Lora",
     "Raw",
     "Recipe",
     "Slerp",
@@ -97,6 +99,8 @@ class Recipe:
     max_parents: ClassVar[int | None] = None
     #: whether the mergekit method draws random numbers (then ``seed`` makes it reproducible)
     seeded: ClassVar[bool] = False
+    #: the recipe merges LoRA adapters into an adapter (PEFT), not models into a model (mergekit)
+    makes_adapter: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready data: ``{"method": ..., <field>: ...}``. Hashed into the id."""
@@ -430,9 +434,86 @@ class Raw(Recipe):
         return sub(self._data())
 
 
+#: PEFT's ``add_weighted_adapter`` combination types (peft 0.21).
+LORA_COMBINATIONS: tuple[str, ...] = (
+    "cat", "linear", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
+    "magnitude_prune", "magnitude_prune_svd",
+)
+_LORA_DENSITY = ("ties", "dare", "magnitude")  # combinations that prune, so take ``density``
+
+
+@dataclass(frozen=True)
+class Lora(Recipe):
+    """LoRA adapters merged into a new adapter by PEFT's ``add_weighted_adapter``: the child stays
+    low-rank, so an evolution over adapters keeps adapters. ``combination``: ``cat`` (default:
+    exact, the child's delta is ``Σ weight·ΔW``, its rank the sum of the parents'), ``linear``
+    (equal ranks; averages A and B separately, a rough approximation), ``svd`` (the exact sum cut
+    to rank ``svd_rank``), ``ties``, ``dare_ties``, ``dare_linear``, ``magnitude_prune`` (and their
+    ``_svd`` forms; pruning keeps ``density``). ``seed`` seeds the DARE draws.
+    For a full model from adapters use a mergekit recipe (CLI: ``--full``).
+    Reference: https://huggingface.co/docs/peft/developer_guides/model_merging (peft ``add_weighted_adapter``).
+    """
+
+    method: ClassVar[str] = "lora"
+    uses_base: ClassVar[bool] = True
+    makes_adapter: ClassVar[bool] = True
+    combination: str = "cat"
+    weight: float | tuple[float, ...] = 0.5
+    density: float | None = None
+    svd_rank: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.combination not in LORA_COMBINATIONS:
+            raise MergeError(f"lora combination {self.combination!r} is not one of {', '.join(LORA_COMBINATIONS)}")
+        object.__setattr__(self, "weight", _weights("weight", self.weight))
+        prunes = self.combination.startswith(_LORA_DENSITY)
+        if self.density is not None:
+            if not prunes:
+                raise MergeError(f"density applies to the pruning combinations (ties, dare_*, magnitude_prune), "
+                                 f"not {self.combination}")
+            object.__setattr__(self, "density", _float("density", self.density, 0.0, 1.0))
+            if self.density == 0.0:
+                raise MergeError("density=0 drops every delta; use a value in (0, 1]")
+        elif prunes:
+            object.__setattr__(self, "density", 0.5)
+        if self.svd_rank is not None and (isinstance(self.svd_rank, bool) or not isinstance(self.svd_rank, int)
+                                          or self.svd_rank < 1 or not self.combination.endswith("svd")):
+            raise MergeError(f"svd_rank={self.svd_rank!r}: a positive integer, for the svd combinations only")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise MergeError(f"seed={self.seed!r} must be a non-negative integer")
+
+    @property
+    def seeded(self) -> bool:  # type: ignore[override]
+        return self.combination.startswith("dare")
+
+    @property
+    def seed_value(self) -> int | None:
+        return self.seed if self.seeded else None
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        if not self.seeded:
+            del out["seed"]  # no random draws: the seed would only split equal merges into two ids
+        return out
+
+    def peft_arguments(self, n: int) -> dict[str, Any]:
+        """Keyword arguments for ``add_weighted_adapter`` with ``n`` parents."""
+        args: dict[str, Any] = {"weights": _per_parent("weight", self.weight, n), "combination_type": self.combination}
+        if self.density is not None:
+            args["density"] = self.density
+        if self.svd_rank is not None:
+            args["svd_rank"] = self.svd_rank
+        return args
+
+    def mergekit_config(self, parents: Sequence[str], base: str | None = None) -> dict[str, Any]:
+        raise MergeError("the lora recipe merges adapters with PEFT, not mergekit; for a full model use a "
+                         "mergekit recipe (CLI: --full)")
+
+
 #: name -> recipe class; ``get_recipe(name, **params)`` builds one.
 RECIPES: dict[str, type[Recipe]] = {
-    cls.method: cls for cls in (Slerp, Linear, TaskArithmetic, Ties, DareTies, Raw)
+    cls.method: cls for cls in (Slerp, Linear, TaskArithmetic, Ties, DareTies, Raw, Lora)
 }
 
 

@@ -70,7 +70,16 @@ def _run_row(r: RunHistory) -> dict[str, Any]:
         "final_best": r.final_best,
         "best_heldout_per_generation": [r.best_heldout_per_generation().get(g) for g in range(last + 1)],
         "final_best_heldout": r.final_best_heldout,
+        "kinship_source": r.kinship_source,
+        "final_top_k_kinship": r.topk_kinship_at(last),
+        "final_top_k_kinship_bound": _finite(r.topk_kinship_bound_at(last)),
+        "final_top_k_kinship_estimate": r.topk_kinship_bound_at(last) is not None,
+        "kinship_rechecks": r.kinship_rechecks,
     }
+
+
+def _finite(bound: float | None) -> float | None:
+    return bound if bound is None or math.isfinite(bound) else None  # JSON has no inf: an unknown bound is null
 
 
 def _settings_but_seed(run: RunHistory) -> str:
@@ -138,11 +147,15 @@ def compare_table(
         ``strategy``, ``seed``, ``status``, ``foundations`` (labels), ``best_per_generation``
         (best score of the pool after generation ``i`` at index ``i``; index 0 = foundations),
         ``merges_used``, ``stop_reason``, ``early_stop_generation`` (the generation kinship early
-        stopping skipped, else ``None``) and ``final_best``. Each strategy row (runs grouped by
-        strategy name, in order of appearance): ``runs``, ``seeds``, and ``{n, mean, std, min,
-        max}`` of ``final_best``, ``merges_used`` and of each generation's best (a run that
-        stopped earlier counts with its final pool best; ``std`` is the sample standard
-        deviation, ``None`` for a single run), plus ``early_stops`` (how many runs early-stopped).
+        stopping skipped, else ``None``), ``final_best``, and how its kinship was computed:
+        ``kinship_source``, ``final_top_k_kinship`` (the final top-k's mean kinship in the run's
+        metric) with ``final_top_k_kinship_estimate`` and its 99% ``final_top_k_kinship_bound``
+        when estimated from sketches, and ``kinship_rechecks`` (decisions re-checked exactly).
+        Each strategy row (runs grouped by strategy name, in order of appearance): ``runs``,
+        ``seeds``, and ``{n, mean, std, min, max}`` of ``final_best``, ``merges_used`` and of
+        each generation's best (a run that stopped earlier counts with its final pool best;
+        ``std`` is the sample standard deviation, ``None`` for a single run), plus
+        ``early_stops`` (how many runs early-stopped).
         Runs of one strategy on different foundation sets form separate groups (their scores
         are not comparable); each group lists its ``foundations``. ``budget``: every variant at
         equal budgets, paired with ``reference`` testbed by testbed (``report.budget``);

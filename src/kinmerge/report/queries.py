@@ -30,6 +30,7 @@ from kinmerge.pool import (
     PoolModel,
     RunFingerprint,
     best_by_generation,
+    mean_kinship_bound,
     parents_mean,
     short_id,
     topk_by_generation,
@@ -169,6 +170,18 @@ class RunHistory:
     examples: dict[str, int] = field(default_factory=dict)
     task_examples: dict[str, dict[str, int]] = field(default_factory=dict)
     heldout: dict[str, float] = field(default_factory=dict)
+    #: per metric, the 99% bound of each value that is an estimate (``kinship_source: sketch``)
+    kinship_bounds: dict[str, dict[frozenset[str], float]] = field(default_factory=dict)
+    kinship_source: str = "exact"
+    #: decisions an estimate could have flipped, re-checked exactly (``kinship_recheck`` events)
+    kinship_rechecks: int = 0
+
+    def topk_kinship_bound_at(self, generation: int) -> float | None:
+        """The bound of :meth:`topk_kinship_at` when some of its values are estimates, else ``None``."""
+        row = next((t for t in self.topk if t.generation == generation), None)
+        if row is None or row.kinship is None:
+            return None
+        return mean_kinship_bound(row.top_k, self.kinship_bounds.get(self.metric, {}))
 
     @property
     def anytime(self) -> Anytime:
@@ -342,10 +355,12 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         for pm in plan.merges:
             reasons.setdefault(pm.pair, pm.reason)
     scores = {m.id: m.score for m in pool}
-    kinship = {m: store.get_kinship(m, model_ids=ids) for m in METRICS}
+    read = {m: store.kinship_of_run(run.id, m, model_ids=ids) for m in METRICS}  # exact re-checks in place
+    kinship, bounds = {m: v for m, (v, _) in read.items()}, {m: b for m, (_, b) in read.items()}
     gains = {m: merge_gain_rows(pool, scores=scores, kinship=kinship[m], reasons=reasons) if key else []
              for m in METRICS}
-    models = {m.id: m for m in with_merge_facts(pool, scores=scores, kinship=kinship[metric], reasons=reasons)}
+    models = {m.id: m for m in with_merge_facts(pool, scores=scores, kinship=kinship[metric], reasons=reasons,
+                                                bounds=bounds[metric])}
     stops = [g for g, p in plans.items() if p.stop is not None]
     pending = [g for g, s in statuses.items() if s == "planned"]
     children = {m.parents: m.id for m in pool if m.parents}
@@ -376,6 +391,9 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         task_examples=per_task,
         heldout={mid: v for mid, v in store.average_scores(ids, evaluator=fp.heldout).items() if v is not None}
         if fp is not None and fp.heldout is not None else {},
+        kinship_bounds=bounds,
+        kinship_source=store.kinship_key(run.id)[1] or "exact",
+        kinship_rechecks=len(store.events(run.id, kind="kinship_recheck")),
     )
 
 

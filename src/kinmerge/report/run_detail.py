@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from kinmerge.report.fmt import num, signed
 from kinmerge.report.plots import METRIC_SHORT
 from kinmerge.report.queries import RunHistory
 
-__all__ = ["generation_table", "merges_table", "pool_table", "run_detail"]
+__all__ = ["generation_table", "kinship_note", "merges_table", "pool_table", "run_detail"]
 
 
 def generation_table(r: RunHistory, digits: int = 2) -> str:
@@ -41,7 +42,8 @@ def generation_table(r: RunHistory, digits: int = 2) -> str:
             esc(s.generation if s.generation else "0 (foundation)"), esc(s.models),
             esc(s.merges) + (f" <span class='muted'>({esc(detail)})</span>" if detail else ""),
             num(s.best_score, digits), num(s.mean_score, digits), num(s.pool_best, digits),
-            num(r.topk_kinship_at(s.generation), 3), esc("in progress" if r.pending_generation == s.generation else ""),
+            num(r.topk_kinship_at(s.generation), 3) + _bound(r.topk_kinship_bound_at(s.generation)),
+            esc("in progress" if r.pending_generation == s.generation else ""),
         ])
         classes.append("")
     if r.stop_generation is not None:
@@ -87,12 +89,33 @@ def merges_table(r: RunHistory, digits: int = 2) -> str:
     if not rows_pcc:
         return empty("No merges yet.")
     by_metric = {m: {row.child: row.kinship for row in rows} for m, rows in r.gains.items()}
+    bounds = {m: r.kinship_bounds.get(m, {}) for m in by_metric}
     rows = [[esc(row.generation), f"<code>{esc(r.label_of(row.child))}</code>",
              " × ".join(esc(r.label_of(p)) for p in row.parents), badge(row.reason), num(row.child_score, digits),
              num(row.parents_mean, digits), signed(row.merge_gain, digits),
-             *[num(by_metric[k].get(row.child), 3) for k in ("pcc", "cs", "ed")]] for row in rows_pcc]
+             *[num(by_metric[k].get(row.child), 3)
+               + (_bound(bounds[k].get(frozenset(row.parents))) if by_metric[k].get(row.child) is not None else "")
+               for k in ("pcc", "cs", "ed")]] for row in rows_pcc]
     head = ["gen", "child", "parents", "why", "child score", "parents' mean", "merge gain", "PCC", "CS", "ED"]
     return table(head, rows, numeric=(0, 4, 5, 6, 7, 8, 9))
+
+
+def _bound(bound: float | None) -> str:
+    """`` ± 0.012`` (muted) after a kinship value that is an estimate from sketches; nothing after
+    an exact one. An estimate recorded without its bound (before migration 0004) shows ``± ?``."""
+    if bound is None:
+        return ""
+    shown = num(bound, 3) if math.isfinite(bound) else "?"
+    return f" <span class='muted' title='estimate from sketches, 99% bound'>± {esc(shown)}</span>"
+
+
+def kinship_note(r: RunHistory) -> str:
+    """One line saying that a run's kinship values are estimates and how many decisions were re-checked."""
+    if r.kinship_source != "sketch":
+        return ""
+    return (f"<p class='muted'>Kinship in this run is estimated from sketches (<code>kinship_source: sketch</code>): "
+            f"a value shows ± its 99% bound; {esc(r.kinship_rechecks)} decision(s) an estimate could flip (early "
+            f"stop, exploration partner) were re-checked with an exact scan, and those pairs show exact values.</p>")
 
 
 def run_detail(r: RunHistory, i: int, figures: Mapping[str, Path | None], howto: Mapping[str, str], *,
@@ -109,6 +132,7 @@ def run_detail(r: RunHistory, i: int, figures: Mapping[str, Path | None], howto:
         f"<h4>Per generation</h4><p class='muted'>best/mean (new): over the models made in that generation; "
         f"best in pool: after it; top-{r.k} kinship: mean pairwise {METRIC_SHORT[r.metric]} of the top-{r.k} "
         f"after it ({direction} = closer kin).</p>",
+        kinship_note(r),
         generation_table(r, digits),
         "<h4>Final pool</h4>",
         pool_table(r, digits),

@@ -116,7 +116,8 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False, adapt
     if is_adapter_folder(folder):  # the folder, or its adapter_model.safetensors named directly
         if not adapters:
             raise SourceError(
-                f"{resolved.given}: a PEFT LoRA adapter; only kinship, matrix and suggest read adapters so far — "
+                f"{resolved.given}: a PEFT LoRA adapter; kinship, matrix, suggest, merge, eval and evolve read "
+                "adapters, this command not yet — "
                 "merge it into its base (peft's merge_and_unload) and pass the merged folder"
             )
         src: ModelSource = open_adapter(resolved.given, folder)
@@ -148,7 +149,7 @@ def content_id(ref: str | os.PathLike[str], *, allow_pickle: bool = False) -> st
     ctime and inode; every hit re-checks a sample of the bytes) in
     ``$KINMERGE_CACHE/content_ids.json``; see ``kinmerge.sources.content_ids``.
     """
-    with open_model(ref, allow_pickle=allow_pickle) as src:
+    with open_model(ref, allow_pickle=allow_pickle, adapters=True) as src:  # an adapter: config + weights
         return src.content_id()
 
 

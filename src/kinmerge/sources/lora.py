@@ -117,6 +117,13 @@ class LoraSource(ModelSource):
         v = self.adapter_config.get("base_model_name_or_path")
         return v if isinstance(v, str) and v.strip() else None
 
+    def content_id(self) -> str:
+        """The adapter's content id: its weights and ``adapter_config.json`` (the scaling, the
+        targets and the base it names change what it does), plus any tokenizer beside them."""
+        from kinmerge.sources.content_ids import content_id_of_files, identity_files
+
+        return content_id_of_files([*identity_files(self.path, self.files), self.path / ADAPTER_CONFIG])
+
     def read_range(self, name: str, start: int, stop: int, out: np.ndarray | ReadBuffer | None = None) -> np.ndarray:
         raw = self._file.read_range(name, start, stop, out)
         self._count(name, raw.nbytes, start)

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +102,9 @@ class RunStore:
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._depth = 0
+        #: Called with each event :meth:`log_event` records, once it is committed (the run's
+        #: trackers follow the step log this way: ``kinmerge.evolve.tracking``).
+        self.listeners: list[Callable[[Event], None]] = []
         if lock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = run_lock.acquire(self.run_dir)
@@ -605,7 +608,8 @@ class RunStore:
         self.record_kinships({(a, b): value}, metric, scope=scope, base=base, source=source)
 
     def record_kinships(self, values: Mapping[tuple[str, str] | frozenset[str], float], metric: str, *,
-                        scope: str = "global", base: str | None = None, source: str = "exact") -> None:
+                        scope: str = "global", base: str | None = None, source: str = "exact",
+                        bounds: Mapping[tuple[str, str] | frozenset[str], float] | None = None) -> None:
         """Record many kinship values of one metric in one transaction (a scan's output).
 
         A value is keyed by everything it depends on: the base its deltas are taken from, the
@@ -619,20 +623,31 @@ class RunStore:
                 breakdown (e.g. ``"layer:3"``), which is never mixed with the global value.
             base: the base's content id; default the base of the store's runs (:meth:`base_id`).
             source: ``"exact"`` (a scan) or ``"sketch"`` (an estimate from sketches).
+            bounds: each estimate's 99% bound (a half-width, keyed like ``values``), so the store
+                can say how far off it may be; only with ``source="sketch"``.
+
+        Raises:
+            ValueError: a value or bound is not finite, a bound is negative, or bounds are given
+                for exact values (an exact value has none).
         """
         check_metric(metric)
         key_base, source = self._kinship_key(base, source)
+        if bounds and source != "sketch":
+            raise ValueError(f"only estimates (source 'sketch') carry a bound, not {source!r} values")
         rows = []
         for key, value in values.items():
             a, b = _canonical(*sorted(key)) if isinstance(key, frozenset) else _canonical(*key)
+            bound = None if bounds is None or key not in bounds else _check_score(bounds[key], f"bound of {a!r}, {b!r}")
+            if bound is not None and bound < 0:
+                raise ValueError(f"bound of {a!r}, {b!r} must be >= 0, got {bound!r}")
             rows.append((key_base, a, b, metric, scope, source, _check_score(value, f"kinship of {a!r}, {b!r}"),
-                         now()))
+                         bound, now()))
         with self._write(f"record {metric} kinship") as conn:
             conn.executemany(
-                "INSERT INTO kinship (base, model_a, model_b, metric, scope, source, value, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO kinship (base, model_a, model_b, metric, scope, source, value, bound, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (base, model_a, model_b, metric, scope, source) DO UPDATE SET "
-                "value = excluded.value, created = excluded.created",
+                "value = excluded.value, bound = excluded.bound, created = excluded.created",
                 rows,
             )
 
@@ -663,6 +678,55 @@ class RunStore:
                 out[frozenset((r["model_a"], r["model_b"]))] = read_number(
                     self.db_path, "kinship", row, "value", r["value"], lo=lo, hi=hi)
         return out
+
+    def get_kinship_bounds(self, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
+                           scope: str = "global", base: str | None = None) -> dict[frozenset[str], float]:
+        """The 99% bound ``{pair(a, b): bound}`` of each stored estimate (source ``sketch``).
+
+        An estimate recorded before bounds were kept (migration ``0004_kinship_bounds``) has an
+        unknown bound: ``math.inf`` here, so nothing treats it as sure.
+
+        Raises:
+            DamagedStoreError: a stored bound is not a number >= 0.
+        """
+        check_metric(metric)
+        key_base, _ = self._kinship_key(base, "sketch")
+        wanted = None if model_ids is None else set(model_ids)
+        out: dict[frozenset[str], float] = {}
+        for r in self._query("SELECT model_a, model_b, bound FROM kinship "
+                             "WHERE metric = ? AND scope = ? AND base = ? AND source = 'sketch'",
+                             (metric, scope, key_base)):
+            if wanted is None or (r["model_a"] in wanted and r["model_b"] in wanted):
+                row = f"{r['model_a'][:8]}-{r['model_b'][:8]} {metric}"
+                out[frozenset((r["model_a"], r["model_b"]))] = math.inf if r["bound"] is None else read_number(
+                    self.db_path, "kinship", row, "bound", r["bound"], lo=0.0, hi=None)
+        return out
+
+    def kinship_of_run(self, run_id: str, metric: str = "pcc", *, model_ids: Iterable[str] | None = None,
+                       scope: str = "global") -> tuple[dict[frozenset[str], float], dict[frozenset[str], float]]:
+        """The kinship run ``run_id`` decides with, and the bound of each value that is an estimate.
+
+        An exact run reads its exact values (no bounds). A ``kinship_source: sketch`` run reads its
+        estimates, except where an exact value of the pair on the same base is stored (a decision
+        an estimate could have flipped was re-checked exactly): the exact value replaces the
+        estimate and has no bound.
+
+        Returns:
+            ``(values, bounds)``: ``{pair: value}`` and ``{pair: 99% bound}`` for the estimates.
+
+        Example:
+            ``values, bounds = store.kinship_of_run("r1")``; ``bounds.get(pair(a, b))`` is ``None``
+            for an exact value.
+        """
+        base, source = self.kinship_key(run_id)
+        ids = None if model_ids is None else set(model_ids)
+        values = self.get_kinship(metric, model_ids=ids, scope=scope, base=base, source=source)
+        if source != "sketch":
+            return values, {}
+        bounds = self.get_kinship_bounds(metric, model_ids=ids, scope=scope, base=base)
+        exact = self.get_kinship(metric, model_ids=ids, scope=scope, base=base, source="exact")
+        values.update(exact)
+        return values, {p: b for p, b in bounds.items() if p not in exact and p in values}
 
     def kinship_key(self, run_id: str) -> tuple[str | None, str | None]:
         """The (base, source) the kinship of run ``run_id`` is keyed by, from its settings
@@ -793,14 +857,20 @@ class RunStore:
         Example:
             ``store.log_event("r1", "merge", "merged a+b", generation=1, duration_s=12.5)``
         """
+        text, ts = None if payload is None else _dumps(dict(payload)), now()
         with self._write(f"log event {kind!r}") as conn:
             cur = conn.execute(
                 "INSERT INTO events (run_id, ts, generation, kind, message, duration_s, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now(), generation, kind, message, duration_s,
-                 None if payload is None else _dumps(dict(payload))),
+                (run_id, ts, generation, kind, message, duration_s, text),
             )
-        return int(cur.lastrowid or 0)
+        event_id = int(cur.lastrowid or 0)
+        if self.listeners and self._depth == 0:  # inside a transaction it might still roll back: not told
+            event = Event(id=event_id, run_id=run_id, ts=ts, generation=generation, kind=kind, message=message,
+                          duration_s=duration_s, payload=None if text is None else json.loads(text))
+            for listener in list(self.listeners):
+                listener(event)
+        return event_id
 
     @contextmanager
     def timed(self, run_id: str | None, kind: str, message: str, *,
@@ -824,9 +894,10 @@ class RunStore:
         self.log_event(run_id, kind, message, generation=generation,
                        duration_s=time.perf_counter() - start, payload=payload)
 
-    def events(self, run_id: str | None = None, *, kind: str | None = None) -> list[Event]:
-        """The step log, oldest first, optionally for one run and/or one kind."""
-        sql, params = "SELECT * FROM events WHERE 1 = 1", []
+    def events(self, run_id: str | None = None, *, kind: str | None = None, after: int = 0) -> list[Event]:
+        """The step log, oldest first, optionally for one run and/or one kind; ``after``: only the
+        events logged after the one with that id (what a follower of the log has not seen)."""
+        sql, params = "SELECT * FROM events WHERE id > ?", list[Any]([after])
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)
@@ -873,7 +944,8 @@ class RunStore:
 
         - models: the pool members from generations ``<=`` the last completed one, with their
           average score (``None`` if not fully evaluated: the strategy will refuse to rank it);
-        - kinship: the stored ``metric``/``scope`` values among those models;
+        - kinship: the stored ``metric``/``scope`` values among those models
+          (:meth:`kinship_of_run`), with ``kinship_bounds`` for those that are estimates;
         - merged_pairs: every pair in any saved plan of the run (done or pending) plus the parent
           pair of every pool member, so a pending merge is never planned twice.
 
@@ -887,10 +959,11 @@ class RunStore:
             raise StoreError(f"no run {run_id!r} in {self.db_path}")
         generation = self.last_completed_generation(run_id)
         models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial)
-        base, source = self.kinship_key(run_id)
+        kinship, bounds = self.kinship_of_run(run_id, metric, model_ids=[m.id for m in models], scope=scope)
         return PoolState(
             models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
-            kinship=self.get_kinship(metric, model_ids=[m.id for m in models], scope=scope, base=base, source=source),
+            kinship=kinship,
+            kinship_bounds=bounds,
             merged_pairs=self.merged_pairs(run_id)
             | {frozenset(m.parents) for m in models if len(set(m.parents)) == 2},
             generation=generation,

@@ -178,6 +178,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         rebuilds=True,
     ),
+    Migration(
+        "0004_kinship_bounds",
+        (
+            # An estimate from sketches comes with its 99% bound (a half-width): kept beside the
+            # value, the store can tell an estimate from an exact value and say how far off it may
+            # be. NULL for exact values, and for estimates recorded before this migration (their
+            # bound is unknown: a run treats them as possibly anywhere and re-checks a decision
+            # they take part in). Added in place: no rebuild, old rows keep their bytes.
+            "ALTER TABLE kinship ADD COLUMN bound REAL "
+            "CHECK (bound IS NULL OR (bound >= 0 AND source = 'sketch'))",
+        ),
+    ),
 )
 
 #: How a kinship value was computed: an exact scan, or an estimate from sketches.

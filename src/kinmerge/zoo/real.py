@@ -41,7 +41,7 @@ from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
 from kinmerge.zoo.presets import FineTune, ZooPreset
 from kinmerge.zoo.tasks import make_examples
 
-__all__ = ["BUILD_MARKER", "base_gguf", "build_real_zoo", "delta_norms"]
+__all__ = ["BUILD_MARKER", "LM_EVAL_DIR", "base_gguf", "build_real_zoo", "delta_norms", "write_lm_eval_tasks"]
 
 BUILD_MARKER = ".kinmerge-zoo-build.json"
 FORMAT_VERSION = 1
@@ -130,6 +130,7 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
             print(f"[zoo] {line}", file=sys.stderr, flush=True)
     gguf = base_gguf(preset.base_source)  # before any folder is made: a missing package is one line
     if _claim(root, preset, seed, overwrite):
+        write_lm_eval_tasks(root, preset.tasks)  # zoos built before the tasks existed get them too
         log(f"{root} is already built")
         return load_zoo(root)
     started = time.perf_counter()
@@ -151,6 +152,7 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
     todo = [(i, ft) for i, ft in enumerate(preset.models()) if not (state / f"{ft.name}.json").is_file()]
     if todo:
         _fine_tune_all(root, preset, seed, todo, device, log)
+    write_lm_eval_tasks(root, preset.tasks)
     manifest = _manifest(root, preset, seed, time.perf_counter() - started)
     atomic_write(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"built {root}")
@@ -221,6 +223,55 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
     atomic_write(root / ".build" / f"{ft.name}.json", json.dumps(record) + "\n")
     return (f"specialist {ft.name}: {steps} steps in {train_seconds:.0f}s, own task {ft.task} "
             f"{scores.get(ft.task, float('nan')):.2f} ({'; '.join(losses[-1:])})")
+
+
+LM_EVAL_DIR = "lm_eval"
+
+_LM_EVAL_TASK = """\
+# written by kinmerge zoo build: the builtin task {name} as an lm-evaluation-harness task.
+# validation = the selection part, test = the held-out part (split seed 0, half held out:
+# kinmerge.evaluate.tasks.split_task), so the harness scores the held-out part.
+task: kinmerge_{name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {validation}
+    test: {test}
+validation_split: validation
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+generation_kwargs:
+  until: ["\\n"]
+  do_sample: false
+  max_gen_toks: 16
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    regexes_to_ignore: ["^\\\\s+", "\\\\s+$"]
+"""
+
+
+def write_lm_eval_tasks(root: Path, tasks: tuple[str, ...]) -> Path:
+    """The zoo's tasks as lm-evaluation-harness YAMLs over local JSONL (``root/lm_eval``): the
+    same examples and the same selection / held-out split as the builtin evaluator's (validation
+    and test), exact match after stripping whitespace, greedy until a newline. Idempotent."""
+    from kinmerge.evaluate.tasks import load_task, split_task
+
+    folder = root / LM_EVAL_DIR
+    if (folder / f"{tasks[-1]}.yaml").is_file():
+        return folder
+    with atomic_dir(folder, replace=True) as tmp:
+        for name in tasks:
+            task = load_task(root / "tasks" / f"{name}.jsonl")
+            for split, part in (("validation", "selection"), ("test", "heldout")):
+                write_task(tmp / f"{name}.{split}.jsonl", split_task(task, part, 0.5, 0).examples)
+            (tmp / f"{name}.yaml").write_text(_LM_EVAL_TASK.format(
+                name=name, validation=folder / f"{name}.validation.jsonl", test=folder / f"{name}.test.jsonl"))
+    return folder
 
 
 def delta_norms(base: Path, model: Path) -> dict[str, float]:

@@ -15,6 +15,7 @@ from kinmerge.pool import (
     CANDIDATE_SETS,
     DEFAULT_THRESHOLDS,
     STOP_KINSHIP,
+    STOP_NO_PAIRS,
     Candidates,
     Metric,
     Plan,
@@ -122,6 +123,25 @@ class KinshipStrategy(GreedyStrategy):
                               f"{self.threshold!r} would never stop the run); the paper uses 0.9")
         elif self.metric == "ed" and self.threshold <= 0:
             raise ConfigError(f"{self.name}: an ed threshold is a distance > 0, got {self.threshold!r}")
+
+    def deciding_sets(self, state: PoolState, plan: Plan
+                      ) -> tuple[tuple[str, ...] | None, tuple[str, tuple[str, ...]] | None]:
+        """What ``plan`` (this strategy's plan for ``state``) compared kinship over, for a caller
+        that checks how sure those comparisons were (estimates from sketches carry a bound).
+
+        Returns:
+            ``(top_k, exploration)``: the top-k whose mean kinship met the early-stop threshold
+            (``None`` when the check was not reached), and ``(best, candidates)`` the
+            exploration partner was chosen from (``None`` when no choice was made).
+        """
+        if state.generation == 0 or plan.kinship_requests or plan.stop not in (None, STOP_KINSHIP, STOP_NO_PAIRS):
+            return None, None  # generation 1, a request, or a cheap greedy stop: no kinship decided
+        top = topk(state, self.k) if self.early_stop else None
+        if plan.stop == STOP_KINSHIP or not self.exploration:
+            return top, None
+        greedy = tuple(m for m in plan.merges if m.reason == self.merge_reason)
+        best, candidates = self._extra_candidates(state, self.exploration_candidates, greedy)
+        return top, ((best, tuple(candidates)) if candidates else None)
 
     def _check_state(self, state: PoolState) -> None:
         if state.kinship_metric is not None and state.kinship_metric != self.metric:
