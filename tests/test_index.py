@@ -96,6 +96,18 @@ def test_add_is_idempotent_and_says_so(tmp_path):
     assert _sha(index) == before
 
 
+def test_add_gives_the_exact_kinship_of_each_batch_from_the_same_read(tmp_path):
+    """Sketching a batch also yields its exact matrix (one read): equal to a scan of the same models."""
+    base, kids = make_family(tmp_path, 3, seed=2)
+    with Index(tmp_path / "f.kmi") as idx:
+        got = idx.add(kids, base=base, batch=2)
+    assert [ids for ids, _ in got.exact] == [got.added[:2], got.added[2:]]
+    first = got.exact[0][1]
+    want = scan_refs(base, kids[:2])
+    assert np.array_equal(first.stats.gram, want.stats.gram) and first.models == want.models
+    assert got.bytes_read == sum(r.bytes_read for _, r in got.exact)  # no second read for the exact part
+
+
 def test_model_of_another_base_is_refused_by_name(tmp_path):
     base, kids = make_family(tmp_path / "a", 2, seed=1)
     _, strangers = make_family(tmp_path / "b", 1, seed=2)  # same shapes, another base

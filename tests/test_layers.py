@@ -23,13 +23,15 @@ LAYERS: tuple[str, ...] = (
     "progress",
     "_ray",
     "kinship",
+    "lowrank",
     "_kernels",
     "sketch",
     "_sketch_kernels",
     "sources",
-    "scan",
-    "sketch_scan",
+    "scan",  # the one streaming pass (scan.stream) and its consumers: exact, sketches, Ray shards, adapters
+    "sketch_scan",  # re-exports of scan.sketches, scan.shards, scan.adapters (where callers found them)
     "scan_ray",
+    "scan_lora",
     "merge",
     "evaluate",
     "zoo",
@@ -146,6 +148,17 @@ def test_files_stay_readable(path: Path) -> None:
         assert rel.rpartition("/")[2] in (SRC.parents[1] / "docs" / "decisions.md").read_text(encoding="utf-8")
         return
     assert lines <= MAX_LINES, f"{rel} has {lines} lines; split it by concept (or say why in docs/decisions.md)"
+
+
+def test_one_module_streams_tensors() -> None:
+    """Exact kinship, sketches, Ray shards and adapters all read through ``kinmerge.scan.stream``."""
+    graph = _graph()
+    for consumer in ("kinmerge.scan.exact", "kinmerge.scan.sketches", "kinmerge.scan.adapters"):
+        assert "kinmerge.scan.stream" in graph[consumer], consumer
+    assert "kinmerge.scan.exact" in graph["kinmerge.scan.shards"]  # a shard task is scan_tensors: one pass
+    readers = sorted(m for m, p in _modules().items()
+                     if m.startswith("kinmerge.scan") and ".read_range" in p.read_text(encoding="utf-8"))
+    assert readers == ["kinmerge.scan.stream"], f"only the pass reads by range; {readers} do too"
 
 
 def test_the_checker_sees_upward_and_function_level_imports(tmp_path: Path) -> None:

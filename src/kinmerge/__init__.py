@@ -74,7 +74,7 @@ def matrix(models: Sequence[PathLike], *, base: PathLike | None = None, allow_mi
     ``models`` may mix full models and LoRA adapters; ``base`` defaults to the adapters' own.
 
     Args:
-        ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan_ray``; same
+        ray: scan on a Ray cluster, the tensors split into shards (``kinmerge.scan.shards``; same
             numbers): the cluster's address, or ``True`` for ``RAY_ADDRESS``, this machine's ``ray start``
             cluster or a new local one.
 
@@ -90,7 +90,7 @@ def matrix(models: Sequence[PathLike], *, base: PathLike | None = None, allow_mi
     """
     if ray:
         from kinmerge.errors import ConfigError
-        from kinmerge.scan_ray import scan_ray
+        from kinmerge.scan.shards import scan_ray
 
         if base is None:
             raise ConfigError("matrix(ray=...) needs base= (adapters are read on this machine only)")

@@ -2,7 +2,7 @@
 task with a resource request, and bring its errors back as kinmerge's own.
 
 Used by the Ray executor of evolution runs (:mod:`kinmerge.evolve.executors.ray`) and by the
-sharded kinship scan (:mod:`kinmerge.scan_ray`). Ray is imported here, when first needed, never
+sharded kinship scan (:mod:`kinmerge.scan.shards`). Ray is imported here, when first needed, never
 by ``import kinmerge``.
 
 Why errors are translated: ``ray.get`` raises a ``RayTaskError`` whose message is the worker's

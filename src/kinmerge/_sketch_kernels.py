@@ -1,7 +1,7 @@
 """The hot loop of sketching: raw chunks of a base and N models, added into the models' sketches.
 
-``accumulate`` is the per-chunk entry point of a streaming pass (``sketch_scan``, and the
-scan's worker loop): the same raw arrays and dtypes as ``_kernels.accumulate``, plus the
+``accumulate`` is the per-chunk entry point of the one streaming pass (the ``Sketches``
+consumer of ``kinmerge.scan.sketches``): the same raw arrays and dtypes as ``_kernels.accumulate``, plus the
 tensor's hash key and the chunk's first position. Two backends give the same numbers (to the
 last bits; tests compare them):
 

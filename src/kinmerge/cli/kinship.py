@@ -180,7 +180,7 @@ def matrix_cmd(models: tuple[str, ...], base: str | None, metrics: tuple[str, ..
         raise click.BadParameter("give at least two models", param_hint="MODELS")
     chosen = _parse_metric_option(metrics)
     if ray_address is not None:
-        from kinmerge.scan_ray import scan_ray
+        from kinmerge.scan.shards import scan_ray
 
         if base is None:
             raise click.BadParameter("--ray needs --base (adapters are read on this machine only)", param_hint="--base")

@@ -1,6 +1,6 @@
 """``kinmerge.Index``: add models to an index file, query it, draw its matrix and family tree.
 
-The glue between model files (``kinmerge.sources``, ``kinmerge.sketch_scan``), the index file
+The glue between model files (``kinmerge.sources``, ``kinmerge.scan.sketches``), the index file
 (``kinmerge.index.file``) and the pure math (``kinmerge.index.query``, ``family_tree``).
 
 Example:
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from kinmerge.index.family_tree import FamilyTree, TreeSettings, infer_tree
 from kinmerge.index.file import IndexFile, IndexFileError, ModelRow
 from kinmerge.index.query import COARSE, fold, rank
 from kinmerge.sketch import DEFAULT_CONFIDENCE, DEFAULT_SEED, DEFAULT_SIZE, METRICS, Sketch, combine, estimate_matrix
+
+if TYPE_CHECKING:  # the scan package is imported when a model is sketched, not with the index
+    from kinmerge.scan import ScanResult
 
 __all__ = ["AddResult", "Index", "IndexMismatchError", "Neighbour"]
 
@@ -59,13 +62,19 @@ class Neighbour:
 
 @dataclass
 class AddResult:
-    """What ``Index.add`` did: ids added, models already present (skipped), bytes read."""
+    """What ``Index.add`` did: ids added, models already present (skipped), bytes read.
+
+    ``exact``: per batch, the ids sketched together and their exact kinship (a
+    :class:`~kinmerge.scan.ScanResult`, models in id order) from the same read as the sketches:
+    pairs within a batch need no estimate and no second scan.
+    """
 
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    exact: list[tuple[list[str], ScanResult]] = field(default_factory=list)
 
 
 class Index:
@@ -222,6 +231,7 @@ class Index:
                 with open_models([base_ref, *[r for r, _ in part]], allow_pickle=allow_pickle) as (b, *ms):
                     got = self._sketch_batch(b, ms, [m for _, m in part], advance, max_delta)
                 out.added += [m for _, m in part]
+                out.exact.append(([m for _, m in part], got.exact()))
                 out.bytes_read += got.bytes_read
                 out.notes += [n for n in got.notes if n not in out.notes]
         self._coarse_cache = None
@@ -258,7 +268,7 @@ class Index:
                       max_delta: float | None) -> Any:
         from kinmerge.errors import MissingTensorError
         from kinmerge.scan import display_labels, plan
-        from kinmerge.sketch_scan import layer_group, sketch_models
+        from kinmerge.scan.sketches import layer_group, sketch_models
 
         for m in models:  # one model at a time: the error names the model that does not fit
             try:
@@ -363,7 +373,7 @@ class Index:
             return self.sketch(hit.id), hit.id, hit.ref
         from kinmerge.progress import progress_bar
         from kinmerge.scan import plan
-        from kinmerge.sketch_scan import sketch_models
+        from kinmerge.scan.sketches import sketch_models
         from kinmerge.sources import open_models
 
         meta = self.meta

@@ -5,7 +5,7 @@ Pure math on the sketches of a family (no files): the ``kinmerge index tree`` co
 
 **Merges.** A linear or task-arithmetic merge's delta is a fixed combination of its parents'
 deltas; a SLERP merge with a layer gradient is one *per layer group* (one ``t`` per layer and
-kind: ``kinmerge.sketch_scan.layer_group``), up to SLERP's small curvature and the rounding of
+kind: ``kinmerge.scan.sketches.layer_group``), up to SLERP's small curvature and the rounding of
 the stored weights. So for a child ``c`` and candidate parents ``P`` we fit, in every group
 ``g``, ``δ_c,g ≈ Σ_p w_p,g δ_p,g`` by least squares **in sketch space** (all inner products
 from the group sketches, the diagonal included) and measure the *residual share*

@@ -4,7 +4,7 @@ A PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``) holds, f
 adapts, two thin factors ``lora_A`` (r × in) and ``lora_B`` (out × r) whose scaled product is the
 module's delta; and, for ``modules_to_save`` (and the ``base_layer`` copies PEFT saves beside an
 adapted embedding), whole tensors that *replace* the base's. Kinship reads both exactly
-(``kinmerge.scan_lora``): factors through the low-rank identities of ``kinmerge.lowrank``, whole
+(``kinmerge.scan.adapters``): factors through the low-rank identities of ``kinmerge.lowrank``, whole
 tensors as deltas against the base. A module the adapter does not touch has a zero delta.
 
 Only what is a pure ``W + s·B·A`` (plus replaced tensors) is read. DoRA's magnitude vectors,
