@@ -25,9 +25,25 @@ from __future__ import annotations
 
 from kinmerge.zoo.handle import MANIFEST, SHIPPED, Zoo, built_zoo_dir, load_zoo, shipped_zoo
 from kinmerge.zoo.presets import PRESETS, FineTune, ZooPreset
-from kinmerge.zoo.tasks import CHARACTERS, SPECIAL_TOKENS, TASKS, build_tokenizer, make_examples
+from kinmerge.zoo.tasks import CHAR_TASKS, CHARACTERS, SPECIAL_TOKENS, TASKS, build_tokenizer, make_examples
 from kinmerge.zoo.train import _Sampler, build_zoo
 
-__all__ = ["CHARACTERS", "MANIFEST", "PRESETS", "SHIPPED", "SPECIAL_TOKENS", "TASKS", "FineTune",
-           "Zoo", "ZooPreset", "_Sampler", "build_tokenizer", "build_zoo", "built_zoo_dir", "load_zoo",
-           "make_examples", "shipped_zoo"]
+__all__ = [
+           "CHARACTERS",
+           "CHAR_TASKS",
+           "MANIFEST",
+           "PRESETS",
+           "SHIPPED",
+           "SPECIAL_TOKENS",
+           "TASKS",
+           "FineTune",
+           "Zoo",
+           "ZooPreset",
+           "_Sampler",
+           "build_tokenizer",
+           "build_zoo",
+           "built_zoo_dir",
+           "load_zoo",
+           "make_examples",
+           "shipped_zoo",
+]
