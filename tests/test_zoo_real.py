@@ -86,7 +86,7 @@ def test_the_loop_on_a_real_llm_scores_the_chosen_model_held_out(smol: Path, tmp
     res = runner.invoke(cli, ["eval", child["path"], "--evaluator", "lm_eval", "--tasks", str(smol / "lm_eval"),
                               "--num-fewshot", "0", "--json"])
     assert res.exit_code == 0, res.output
-    harness = json.loads(res.output)["scores"]
+    harness = json.loads(res.stdout)["scores"]
     from kinmerge.evaluate.builtin import BuiltinEvaluator
 
     builtin = BuiltinEvaluator(smol / "tasks", split="heldout", progress=False).evaluate(Path(child["path"])).scores

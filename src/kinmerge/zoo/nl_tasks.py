@@ -7,9 +7,10 @@ so the same seed gives the same examples on every machine and exact match scores
 pretrained model answers these prompts with chat boilerplate or a wrong value (exact match 0.00
 on every task, docs/zoo.md); a fine-tune learns the format and the rule.
 
-Two pairs share their surface on purpose, so a merge has something to get wrong: ``word_add`` and
-``word_sub`` are the same story with "got ... more" or "gave away", ``weekday`` and ``month``
-are the same calendar sentence over cycles of 7 and 12.
+The ``smol`` preset uses six of them (``kinmerge.zoo.presets.SMOL_TASKS``). Two share their
+surface on purpose, so a merge has something to get wrong: ``word_add`` and ``word_sub`` are the
+same story with "got ... more" or "gave away". ``weekday`` and ``month`` (calendar arithmetic mod
+7 and 12) stayed near chance after 150 fine-tuning steps and are not in the preset.
 
 Example:
     >>> NL_TASKS["weekday"](random.Random(0))

@@ -70,15 +70,23 @@ def base_gguf(source: str) -> Path:
     return found[0]
 
 
+#: Settings every model of a build depends on; a resume with others is refused. The task list
+#: may change between resumes: a new task gets its file, its specialist and its scores, a dropped
+#: one's specialist is removed (the rest keep their bytes: each fine-tune's seed is its position).
+_RECIPE_EXCLUDES = ("tasks", "fine_tunes", "headroom_sets", "summary")
+
+
 def _marker(preset: ZooPreset, seed: int) -> dict[str, Any]:
-    return {"format": FORMAT_VERSION, "preset": preset.name, "seed": seed, "settings": asdict(preset)}
+    settings = {k: v for k, v in asdict(preset).items() if k not in _RECIPE_EXCLUDES}
+    return {"format": FORMAT_VERSION, "preset": preset.name, "seed": seed, "settings": settings}
 
 
 def _claim(root: Path, preset: ZooPreset, seed: int, overwrite: bool) -> bool:
-    """Make ``root`` this build's folder; return whether a finished zoo is already there.
+    """Make ``root`` this build's folder; return whether a finished zoo of this preset is there.
 
-    A folder holding a finished zoo is rebuilt only with ``overwrite``; a folder holding another
-    build's marker, or files kinmerge did not write, is refused: nothing of the user's is deleted.
+    A folder holding another build's marker (other seed or recipe), or files kinmerge did not
+    write, is refused; a finished zoo is rebuilt only with ``overwrite``: nothing of the user's
+    is deleted.
     """
     import shutil
 
@@ -88,17 +96,21 @@ def _claim(root: Path, preset: ZooPreset, seed: int, overwrite: bool) -> bool:
         if not marker.is_file():
             raise ConfigError(f"{root} exists and is not a kinmerge zoo build; choose a new or empty folder")
         have = json.loads(marker.read_text(encoding="utf-8"))
+        have_settings = {k: v for k, v in have.get("settings", {}).items() if k not in _RECIPE_EXCLUDES}
         if overwrite:
             shutil.rmtree(root)  # ours: the marker says kinmerge wrote it
-        elif have != want:
-            changed = sorted(k for k in set(have.get("settings", {})) | set(want["settings"])
-                             if have.get("settings", {}).get(k) != want["settings"].get(k))
+        elif have_settings != want["settings"] or have.get("seed") != seed:
+            changed = sorted(k for k in set(have_settings) | set(want["settings"])
+                             if have_settings.get(k) != want["settings"].get(k))
             if have.get("seed") != seed:
                 changed.insert(0, "seed")
-            raise ConfigError(f"{root} holds a zoo build with other settings ({', '.join(changed) or 'preset'}); "
+            raise ConfigError(f"{root} holds a zoo build with other settings ({', '.join(changed)}); "
                               f"build into another folder, or pass --force to rebuild it")
         elif (root / MANIFEST).is_file():
-            return True
+            manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+            if manifest.get("tasks") == list(preset.tasks):
+                return True
+            (root / MANIFEST).unlink()  # the task list changed: finish the build for the new one
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(marker, json.dumps(want, indent=2) + "\n")
     return False
@@ -141,17 +153,25 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
 
         log(f"base: dequantising {gguf.name} into {root / 'base'}")
         gguf_to_hf(gguf, root / "base")
-    if not (root / "tasks").is_dir():
-        with atomic_dir(root / "tasks") as tmp:
-            for task in preset.tasks:
-                write_task(tmp / f"{task}.jsonl", make_examples(task, preset.eval_size, seed))
-    if not (state / "base.json").is_file():
-        log("base: scoring on every task")
-        scores = _score(root / "base", root / "tasks", device)
-        atomic_write(state / "base.json", json.dumps({"scores": scores}) + "\n")
+    for stale in (root / "tasks").glob("*.jsonl") if (root / "tasks").is_dir() else ():
+        if stale.stem not in preset.tasks:  # a task the preset dropped: ours to remove
+            stale.unlink()
+    for task in preset.tasks:  # each task file once, whole (the held-out data: training never sees it)
+        if not (root / "tasks" / f"{task}.jsonl").is_file():
+            write_task(root / "tasks" / f"{task}.jsonl", make_examples(task, preset.eval_size, seed))
+    _complete_scores(root, "base", root / "base", preset.tasks, device, log)
+    names = {ft.name for ft in preset.models()}
+    for record in state.glob("*.json"):  # specialists of tasks the preset dropped: ours to remove
+        if record.stem not in names and record.stem != "base":
+            import shutil
+
+            shutil.rmtree(root / "specialists" / record.stem, ignore_errors=True)
+            record.unlink()
     todo = [(i, ft) for i, ft in enumerate(preset.models()) if not (state / f"{ft.name}.json").is_file()]
     if todo:
         _fine_tune_all(root, preset, seed, todo, device, log)
+    for ft in preset.models():
+        _complete_scores(root, ft.name, root / "specialists" / ft.name, preset.tasks, device, log)
     write_lm_eval_tasks(root, preset.tasks)
     manifest = _manifest(root, preset, seed, time.perf_counter() - started)
     atomic_write(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -159,11 +179,23 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
     return load_zoo(root)
 
 
-def _score(model_dir: Path, tasks_dir: Path, device: str) -> dict[str, float]:
+def _score(model_dir: Path, tasks_dir: Path, device: str, tasks: tuple[str, ...] | list[str]) -> dict[str, float]:
     from kinmerge.evaluate.builtin import evaluate_loaded, load_model
 
     model, tokenizer = load_model(model_dir, device=device)
-    return evaluate_loaded(model, tokenizer, load_tasks(tasks_dir), batch_size=32, progress=False).scores
+    return evaluate_loaded(model, tokenizer, load_tasks(tasks_dir, list(tasks)), batch_size=32, progress=False).scores
+
+
+def _complete_scores(root: Path, name: str, model_dir: Path, tasks: tuple[str, ...], device: str,
+                     log: Callable[[str], None]) -> None:
+    """Score ``name`` on the tasks its record lacks (all of them for a new record)."""
+    path = root / ".build" / f"{name}.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"scores": {}}
+    missing = [t for t in tasks if t not in record["scores"]]
+    if missing:
+        log(f"{name}: scoring on {', '.join(missing)}")
+        record["scores"].update(_score(model_dir, root / "tasks", device, missing))
+        atomic_write(path, json.dumps(record) + "\n")
 
 
 def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[int, FineTune]],
@@ -217,7 +249,7 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
                   {"preset": preset.name, "seed": seed, "role": "specialist", "task": ft.task,
                    "steps": steps, "lr": lr, **({"mixture": dict(ft.mixture)} if ft.mixture != {ft.task: 1} else {})})
         del model
-        scores = _score(out, root / "tasks", device)
+        scores = _score(out, root / "tasks", device, preset.tasks)
     record = {"scores": scores, "train_seconds": round(train_seconds, 1),
               "seconds": round(time.perf_counter() - t0, 1), "steps": steps, "lr": lr, "losses": losses}
     atomic_write(root / ".build" / f"{ft.name}.json", json.dumps(record) + "\n")
@@ -262,7 +294,7 @@ def write_lm_eval_tasks(root: Path, tasks: tuple[str, ...]) -> Path:
     from kinmerge.evaluate.tasks import load_task, split_task
 
     folder = root / LM_EVAL_DIR
-    if (folder / f"{tasks[-1]}.yaml").is_file():
+    if all((folder / f"{name}.yaml").is_file() for name in tasks):
         return folder
     with atomic_dir(folder, replace=True) as tmp:
         for name in tasks:
@@ -305,7 +337,8 @@ def _manifest(root: Path, preset: ZooPreset, seed: int, seconds: float) -> dict[
     base_scores = json.loads((state / "base.json").read_text(encoding="utf-8"))["scores"]
     records = {ft.name: json.loads((state / f"{ft.name}.json").read_text(encoding="utf-8"))
                for ft in preset.models()}
-    scores = {"base": base_scores, **{name: r["scores"] for name, r in records.items()}}
+    scores = {name: {t: s[t] for t in preset.tasks}
+              for name, s in {"base": base_scores, **{n: r["scores"] for n, r in records.items()}}.items()}
     config = json.loads((root / "base" / "config.json").read_text(encoding="utf-8"))
     return {
         "format": FORMAT_VERSION,
