@@ -28,7 +28,8 @@ from kinmerge.pool import short_id
               help="Examples per task the loop selects on (a held-out part it never sees scores the top-k).")
 @click.option("--sets", type=click.IntRange(1), default=None, help="Use only the first N foundation sets.")
 @click.option("--zoo", "zoo", default="headroom", show_default=True,
-              help="A shipped zoo (headroom, tiny) or a folder built with `kinmerge zoo build`.")
+              help="A shipped zoo (headroom, tiny), smol (the real-model zoo, once built into the cache) "
+                   "or a folder built with `kinmerge zoo build`.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Foundation sets run in parallel processes  [default: up to 2]")
 @click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
