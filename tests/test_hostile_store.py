@@ -221,3 +221,18 @@ def test_a_store_of_several_bases_from_before_still_resumes_each_run(tmp_path: P
         assert s.base_id() is None  # no single base: kinship is read by each run's own key
         with pytest.raises(Exception, match="needs its own run directory"):
             s.start_run("r3", strategy="greedy", config=_config(BASE), seed=0)
+
+
+def test_an_sqlite_file_of_another_program_is_named_not_migrated(tmp_path: Path) -> None:
+    """A kinmerge.db made by something else (its own ``runs`` table): one line, the file untouched."""
+    run = tmp_path / "run"
+    run.mkdir()
+    conn = sqlite3.connect(run / DB_NAME)
+    conn.execute("CREATE TABLE runs (id TEXT, notes TEXT)")
+    conn.commit()
+    conn.close()
+    before = (run / DB_NAME).read_bytes()
+    result = CliRunner().invoke(cli, ["status", str(run)])
+    line = assert_one_line_error(result)
+    assert "not a kinmerge store" in line and str(run / DB_NAME) in line
+    assert (run / DB_NAME).read_bytes() == before
