@@ -15,6 +15,14 @@ and every task defined in it is run. A local task can read a local file::
 
 (``data_files`` paths are read by ``datasets`` relative to the working directory: prefer absolute.)
 
+``split="selection"`` / ``"heldout"`` scores one part of every task, as an evolution run asks
+(``kinmerge.evolve.heldout``): a task with a validation and a test split is scored on its
+validation split (selection) or its test split (held-out), by setting the built task's
+``test_split`` before ``simple_evaluate`` (the harness scores ``test_split`` when there is one).
+A task with one split is split with :func:`kinmerge.evaluate.tasks.split_task`'s seeded rule
+when ``heldout_fraction`` is given (the part's document positions go to the harness's
+``samples``), and refused otherwise.
+
 The model is loaded once with the harness's Hugging Face class (``HFLM``) and reused across
 tasks; tasks are run in groups of equal ``num_fewshot``. ``import kinmerge.evaluate.lm_eval``
 is light: lm_eval, torch and transformers load inside ``evaluate()``.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,6 +41,7 @@ from typing import Any
 
 from kinmerge.errors import ConfigError, EvaluationError, install_hint
 from kinmerge.evaluate import EvalResult
+from kinmerge.evaluate.tasks import SPLITS, split_positions
 
 __all__ = ["PAPER_FEWSHOT", "PAPER_METRICS", "PAPER_TASKS", "LmEvalEvaluator"]
 
@@ -68,6 +78,12 @@ class LmEvalEvaluator:
         bootstrap_iters: bootstrap resamples for standard errors (0: none, fastest).
         model_args: more keyword arguments for the harness's ``HFLM`` (e.g. ``max_length``,
             ``trust_remote_code``), as ``lm_eval --model_args``; part of the cache key.
+        split: ``"all"`` (default), ``"selection"`` (validation split) or ``"heldout"`` (test
+            split) of every task; see the module docstring for tasks with one split. ``limit``
+            applies within the part.
+        heldout_fraction: the share of a one-split task's documents held out; ``None`` (default):
+            such a task cannot be split, and ``selection`` / ``heldout`` refuse it.
+        split_seed: seeds the split of one-split tasks.
 
     Raises:
         ConfigError: a task path that does not exist or defines no task, or a bad option.
@@ -95,6 +111,9 @@ class LmEvalEvaluator:
         apply_chat_template: bool = False,
         bootstrap_iters: int = 0,
         model_args: Mapping[str, Any] | None = None,
+        split: str = "all",
+        heldout_fraction: float | None = None,
+        split_seed: int = 0,
     ) -> None:
         if isinstance(tasks, (str, os.PathLike)):
             tasks = [tasks]
@@ -106,6 +125,11 @@ class LmEvalEvaluator:
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         if bootstrap_iters < 0:
             raise ConfigError(f"bootstrap_iters must be >= 0, got {bootstrap_iters}")
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if heldout_fraction is not None and not 0.0 < heldout_fraction < 1.0:
+            raise ConfigError(f"heldout_fraction must be between 0 and 1 (exclusive), got {heldout_fraction}")
+        self.split, self.heldout_fraction, self.split_seed = split, heldout_fraction, int(split_seed)
 
         self.include_path: list[Path] = []
         self.task_names: list[str] = []
@@ -175,6 +199,8 @@ class LmEvalEvaluator:
             "seed": self.seed,
             "apply_chat_template": self.apply_chat_template,
             **({"model_args": self.model_args} if self.model_args else {}),
+            **({"split": self.split, "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed}
+               if self.split != "all" else {}),
         }
 
     def evaluate(self, model_dir: Path) -> EvalResult:
@@ -225,12 +251,14 @@ class LmEvalEvaluator:
         try:
             for shots, names in self._fewshot_groups():
                 try:
+                    specs, samples = self._part(manager, names)
                     out = lm_eval.simple_evaluate(
                         model=lm,
-                        tasks=list(names),
+                        tasks=specs,
                         num_fewshot=shots,
                         task_manager=manager,
-                        limit=self.limit,
+                        limit=self.limit if samples is None else None,
+                        samples=samples,
                         bootstrap_iters=self.bootstrap_iters,
                         log_samples=False,
                         apply_chat_template=self.apply_chat_template,
@@ -239,6 +267,8 @@ class LmEvalEvaluator:
                         torch_random_seed=self.seed,
                         fewshot_random_seed=self.seed,
                     )
+                except EvaluationError:
+                    raise
                 except Exception as exc:  # the harness raises anything from KeyError to datasets errors
                     raise EvaluationError(f"lm_eval failed on {', '.join(names)}: {_one_line(exc)}") from None
                 if out is None:  # non-zero rank in a distributed run
@@ -258,6 +288,44 @@ class LmEvalEvaluator:
             groups.setdefault(self.num_fewshot.get(t), []).append(t)
         return list(groups.items())
 
+    def _part(self, manager: Any, names: list[str]) -> tuple[list[Any], dict[str, list[int]] | None]:
+        """The task specs for ``simple_evaluate`` that score :attr:`split` of ``names``, and the
+        document positions (the harness's ``samples``) where a one-split task is split here.
+
+        ``"all"``: the names, as given. Otherwise the tasks are built (``TaskManager.load``) and
+        each leaf task's ``test_split`` is pointed at its part with ``set_config``, the harness's
+        own hook for config overrides; groups are passed whole, so their aggregates still come out.
+        Since the harness takes ``limit`` or ``samples``, not both, ``limit`` becomes positions.
+        """
+        if self.split == "all":
+            return list(names), None
+        loaded = manager.load(list(names))
+        positions: dict[str, list[int]] = {}
+        for name, task in loaded["tasks"].items():
+            validation, test = task.config.validation_split, task.config.test_split
+            if validation is not None and test is not None:
+                if self.split == "selection":
+                    task.set_config("test_split", validation)
+                positions[name] = []  # the whole part: filled in below only if positions are needed
+                continue
+            if self.heldout_fraction is None:
+                raise EvaluationError(
+                    f"lm_eval task {name} has only a {'test' if test is not None else 'validation'} split, so it "
+                    f"cannot be split into selection and held-out parts; give it both a validation_split and a "
+                    f"test_split, or set heldout_fraction to split its documents")
+            n = len(task.eval_docs)
+            if n < 2:
+                raise EvaluationError(f"lm_eval task {name}: {n} document(s): too few to split into selection "
+                                      "and held-out parts; add documents, or turn the split off (heldout: false)")
+            positions[name] = split_positions(n, self.split, self.heldout_fraction, self.split_seed, name)
+        specs = [loaded["groups"][n] if n in loaded["groups"] else loaded["tasks"][n] for n in names]
+        if all(not p for p in positions.values()):  # every task has its two splits: `limit` still works
+            return specs, None
+        for name, p in positions.items():
+            p = p or list(range(len(loaded["tasks"][name].eval_docs)))
+            positions[name] = p[:_limit_count(len(p), self.limit)] if self.limit is not None else p
+        return specs, positions
+
     def _metric_for(self, task: str) -> str | None:
         return self.metrics.get(task)
 
@@ -274,6 +342,11 @@ class LmEvalEvaluator:
         if (shots := out.get("n-shot", {}).get(task)) is not None:
             detail["num_fewshot"] = float(shots)
         return values[key], detail
+
+
+def _limit_count(n: int, limit: int | float) -> int:
+    """How many of ``n`` documents the harness's ``limit`` keeps (its rule: a float < 1 is a share)."""
+    return math.ceil(n * limit) if limit < 1.0 else int(limit)
 
 
 def _pick_metric(task: str, values: Mapping[str, float], metric: str | None) -> str:

@@ -27,7 +27,7 @@ from kinmerge._io import atomic_file
 from kinmerge._json import StrictJSONError, json_lines, loads_strict
 from kinmerge.errors import EvaluationError
 
-__all__ = ["SPLITS", "Example", "Task", "load_task", "load_tasks", "split_task", "write_task"]
+__all__ = ["SPLITS", "Example", "Task", "load_task", "load_tasks", "split_positions", "split_task", "write_task"]
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -216,11 +216,25 @@ def split_task(task: Task, part: str, heldout_fraction: float = 0.5, seed: int =
     if n < 2:
         raise EvaluationError(f"{task.path}: {n} example(s): too few to split into selection and held-out "
                               f"parts; add examples, or turn the split off (heldout: false)")
+    keep = split_positions(n, part, heldout_fraction, seed, task.name)
+    return replace(task, examples=tuple(task.examples[i] for i in keep))
+
+
+def split_positions(n: int, part: str, heldout_fraction: float, seed: int, name: str) -> list[int]:
+    """The positions (ascending) of one part of ``n`` examples under :func:`split_task`'s rule.
+
+    The rule alone, so an evaluator that reads examples its own way (the lm_eval adapter, on a
+    harness task with one split) holds out exactly the examples the builtin evaluator would.
+    ``n`` must be at least 2 and ``part`` ``"selection"`` or ``"heldout"``.
+
+    Example:
+        >>> split_positions(4, "heldout", 0.5, 0, "t") + split_positions(4, "selection", 0.5, 0, "t")
+        [2, 3, 0, 1]
+    """
     import random
 
     order = list(range(n))
-    random.Random(f"split:{seed}:{task.name}").shuffle(order)
+    random.Random(f"split:{seed}:{name}").shuffle(order)
     n_held = min(n - 1, max(1, round(n * heldout_fraction)))
     held = set(order[:n_held])
-    keep = [i for i in range(n) if (i in held) == (part == "heldout")]
-    return replace(task, examples=tuple(task.examples[i] for i in keep))
+    return [i for i in range(n) if (i in held) == (part == "heldout")]

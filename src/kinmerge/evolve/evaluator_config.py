@@ -36,7 +36,8 @@ class EvaluatorConfig(BaseModel):
     never sees (default 0.5; ``false``: no split). The run chooses on the rest (``split:
     selection``; ``limit`` and ``sample_seed`` apply there) and scores every model that enters the
     top-k on the whole held-out part (``split: heldout``), for evaluators that can split
-    (builtin); ``heldout_seed`` seeds the split."""
+    (builtin; lm_eval: a task's validation split selects and its test split holds out, a task
+    with one split is split by the same seeded rule); ``heldout_seed`` seeds the split."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
