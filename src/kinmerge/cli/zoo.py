@@ -77,6 +77,11 @@ def zoo_list_cmd(root: str | None, shipped: str, as_json: bool) -> None:
 
     if root is None and shipped not in SHIPPED:
         root = str(built_zoo_dir(shipped))
+        if not (built_zoo_dir(shipped) / "zoo.json").is_file():
+            from kinmerge.errors import SourceError
+
+            raise SourceError(f"the {shipped} zoo is not built yet (looked in {root}); build it with "
+                              f"`kinmerge zoo build --preset {shipped}`")
     _print_zoo(shipped_zoo(shipped) if root is None else load_zoo(root), as_json)
 
 
