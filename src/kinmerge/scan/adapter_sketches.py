@@ -25,9 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,45 +42,35 @@ from kinmerge.scan.adapters import is_adapter, read_factors
 from kinmerge.scan.align import _check_distinct, display_labels, plan
 from kinmerge.scan.exact import ExactStats
 from kinmerge.scan.sketches import SketchBuilder, Sketches, SketchResult, sketch_models
-from kinmerge.scan.stream import DEFAULT_CHUNK, Consumer, Pass, Piece, Progress, stream
-from kinmerge.sketch import DEFAULT_SEED, DEFAULT_SIZE, check_size
+from kinmerge.scan.stream import Consumer, Pass, Piece, stream
+from kinmerge.sketch import check_size
 from kinmerge.sources import ModelSource
 from kinmerge.sources.lora import AdapterModule, LoraSource
 
 __all__ = ["AdapterTerms", "sketch_pool"]
 
 
-def sketch_pool(
-    base: ModelSource,
-    models: Sequence[ModelSource],
-    *,
-    size: int = DEFAULT_SIZE,
-    seed: int = DEFAULT_SEED,
-    chunk: int = DEFAULT_CHUNK,
-    allow_missing: bool = False,
-    backend: str = "auto",
-    threads: int | None = None,
-    progress: Progress | None = None,
-    groups: Callable[[str], str] | None = None,
-    group_size: int | None = None,
-    base_weights: bool = False,
-) -> SketchResult:
-    """``kinmerge.scan.sketches.sketch_models`` for any mix of full models and LoRA adapters.
+def sketch_pool(base: ModelSource, models: Sequence[ModelSource], **options: Any) -> SketchResult:
+    """``kinmerge.scan.sketches.sketch_models(base, models, **options)`` for any mix of full models
+    and LoRA adapters (the same keyword options, one signature to keep: ``sketch_models``'s).
 
     Without adapters it is ``sketch_models`` itself. With adapters, the positions are the base's
     tensors (trimmed to the full models' common vocabulary rows, as ``sketch_models`` does); an
     adapter must fit the base (``LoraSource.check_base``).
 
     Raises:
+        TypeError: an option ``sketch_models`` does not take.
         SourceError: the base is itself an adapter.
         MissingTensorError, ShapeMismatchError: an adapter or full model does not fit the base.
         NonFiniteError: a delta or a factor holds NaN/Inf.
         plus what ``sketch_models`` raises.
     """
-    kw: dict[str, Any] = dict(size=size, seed=seed, chunk=chunk, backend=backend, threads=threads,
-                              progress=progress, groups=groups, group_size=group_size, base_weights=base_weights)
+    if unknown := sorted(set(options) - set(_OPTIONS)):
+        raise TypeError(f"sketch_pool() got unexpected options {unknown}")
     if not any(is_adapter(m) for m in models):
-        return sketch_models(base, models, allow_missing=allow_missing, **kw)
+        return sketch_models(base, models, **options)
+    o = {**_OPTIONS, **options}
+    size, seed, chunk, groups = o["size"], o["seed"], o["chunk"], o["groups"]
     if is_adapter(base):
         raise SourceError(f"{base.ref}: the base is a LoRA adapter; give the full model it was trained on as the base")
     if chunk < 1:
@@ -90,6 +81,7 @@ def sketch_pool(
     full_idx = [i for i, m in enumerate(models) if not is_adapter(m)]
     ad_idx = [i for i, m in enumerate(models) if is_adapter(m)]
     full = [models[i] for i in full_idx]
+    allow_missing = o["allow_missing"]
     plans, notes, skipped = plan(base, full, allow_missing=allow_missing)
     _check_distinct([base, *models])
     for i in ad_idx:
@@ -101,10 +93,10 @@ def sketch_pool(
                          + ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""))
             skipped = sorted({*skipped, *lacking})
     exact = ExactStats() if full else _Positions()
-    sk = Sketches(len(full), size, seed, groups=groups, group_size=group_size, base_weights=base_weights)
+    sk = Sketches(len(full), size, seed, groups=groups, group_size=o["group_size"], base_weights=o["base_weights"])
     terms = AdapterTerms([models[i] for i in ad_idx], ad_idx, full_idx, sk)  # type: ignore[misc]
-    bytes_read = stream(base, full, plans, [exact, sk, terms], chunk=chunk, backend=backend, progress=progress,
-                        threads=threads)
+    bytes_read = stream(base, full, plans, [exact, sk, terms], chunk=chunk, backend=o["backend"],
+                        progress=o["progress"], threads=o["threads"])
     per_tensor = terms.lift(exact, plans, labels[1:])
     total = KinshipStats.empty(len(models))
     for p in plans:
@@ -125,6 +117,10 @@ def sketch_pool(
         seconds=time.perf_counter() - t0, groups=sk.labels, group_sketches=group_sketches,
         base_groups=sk.base_groups(), per_tensor=per_tensor, labels=labels,
     )
+
+
+# sketch_models's keyword options and their defaults: its signature is the one definition
+_OPTIONS = {k: p.default for k, p in inspect.signature(sketch_models).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
 def _merged(n: int, full_idx: list[int], ad_idx: list[int], full: SketchBuilder, ads: SketchBuilder) -> SketchBuilder:
