@@ -209,3 +209,42 @@ def test_eval_cli_speaks_lm_evals_language(model, task_dir, tmp_path, monkeypatc
     bad = CliRunner().invoke(cli, ["eval", str(model), "--evaluator", "lm_eval", "--tasks", tasks,
                                    "--model-args", "device=cuda"])
     assert bad.exit_code == 2 and "have their own settings" in bad.output
+
+
+def test_an_adapter_goes_to_the_harness_as_peft(tmp_path, task_dir):
+    """``eval ADAPTER --evaluator lm_eval``: the base as ``pretrained``, the adapter as ``peft=``;
+    the scores are its merged model's, and not the base's (the adapter is applied)."""
+    pytest.importorskip("peft")
+    import torch
+    from click.testing import CliRunner
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from kinmerge.cli import cli
+    from tiny_models import save_model, tiny_config
+
+    fam = make_family(tmp_path / "fam", children=0)
+    model = LlamaForCausalLM.from_pretrained(fam["base"])
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, prm in peft_model.named_parameters():
+            if "lora_" in name:  # B is zero when PEFT makes it: give the adapter a real delta
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.3)
+    peft_model.peft_config["default"].base_model_name_or_path = str(fam["base"])
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = save_model(tmp_path / "merged", dict(peft_model.merge_and_unload().state_dict()), tiny_config())
+
+    def scores(folder: Path) -> dict:
+        args = ["eval", str(folder), "--evaluator", "lm_eval", "--tasks", str(task_dir / "choice.yaml"),
+                "--batch-size", "4", "--device", "cpu", "--dtype", "float32", "--no-cache", "--json"]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["details"]["tiny_choice"]
+
+    got, want, base = scores(tmp_path / "adapter"), scores(merged), scores(fam["base"])
+    assert got == want
+    assert got != base
+    bad = CliRunner().invoke(cli, ["eval", str(tmp_path / "adapter"), "--evaluator", "lm_eval", "--tasks",
+                                   str(task_dir / "choice.yaml"), "--model-args", "peft=x"])
+    assert bad.exit_code == 2 and "peft" in bad.output

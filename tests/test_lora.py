@@ -4,13 +4,16 @@ The fixture makes a tiny float64 Llama base and three adapters with peft's ``get
 (factors set to random values of a realistic scale, then ``save_pretrained``), covering
 ``rank_pattern``/``alpha_pattern``, ``modules_to_save``, rsLoRA, ``layers_to_transform`` (layer 1
 untouched) and an embedding LoRA; each is also merged with ``merge_and_unload`` and saved as a
-full model. peft densifies, kinmerge reads the factors: the kinship must agree to 1e-9.
+full model. peft densifies, kinmerge reads the factors: the kinship must agree to 1e-9. The
+index's sketches of adapters (one block of rows densified at a time) must equal the merged
+models' sketches to float rounding, and index estimates must hold their bounds.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +70,9 @@ def zoo(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _json(*args: object) -> dict:
-    res = CliRunner().invoke(cli, [*map(str, args), "--json", "--no-progress"], catch_exceptions=False)
+def _json(*args: object, has_progress: bool = True) -> dict:
+    extra = ["--json", "--no-progress"] if has_progress else ["--json"]  # index matrix reads no model
+    res = CliRunner().invoke(cli, [*map(str, args), *extra], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)
 
@@ -253,5 +257,102 @@ def test_unsupported_kinds_refused_by_name(zoo, tmp_path, field, value, named):
 def test_adapter_as_base_and_where_adapters_are_not_read_yet(zoo, tmp_path):
     assert_one_line_error(_bad("kinship", zoo["attn_full"], zoo["mlp_full"], "--base", zoo["attn"]), "LoRA adapter")
     # a command that needs dense tensors refuses an adapter in one line, in a real process
-    run = kinmerge_subprocess("index", "add", tmp_path / "i.kmi", zoo["attn"], "--base", zoo["base"])
+    run = kinmerge_subprocess("matrix", zoo["attn"], zoo["mlp_full"], "--base", zoo["base"], "--ray")
     assert_one_line_error(run, "a PEFT LoRA adapter", "merge_and_unload")
+
+
+# == the index: sketches of adapters (kinmerge.scan.adapter_sketches) ==========================
+
+
+def _pool(base: Path, refs: list[Path], **kw):
+    from kinmerge.scan.adapter_sketches import sketch_pool
+    from kinmerge.scan.sketches import layer_group
+    from kinmerge.sources import open_models
+
+    with open_models([base, *refs], adapters=True) as (b, *ms):
+        return sketch_pool(b, ms, size=4096, groups=layer_group, **kw)
+
+
+def _close(got, want, scale: float) -> None:
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("chunk,threads", [(1 << 20, 1), (37, 2)])  # 37: chunks that end mid-row
+def test_adapter_sketch_equals_its_merged_models(zoo, chunk, threads):
+    names = ["attn", "mlp", "emb"]
+    ads = _pool(zoo["base"], [zoo[n] for n in names], chunk=chunk, threads=threads)
+    full = _pool(zoo["base"], [zoo[f"{n}_full"] for n in names], chunk=chunk, threads=threads)
+    scale = float(np.abs(full.stats.gram).max()) ** 0.5
+    _close(ads.stats.sums, full.stats.sums, scale)
+    _close(ads.stats.gram, full.stats.gram, scale**2)
+    assert ads.stats.n == full.stats.n
+    for a, f in zip(ads.sketches, full.sketches, strict=True):
+        assert a.coverage_id == f.coverage_id and a.n == f.n
+        _close(a.values, f.values, scale)
+        assert a.sumsq == pytest.approx(f.sumsq, rel=1e-9)
+    assert ads.groups == full.groups
+    for ga, gf in zip(ads.group_sketches, full.group_sketches, strict=True):
+        for a, f in zip(ga, gf, strict=True):
+            _close(a.values, f.values, scale)
+            assert (a.n, a.sum) == pytest.approx((f.n, f.sum), rel=1e-9, abs=1e-12 * scale)
+    assert any(np.abs(s.values).max() > 0 for s in ads.sketches)
+    # a mixed pass: the adapters' cross terms with full models are the merged pool's
+    mixed = _pool(zoo["base"], [zoo["attn"], zoo["mlp_full"], zoo["emb"]], chunk=chunk, threads=threads)
+    _close(mixed.stats.gram, full.stats.gram, scale**2)
+    for a, f in zip(mixed.sketches, full.sketches, strict=True):
+        _close(a.values, f.values, scale)
+
+
+def test_index_mixes_adapters_and_full_models(zoo, tmp_path):
+    idx = tmp_path / "family.kmi"
+    added = _json("index", "add", idx, zoo["attn"], zoo["mlp_full"], zoo["emb"], zoo["attn_full"],
+                  "--base", zoo["base"])
+    assert len(added["added"]) == 4
+    exact = _json("matrix", zoo["attn"], zoo["mlp_full"], zoo["emb"], zoo["attn_full"], "--base", zoo["base"],
+                  "--metric", "pcc,cs,ed")
+    est = _json("index", "matrix", idx, "--metric", "pcc,cs,ed", has_progress=False)
+    for m in ("pcc", "cs", "ed"):
+        for i in range(4):
+            for j in range(4):
+                if i != j:
+                    want, got, bound = exact["kinship"][m][i][j], est["kinship"][m][i][j], est["bound"][m][i][j]
+                    assert abs(got - want) <= bound + 1e-12, (m, i, j, got, want, bound)
+    assert est["kinship"]["pcc"][0][3] == pytest.approx(1.0, abs=1e-9)  # an adapter and its own merge
+    # a query by an adapter not in the index is sketched once; --exact re-checks with the factor scan
+    q = _json("index", "query", idx, zoo["mlp"], "--top", "0", "--exact")
+    by_label = {n["label"]: n for n in q["neighbours"]}
+    assert by_label["mlp_full"]["value"] == pytest.approx(1.0, abs=1e-9)
+    for n in q["neighbours"]:
+        assert abs(n["value"] - n["exact"]) <= n["bound"] + 1e-12, n
+    # adding the adapter's merged twin's adapter again is a no-op (same content id)
+    again = _json("index", "add", idx, zoo["attn"])
+    assert again["added"] == [] and len(again["skipped"]) == 1
+
+
+def test_sketch_memory_is_a_chunk_not_a_module(tmp_path):
+    """One 2048 × 4096 module (64 MB as float64): the pass never forms it whole."""
+    from kinmerge.scan.adapter_sketches import sketch_pool
+    from kinmerge.sketch import Sketch
+    from kinmerge.sources import open_models, save_safetensors
+
+    rows, cols, r = 2048, 4096, 8
+    rng = np.random.default_rng(3)
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    save_safetensors(base_dir / "model.safetensors", {"layers.0.proj.weight": w})
+    (base_dir / "config.json").write_text("{}")
+    a = (rng.standard_normal((r, cols)) * 0.05).astype(np.float32)
+    b = (rng.standard_normal((rows, r)) * 0.05).astype(np.float32)
+    ad = write_adapter(tmp_path / "ad", {"layers.0.proj": (a, b)}, adapter_config(r=r, lora_alpha=16))
+    module_bytes = rows * cols * 8
+    with open_models([base_dir, ad], adapters=True) as (bs, *ms):
+        tracemalloc.start()
+        res = sketch_pool(bs, ms, size=1 << 12, chunk=1 << 16, threads=1)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < module_bytes / 8, f"peak {peak / 1e6:.1f} MB for a {module_bytes / 1e6:.0f} MB module"
+    want = Sketch.empty(1 << 12)
+    want.add(2.0 * (b.astype(np.float64) @ a.astype(np.float64)), "layers.0.proj.weight")
+    np.testing.assert_allclose(res.sketches[0].values, want.values, rtol=1e-9, atol=1e-9)
+    assert res.sketches[0].sumsq == pytest.approx(want.sumsq, rel=1e-9)

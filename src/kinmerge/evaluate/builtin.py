@@ -205,7 +205,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    if (adapter := _adapter_folder(model_dir)) is not None:
+    if (adapter := adapter_folder(model_dir)) is not None:
         return _load_adapter(adapter, device, dtype)
     if not (model_dir / "config.json").is_file():
         raise EvaluationError(f"{model_dir}: not a model folder (no config.json); expected a "
@@ -234,7 +234,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
     return model, tokenizer
 
 
-def _adapter_folder(path: Path) -> Path | None:
+def adapter_folder(path: Path) -> Path | None:
     """``path`` (or the folder of its ``adapter_model.safetensors``) when it is a PEFT LoRA adapter."""
     from kinmerge.sources import ADAPTER_WEIGHTS, is_adapter_folder
 

@@ -154,10 +154,10 @@ class LmEvalEvaluator:
             self.num_fewshot = dict(PAPER_FEWSHOT)
         self.batch_size, self.device, self.limit, self.dtype = batch_size, device, limit, dtype
         self.seed, self.apply_chat_template, self.bootstrap_iters = seed, apply_chat_template, bootstrap_iters
-        reserved = {"pretrained", "device", "batch_size", "dtype"} & set(model_args or {})
+        reserved = {"pretrained", "device", "batch_size", "dtype", "peft"} & set(model_args or {})
         if reserved:
             raise ConfigError(f"model_args {sorted(reserved)}: these have their own settings (device, batch_size, "
-                              "dtype; the model is the folder evaluated)")
+                              "dtype; the model is the folder evaluated, an adapter goes in as peft=)")
         self.model_args = dict(model_args or {})
 
     def _add_task(self, spec: str | os.PathLike[str]) -> None:
@@ -217,8 +217,15 @@ class LmEvalEvaluator:
             return self._evaluate(Path(model_dir))
 
     def _evaluate(self, model_dir: Path) -> EvalResult:
-        if not (model_dir / "config.json").is_file():
+        from kinmerge.evaluate.builtin import adapter_base_folder, adapter_folder
+
+        adapter = adapter_folder(model_dir)
+        if adapter is not None:  # the harness applies it: peft= with its base as pretrained (checked to fit)
+            pretrained, peft_arg = adapter_base_folder(adapter), {"peft": str(adapter)}
+        elif not (model_dir / "config.json").is_file():
             raise EvaluationError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+        else:
+            pretrained, peft_arg = model_dir, {}
         try:
             import lm_eval
             from lm_eval.models.huggingface import HFLM
@@ -241,8 +248,8 @@ class LmEvalEvaluator:
             )
 
         try:
-            lm = HFLM(pretrained=str(model_dir), device=self.device, batch_size=self.batch_size,
-                      dtype=self.dtype, **{"trust_remote_code": False, **self.model_args})
+            lm = HFLM(pretrained=str(pretrained), device=self.device, batch_size=self.batch_size,
+                      dtype=self.dtype, **{"trust_remote_code": False, **self.model_args, **peft_arg})
         except Exception as exc:
             raise EvaluationError(f"{model_dir}: lm_eval could not load the model: {_one_line(exc)}") from None
 

@@ -222,13 +222,14 @@ class Index:
             return out
         with open_model(base_ref, allow_pickle=allow_pickle) as src:
             base_bytes = sum(t.nbytes for t in src.tensors.values())
-        with open_models([r for r, _ in todo], allow_pickle=allow_pickle) as opened:
+        with open_models([r for r, _ in todo], allow_pickle=allow_pickle, adapters=True) as opened:
             total = sum(t.nbytes for s in opened for t in s.tensors.values())
         n_batches = -(-len(todo) // max(1, batch))
         with progress_bar(total + base_bytes * n_batches, "sketching", unit="bytes", enabled=progress) as advance:
             for lo in range(0, len(todo), max(1, batch)):
                 part = todo[lo : lo + max(1, batch)]
-                with open_models([base_ref, *[r for r, _ in part]], allow_pickle=allow_pickle) as (b, *ms):
+                with open_models([base_ref, *[r for r, _ in part]], allow_pickle=allow_pickle,
+                                 adapters=True) as (b, *ms):
                     got = self._sketch_batch(b, ms, [m for _, m in part], advance, max_delta)
                 out.added += [m for _, m in part]
                 out.exact.append(([m for _, m in part], got.exact()))
@@ -267,12 +268,13 @@ class Index:
     def _sketch_batch(self, base: Any, models: list[Any], ids: list[str], advance: Callable[[float], None],
                       max_delta: float | None) -> Any:
         from kinmerge.errors import MissingTensorError
-        from kinmerge.scan import display_labels, plan
-        from kinmerge.scan.sketches import layer_group, sketch_models
+        from kinmerge.scan import display_labels
+        from kinmerge.scan.adapter_sketches import sketch_pool
+        from kinmerge.scan.sketches import layer_group
 
         for m in models:  # one model at a time: the error names the model that does not fit
             try:
-                plans, _, _ = plan(base, [m])
+                plans, _, _ = _fits(base, m)
             except MissingTensorError as exc:  # the scan's hint (--allow-missing) is no option here
                 raise IndexMismatchError(f"{str(exc).partition('; pass --allow-missing')[0]}; an index compares "
                                          "models over all of the base's tensors: not of this family?") from None
@@ -286,7 +288,7 @@ class Index:
         size = self._new["size"] if new else meta["size"]
         seed = self._new["seed"] if new else meta["seed"]
         grouped = self._new["groups"] if new else bool(meta["groups"])
-        res = sketch_models(base, models, size=size, seed=seed, progress=advance,
+        res = sketch_pool(base, models, size=size, seed=seed, progress=advance,
                             groups=layer_group if grouped else None,
                             group_size=None if new else meta.get("group_size"), base_weights=bool(new and grouped))
         base_sq = float(np.sum(np.square(res.base_groups))) if res.base_groups is not None else meta.get("base_sumsq")
@@ -372,16 +374,15 @@ class Index:
         if hit is not None:
             return self.sketch(hit.id), hit.id, hit.ref
         from kinmerge.progress import progress_bar
-        from kinmerge.scan import plan
-        from kinmerge.scan.sketches import sketch_models
+        from kinmerge.scan.adapter_sketches import sketch_pool
         from kinmerge.sources import open_models
 
         meta = self.meta
-        with open_models([self._base_ref(meta), model], allow_pickle=allow_pickle) as (b, m):
-            plan(b, [m])
+        with open_models([self._base_ref(meta), model], allow_pickle=allow_pickle, adapters=True) as (b, m):
+            _fits(b, m)
             total = sum(t.nbytes for s in (b, m) for t in s.tensors.values())
             with progress_bar(total, "sketching the query", unit="bytes", enabled=progress) as advance:
-                res = sketch_models(b, [m], size=meta["size"], seed=meta["seed"], progress=advance)
+                res = sketch_pool(b, [m], size=meta["size"], seed=meta["seed"], progress=advance)
         sk = res.sketches[0]
         if sk.coverage_id != meta["coverage_id"]:
             raise IndexMismatchError(f"{os.fspath(model)}: covers other positions than the index's models (another "
@@ -443,6 +444,18 @@ class Index:
         """The sketch of a linear / task-arithmetic merge of indexed ``parents``, before it is made
         (``kinmerge.sketch.combine``; its ``Σδ²`` is unknown, so ED comes from the sketch)."""
         return combine(list(weights), [self.sketch(p) for p in parents])
+
+
+def _fits(base: Any, model: Any) -> tuple[list[Any], list[str], list[str]]:
+    """``scan.plan`` for a full model; for a LoRA adapter, its own check against the base (its
+    deltas cover the base's tensors, so the plan is the base's alone)."""
+    from kinmerge.scan import plan
+    from kinmerge.scan.adapters import is_adapter
+
+    if is_adapter(model):
+        model.check_base(base, model.display_name, base.display_name)
+        return plan(base, [])
+    return plan(base, [model])
 
 
 def _content_id(ref: PathLike, allow_pickle: bool) -> str:

@@ -235,6 +235,16 @@ class Sketches(Consumer):
         self.gbuilders: list[list[SketchBuilder]] = []
         self.bbuilders: list[list[SketchBuilder]] = []
 
+    @property
+    def group_of(self) -> dict[str, int]:
+        """Planned tensor -> index of its group in ``labels`` (known after ``start``)."""
+        return self._group_of
+
+    @property
+    def group_size_used(self) -> int:
+        """Buckets per group sketch in this pass (known after ``start``; 0 without groups)."""
+        return self._gsize
+
     def start(self, ps: Pass) -> None:
         groups, w = self.groups, ps.workers
         self._backend = ps.backend

@@ -116,8 +116,8 @@ def open_model(ref: str | os.PathLike[str], *, allow_pickle: bool = False, adapt
     if is_adapter_folder(folder):  # the folder, or its adapter_model.safetensors named directly
         if not adapters:
             raise SourceError(
-                f"{resolved.given}: a PEFT LoRA adapter; kinship, matrix, suggest, merge, eval and evolve read "
-                "adapters, this command not yet — "
+                f"{resolved.given}: a PEFT LoRA adapter; kinship, matrix, suggest, index, merge, eval and evolve "
+                "read adapters, this command not yet — "
                 "merge it into its base (peft's merge_and_unload) and pass the merged folder"
             )
         src: ModelSource = open_adapter(resolved.given, folder)
