@@ -174,3 +174,29 @@ def test_a_folder_kinmerge_wrote_is_replaced_and_one_it_did_not_is_not(tmp_path:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert check_output_folder(empty) == empty  # an empty folder holds nothing to lose
+
+
+def test_evolve_writes_beside_the_users_files_in_its_run_directory(tmp_path: Path) -> None:
+    """A run directory that already holds the user's files: the run writes its store and merges
+    beside them, and a rerun (resume) and a failed start leave them as they were."""
+    pytest.importorskip("torch")
+    yaml = pytest.importorskip("yaml")
+    run_dir = tmp_path / "runs"
+    mine = _users_folder(run_dir)
+    config = {"foundation": ["zoo:add", "zoo:sort"], "base": "zoo:base",
+              "strategy": {"name": "greedy", "k": 2, "max_generations": 1}, "merge": {"method": "linear"},
+              "evaluator": {"name": "builtin", "tasks_dir": "zoo:tasks", "tasks": ["add"], "limit": 4},
+              "out": {"run_dir": str(run_dir)}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    for _ in range(2):  # the run, then a resume of the finished run
+        result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run.yaml"), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert {k: v for k, v in _snapshot(run_dir).items() if k in mine} == mine
+    assert (run_dir / "kinmerge.db").is_file() and any((run_dir / "models").iterdir())
+    config["out"] = {"run_dir": str(tmp_path / "other")}
+    config["executor"] = {"name": "ray", "address": "127.0.0.1:1", "connect_timeout_s": 2}
+    other = tmp_path / "other"
+    theirs = _users_folder(other)
+    (tmp_path / "ray.yaml").write_text(yaml.safe_dump(config))
+    assert_one_line_error(CliRunner().invoke(cli, ["evolve", str(tmp_path / "ray.yaml")]))
+    assert _snapshot(other) == theirs  # nothing half-made left beside them, nothing of theirs gone
