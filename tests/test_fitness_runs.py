@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from cli_checks import assert_one_line_error
 from evolve_helpers import make_choice_tasks, run_config, write_config
-
 from kinmerge.cli import cli
 from kinmerge.errors import StoreError
 from kinmerge.evolve import RunConfig, evolve
