@@ -8,9 +8,10 @@ reports read it back typed. Resuming under other settings would mix two experime
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from kinmerge.evaluate.fitness import Fitness
 from kinmerge.kinship import DEFAULT_THRESHOLDS, METRICS
 
 __all__ = ["RunFingerprint"]
@@ -43,6 +44,9 @@ class RunFingerprint:
             selection part's): where status, compare and the reports find the scores of examples
             the run never chose with. ``None``: the run did not split (before 0.3, or
             ``heldout: false``).
+        fitness: what the pool ranks by: task weights and the metric direction
+            (``kinmerge.evaluate.fitness``); stored only when not the paper's plain mean, so
+            earlier runs read back unchanged.
     """
 
     foundation: tuple[str, ...]
@@ -57,6 +61,7 @@ class RunFingerprint:
     evaluator_settings: Mapping[str, Any] | None = None
     kinship_source: str = "exact"
     heldout: str | None = None
+    fitness: Fitness = field(default_factory=Fitness)
 
     @property
     def k(self) -> int:
@@ -89,6 +94,8 @@ class RunFingerprint:
             out["kinship_source"] = self.kinship_source
         if self.heldout is not None:
             out["heldout"] = self.heldout
+        if fitness := self.fitness.to_dict():
+            out["fitness"] = fitness
         return out
 
     @classmethod
@@ -105,7 +112,8 @@ class RunFingerprint:
                    identity=data.get("identity"), racing=data.get("racing"),
                    evaluator_settings=data.get("evaluator_settings"),
                    kinship_source=str(data.get("kinship_source") or "exact"),
-                   heldout=data.get("heldout") if isinstance(data.get("heldout"), str) else None)
+                   heldout=data.get("heldout") if isinstance(data.get("heldout"), str) else None,
+                   fitness=Fitness.from_dict(data["fitness"] if isinstance(data.get("fitness"), Mapping) else None))
 
     def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from ``other``: ``{name: (mine, other's)}``.
@@ -125,7 +133,8 @@ class RunFingerprint:
         for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source", "heldout"):
             if getattr(self, name) != getattr(other, name):
                 out[name] = (getattr(self, name), getattr(other, name))
-        sections = [("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe)]
+        sections = [("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe),
+                    ("fitness", _fitness_fields(self.fitness), _fitness_fields(other.fitness))]
         if "evaluator" in out and self.evaluator_settings is not None and other.evaluator_settings is not None:
             del out["evaluator"]
             sections.append(("evaluator", self.evaluator_settings, other.evaluator_settings))
@@ -136,3 +145,9 @@ class RunFingerprint:
         if "heldout" in out and None not in out["heldout"] and any(k.startswith("evaluator.") for k in out):
             del out["heldout"]  # a key hashed from the evaluator settings named above: no news
         return out
+
+
+def _fitness_fields(fitness: Fitness) -> dict[str, Any]:
+    """Both fitness settings, defaults spelled out, so a change names ``fitness.task_weights`` or
+    ``fitness.direction`` (and ``{}`` vs ``direction: max`` is no change)."""
+    return {"task_weights": dict(sorted(fitness.weights.items())), "direction": fitness.direction}

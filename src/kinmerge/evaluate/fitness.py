@@ -4,7 +4,8 @@ The paper ranks by the plain mean of task accuracies (P̄). Users weigh tasks un
 metrics are better low (perplexity, loss). :class:`Fitness` is the one place both are applied:
 ``value`` is the weighted mean of the raw task scores (what reports show), ``key`` turns it into
 the number a pool ranks by (higher is better either way), so no caller flips a sign itself.
-Pure: plain mappings in, floats out. (Not yet wired into run configs: issue 16, item 3.)
+Pure: plain mappings in, floats out. A run sets it in ``evaluator:`` (``task_weights``,
+``direction``) and records it in its fingerprint (``RunFingerprint.fitness``).
 
 Example:
     >>> f = Fitness({"add": 3.0, "rev": 1.0}, direction="min")
@@ -70,6 +71,21 @@ class Fitness:
     def key(self, value: float) -> float:
         """The number a pool ranks ``value`` by: higher is better, whatever the direction."""
         return value if self.direction == "max" else -value
+
+    def value_of_key(self, key: float) -> float:
+        """The weighted mean a ranking ``key`` came from (for showing a pool's ranked scores raw)."""
+        return self.key(key)  # the flip is its own inverse
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Fitness:
+        """The fitness of a fingerprint's ``fitness`` entry (:meth:`to_dict`); ``None``/``{}``: the
+        paper's plain mean.
+
+        Raises:
+            ConfigError: a stored weight or direction that :class:`Fitness` refuses.
+        """
+        data = data or {}
+        return cls(dict(data.get("task_weights") or {}), data.get("direction") or "max")
 
     def to_dict(self) -> dict[str, Any]:
         """The fingerprint's form: ``{}`` for the paper's fitness (plain mean, higher better), so

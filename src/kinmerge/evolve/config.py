@@ -311,6 +311,9 @@ class RunConfig(_Section):
         if self.racing is not None and not getattr(type(self.evaluator.build()), "supports_parts", False):
             raise ValueError(f"racing: the {self.evaluator.name} evaluator cannot score part of a task; "
                              "race with the builtin evaluator, or drop racing")
+        if self.racing is not None and self.evaluator.fitness.to_dict():  # its bounds are on the plain mean
+            raise ValueError("racing: a race bounds the plain mean of accuracies; drop racing, or "
+                             "evaluator.task_weights and evaluator.direction")
         return self
 
     # -- derived values --------------------------------------------------------------------------

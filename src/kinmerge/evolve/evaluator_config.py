@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, mod
 
 from kinmerge._io import json_digest
 from kinmerge.errors import ConfigError, KinmergeError
+from kinmerge.evaluate.fitness import Fitness
 
 if TYPE_CHECKING:
     from kinmerge.evaluate import Evaluator
@@ -37,13 +38,20 @@ class EvaluatorConfig(BaseModel):
     selection``; ``limit`` and ``sample_seed`` apply there) and scores every model that enters the
     top-k on the whole held-out part (``split: heldout``), for evaluators that can split
     (builtin; lm_eval: a task's validation split selects and its test split holds out, a task
-    with one split is split by the same seeded rule); ``heldout_seed`` seeds the split."""
+    with one split is split by the same seeded rule); ``heldout_seed`` seeds the split.
+
+    ``task_weights`` and ``direction`` (the run's too): the fitness the pool ranks by
+    (``kinmerge.evaluate.fitness``): the weighted mean of the task scores (a task not named
+    weighs 1), higher better (``max``, accuracy) or lower (``min``, perplexity-type metrics).
+    Held-out scores use the same weights."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
     heldout: float | Literal[False] = 0.5
     heldout_seed: int = 0
+    task_weights: dict[str, float] = {}
+    direction: Literal["max", "min"] = "max"
 
     @field_validator("heldout", mode="before")
     @classmethod
@@ -53,6 +61,11 @@ class EvaluatorConfig(BaseModel):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"heldout must be a share between 0 and 1 (exclusive) or false, got {v!r}")
         return float(v)
+
+    @property
+    def fitness(self) -> Fitness:
+        """What the run's pool ranks by: :attr:`task_weights` and :attr:`direction`."""
+        return Fitness(self.task_weights, self.direction)
 
     @property
     def splits(self) -> bool:
@@ -86,7 +99,8 @@ class EvaluatorConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         try:
-            self.build()
+            tasks = self.build().settings().get("tasks") or {}
+            self.fitness.check(tasks)  # a weight for a task the run does not have is a typo
         except KinmergeError as exc:
             raise ValueError(str(exc)) from None
         return self

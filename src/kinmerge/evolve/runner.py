@@ -221,7 +221,7 @@ class _Run:
             metric=self.metric, identity=ID_VERSION,
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
             evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
-            heldout=self.heldout.key if self.heldout is not None else None,
+            heldout=self.heldout.key if self.heldout is not None else None, fitness=self.evaluator_cfg.fitness,
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None
@@ -484,7 +484,7 @@ class _Run:
 
     def _state(self) -> PoolState:
         return self.store.pool_state(self.run_id, evaluator=self.eval_key, metric=self.metric,
-                                     partial=self.race is not None)
+                                     partial=self.race is not None, fitness=self.evaluator_cfg.fitness)
 
     def _topk_pairs(self, state: PoolState) -> set[frozenset[str]]:
         if not state.models or any(m.score is None for m in state.models):
@@ -530,7 +530,8 @@ class _Run:
         """The progress line of the last completed generation (once its top-k kinship is known)."""
         took = self._gen_started.get(state.generation)
         line, facts = generation_line(state, self.k, self.metric,
-                                      seconds=None if took is None else time.perf_counter() - took)
+                                      seconds=None if took is None else time.perf_counter() - took,
+                                      fitness=self.evaluator_cfg.fitness)
         if line is None:
             return
         self.report.line(line)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kinmerge.evaluate.fitness import Fitness
 from kinmerge.pool import (
     Plan,
     PoolModel,
@@ -76,6 +77,8 @@ class RunSummary:
             ``kinmerge evolve`` redoes those steps).
         heldout: whether the run splits its tasks: ``score`` is then the selection part's, and
             each model that entered the top-k has a ``heldout_score``.
+        fitness: what the run ranks by; ``score`` and ``heldout_score`` are its weighted means
+            (raw: with ``direction: min`` the best model has the lowest score).
     """
 
     run_id: str
@@ -98,12 +101,13 @@ class RunSummary:
     top_k_kinship_bound: float | None = None
     kinship_source: str = "exact"
     kinship_rechecks: int = 0
+    fitness: Fitness = field(default_factory=Fitness)
 
     @property
     def best(self) -> PoolModel | None:
-        """The best-scored model of the pool (ties by id), or ``None``."""
+        """The best-scored model of the pool by the run's fitness (ties by id), or ``None``."""
         scored = [m for m in self.pool if m.score is not None]
-        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
+        return min(scored, key=lambda m: (-self.fitness.key(m.score or 0.0), m.id)) if scored else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (``kinmerge status --json``)."""
@@ -144,7 +148,8 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
     run = store.pick_run(run_id)
     fp = run.fingerprint
     metric, k = (fp.metric, fp.k) if fp else ("pcc", 3)
-    models = store.pool(run_id, evaluator=fp.evaluator if fp else None)
+    fitness = fp.fitness if fp else Fitness()
+    models = store.pool(run_id, evaluator=fp.evaluator if fp else None, fitness=fitness)
     ids = [m.id for m in models]
     kinship, bounds = store.kinship_of_run(run.id, metric, model_ids=ids)
     reasons: dict[frozenset[str], str] = {}
@@ -154,9 +159,9 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
     pool = with_merge_facts(models, scores={m.id: m.score for m in models}, kinship=kinship, reasons=reasons,
                              bounds=bounds)
     if fp is not None and fp.heldout is not None:
-        heldout = store.average_scores(ids, evaluator=fp.heldout)
+        heldout = store.average_scores(ids, evaluator=fp.heldout, fitness=fitness)
         pool = tuple(replace(m, heldout_score=heldout.get(m.id)) for m in pool)
-    scored = sorted((m for m in pool if m.score is not None), key=lambda m: (-(m.score or 0.0), m.id))
+    scored = sorted((m for m in pool if m.score is not None), key=lambda m: (-fitness.key(m.score or 0.0), m.id))
     top = tuple(m.id for m in scored[:k])
     pending = store.pending_plan(run_id)
     run_dir = Path(run_dir) if run_dir is not None else store.run_dir
@@ -181,6 +186,7 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
         pending=pending.generation if pending else None,
         problems=tuple(p.describe() for p in check_run(store, run_id)),
         heldout=fp is not None and fp.heldout is not None,
+        fitness=fitness,
     )
 
 
@@ -201,12 +207,13 @@ def read_summary(run_dir: str | os.PathLike[str], run_id: str | None = None) -> 
         return summarize(store, store.pick_run(run_id).id, run_dir)
 
 
-def generation_line(state: PoolState, k: int, metric: str, *,
-                    seconds: float | None = None) -> tuple[str | None, dict[str, Any]]:
+def generation_line(state: PoolState, k: int, metric: str, *, seconds: float | None = None,
+                    fitness: Fitness | None = None) -> tuple[str | None, dict[str, Any]]:
     """The progress line of the state's last generation and its facts (the ``generation`` event).
 
     Returns ``(None, {})`` before anything is scored. The top-k kinship is left out (``n/a``)
-    until every model is scored, because the top-k is not known before.
+    until every model is scored, because the top-k is not known before. ``fitness``: the one the
+    state's scores are ranking keys of; the line shows its weighted means (raw).
 
     Example output::
 
@@ -216,9 +223,10 @@ def generation_line(state: PoolState, k: int, metric: str, *,
     scored = [m.score for m in state.models if m.score is not None]
     if not scored:
         return None, {}
-    best = max(scored)
+    raw = (fitness or Fitness()).value_of_key
+    best = raw(max(scored))
     before = [m.score for m in state.models if m.score is not None and m.generation < g]
-    gain = f" ({best - max(before):+.4f})" if before else ""
+    gain = f" ({best - raw(max(before)):+.4f})" if before else ""
     kin = known_mean_kinship(topk(state, k), state.kinship) if len(scored) == len(state.models) else None
     merges = sum(1 for m in state.models if m.parents)
     new = sum(1 for m in state.models if m.generation == g)

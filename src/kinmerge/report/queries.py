@@ -271,7 +271,8 @@ class RunHistory:
         score it ranks with (ties by id), among models from generations ``<= generation``."""
         scored = [m for m in self.models.values() if m.score is not None
                   and (generation is None or m.generation <= generation)]
-        return min(scored, key=lambda m: (-(m.score or 0.0), m.id)) if scored else None
+        rank = self.fingerprint.fitness.key if self.fingerprint is not None else float
+        return min(scored, key=lambda m: (-rank(m.score or 0.0), m.id)) if scored else None
 
     @property
     def final_best_heldout(self) -> float | None:
@@ -346,7 +347,8 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
     key = _pick_evaluator(store, fp, evaluator)
     k = fp.k if fp else int(run.config.get("k", 3)) if isinstance(run.config.get("k"), int) else 3
     threshold = fp.threshold if fp and fp.metric == metric else None
-    pool = store.pool(run.id, evaluator=key)
+    fitness = fp.fitness if fp is not None and key == fp.evaluator else None  # weights are the run's tasks'
+    pool = store.pool(run.id, evaluator=key, fitness=fitness)
     ids = [m.id for m in pool]
     plans = {g: plan for g, (plan, _) in store.plans(run.id).items()}
     statuses = {g: status for g, (_, status) in store.plans(run.id).items()}
@@ -389,7 +391,8 @@ def _load_run(store: RunStore, run: RunRecord, evaluator: str | None, metric: st
         merge_order=order,
         examples={mid: sum(n.values()) for mid, n in per_task.items()},
         task_examples=per_task,
-        heldout={mid: v for mid, v in store.average_scores(ids, evaluator=fp.heldout).items() if v is not None}
+        heldout={mid: v for mid, v in store.average_scores(ids, evaluator=fp.heldout, fitness=fp.fitness).items()
+                 if v is not None}
         if fp is not None and fp.heldout is not None else {},
         kinship_bounds=bounds,
         kinship_source=store.kinship_key(run.id)[1] or "exact",

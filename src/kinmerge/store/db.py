@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from kinmerge.errors import StoreError
+from kinmerge.evaluate.fitness import Fitness
 from kinmerge.kinship import check_metric
 from kinmerge.pool import ModelRecord, Origin, Plan, PoolModel, PoolState
 from kinmerge.store import lock as run_lock
@@ -578,9 +579,12 @@ class RunStore:
                 out[r["model_id"]][r["task"]] = int(n)
         return dict(out)
 
-    def average_scores(self, model_ids: Iterable[str] | None = None, *,
-                       evaluator: str | None = None, partial: bool = False) -> dict[str, float | None]:
+    def average_scores(self, model_ids: Iterable[str] | None = None, *, evaluator: str | None = None,
+                       partial: bool = False, fitness: Fitness | None = None) -> dict[str, float | None]:
         """Average task score ``P̄`` per model (paper §2), ``None`` if not fully evaluated.
+
+        ``fitness``: the run's task weights (``Fitness.value``, the raw weighted mean; default the
+        plain mean). Its direction is not applied here: these are the numbers reports show.
 
         The task set is every task recorded under the evaluator key; a model missing one of them
         gets ``None`` rather than a mean over fewer tasks, which would not be comparable.
@@ -597,7 +601,10 @@ class RunStore:
         out: dict[str, float | None] = {}
         for mid in sorted(ids):
             s = scores.get(mid, {})
-            out[mid] = math.fsum(s.values()) / len(s) if tasks and set(s) == tasks and mid not in raced else None
+            if not (tasks and set(s) == tasks and mid not in raced):
+                out[mid] = None
+            else:
+                out[mid] = math.fsum(s.values()) / len(s) if fitness is None else fitness.value(s)
         return out
 
     # -- kinship --------------------------------------------------------------------------------
@@ -912,9 +919,10 @@ class RunStore:
     # -- the pool -------------------------------------------------------------------------------
 
     def pool(self, run_id: str, *, evaluator: str | None = None, generation: int | None = None,
-             partial: bool = False) -> tuple[PoolModel, ...]:
+             partial: bool = False, fitness: Fitness | None = None) -> tuple[PoolModel, ...]:
         """A run's pool, scored: every member (by generation joined, then id) with its average
         score, task scores, parents and path. ``generation``: only members that joined by then.
+        ``fitness``: the scores are its weighted means (:meth:`average_scores`), raw.
 
         Raises:
             StoreError: ``evaluator`` omitted while several are recorded.
@@ -927,7 +935,7 @@ class RunStore:
         rows = [r for r in rows if generation is None or r["generation"] <= generation]
         ids = [r["id"] for r in rows]
         key = self.resolve_evaluator(evaluator)
-        scores = self.average_scores(ids, evaluator=key, partial=partial) if key is not None else {}
+        scores = self.average_scores(ids, evaluator=key, partial=partial, fitness=fitness) if key is not None else {}
         tasks = self.get_scores(ids, evaluator=key) if key is not None else {}
         parents = self._parents_of(ids)
         return tuple(PoolModel(r["id"], r["generation"], parents.get(r["id"], ()), scores.get(r["id"]),
@@ -939,11 +947,13 @@ class RunStore:
         return frozenset(m.pair for plan, _ in self.plans(run_id).values() for m in plan.merges)
 
     def pool_state(self, run_id: str, *, evaluator: str | None = None, metric: str = "pcc",
-                   scope: str = "global", partial: bool = False) -> PoolState:
+                   scope: str = "global", partial: bool = False, fitness: Fitness | None = None) -> PoolState:
         """The run's pool after its last completed generation, as the strategies see it.
 
         - models: the pool members from generations ``<=`` the last completed one, with their
           average score (``None`` if not fully evaluated: the strategy will refuse to rank it);
+          with a ``fitness``, its ranking key (``Fitness.key`` of the weighted mean: higher is
+          better whatever the direction, so no strategy knows about directions);
         - kinship: the stored ``metric``/``scope`` values among those models
           (:meth:`kinship_of_run`), with ``kinship_bounds`` for those that are estimates;
         - merged_pairs: every pair in any saved plan of the run (done or pending) plus the parent
@@ -958,10 +968,12 @@ class RunStore:
         if self.get_run(run_id) is None:
             raise StoreError(f"no run {run_id!r} in {self.db_path}")
         generation = self.last_completed_generation(run_id)
-        models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial)
+        models = self.pool(run_id, evaluator=evaluator, generation=generation, partial=partial, fitness=fitness)
         kinship, bounds = self.kinship_of_run(run_id, metric, model_ids=[m.id for m in models], scope=scope)
         return PoolState(
-            models=tuple(PoolModel(m.id, m.generation, m.parents, m.score) for m in models),
+            models=tuple(PoolModel(m.id, m.generation, m.parents,
+                                   m.score if fitness is None or m.score is None else fitness.key(m.score))
+                         for m in models),
             kinship=kinship,
             kinship_bounds=bounds,
             merged_pairs=self.merged_pairs(run_id)
