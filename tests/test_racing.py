@@ -119,10 +119,11 @@ def test_a_racing_run_scores_fewer_examples_and_a_full_run_finishes_them(micro_z
         assert events and all(e["examples"] <= full_cost for e in events)
         stopped = [e["id"] for e in events if e["stopped_early"]]
         assert stopped, "the race stopped no child: make the test's race sharper"
-        assert all(store.average_scores([i])[i] is None for i in stopped)  # partial: not a full score
-        assert all(store.average_scores([i], partial=True)[i] is not None for i in stopped)
+        key = store.get_run("race").fingerprint.evaluator  # type: ignore[union-attr]  (the selection part's)
+        assert all(store.average_scores([i], evaluator=key)[i] is None for i in stopped)  # partial: not a full score
+        assert all(store.average_scores([i], evaluator=key, partial=True)[i] is not None for i in stopped)
     assert raced.status == "finished"
     full = write_config(tmp_path / "full.yaml", run_config(micro_zoo, long_tasks, run_id="full", strategy=strategy))
     evolve(full, run_dir, progress=False)
     with RunStore(run_dir, lock=False) as store:
-        assert all(store.average_scores([i])[i] is not None for i in stopped)  # the full run scored them fully
+        assert all(store.average_scores([i], evaluator=key)[i] is not None for i in stopped)  # scored fully now
