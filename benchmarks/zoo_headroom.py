@@ -62,8 +62,10 @@ def write_config(out: Path, zoo: Any, fset: Sequence[str], tasks: Sequence[str],
         "base": str(zoo.base),
         "strategy": {"name": "greedy", "k": k, "max_generations": generations},
         "merge": merge,
+        # No held-out split: the recorded curves (zoo-headroom/headroom.json) predate it and scored
+        # the first `limit` examples of each task; a rerun must measure the same thing.
         "evaluator": {"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": list(tasks),
-                      "limit": limit},
+                      "limit": limit, "heldout": False},
         "kinship_metric": "pcc",
         "seed": 0,
         "run_id": "greedy",
