@@ -56,10 +56,11 @@ def _zoo(zoo_dir: str | None) -> Any:
 
 def _testbeds(zoo: Any, sets: int) -> list[Any]:
     """The zoo's recorded foundation sets (the smol zoo's: every 4 of its 6), the first ``sets``;
-    a zoo without recorded sets (smol-ci, for a trial of this script) gives all its specialists."""
+    a zoo without recorded sets (smol-ci, for a trial of this script) gives its 4-subsets."""
     from kinmerge.demo import Testbed
 
-    recorded = (zoo.manifest.get("headroom") or {}).get("sets") or [sorted(zoo.specialists)]
+    recorded = (zoo.manifest.get("headroom") or {}).get("sets") \
+        or list(itertools.combinations(sorted(zoo.specialists), min(4, len(zoo.specialists))))
     return [Testbed(tuple(s), tuple(zoo.manifest["tasks"])) for s in recorded[:sets]]
 
 

@@ -363,6 +363,9 @@ def _manifest(root: Path, preset: ZooPreset, seed: int, seconds: float) -> dict[
                           "train_per_specialist": {n: r["train_seconds"] for n, r in records.items()}},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "host": {"cpus": os.cpu_count(), "torch_threads": preset.threads},
+        # The foundation sets studies and the demo use (the preset's, fixed before any run).
+        **({"headroom": {"sets": [list(fs) for fs in preset.headroom_sets], "tasks": preset.headroom_tasks,
+                         "limit": preset.headroom_limit or preset.eval_size}} if preset.headroom_sets else {}),
     }
 
 
