@@ -72,10 +72,13 @@ def _settings(beds: list[Any], generations: int, limit: int) -> Any:
 
 
 def _heldout_evaluator(zoo: Any) -> Any:
-    from kinmerge.evaluate.builtin import BuiltinEvaluator
+    """The runs' own held-out evaluator (same split, same key), built from the same config."""
+    from kinmerge.evolve.evaluator_config import EvaluatorConfig
 
-    return BuiltinEvaluator(zoo.tasks_dir, tasks=list(zoo.manifest["tasks"]), split="heldout", heldout_fraction=0.5,
-                            split_seed=0, threads=1, batch_size=32, progress=False)
+    config = EvaluatorConfig.model_validate({"name": "builtin", "tasks_dir": str(zoo.tasks_dir),
+                                             "tasks": list(zoo.manifest["tasks"]), "limit": LIMIT,
+                                             "threads": 1, "batch_size": 32})
+    return config.build("heldout")
 
 
 def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:

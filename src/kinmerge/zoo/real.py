@@ -373,10 +373,4 @@ def _parameters(model_dir: Path) -> int:
     from kinmerge.sources import open_model
 
     with open_model(model_dir) as src:
-        total = 0
-        for info in src.tensors.values():
-            n = 1
-            for d in info.shape:
-                n *= d
-            total += n
-    return total
+        return sum(info.numel for info in src.tensors.values())
