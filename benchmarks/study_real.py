@@ -8,6 +8,8 @@ first run; this script runs exactly that design and nothing chosen after it:
   and scores every top-k entrant on the whole held-out part (``heldout: 0.5``);
 - variants: greedy, kinship (0.9), kinship without early stop, random (2 seeds), predicted gain;
   k = 3, SLERP with the paper's gradient, ``GENERATIONS`` generations;
+- every merged child the loop did not score held out (it scores top-k entrants only) is scored on
+  the held-out part once its testbed's runs end, so every merge has a held-out gain (R5);
 - the all-pairs test of ``suggest`` (R6) on the greedy runs of the first ``ALLPAIRS_SETS``
   testbeds: every pair of the pool after generation 1 merged and scored on held-out data.
 
@@ -116,6 +118,37 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
         log(f"{run_dir.name}: all-pairs {len(done['pairs'])}/{len(pool) * (len(pool) - 1) // 2}")
 
 
+def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
+    """R5's data: every merged child of every run on the testbed scored on the held-out part.
+
+    The loop scores held out only the models that enter the top-k, so a merge gain measured on
+    held-out data would otherwise exist only for the children that did well on selection: a
+    selected sample. Every parent is a top-k member and has its held-out score from the run; here
+    every other child gets one too, under the runs' own held-out evaluator (same split, same key),
+    before the testbed's merge folders are deleted. Saved child by child (resumable).
+    """
+    from kinmerge._io import atomic_write
+    from kinmerge.store import RunStore
+
+    with RunStore(run_dir, lock=False) as store:
+        key = store.get_run("greedy").fingerprint.heldout  # type: ignore[union-attr]
+        children: dict[str, str] = {}
+        for run in store.runs():
+            fp = run.fingerprint
+            for m in store.pool(run.id, evaluator=fp.evaluator if fp else None):
+                if m.parents and m.path:
+                    children.setdefault(m.id, m.path)
+        have = {mid for mid, v in store.average_scores(list(children), evaluator=key).items() if v is not None}
+    done: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"key": key, "children": {}}
+    todo = [mid for mid in sorted(children) if mid not in have and mid not in done["children"]]
+    evaluator = _heldout_evaluator(zoo)
+    for n, mid in enumerate(todo):
+        result = evaluator.evaluate(Path(children[mid]))
+        done["children"][mid] = {"heldout": result.average, "scores": result.scores}
+        atomic_write(out, json.dumps(done, indent=1))
+        log(f"{run_dir.name}: held-out children {n + 1}/{len(todo)}")
+
+
 def _testbed_job(configs: list[tuple[str, str]], index: int, zoo_dir: str | None) -> str:
     """One testbed in a worker: its runs in order, its all-pairs test, then its merges pruned."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -130,6 +163,7 @@ def _testbed_job(configs: list[tuple[str, str]], index: int, zoo_dir: str | None
 
     t0 = time.perf_counter()
     run_configs([(Path(c), Path(r)) for c, r in configs], workers=1, log=log)
+    heldout_children(run_dir, _zoo(zoo_dir), run_dir / "heldout-children.json", log)
     if index < ALLPAIRS_SETS:
         all_pairs(run_dir, _zoo(zoo_dir), run_dir / "allpairs.json", log)
     shutil.rmtree(run_dir / "models", ignore_errors=True)  # the store keeps every number
