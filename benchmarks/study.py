@@ -25,6 +25,7 @@ directory, so its example counts are its own). Every run is reported; nothing is
 
     python benchmarks/study.py run --out study                 # hours on 2 cores; resumable
     python benchmarks/study.py render --out study --write-doc docs/results.md
+    python benchmarks/study.py merges --out study      # every distinct merge -> docs/results-<zoo>-merges.csv
 
 ``run`` resumes (every run is a resumable kinmerge run); ``render`` reads the stores and prints
 (or writes into docs/results.md between the study markers) the tables: budget-matched gains with
@@ -297,11 +298,30 @@ def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
     print(f"wrote {write_doc}")
 
 
+def merges(out: Path, zoos: list[str], folder: Path) -> None:
+    """Every distinct merge of each zoo's finished runs (racing left out: its children are scored
+    on fewer examples) as ``results-<zoo>-merges.csv`` in ``folder``, and its gain-kinship
+    numbers; the real-model study's page reads these files to set the three zoos side by side."""
+    from kinmerge.report.merges import merge_records, records_csv
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_analysis import gain_kinship
+
+    for name in zoos:
+        if not (out / name / "runs").is_dir():
+            continue
+        records = merge_records([r for r in finished_runs(out, name) if r.variant not in RACING])
+        path = folder / f"results-{name}-merges.csv"
+        path.write_text(records_csv(records), encoding="utf-8")
+        g = gain_kinship(records, gain="gain_selection", parents="parents_selection")
+        print(f"{name}: {path} ({len(records)} distinct merges): {json.dumps(g)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example: python benchmarks/study.py run --out study --workers 2")
-    parser.add_argument("command", choices=("run", "render"))
+    parser.add_argument("command", choices=("run", "render", "merges"))
     parser.add_argument("--out", type=Path, default=Path("study"))
     parser.add_argument("--zoo", action="append", choices=ZOOS, help="default: both")
     parser.add_argument("--sets", type=int, default=10)
@@ -312,6 +332,8 @@ def main() -> None:
     zoos = args.zoo or list(ZOOS)
     if args.command == "run":
         run(args.out.resolve(), zoos, args.sets, args.seeds, args.workers)
+    elif args.command == "merges":
+        merges(args.out.resolve(), zoos, args.write_doc.parent if args.write_doc else Path("docs"))
     else:
         render(args.out.resolve(), zoos, args.write_doc)
 

@@ -20,6 +20,7 @@ done has its merge folders deleted (270 MB each; the store keeps every number), 
 
     python benchmarks/study_real.py run --out study-real      # ~10 h on 2 CPU cores; rerun to resume
     python benchmarks/study_real.py status --out study-real   # what is done
+    python benchmarks/study_real.py render --out study-real --write-doc docs/results.md
 """
 
 from __future__ import annotations
@@ -195,18 +196,51 @@ def status(out: Path) -> None:
         print(f"{run_dir.name}: {'done' if (run_dir / DONE).is_file() else 'in progress'}; all-pairs {n}")
 
 
+BEGIN, END = "<!-- study-real:begin -->", "<!-- study-real:end -->"
+
+
+def render(out: Path, write_doc: Path | None) -> None:
+    """The results section (R1-R6, every run) from the finished testbeds' stores; with
+    ``write_doc``, written into that page between the study markers, and every distinct merge
+    into ``results-real-merges.csv`` beside it."""
+    import re
+
+    from kinmerge.report.merges import merge_records, records_csv
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_analysis import load, markdown
+
+    runs, extra = load(out)
+    text = markdown(out, runs, extra)
+    if write_doc is None:
+        print(text)
+        return
+    csv = write_doc.with_name("results-real-merges.csv")
+    csv.write_text(records_csv(merge_records(runs, heldout=extra)), encoding="utf-8")
+    text += f"\nEvery distinct merge (parents, PCC, scores, gains, generation, runs): [{csv.name}]({csv.name}).\n"
+    page = write_doc.read_text(encoding="utf-8")
+    if BEGIN not in page or END not in page:
+        sys.exit(f"{write_doc}: no {BEGIN} ... {END} markers to write between")
+    page = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", page, flags=re.S)
+    write_doc.write_text(page, encoding="utf-8")
+    print(f"wrote {write_doc} and {csv}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("run", "status"))
+    ap.add_argument("command", choices=("run", "status", "render"))
     ap.add_argument("--out", type=Path, default=Path("study-real"))
     ap.add_argument("--zoo", default=None, help="the smol zoo's folder (default: the one built into the cache)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--write-doc", type=Path, default=None, help="render: the page to write the results into")
     ap.add_argument("--sets", type=int, default=SETS, help="(a trial of the script only: the design says 8)")
     ap.add_argument("--generations", type=int, default=GENERATIONS, help="(a trial only: the design says 4)")
     ap.add_argument("--limit", type=int, default=LIMIT, help="(a trial only: the design says 40)")
     args = ap.parse_args(argv)
     if args.command == "run":
         run(args.out, args.workers, args.zoo, sets=args.sets, generations=args.generations, limit=args.limit)
+    elif args.command == "render":
+        render(args.out, args.write_doc)
     else:
         status(args.out)
 

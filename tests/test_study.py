@@ -191,3 +191,51 @@ def test_anytime_bands_average_seeds_then_span_testbeds(study: list[Path]) -> No
     assert by_examples["greedy"]["mean"] == pytest.approx(greedy["mean"])
     with pytest.raises(ValueError, match="unit"):
         anytime_bands(runs, unit="hours")
+
+
+# -- merges one by one (the real-model study's R5 data) -------------------------------------------
+
+
+def test_merge_records_count_a_shared_child_once_with_both_gains(tmp_path: Path) -> None:
+    """Two runs of one testbed make the same child (content-addressed): one record, both runs
+    named; its held-out gain comes from the store (top-k entrants) or the study's extra scores."""
+    from kinmerge.report.merges import handed_over, merge_records, records_csv, records_from_csv
+
+    found = {"f1": 0.5, "f2": 0.4, "f3": 0.3}
+    heldout = {"f1": 0.45, "f2": 0.35, "ab": 0.5}  # scored by the loop (top-k entrants)
+    with RunStore(tmp_path / "bed") as store:
+        for run_id, extra in (("greedy", "ac"), ("kinship", "bc")):
+            fp = RunFingerprint(tuple(found), "base", run_id, {"k": 2}, {"method": "slerp"}, EVAL, identity=2,
+                                heldout="ho")
+            store.start_run(run_id, strategy=run_id, config=fp.to_dict(), seed=0)
+            for name, score in found.items():
+                store.add_model(name, origin="foundation", generation=0, run_id=run_id)
+                store.record_evaluations(name, EVAL, {"t": score}, details={"t": {"n": 40}})
+            for g, (child, parents, score) in enumerate((("ab", ("f1", "f2"), 0.55),
+                                                         (extra, ("f1", "f3") if extra == "ac" else ("f2", "f3"),
+                                                          0.42)), start=1):
+                store.save_plan(run_id, Plan(g, merges=(PlannedMerge(parents, "greedy"),)))
+                store.add_model(child, origin="merge", generation=g, parents=parents, run_id=run_id)
+                store.record_evaluations(child, EVAL, {"t": score}, details={"t": {"n": 40}})
+                store.mark_plan_done(run_id, g)
+            for mid, v in heldout.items():
+                store.record_evaluations(mid, "ho", {"t": v}, details={"t": {"n": 100}})
+            store.record_kinship("f1", "f2", "pcc", 0.2)
+            store.record_kinship("f1", "f3", "pcc", 0.1)
+            store.finish_run(run_id)
+    runs = load_runs([tmp_path / "bed"])
+    records = merge_records(runs, heldout={"bed": {"ac": 0.3}})  # "bc": never scored held out
+    by_child = {r.child: r for r in records}
+    assert [r.child for r in records] == ["ab", "ac", "bc"] and by_child["ab"].runs == "greedy kinship"
+    ab = by_child["ab"]
+    assert ab.pcc == pytest.approx(0.2) and ab.gain_selection == pytest.approx(0.55 - 0.45)
+    assert ab.gain_heldout == pytest.approx(0.5 - 0.4)
+    assert by_child["ac"].parents_heldout is None  # f3 never entered the top-k: no held-out score
+    assert by_child["bc"].child_heldout is None and by_child["bc"].pcc is None
+    assert records_from_csv(records_csv(records)) == records
+    greedy = next(r for r in runs if r.run.id == "greedy")
+    pool, order = list(greedy.models.values()), greedy.merge_order
+    h = {**greedy.heldout, "ac": 0.3}
+    assert handed_over(pool, order, 0, heldout=h) == pytest.approx(0.45)  # f1, the best foundation
+    assert handed_over(pool, order, 1, heldout=h) == pytest.approx(0.5)   # ab beats f1 on selection
+    assert handed_over(pool, order, 99, heldout=h) == pytest.approx(0.5)  # ac (0.42) does not

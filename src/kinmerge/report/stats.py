@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Paired", "Spread", "bootstrap_ci", "paired", "score_sem", "sign_test", "spread"]
+__all__ = ["Paired", "Spread", "bootstrap_ci", "cluster_bootstrap_ci", "holm", "paired", "partial_correlation",
+           "score_sem", "sign_test", "spread"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,79 @@ def paired(a: Sequence[float], b: Sequence[float], *, tie: float = 1e-12, seed: 
     mean = math.fsum(diffs) / len(diffs) if diffs else None
     return Paired(len(diffs), mean, bootstrap_ci(diffs, seed=seed), wins, len(diffs) - wins - losses, losses,
                   sign_test(wins, losses))
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values: the family-wise error stays at the level a reader
+    compares them with, whichever of the reported comparisons they look at.
+
+    >>> {k: round(v, 3) for k, v in holm({"a": 0.01, "b": 0.04, "c": 0.03}).items()}
+    {'a': 0.03, 'b': 0.06, 'c': 0.06}
+    """
+    order = sorted(pvalues, key=lambda k: (pvalues[k], k))
+    out: dict[str, float] = {}
+    running = 0.0
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * pvalues[name]))
+        out[name] = running
+    return {k: out[k] for k in pvalues}
+
+
+def partial_correlation(x: Sequence[float], y: Sequence[float], controls: Sequence[Sequence[float]]) -> float | None:
+    """Pearson correlation of ``x`` and ``y`` after removing what the ``controls`` explain
+    linearly (least squares with an intercept): does kinship say anything about a merge's gain
+    that the parents' scores and the generation do not? ``None`` when undefined.
+
+    >>> x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    >>> z = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    >>> round(partial_correlation(x, [a + 3 * b for a, b in zip(x, z)], [z]), 3)
+    1.0
+    """
+    import numpy as np
+
+    n = len(x)
+    if n != len(y) or any(len(c) != n for c in controls) or n < len(controls) + 3:
+        return None
+    design = np.column_stack([np.ones(n), *[np.asarray(c, dtype=np.float64) for c in controls]])
+
+    def residual(v: Sequence[float]) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+        return v - design @ coef  # type: ignore[no-any-return]
+
+    rx, ry = residual(x), residual(y)
+    denom = float(np.sqrt((rx @ rx) * (ry @ ry)))
+    return float(rx @ ry) / denom if denom > 1e-15 else None
+
+
+def cluster_bootstrap_ci(groups: Sequence[str], statistic: Callable[[list[int]], float | None], *,
+                         level: float = 0.95, resamples: int = 2_000, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` resampling whole *groups* (foundation sets).
+
+    Merges of one testbed share parents and runs, so they are not independent observations;
+    resampling testbeds (with every merge of each drawn testbed) keeps that dependence in the
+    interval. ``statistic`` takes the row indices of a resample; resamples where it is undefined
+    are dropped. ``None`` with fewer than 2 groups.
+
+    >>> g = ["a", "a", "b", "b", "c", "c"]
+    >>> v = [1.0, 1.2, 2.0, 2.2, 3.0, 3.2]
+    >>> lo, hi = cluster_bootstrap_ci(g, lambda rows: sum(v[i] for i in rows) / len(rows))
+    >>> lo < 2.1 < hi
+    True
+    """
+    names = sorted(set(groups))
+    if len(names) < 2:
+        return None
+    rows_of = {name: [i for i, g in enumerate(groups) if g == name] for name in names}
+    rng = random.Random(seed)
+    values = []
+    for _ in range(resamples):
+        rows = [i for _ in names for i in rows_of[rng.choice(names)]]
+        v = statistic(rows)
+        if v is not None and math.isfinite(v):
+            values.append(v)
+    if len(values) < resamples // 2:
+        return None
+    values.sort()
+    tail = (1.0 - level) / 2.0
+    return values[math.floor(tail * (len(values) - 1))], values[math.ceil((1.0 - tail) * (len(values) - 1))]

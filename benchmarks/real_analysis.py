@@ -1,0 +1,282 @@
+"""The analysis of the real-model study (docs/results.md, R1-R6), from its stores alone.
+
+Every number comes from the run stores under ``OUT/runs`` plus two files per testbed that the
+study writes beside its store: ``heldout-children.json`` (children the loop did not score held
+out) and ``allpairs.json`` (R6). ``python benchmarks/study_real.py render`` calls :func:`render`;
+the functions below are reusable on any study whose runs split their tasks (``study.py merges``
+uses :func:`gain_kinship` on the tiny zoos).
+
+- R1, R2, R4: per testbed, the held-out score of the model each run would hand over after 3, 6, 9
+  and 12 merges (``kinmerge.report.merges.handed_over``), minus the held-out score of the best
+  foundation (budget 0); random's two seeds averaged; paired differences with bootstrap intervals
+  over foundation sets, sign tests, Holm across the four final-budget comparisons.
+- R3: kinship with early stop against the same loop without it: merges used, held-out lost.
+- R5: gain vs PCC per distinct merge, Pearson and Spearman, and the partial correlation given the
+  parents' mean score and the generation, with an interval that resamples foundation sets.
+- R6: the all-pairs tests: Spearman of each ranking with the realised held-out gain, regret.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BUDGETS = (3, 6, 9, 12)
+COMPARISONS = (("kinship", "greedy"), ("kinship", "random"), ("predicted", "greedy"), ("predicted", "random"))
+
+
+def finished_testbeds(out: Path) -> list[Path]:
+    """Testbed folders whose runs, held-out children and (where due) all-pairs test are done."""
+    return sorted(p for p in (out / "runs").iterdir() if (p / ".study-done").is_file())
+
+
+def load(out: Path) -> tuple[list[Any], dict[str, dict[str, float]]]:
+    """The runs of every finished testbed and the extra held-out scores of their children."""
+    from kinmerge.report.queries import load_runs
+
+    beds = finished_testbeds(out)
+    runs = load_runs(beds) if beds else []
+    extra = {}
+    for bed in beds:
+        f = bed / "heldout-children.json"
+        data = json.loads(f.read_text()) if f.is_file() else {"children": {}}
+        extra[bed.name] = {mid: v["heldout"] for mid, v in data["children"].items()}
+    return runs, extra
+
+
+def _fmt(p: dict[str, Any]) -> str:
+    if p.get("mean") is None:
+        return "—"
+    ci = p.get("ci95")
+    return f"{p['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else f"{p['mean']:+.4f}"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return math.fsum(known) / len(known) if known and len(known) == len(values) else None
+
+
+def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """R1, R2, R4: held-out gain over the best foundation at equal budgets, paired per testbed."""
+    from kinmerge.report.merges import handed_over
+    from kinmerge.report.stats import holm, paired
+
+    by_bed: dict[str, dict[str, list[dict[int, float | None]]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        heldout = {**extra.get(Path(r.run_dir).name, {}), **r.heldout}
+        pool = list(r.models.values())
+        rank = r.fingerprint.fitness.key if r.fingerprint is not None else float
+        start = handed_over(pool, r.merge_order, 0, heldout=heldout, rank=rank)
+        gains = {b: (None if start is None or (v := handed_over(pool, r.merge_order, b, heldout=heldout, rank=rank))
+                     is None else v - start) for b in (*BUDGETS, 10_000)}
+        by_bed[Path(r.run_dir).name][r.variant].append(gains)
+    value = {bed: {v: {b: _mean([g[b] for g in gs]) for b in (*BUDGETS, 10_000)} for v, gs in variants.items()}
+             for bed, variants in by_bed.items()}
+    variants = sorted({v for per in value.values() for v in per})
+    mean_gain = {v: {b: _mean([value[bed][v][b] for bed in value if v in value[bed]]) for b in BUDGETS}
+                 for v in variants}
+    compared: dict[str, dict[int, dict[str, Any]]] = {}
+    for a, ref in COMPARISONS:
+        compared[f"{a} − {ref}"] = {}
+        for b in BUDGETS:
+            beds = [bed for bed in value if a in value[bed] and ref in value[bed]
+                    and value[bed][a][b] is not None and value[bed][ref][b] is not None]
+            compared[f"{a} − {ref}"][b] = paired([value[bed][a][b] for bed in beds],  # type: ignore[misc]
+                                                 [value[bed][ref][b] for bed in beds]).to_dict()
+    final = {name: rows[BUDGETS[-1]]["p_sign"] for name, rows in compared.items()}
+    return {"testbeds": len(value), "mean_gain": mean_gain, "compared": compared, "holm": holm(final),
+            "per_testbed": value}
+
+
+def early_stop_effect(runs: list[Any], extra: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """R3: per testbed, kinship (early stop) against kinship-noes: merges used and held-out lost
+    by the model each hands over at its end."""
+    from kinmerge.report.merges import handed_over
+    from kinmerge.report.stats import paired
+
+    end: dict[str, dict[str, tuple[int, float | None]]] = defaultdict(dict)
+    for r in runs:
+        if r.run.id in ("kinship", "kinship-noes"):
+            heldout = {**extra.get(Path(r.run_dir).name, {}), **r.heldout}
+            v = handed_over(list(r.models.values()), r.merge_order, 10_000, heldout=heldout)
+            end[Path(r.run_dir).name][r.run.id] = (r.merges_used, v)
+    beds = [b for b, d in end.items() if len(d) == 2 and all(v is not None for _, v in d.values())]
+    return {"testbeds": len(beds),
+            "merges": {"kinship": [end[b]["kinship"][0] for b in beds],
+                       "noes": [end[b]["kinship-noes"][0] for b in beds]},
+            "heldout_diff": paired([end[b]["kinship"][1] for b in beds],  # type: ignore[misc]
+                                   [end[b]["kinship-noes"][1] for b in beds]).to_dict()}
+
+
+def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str = "parents_heldout") -> dict[str, Any]:
+    """R5 on distinct merges: gain vs PCC, raw and controlled for parents' mean score and generation."""
+    from kinmerge.report.plots import correlation
+    from kinmerge.report.stats import cluster_bootstrap_ci, partial_correlation
+
+    rows = [r for r in records if r.pcc is not None and getattr(r, gain) is not None
+            and getattr(r, parents) is not None]
+    x = [float(r.pcc) for r in rows]
+    y = [float(getattr(r, gain)) for r in rows]
+    controls = [[float(getattr(r, parents)) for r in rows], [float(r.generation) for r in rows]]
+
+    def partial(idx: list[int]) -> float | None:
+        return partial_correlation([x[i] for i in idx], [y[i] for i in idx], [[c[i] for i in idx] for c in controls])
+
+    groups = [re.sub(r"-s\d+$", "", r.testbed) for r in rows]  # the foundation set (a seed varies the sample)
+    c = correlation(x, y)
+    return {"n": len(rows), "testbeds": len(set(groups)), "pearson": c.pearson_r, "pearson_p": c.pearson_p,
+            "spearman": c.spearman_r, "spearman_p": c.spearman_p,
+            "partial": partial(list(range(len(rows)))), "partial_ci95": cluster_bootstrap_ci(groups, partial)}
+
+
+def all_pairs(out: Path) -> list[dict[str, Any]]:
+    """R6 per all-pairs test: Spearman of each ranking with held-out gain (bootstrap over pairs), regret."""
+    import numpy as np
+
+    from kinmerge.report.plots import correlation
+    from kinmerge.report.stats import cluster_bootstrap_ci
+    from kinmerge.suggest import rank_pairs
+
+    results = []
+    for f in sorted((out / "runs").glob("*/allpairs.json")):
+        data = json.loads(f.read_text())
+        models = data["models"]
+        ids = sorted(models)
+        pairs = [(a, b) for a, b in itertools.combinations(ids, 2)
+                 if f"{a}+{b}" in data["pairs"] or f"{b}+{a}" in data["pairs"]]
+        if not pairs or any(models[m].get("heldout") is None for m in ids):
+            continue
+
+        def key(a: str, b: str, table: dict[str, Any]) -> Any:
+            return table.get(f"{a}+{b}", table.get(f"{b}+{a}"))
+
+        child = [key(a, b, data["pairs"])["heldout"] for a, b in pairs]
+        gain = [c - (models[a]["heldout"] + models[b]["heldout"]) / 2 for c, (a, b) in zip(child, pairs, strict=True)]
+        pcc = [key(a, b, data["pcc"]) for a, b in pairs]
+        parents = [(models[a]["selection"] + models[b]["selection"]) / 2 for a, b in pairs]
+        matrix = np.eye(len(ids))
+        for (a, b), v in zip(pairs, pcc, strict=True):
+            matrix[ids.index(a), ids.index(b)] = matrix[ids.index(b), ids.index(a)] = v
+        suggested = {frozenset((s.a, s.b)): s.predicted_score
+                     for s in rank_pairs(ids, matrix, scores={m: models[m]["selection"] for m in ids})}
+        predicted = [suggested[frozenset(p)] for p in pairs]
+        rankings = {"−PCC alone": [-v for v in pcc], "parents' mean score alone": parents, "suggest": predicted}
+        row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {}}
+        for name, scores in rankings.items():
+            def rho(idx: list[int], scores: list[float] = scores) -> float | None:
+                return correlation([scores[i] for i in idx], [gain[i] for i in idx]).spearman_r
+            row["rankings"][name] = {"spearman": rho(list(range(len(pairs)))),
+                                     "ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], rho)}
+        top = max(range(len(pairs)), key=lambda i: (predicted[i], -i))
+        row["best_child"] = max(child)
+        row["suggest_top_child"] = child[top]
+        row["regret"] = max(child) - child[top]
+        results.append(row)
+    return results
+
+
+def interference(runs: list[Any]) -> list[dict[str, Any]]:
+    """First-generation merges of two specialists (named after their tasks): each parent's score on
+    its own task against the child's on that task, on the selection part. A merge *interferes*
+    when it loses part of both skills."""
+    rows, seen = [], set()
+    for r in runs:
+        for m in r.models.values():
+            parents = [r.models.get(p) for p in m.parents]
+            if m.generation != 1 or len(parents) != 2 or m.id in seen or any(p is None or p.parents for p in parents):
+                continue
+            seen.add(m.id)
+            skills = {}
+            for p in parents:
+                task = r.label_of(p.id)
+                if task in p.task_scores and task in m.task_scores:
+                    skills[task] = (p.task_scores[task], m.task_scores[task])
+            if len(skills) == 2:
+                rows.append({"child": m.id, "skills": skills,
+                             "interferes": all(child < parent for parent, child in skills.values())})
+    return rows
+
+
+def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> str:
+    """The results section of docs/results.md for the real-model study."""
+    from kinmerge.report.merges import merge_records, records_from_csv
+
+    lines = [f"**Data:** {len({Path(r.run_dir).name for r in runs})} of 8 testbeds finished, {len(runs)} runs "
+             f"(every run is listed below; unfinished testbeds are not in any table)."]
+    table = handed_over_table(runs, extra)
+    lines += ["", "**R1, R2, R4: held-out gain of the handed-over model over the best foundation** (mean over "
+              "testbeds; differences paired per testbed, 95% bootstrap interval over foundation sets, "
+              "sign test; Holm across the four comparisons at 12 merges)", "",
+              "| variant | " + " | ".join(f"{b} merges" for b in BUDGETS) + " |",
+              "|---|" + "--:|" * len(BUDGETS)]
+    for v, gains in table["mean_gain"].items():
+        lines.append(f"| {v} | " + " | ".join("—" if gains[b] is None else f"{gains[b]:+.4f}" for b in BUDGETS) + " |")
+    lines += ["", "| comparison | " + " | ".join(f"{b} merges" for b in BUDGETS) + " | W/T/L at 12 | Holm p |",
+              "|---|" + "--:|" * (len(BUDGETS) + 2)]
+    for name, rows in table["compared"].items():
+        last = rows[BUDGETS[-1]]
+        lines.append(f"| {name} | " + " | ".join(_fmt(rows[b]) for b in BUDGETS)
+                     + f" | {last['wins']}/{last['ties']}/{last['losses']} | {table['holm'][name]:.3f} |")
+    es = early_stop_effect(runs, extra)
+    lines += ["", f"**R3: early stop** ({es['testbeds']} testbeds): merges used with early stop "
+              f"{es['merges']['kinship']}, without {es['merges']['noes']}; held-out score of the handed-over "
+              f"model, with minus without: {_fmt(es['heldout_diff'])}."]
+    records = merge_records(runs, heldout=extra)
+    for label, gain, parents in (("held-out", "gain_heldout", "parents_heldout"),
+                                 ("selection", "gain_selection", "parents_selection")):
+        g = gain_kinship(records, gain=gain, parents=parents)
+        ci = g["partial_ci95"]
+        lines += ["", f"**R5 ({label} gain):** {g['n']} distinct merges on {g['testbeds']} testbeds: "
+                  f"Pearson r = {_num(g['pearson'])} (p = {_num(g['pearson_p'], 3)}), Spearman ρ = "
+                  f"{_num(g['spearman'])}; partial r given parents' mean {label} score and generation = "
+                  f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + "."]
+    lines += ["", "**Three zoos side by side** (selection gain, as the tiny-zoo studies recorded it; distinct "
+              "merges; partial r given parents' mean score and generation, interval over foundation sets):", "",
+              "| zoo | merges | Pearson r | Spearman ρ | partial r [95% CI] |", "|---|--:|--:|--:|--:|"]
+    zoos = [("smol (real, this study)", records)]
+    for name in ("headroom", "tiny"):
+        f = Path(__file__).parents[1] / "docs" / f"results-{name}-merges.csv"
+        zoos.append((name, records_from_csv(f.read_text()) if f.is_file() else []))
+    for name, recs in zoos:
+        if not recs:
+            lines.append(f"| {name} | — | not recomputed yet: `python benchmarks/study.py run` then `merges` | | |")
+            continue
+        g = gain_kinship(recs, gain="gain_selection", parents="parents_selection")
+        ci = g["partial_ci95"]
+        lines.append(f"| {name} | {g['n']} | {_num(g['pearson'])} | {_num(g['spearman'])} | {_num(g['partial'])}"
+                     + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
+    tests = all_pairs(out)
+    lines += ["", "**R6: all-pairs tests** (every pair of the pool after generation 1 merged and scored held out; "
+              "Spearman ρ with the held-out gain, 95% bootstrap interval over pairs)", "",
+              "| test | pool | pairs | −PCC alone | parents' mean score | suggest | regret of suggest's top pair |",
+              "|---|--:|--:|--:|--:|--:|--:|"]
+    for t in tests:
+        cells = []
+        for name in ("−PCC alone", "parents' mean score alone", "suggest"):
+            r = t["rankings"][name]
+            cells.append(_num(r["spearman"]) + (f" [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else ""))
+        lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + f" | {t['regret']:.4f} |")
+    inter = interference(runs)
+    lines += ["", f"**Interference** (first-generation merges of two specialists, selection part, 40 examples "
+              f"per task): {sum(r['interferes'] for r in inter)} of {len(inter)} lose part of both skills.", "",
+              "| merge | task: parent → child | task: parent → child |", "|---|---|---|"]
+    for r in inter:
+        a, b = sorted(r["skills"].items())
+        lines.append(f"| {a[0]} × {b[0]} | {a[0]}: {a[1][0]:.2f} → {a[1][1]:.2f} "
+                     f"| {b[0]}: {b[1][0]:.2f} → {b[1][1]:.2f} |")
+    lines += ["", "**Every run:**", "", "| testbed | run | status | stop | merges | best foundation (sel.) | "
+              "final best (sel.) | final best held-out |", "|---|---|---|---|--:|--:|--:|--:|"]
+    for r in runs:
+        lines.append(f"| {Path(r.run_dir).name} | {r.run.id} | {r.run.status} | {r.stop_reason or ''} | "
+                     f"{r.merges_used} | {_num(r.foundation_best, 4)} | {_num(r.final_best, 4)} | "
+                     f"{_num(r.final_best_heldout, 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:+.{digits}f}" if digits == 3 else f"{v:.{digits}f}"
