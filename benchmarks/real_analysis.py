@@ -232,7 +232,7 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         g = gain_kinship(records, gain=gain, parents=parents)
         ci = g["partial_ci95"]
         lines += ["", f"**R5 ({label} gain):** {g['n']} distinct merges on {g['testbeds']} testbeds: "
-                  f"Pearson r = {_num(g['pearson'])} (p = {_num(g['pearson_p'], 3)}), Spearman ρ = "
+                  f"Pearson r = {_num(g['pearson'])} (p = {_p(g['pearson_p'])}), Spearman ρ = "
                   f"{_num(g['spearman'])}; partial r given parents' mean {label} score and generation = "
                   f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + "."]
     lines += ["", "**Three zoos side by side** (selection gain, as the tiny-zoo studies recorded it; distinct "
@@ -262,8 +262,10 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
             cells.append(_num(r["spearman"]) + (f" [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else ""))
         lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + f" | {t['regret']:.4f} |")
     inter = interference(runs)
-    lines += ["", f"**Interference** (first-generation merges of two specialists, selection part, 40 examples "
-              f"per task): {sum(r['interferes'] for r in inter)} of {len(inter)} lose part of both skills.", "",
+    n = {r.examples_per_task for r in runs} - {None}
+    lines += ["", f"**Interference** (first-generation merges of two specialists, selection part, "
+              f"{'/'.join(map(str, sorted(n))) or '?'} examples per task): {sum(r['interferes'] for r in inter)} "
+              f"of {len(inter)} lose part of both skills.", "",
               "| merge | task: parent → child | task: parent → child |", "|---|---|---|"]
     for r in inter:
         a, b = sorted(r["skills"].items())
@@ -276,6 +278,10 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                      f"{r.merges_used} | {_num(r.foundation_best, 4)} | {_num(r.final_best, 4)} | "
                      f"{_num(r.final_best_heldout, 4)} |")
     return "\n".join(lines) + "\n"
+
+
+def _p(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2g}"
 
 
 def _num(v: float | None, digits: int = 3) -> str:
