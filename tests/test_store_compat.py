@@ -30,6 +30,9 @@ def test_status_and_compare_read_what_0_1_0_read(old_run: Path) -> None:
         # Held-out scores (new in 0.3): a 0.1.0 run did not split its tasks, so it has none.
         assert (got.pop("heldout"), got.pop("best_heldout_score")) == (False, None)
         assert [m.pop("heldout_score") for m in got["pool"]] == [None] * len(got["pool"])
+        # New in 0.3: the examples behind each task score (the 0.1.0 run scored every task on all of them).
+        assert got.pop("heldout_examples_per_task") is None and got.pop("tasks") >= 1
+        assert got.pop("examples_per_task") >= 1
         # New in 0.3 (kinship estimates carry their bounds): an exact run says so, nothing more.
         assert (got.pop("kinship_source"), got.pop("top_k_kinship_bound"), got.pop("kinship_rechecks")) \
             == ("exact", None, 0)

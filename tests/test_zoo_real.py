@@ -78,6 +78,7 @@ def test_the_loop_on_a_real_llm_scores_the_chosen_model_held_out(smol: Path, tmp
     assert res.exit_code == 0, res.output
     status = json.loads(runner.invoke(cli, ["status", str(tmp_path / "run"), "--json"]).output)
     assert status["heldout"] and status["merges"] == 1
+    assert (status["examples_per_task"], status["heldout_examples_per_task"]) == (6, 12)
     best = next(m for m in status["pool"] if m["id"] == status["best"])
     assert best["heldout_score"] is not None and best["heldout_score"] == status["best_heldout_score"]
     child = next(m for m in status["pool"] if m["parents"])

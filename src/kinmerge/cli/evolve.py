@@ -207,6 +207,14 @@ def status_cmd(run_dir: str, run_id: str | None, as_json: bool) -> None:
         console.print(f"kinship: estimates from sketches, ± their 99% bound (exact where re-checked); "
                       f"{summary.kinship_rechecks} decision(s) an estimate could flip re-checked exactly",
                       highlight=False)
+    if summary.examples_per_task and summary.tasks:
+        n, t = summary.examples_per_task, summary.tasks
+        line = (f"scores: the average of {t} task(s); selection on {n} examples per task "
+                f"(one example: {1 / (n * t):.4f})")
+        if summary.heldout_examples_per_task:
+            m = summary.heldout_examples_per_task
+            line += f", held-out on {m} (one example: {1 / (m * t):.4f})"
+        console.print(line, highlight=False)
     best = summary.best
     if summary.heldout and best is not None:
         console.print(f"best by selection score: {short_id(best.id)}, held-out {num(best.heldout_score)} "

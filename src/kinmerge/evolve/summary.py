@@ -102,6 +102,10 @@ class RunSummary:
     kinship_source: str = "exact"
     kinship_rechecks: int = 0
     fitness: Fitness = field(default_factory=Fitness)
+    #: examples behind each task score, selection and held-out part (``None``: varies or unknown)
+    examples_per_task: int | None = None
+    heldout_examples_per_task: int | None = None
+    tasks: int = 0
 
     @property
     def best(self) -> PoolModel | None:
@@ -130,6 +134,9 @@ class RunSummary:
             "best_score": best.score if best else None,
             "best_heldout_score": best.heldout_score if best else None,
             "heldout": self.heldout,
+            "tasks": self.tasks,
+            "examples_per_task": self.examples_per_task,
+            "heldout_examples_per_task": self.heldout_examples_per_task,
             "merges": self.merges,
             "pool": [{**m.to_dict(), "in_top_k": m.id in self.top_k} for m in self.pool],
             "made": dict(self.made),
@@ -187,7 +194,17 @@ def summarize(store: RunStore, run_id: str, run_dir: str | os.PathLike[str] | No
         problems=tuple(p.describe() for p in check_run(store, run_id)),
         heldout=fp is not None and fp.heldout is not None,
         fitness=fitness,
+        examples_per_task=_uniform(store.examples_by_task(ids, evaluator=fp.evaluator if fp else None)),
+        heldout_examples_per_task=_uniform(store.examples_by_task(ids, evaluator=fp.heldout))
+        if fp is not None and fp.heldout is not None else None,
+        tasks=len({t for m in pool for t in m.task_scores}),
     )
+
+
+def _uniform(per_model: dict[str, dict[str, int]]) -> int | None:
+    """The examples behind every task score when all are equal (``None``: none, or they vary)."""
+    counts = {n for per_task in per_model.values() for n in per_task.values()}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _finite(bound: float | None) -> float | None:
