@@ -101,9 +101,9 @@ def replay(limit: int, plans: Sequence[tuple[int, int]], completions: Sequence[K
         StoreError: the records do not replay (a plan no completion could have asked for).
 
     Example:
-        >>> s = replay(1, [(2, 0), (1, 1)], [(1, 0)])
+        >>> s = replay(1, [(1, 0), (2, 1)], [(1, 0)])  # plan 2 was made after the 1st completion
         >>> s.running, s.queue, s.plans
-        ([(1, 1)], [(2, 0)], 2)
+        ([(2, 0)], [(2, 1)], 2)
     """
     todo = list(plans)
     done = 0
