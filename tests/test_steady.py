@@ -95,7 +95,7 @@ def test_a_steady_run_on_two_workers_records_its_completion_order(micro_zoo, cho
     cfg = _steady(micro_zoo, choice_tasks, tmp_path / "w2.yaml", executor={"name": "local", "workers": 2},
                   strategy={"name": "kinship", "k": 3, "max_generations": 2, "early_stop": False})
     s = evolve(cfg, tmp_path / "run", progress=False)
-    pool, plans, order, afters, stop, status = _record(tmp_path / "run")
+    _pool, plans, order, afters, stop, status = _record(tmp_path / "run")
     children = [m for m in s.pool if m.origin == "merge"]
     assert status == "finished" and stop == "generation budget" and plans[3].stop == stop
     assert sorted(order) == sorted(m.id for m in children) and len(order) == 3 + len(plans[2].merges)
