@@ -94,7 +94,7 @@ def run_simulation(args: argparse.Namespace) -> dict[str, Any]:
     plan_sizes = [int(x) for x in args.plan_sizes.split(",")]
     for workers in sorted({args.workers, plan_sizes[-1]}):
         for jitter in (0.0, args.jitter):
-            row = {}
+            row: dict[str, dict[str, Any]] = {}
             for schedule in ("generational", "steady"):
                 runs = [simulate(schedule, workers=workers, merge_s=args.merge_s, eval_s=args.eval_s,
                                  plan_sizes=plan_sizes, merges=args.merges, jitter=jitter, seed=seed)
@@ -138,6 +138,14 @@ def _config(schedule: str, out: Path, args: argparse.Namespace) -> Path:
     return path
 
 
+def _busy(run_dir: Path, run_id: str) -> float:
+    """Seconds the run's merges and evaluations took, summed (worker time, load included)."""
+    from kinmerge.store import RunStore
+
+    with RunStore(run_dir, lock=False) as store:
+        return sum(e.duration_s or 0.0 for e in store.events(run_id) if e.kind in ("merge", "evaluate"))
+
+
 def _curve(run_dir: Path, run_id: str) -> list[tuple[float, int, float]]:
     """(seconds since the run started, merges scored so far, best score so far) per evaluation."""
     from kinmerge.store import RunStore
@@ -170,7 +178,9 @@ def _one(schedule: str, out: Path, args: argparse.Namespace, rep: int) -> tuple[
     s = evolve(_config(schedule, out, args), run_dir, progress=False)
     curve = _curve(run_dir, schedule)
     t, merges, best = curve[-1]
+    busy = _busy(run_dir, schedule)
     return ({"call_seconds": round(time.perf_counter() - t0, 1), "run_seconds": round(t, 1), "merges": merges,
+             "step_seconds": round(busy, 1), "utilisation": round(busy / (2 * t), 3),
              "best": round(best, 4), "stop": s.stop, "load_1min": [round(load, 2), round(os.getloadavg()[0], 2)]},
             curve)
 
@@ -199,7 +209,8 @@ def run_measured(args: argparse.Namespace) -> dict[str, Any]:
         for schedule in order:
             r = row[schedule]
             print(f"measured #{rep} {schedule:12}: {r['merges']} merges in {r['run_seconds']} s "
-                  f"(call {r['call_seconds']} s), best {r['best']:.4f}, stop {r['stop']!r}, "
+                  f"(call {r['call_seconds']} s; steps {r['step_seconds']} s, utilisation {r['utilisation']:.2f}), "
+                  f"best {r['best']:.4f}, stop {r['stop']!r}, "
                   f"load {r['load_1min'][0]} -> {r['load_1min'][1]}")
         print(f"measured #{rep} time to {n} merges: generational {gt:.1f} s, steady {stt:.1f} s "
               f"-> ratio {stt / gt:.2f}")
@@ -207,6 +218,9 @@ def run_measured(args: argparse.Namespace) -> dict[str, Any]:
             print(f"measured #{rep} best at {t:5d} s (generational, steady): {a}, {b}")
         for m, (a, b) in row["best_at_merges"].items():
             print(f"measured #{rep} best at {m:3d} merges (generational, steady): {a}, {b}")
+    utils = {sch: [r[sch]["utilisation"] for r in res["repeats"]] for sch in ("generational", "steady")}
+    print(f"measured utilisation of the 2 workers (step seconds / 2 x wall; less sensitive to load): "
+          f"generational {utils['generational']}, steady {utils['steady']}")
     ratios = [r["time_to_n"]["ratio"] for r in res["repeats"]]
     res["time_ratio_mean"] = round(sum(ratios) / len(ratios), 3)
     print(f"measured time-to-N ratio steady/generational: mean {res['time_ratio_mean']:.2f} over n={len(ratios)} "

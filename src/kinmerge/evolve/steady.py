@@ -46,6 +46,7 @@ from kinmerge.evolve.signals import stop_if_terminated
 from kinmerge.evolve.steps import EvaluateTask, MergeTask, run_evaluation, run_merge
 from kinmerge.kinship import METRICS
 from kinmerge.pool import Plan, PoolModel, PoolState
+from kinmerge.store import RunStore
 
 __all__ = ["Schedule", "replay", "run_steady", "steady_fingerprint", "steady_state"]
 
@@ -180,7 +181,8 @@ class _Steady:
 
     def __init__(self, run: Any) -> None:
         self.r = run
-        self.store, self.run_id = run.store, run.run_id
+        self.store: RunStore = run.store
+        self.run_id: str = run.run_id
         fp = self.store.get_run(self.run_id).fingerprint
         self.limit = int(fp.max_in_flight if fp is not None and fp.max_in_flight else run.executor.workers)
         self.plans: dict[int, Plan] = {}
@@ -202,10 +204,10 @@ class _Steady:
 
     def state(self) -> PoolState:
         r = self.r
-        models = self.store.pool(self.run_id, evaluator=r.eval_key, fitness=r.evaluator_cfg.fitness)
         fitness = r.evaluator_cfg.fitness
+        raw = self.store.pool(self.run_id, evaluator=r.eval_key, fitness=fitness)  # ranked by Fitness.key
         models = [PoolModel(m.id, m.generation, m.parents, m.score if m.score is None else fitness.key(m.score))
-                  for m in models]
+                  for m in raw]
         kinship, bounds = self.store.kinship_of_run(self.run_id, r.metric, model_ids=[m.id for m in models])
         return steady_state(models, self.store.completions(self.run_id), self._saved()[1], kinship=kinship,
                             bounds=bounds, merged_pairs=self.store.merged_pairs(self.run_id), metric=r.metric)
