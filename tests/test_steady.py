@@ -105,7 +105,6 @@ def test_a_steady_run_on_two_workers_records_its_completion_order(micro_zoo, cho
     assert all(m.score is not None for m in s.pool)
     with pytest.raises(StoreError, match=r"other settings: max_in_flight: 2 -> 1"):
         evolve(_steady(micro_zoo, choice_tasks, tmp_path / "m1.yaml", max_in_flight=1,
-                       executor={"name": "local", "workers": 2},
                        strategy={"name": "kinship", "k": 3, "max_generations": 2, "early_stop": False}),
                tmp_path / "run", progress=False)
     data = run_config(micro_zoo, choice_tasks, run_id="steady",
@@ -174,3 +173,9 @@ def test_a_killed_steady_driver_resumes_to_the_uninterrupted_pool(micro_zoo, cho
         assert {e.payload["id"] for e in merges} == set(got[2])
         assert sum(not e.payload["reused"] for e in merges) <= len(got[2])  # a merge in flight is found by content
         assert len(store.events("steady", kind="evaluate")) == len(got[0])  # each model scored once
+    # A finished child's score lost from the store: the next evolve scores it again, nothing else.
+    with sqlite3.connect(run_dir / "kinmerge.db") as con:
+        con.execute("DELETE FROM evaluations WHERE model_id = ?", (got[2][0],))
+    again = evolve(cfg, run_dir, progress=False)
+    assert again.made["evaluations"] == 1 and again.made["merges"] == 0 and _record(run_dir) == want
+    assert again.pending is None

@@ -216,15 +216,19 @@ class _Steady:
 
     def run(self) -> Plan:
         r = self.r
-        stored = self.store.stop_reason(self.run_id)
-        if stored is not None:  # a finished run: nothing to decide
-            return max((p for p, _ in self.store.plans(self.run_id).values() if p.stop is not None),
-                       key=lambda p: p.generation)
         plans, afters = self._saved()
         self.plans = {p.generation: p for p in plans}
         by_pair = {m.pair: (p.generation, i) for p in plans for i, m in enumerate(p.merges)}
         parents = {m.id: m.parents for m in self.store.pool(self.run_id, evaluator=r.eval_key)}
         self.done_pairs = {frozenset(parents[c]) for c in self.store.completions(self.run_id)}
+        if not r.dry_run:  # a finished child whose score the store lost (it checks itself) is scored again
+            r._evaluate(self.store.completions(self.run_id), generation=len(plans), cards=True)
+            for p in plans:  # and a plan the store's repair reopened is done again
+                if all(m.pair in self.done_pairs for m in p.merges):
+                    self.store.mark_plan_done(self.run_id, p.generation)
+        if self.store.stop_reason(self.run_id) is not None:  # a finished run: nothing to decide
+            return max((p for p, _ in self.store.plans(self.run_id).values() if p.stop is not None),
+                       key=lambda p: p.generation)
         done = [by_pair[p] for p in map(frozenset, (parents[c] for c in self.store.completions(self.run_id)))]
         schedule = replay(self.limit, [(len(p.merges), a) for p, a in zip(plans, afters, strict=True)], done)
         if r.dry_run:  # the plan being executed (as a generational dry run shows), else the next one
