@@ -76,6 +76,23 @@ def test_the_schedule_plans_when_a_slot_frees_and_replays_from_the_completions()
         replay(2, [(3, 0), (1, 1)], [(1, 0)])  # nothing asked after 1 completion (a slot was taken)
 
 
+def test_the_store_numbers_each_child_once_and_keeps_when_each_plan_was_made(tmp_path):
+    from kinmerge.pool import Plan, PlannedMerge
+    from kinmerge.store import RunStore
+
+    with RunStore(tmp_path) as store:
+        store.start_run("r", strategy="greedy", config={"base": "B"})
+        for mid in ("a", "b", "c"):
+            store.add_model(mid, origin="foundation", generation=0, run_id="r")
+        store.save_plan("r", Plan(1, merges=(PlannedMerge(("a", "b")), PlannedMerge(("a", "c")))), after=0)
+        store.add_model("ab", origin="merge", generation=1, parents=("a", "b"), run_id="r")
+        store.add_model("ac", origin="merge", generation=1, parents=("a", "c"), run_id="r")
+        assert [store.record_completion("r", m) for m in ("ac", "ab", "ac")] == [1, 2, 1]  # once each
+        assert store.completions("r") == ["ac", "ab"] and store.plan_afters("r") == {1: 0}
+        with pytest.raises(StoreError, match="not in the pool of run 'r'"):
+            store.record_completion("r", "zz")
+
+
 def test_schedule_settings_are_validated(micro_zoo, choice_tasks, tmp_path):
     data = run_config(micro_zoo, choice_tasks, max_in_flight=2)
     with pytest.raises(ConfigError, match="max_in_flight: only a steady run"):

@@ -14,7 +14,7 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
    the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
    and evaluated then, while the generation's other merges may still run.
 
-With ``schedule: steady`` step 1-2 give way to :mod:`kinmerge.evolve.steady` (no barrier between generations).
+With ``schedule: steady`` steps 1 and 2 are :mod:`kinmerge.evolve.steady`'s (no barrier between generations).
 Generation 0 is the foundation models, evaluated once. When the strategy stops, the kinship of
 every pair of the final pool is recorded (the report's heatmap) and the run is marked finished.
 
