@@ -74,6 +74,8 @@ def test_the_schedule_plans_when_a_slot_frees_and_replays_from_the_completions()
     assert (r.running, r.queue, r.fresh) == ([], [], True)
     with pytest.raises(StoreError, match="does not replay"):
         replay(2, [(3, 0), (1, 1)], [(1, 0)])  # nothing asked after 1 completion (a slot was taken)
+    with pytest.raises(StoreError, match="finished without having been started"):
+        replay(1, [(3, 0)], [(1, 1)])  # one in flight at a time: the second merge waited
 
 
 def test_the_store_numbers_each_child_once_and_keeps_when_each_plan_was_made(tmp_path):

@@ -121,6 +121,9 @@ def replay(limit: int, plans: Sequence[tuple[int, int]], completions: Sequence[K
     schedule = Schedule(limit)
     fill(schedule)
     for key in completions:
+        if key not in schedule.running:
+            raise StoreError(f"the run's steady schedule does not replay: merge {key[1] + 1} of plan {key[0]} "
+                             "finished without having been started (max_in_flight changed?); give a new run_id")
         schedule.finish(key)
         done += 1
         fill(schedule)
@@ -164,7 +167,14 @@ def steady_state(models: Sequence[PoolModel], completions: Sequence[str], afters
 
 def steady_fingerprint(cfg: Any, workers: int) -> dict[str, Any]:
     """The fingerprint fields of a run's schedule: none for a generational run; for a steady one,
-    ``schedule`` and ``max_in_flight`` (default: the executor's ``workers``)."""
+    ``schedule`` and ``max_in_flight`` (default: the executor's ``workers``), which its plans
+    depend on.
+
+    Example:
+        >>> from types import SimpleNamespace as Cfg
+        >>> steady_fingerprint(Cfg(schedule="steady", max_in_flight=None), 8)
+        {'schedule': 'steady', 'max_in_flight': 8}
+    """
     if cfg.schedule != "steady":
         return {}
     return {"schedule": "steady", "max_in_flight": cfg.max_in_flight or workers}
