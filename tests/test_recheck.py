@@ -135,7 +135,7 @@ def test_a_0003_store_opens_and_its_old_estimates_have_an_unknown_bound(tmp_path
                  "VALUES ('B', 'ma', 'mb', 'pcc', 'global', 'sketch', 0.25, 't')")
     conn.close()
     with RunStore(run) as store:  # a resume opens it with the lock: 0004 is applied in place
-        assert store.applied_migrations()[-1] == "0004_kinship_bounds"
+        assert "0004_kinship_bounds" in store.applied_migrations()
         assert store.get_kinship("pcc", base="B", source="sketch") == {pair("ma", "mb"): 0.25}
         assert store.get_kinship_bounds("pcc", base="B") == {pair("ma", "mb"): math.inf}
         store.record_kinships({("ma", "mb"): 0.26}, "pcc", base="B", source="sketch", bounds={("ma", "mb"): 0.01})

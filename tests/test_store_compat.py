@@ -56,7 +56,7 @@ def test_fingerprints_read_back_typed_and_write_the_same_text(old_run: Path) -> 
     with RunStore(old_run) as store:  # with the lock: a resume would open it this way
         assert store.applied_migrations() == ["0001_initial", "0002_interrupted_runs",
                                               "0003_kinship_keyed_by_base",
-                                              "0004_kinship_bounds"]  # upgraded in place
+                                              "0004_kinship_bounds", "0005_steady_completions"]  # upgraded in place
         for run in store.runs():
             fp = run.fingerprint
             assert fp is not None and fp.strategy == run.strategy and fp.k == 3 and len(fp.foundation) == 3

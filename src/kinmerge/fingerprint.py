@@ -47,6 +47,10 @@ class RunFingerprint:
         fitness: what the pool ranks by: task weights and the metric direction
             (``kinmerge.evaluate.fitness``); stored only when not the paper's plain mean, so
             earlier runs read back unchanged.
+        schedule: ``generational`` (the paper's loop: plan, run the whole generation, plan) or
+            ``steady`` (no barrier: ``kinmerge.evolve.steady``); stored only when steady.
+        max_in_flight: a steady run's children merged or evaluated at once (its plans depend
+            on it); ``None`` for a generational run.
     """
 
     foundation: tuple[str, ...]
@@ -62,6 +66,8 @@ class RunFingerprint:
     kinship_source: str = "exact"
     heldout: str | None = None
     fitness: Fitness = field(default_factory=Fitness)
+    schedule: str = "generational"
+    max_in_flight: int | None = None
 
     @property
     def k(self) -> int:
@@ -96,6 +102,9 @@ class RunFingerprint:
             out["heldout"] = self.heldout
         if fitness := self.fitness.to_dict():
             out["fitness"] = fitness
+        if self.schedule != "generational":
+            out["schedule"] = self.schedule
+            out["max_in_flight"] = self.max_in_flight
         return out
 
     @classmethod
@@ -113,7 +122,9 @@ class RunFingerprint:
                    evaluator_settings=data.get("evaluator_settings"),
                    kinship_source=str(data.get("kinship_source") or "exact"),
                    heldout=data.get("heldout") if isinstance(data.get("heldout"), str) else None,
-                   fitness=Fitness.from_dict(data["fitness"] if isinstance(data.get("fitness"), Mapping) else None))
+                   fitness=Fitness.from_dict(data["fitness"] if isinstance(data.get("fitness"), Mapping) else None),
+                   schedule=str(data.get("schedule") or "generational"),
+                   max_in_flight=data.get("max_in_flight") if isinstance(data.get("max_in_flight"), int) else None)
 
     def changes(self, other: RunFingerprint) -> dict[str, tuple[Any, Any]]:
         """The settings that differ from ``other``: ``{name: (mine, other's)}``.
@@ -130,7 +141,8 @@ class RunFingerprint:
         out: dict[str, tuple[Any, Any]] = {}
         if set(self.foundation) != set(other.foundation):
             out["foundation"] = (list(self.foundation), list(other.foundation))
-        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source", "heldout"):
+        for name in ("base", "strategy", "evaluator", "metric", "identity", "racing", "kinship_source", "heldout",
+                     "schedule", "max_in_flight"):
             if getattr(self, name) != getattr(other, name):
                 out[name] = (getattr(self, name), getattr(other, name))
         sections = [("strategy", self.settings, other.settings), ("merge", self.recipe, other.recipe),

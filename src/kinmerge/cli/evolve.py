@@ -100,12 +100,16 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
     crashed? Run the same command again: it resumes where it stopped and ends with the same pool.
     The config format is in docs/evolve.md; --track (or the config's tracking:) logs every score,
     each generation and the final summary to W&B, MLflow or TensorBoard while the run goes.
+    With "schedule: steady" (and optionally "max_in_flight: N") in the config, generations have no
+    barrier: each finished child joins the pool and the strategy plans from it while other
+    children still run (docs/evolve.md, "Steady-state evolution").
 
     \b
     Example:
       kinmerge evolve examples/evolve.yaml --dry-run
       kinmerge evolve examples/evolve.yaml
       kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy --track tensorboard
+      kinmerge evolve steady.yaml   # has schedule: steady, max_in_flight: 8 (docs/evolve.md)
     """
     from kinmerge.evolve.config import load_config
     from kinmerge.evolve.runner import evolve

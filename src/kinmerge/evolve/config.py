@@ -248,6 +248,11 @@ class RunConfig(_Section):
             again: ``kinmerge.evolve.sketch_kinship``, docs/index.md).
         tracking: ``{name: wandb | mlflow | tensorboard, ...}``: watch the run live there (see
             :class:`TrackingConfig`); default none. Not part of the run's identity.
+        schedule: ``generational`` (default: the paper's loop, each generation planned once the
+            last is scored) or ``steady`` (no barrier: each finished child enters the pool and the
+            strategy plans from the pool as it is then; ``kinmerge.evolve.steady``).
+        max_in_flight: steady only: children merged or evaluated at once (default: the
+            executor's ``workers``). Part of the run's identity, like ``schedule``.
         source: the file it was loaded from (not a YAML field).
     """
 
@@ -265,6 +270,8 @@ class RunConfig(_Section):
     kinship_source: Literal["exact", "sketch"] = "exact"
     racing: RacingConfig | None = None
     tracking: TrackingConfig | None = None
+    schedule: Literal["generational", "steady"] = "generational"
+    max_in_flight: int | None = Field(None, ge=1)
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("foundation", mode="after")
@@ -311,6 +318,12 @@ class RunConfig(_Section):
         if self.racing is not None and not getattr(type(self.evaluator.build()), "supports_parts", False):
             raise ValueError(f"racing: the {self.evaluator.name} evaluator cannot score part of a task; "
                              "race with the builtin evaluator, or drop racing")
+        if self.max_in_flight is not None and self.schedule != "steady":
+            raise ValueError("max_in_flight: only a steady run has one (schedule: steady); a generational run "
+                             "runs executor.workers steps at once")
+        if self.racing is not None and self.schedule == "steady":
+            raise ValueError("racing: a race scores a whole generation together; drop racing, or use "
+                             "schedule: generational")
         if self.racing is not None and self.evaluator.fitness.to_dict():  # its bounds are on the plain mean
             raise ValueError("racing: a race bounds the plain mean of accuracies; drop racing, or "
                              "evaluator.task_weights and evaluator.direction")

@@ -14,6 +14,7 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
    the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
    and evaluated then, while the generation's other merges may still run.
 
+With ``schedule: steady`` steps 1 and 2 are :mod:`kinmerge.evolve.steady`'s (no barrier between generations).
 Generation 0 is the foundation models, evaluated once. When the strategy stops, the kinship of
 every pair of the final pool is recorded (the report's heatmap) and the run is marked finished.
 
@@ -44,6 +45,7 @@ from kinmerge.evolve.recheck import Recheck, record_exact, settle
 from kinmerge.evolve.resume import check_remerge, raise_budget, reconcile, remerge_task, repair
 from kinmerge.evolve.signals import sigterm_interrupts, stop_if_terminated
 from kinmerge.evolve.sketch_kinship import SketchKinship
+from kinmerge.evolve.steady import run_steady, steady_fingerprint
 from kinmerge.evolve.steps import (
     EvaluateTask,
     KinshipTask,
@@ -182,7 +184,7 @@ class _Run:
                 self._score_heldout(0)
             while True:
                 stop_if_terminated()
-                plan = self._next_plan()
+                plan = run_steady(self) if self.cfg.schedule == "steady" else self._next_plan()
                 if self.dry_run:
                     return self._summary(start, next_plan=plan)
                 if plan.stop is not None:
@@ -222,6 +224,7 @@ class _Run:
             racing=self.cfg.racing.model_dump() if self.cfg.racing is not None else None,
             evaluator_settings=self.eval_identity, kinship_source=self.cfg.kinship_source,
             heldout=self.heldout.key if self.heldout is not None else None, fitness=self.evaluator_cfg.fitness,
+            **steady_fingerprint(self.cfg, self.executor.workers),
         )
         existing = self.store.get_run(self.run_id)
         resumed = existing is not None

@@ -21,6 +21,9 @@ An executor (``kinmerge.evolve.executors``) provides
   done while other first steps still run, and each step keeps its own resource request. At most
   ``workers`` steps of either kind are in flight; a finished first step's follow-up is started
   before the next task is pulled. Errors and laziness as for ``imap``;
+- ``flow(first, then, pull, link, limit)``: ``chain`` over tasks that ``pull()`` hands out as
+  ``(key, task)`` whenever a slot is free, ``None`` meaning "nothing now" (asked again after the
+  next result): the steady-state schedule (``kinmerge.evolve.steady``) plans from each result;
 - ``map(step, tasks)``: the results in task order;
 - ``check_storage(read, write)``: before a run, every machine that runs steps must see the
   ``read`` paths as the caller does and be able to write into the folder ``write`` (``None``:

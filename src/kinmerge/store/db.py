@@ -758,11 +758,12 @@ class RunStore:
 
     # -- plans ----------------------------------------------------------------------------------
 
-    def save_plan(self, run_id: str, plan: Plan) -> Plan:
+    def save_plan(self, run_id: str, plan: Plan, *, after: int | None = None) -> Plan:
         """Save a generation's plan *before* executing it; returns the plan stored.
 
         Idempotent: saving the same plan again is a no-op. A stop plan is saved as done (it has
-        nothing to execute) and records why the run ended.
+        nothing to execute) and records why the run ended. ``after``: in a steady-state run, how
+        many children had finished when the plan was made (:meth:`plan_afters`).
 
         Raises:
             StoreError: a different plan is already stored for that generation (a resumed run
@@ -780,10 +781,10 @@ class RunStore:
                     )
                 return stored
             conn.execute(
-                "INSERT INTO plans (run_id, generation, plan, stop, status, created, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO plans (run_id, generation, plan, stop, status, created, finished, after_completions) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, plan.generation, _dumps(plan.to_dict()), plan.stop,
-                 "done" if plan.stop else "planned", now(), now() if plan.stop else None),
+                 "done" if plan.stop else "planned", now(), now() if plan.stop else None, after),
             )
         return plan
 
@@ -812,6 +813,34 @@ class RunStore:
         if plan.generation != r["generation"]:
             raise damaged(self.db_path, "plans", where, f"plan says generation {plan.generation}")
         return plan
+
+    def plan_afters(self, run_id: str) -> dict[int, int]:
+        """A steady-state run's plans: ``{generation: completions it was made after}`` (plans of a
+        generational run have none)."""
+        rows = self._query("SELECT generation, after_completions FROM plans WHERE run_id = ? "
+                           "AND after_completions IS NOT NULL ORDER BY generation", (run_id,))
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def record_completion(self, run_id: str, model_id: str) -> int:
+        """Record that a child of a steady-state run finished (merged and scored): its completion
+        number in the run, 1 for the first. Idempotent: a child keeps its first number."""
+        with self._write(f"record the completion of {model_id!r}") as conn:
+            row = conn.execute("SELECT completed FROM pool WHERE run_id = ? AND model_id = ?",
+                               (run_id, model_id)).fetchone()
+            if row is None:
+                raise StoreError(f"model {model_id!r} is not in the pool of run {run_id!r}")
+            if row[0] is not None:
+                return int(row[0])
+            seq = int(conn.execute("SELECT coalesce(max(completed), 0) + 1 FROM pool WHERE run_id = ?",
+                                   (run_id,)).fetchone()[0])
+            conn.execute("UPDATE pool SET completed = ? WHERE run_id = ? AND model_id = ?", (seq, run_id, model_id))
+        return seq
+
+    def completions(self, run_id: str) -> list[str]:
+        """The children of a steady-state run in the order they finished (:meth:`record_completion`)."""
+        rows = self._query("SELECT model_id FROM pool WHERE run_id = ? AND completed IS NOT NULL "
+                           "ORDER BY completed", (run_id,))
+        return [str(r[0]) for r in rows]
 
     def discard_stop(self, run_id: str, reason: str) -> int | None:
         """Forget a saved stop decision made for ``reason`` (e.g. the generation budget after the

@@ -190,6 +190,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CHECK (bound IS NULL OR (bound >= 0 AND source = 'sketch'))",
         ),
     ),
+    Migration(
+        "0005_steady_completions",
+        (
+            # A steady-state run (``schedule: steady``, kinmerge.evolve.steady) has no barrier
+            # between generations: its plans depend on the order in which children finished. So
+            # each finished child's pool row gets its completion number in the run (1, 2, ...),
+            # and each plan the number of completions it was made after; a resumed run replays
+            # them in that order. NULL in a generational run. Added in place: old rows unchanged.
+            "ALTER TABLE pool ADD COLUMN completed INTEGER CHECK (completed IS NULL OR completed >= 1)",
+            "CREATE UNIQUE INDEX pool_completed ON pool(run_id, completed) WHERE completed IS NOT NULL",
+            "ALTER TABLE plans ADD COLUMN after_completions INTEGER "
+            "CHECK (after_completions IS NULL OR after_completions >= 0)",
+        ),
+    ),
 )
 
 #: How a kinship value was computed: an exact scan, or an estimate from sketches.

@@ -63,29 +63,40 @@ class BaseExecutor:
         ``link`` runs in this process after the first result was handed to the caller, so the
         caller has recorded it; follow-ups start before new items are pulled.
         """
-        source = iter(enumerate(items))
-        running: dict[Hashable, tuple[int, int, Any]] = {}  # handle -> (index, stage, task)
-        limit = self.workers
+        source = enumerate(items)
+        yield from self.flow(first, then, lambda: next(source, None), link)
 
-        def start_next() -> bool:
-            for i, item in source:  # at most one: pulled only when a slot is free
-                running[self._submit(first, item)] = (i, 0, item)
-                return True
-            return False
+    def flow(self, first: Callable[[Any], Any], then: Callable[[Any], Any] | None,
+             pull: Callable[[], tuple[Any, Any] | None], link: Link | None = None,
+             limit: int | None = None) -> Iterator[tuple[Any, int, Any]]:
+        """:meth:`chain` over tasks that come from ``pull()`` as ``(key, item)``, or ``None`` for
+        "nothing to start now"; ``pull`` is asked again whenever a slot is free after a result
+        was handed to the caller (so what it returns may depend on that result: the steady-state
+        schedule plans from it). Ends when nothing is in flight and ``pull`` gives ``None``.
+        At most ``limit`` (default ``workers``) steps in flight; keys must be orderable
+        (results that finish together are handed over by key).
+        """
+        running: dict[Hashable, tuple[Any, int, Any]] = {}  # handle -> (key, stage, task)
+        cap = self.workers if limit is None else limit
+
+        def fill() -> None:
+            while len(running) < cap:
+                got = pull()  # asked only when a slot is free
+                if got is None:
+                    return
+                running[self._submit(first, got[1])] = (got[0], 0, got[1])
 
         try:
-            while len(running) < limit and start_next():
-                pass
+            fill()
             while running:
                 for handle in sorted(self._wait(list(running)), key=lambda h: running[h][:2]):
-                    i, stage, task = running.pop(handle)
+                    key, stage, task = running.pop(handle)
                     result = self._result(handle, first if stage == 0 else then, task)  # type: ignore[arg-type]
-                    yield i, stage, result
-                    follow = link(i, result) if stage == 0 and then is not None and link is not None else None
+                    yield key, stage, result
+                    follow = link(key, result) if stage == 0 and then is not None and link is not None else None
                     if follow is not None:
-                        running[self._submit(then, follow)] = (i, 1, follow)  # type: ignore[arg-type]
-                    while len(running) < limit and start_next():
-                        pass
+                        running[self._submit(then, follow)] = (key, 1, follow)  # type: ignore[arg-type]
+                    fill()
         finally:
             for handle in running:
                 self._cancel(handle)
