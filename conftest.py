@@ -5,12 +5,13 @@ pytest`` also runs the docstring examples of ``src/kinmerge`` (``--doctest-modul
 must not reach the Hugging Face hub (CI has no network besides package registries) nor read or
 write the user's ``~/.cache/kinmerge`` either. The tests' shared fixtures live in
 ``tests/conftest.py``. A module may override ``offline`` (e.g. to share one cache across a
-module's long fixtures).
+module's long fixtures). The tests' groups for pytest-xdist are here too: they span both folders.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,34 +27,53 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup --no-loadscope-reorder``)
+# pytest-xdist: ``scripts/test.sh`` runs ``-n 2 --dist loadgroup --no-loadscope-reorder``, with the
+# groups below (xdist's own ``xdist_group`` marks are lost under pytest 9, whose node ids are
+# structured: xdist 3.8 appends the group to an attribute pytest no longer reads).
 
-#: Fixtures whose users share one Ray cluster per worker process: they run in the same group.
+#: Test modules with a test that keeps both cores busy by itself, and why. They run in one group,
+#: one test at a time, never two at once on 2 cores; so do modules with ``ray`` in their name.
+BOTH_CORES = {
+    "tests/test_demo.py": "the shipped-zoo demo runs its testbeds in 2 worker processes",
+    "tests/test_zoo.py": "the full tiny build trains its specialists in 2 worker processes",
+    "tests/test_reproducible.py": "a run on a Ray cluster (its module fixture is shared with it)",
+}
+#: Fixtures of a Ray cluster (one per worker process): their users must be in the group.
 _RAY_FIXTURES = {"ray_cluster", "ray_reference"}
 
 
-def _keeps_both_cores_busy(item: pytest.Item) -> bool:
-    """A test that keeps both cores busy by itself: marked ``both_cores``, in a Ray test module
-    (``test_*ray*.py``), or a user of the session's Ray cluster."""
-    return (item.get_closest_marker("both_cores") is not None
-            or (item.path.name.startswith("test_") and "ray" in item.path.stem.split("_"))
-            or bool(_RAY_FIXTURES & set(getattr(item, "fixturenames", ()))))
+def xdist_group(nodeid: str) -> str:
+    """The group a test runs in: ``both_cores``, or its module (a module's fixtures are then made
+    once, on one worker)."""
+    module = nodeid.split("::", 1)[0]
+    name = module.rsplit("/", 1)[-1]
+    if module in BOTH_CORES or (name.startswith("test_") and "ray" in name.removesuffix(".py").split("_")):
+        return "both_cores"
+    return module
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own; none without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: xdist's scheduler of whole groups, with :func:`xdist_group`'s groups."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return Groups(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist: one group per module (a module's fixtures are made once, on one worker), and
-    one group ``both_cores`` for every module with a test that keeps both cores busy (Ray, a
-    2-worker pool, the demo), so that two of those never run at once on 2 cores. Groups are sent
-    to the workers longest first, roughly: ``both_cores``, then modules with slow tests, then the
-    rest, which fill the gaps at the end. A run without xdist keeps pytest's order."""
+    """Under xdist, each worker orders the tests so that groups go out roughly longest first:
+    ``both_cores``, then modules with slow tests, then the rest, which fill the gaps at the end.
+    A run without xdist keeps pytest's order."""
     if not hasattr(config, "workerinput"):  # the controller, or no xdist
         return
-
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::", 1)[0]
-
-    busy = {module(item) for item in items if _keeps_both_cores_busy(item)}
-    slow = {module(item) for item in items if item.get_closest_marker("slow") is not None}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("both_cores" if module(item) in busy else module(item)))
-    items.sort(key=lambda item: 0 if module(item) in busy else 1 if module(item) in slow else 2)  # stable
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and xdist_group(item.nodeid) != "both_cores":
+            raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: add its module to BOTH_CORES in conftest.py")
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: 0 if xdist_group(item.nodeid) == "both_cores" else 1 if item.path in slow else 2)

@@ -67,7 +67,6 @@ QUICK = "kinmerge demo --out demo-quick --generations 2 --limit 20 --json"
 
 
 @pytest.mark.slow
-@pytest.mark.both_cores  # the testbeds run in 2 worker processes
 def test_demo_on_the_shipped_zoo(tmp_path):
     from kinmerge.demo import DEMO_SETS
     from kinmerge.zoo import shipped_zoo
