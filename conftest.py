@@ -37,6 +37,7 @@ BOTH_CORES = {
     "tests/test_demo.py": "the shipped-zoo demo runs its testbeds in 2 worker processes",
     "tests/test_zoo.py": "the full tiny build trains its specialists in 2 worker processes",
     "tests/test_reproducible.py": "a run on a Ray cluster (its module fixture is shared with it)",
+    "tests/test_zoo_real.py": "the smol-ci build fine-tunes its 2 specialists in 2 worker processes",
 }
 #: Fixtures of a Ray cluster (one per worker process): their users must be in the group.
 _RAY_FIXTURES = {"ray_cluster", "ray_reference"}
