@@ -73,6 +73,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     A run without xdist keeps pytest's order."""
     if not hasattr(config, "workerinput"):  # the controller, or no xdist
         return
+    missing = [module for module in BOTH_CORES if not (config.rootpath / module).is_file()]
+    if missing:
+        raise pytest.UsageError(f"BOTH_CORES in conftest.py names no such file: {', '.join(missing)}")
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and xdist_group(item.nodeid) != "both_cores":
             raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: add its module to BOTH_CORES in conftest.py")
