@@ -22,7 +22,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     """``build(folder)`` once per test run, also under pytest-xdist, where every worker process has
     its own session: the workers' temp folders share a parent, and a file lock there lets the
     first build while the others wait, then read. What is built this way must not be changed."""
-    from filelock import FileLock
+    from filelock import FileLock  # a dependency of huggingface_hub, hence of kinmerge
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
