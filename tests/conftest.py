@@ -7,6 +7,9 @@ examples in ``src/`` need them too). Helpers that are plain functions stay in th
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +18,36 @@ import pytest
 from evolve_helpers import make_choice_tasks
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per test run, also under pytest-xdist, where every worker process has
+    its own session: the workers' temp folders share a parent, and a file lock there lets the
+    first build while the others wait, then read. What is built this way must not be changed."""
+    from filelock import FileLock  # a dependency of huggingface_hub, hence of kinmerge
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, done = shared / name, shared / f"{name}.built"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():  # a worker died mid-build
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def micro_zoo(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A micro zoo (hidden 32, 2 layers, tasks add/reverse/caesar), built once per test session
-    in seconds: real Hugging Face folders."""
+    """A micro zoo (hidden 32, 2 layers, tasks add/reverse/caesar), built once per test run in
+    seconds (``built_once``): real Hugging Face folders."""
     pytest.importorskip("torch")
     from kinmerge.zoo import build_zoo, load_zoo
 
-    root = tmp_path_factory.mktemp("zoo") / "micro"
-    build_zoo(root, preset="micro", seed=0, log=lambda line: None)
-    return load_zoo(root)
+    folder = built_once(tmp_path_factory, "micro-zoo",
+                        lambda folder: build_zoo(folder / "micro", preset="micro", seed=0, log=lambda line: None))
+    return load_zoo(folder / "micro")
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +71,6 @@ OLD_STORE = Path(__file__).parent / "data" / "store-0.1.0"
 @pytest.fixture
 def old_run(tmp_path: Path) -> Path:
     """A run directory holding a copy of the 0.1.0 store (a finished greedy and kinship run)."""
-    import shutil
-
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(OLD_STORE / "kinmerge.db", run / "kinmerge.db")

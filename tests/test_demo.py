@@ -7,16 +7,17 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mergekit")
 
 
-def _demo(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _demo(*args: str, timeout: int = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "kinmerge.cli", "demo", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=env, timeout=timeout, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -59,17 +60,40 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     assert len(error) == 1 and "limit 10 -> 5" in error[0] and "another --out" in error[0]
 
 
+#: The README's quick demo, run here as written (tests/test_examples.py leaves it to this test). Plain
+#: `kinmerge demo` runs the same code at the default budget (6 generations, 100 examples a task):
+#: about 8 CPU-minutes, too slow for the suite (test_examples.SHRUNK, docs/benchmarks.md).
+QUICK = "kinmerge demo --out demo-quick --generations 2 --limit 20 --json"
+
+
 @pytest.mark.slow
 def test_demo_on_the_shipped_zoo(tmp_path):
+    from kinmerge.demo import DEMO_SETS
     from kinmerge.zoo import shipped_zoo
 
     try:
-        shipped_zoo()
+        zoo = shipped_zoo("headroom")
     except Exception as exc:  # the shipped zoo is part of the repository; its absence is a failure
         pytest.fail(f"no shipped zoo: {exc}")
-    proc = _demo("--out", str(tmp_path / "demo"), "--no-progress")
+    args = QUICK.split()[2:]
+    proc = _demo(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "across foundation sets" in proc.stdout
-    for strategy in ("greedy", "kinship", "random"):
-        assert strategy in proc.stdout
-    assert (tmp_path / "demo" / "report" / "index.html").exists()
+    data = json.loads(proc.stdout)
+    # every variant on each of the first DEMO_SETS foundation sets the zoo records
+    sets = ["-".join(s) for s in zoo.manifest["headroom"]["sets"][:DEMO_SETS]]
+    runs = data["compare"]["runs"]
+    assert sorted({r["testbed"] for r in runs}) == sorted(sets)
+    assert sorted(r["run_id"] for r in runs) == sorted(["greedy", "kinship", "random-s0", "random-s1",
+                                                        "predicted"] * len(sets))
+    assert all(len(r["best_per_generation"]) >= 2 for r in runs)
+    assert {row["strategy"] for row in data["across_sets"]} == {"greedy", "kinship", "random", "predicted"}
+    out = tmp_path / "demo-quick"
+    assert (out / "report" / "index.html").exists()
+    # The tables a user reads: the same command without --json resumes, no new merge.
+    merges = sorted(p.name for p in out.glob("runs/*/models/*"))
+    tables = _demo(*[a for a in args if a != "--json"], "--no-progress", cwd=tmp_path)
+    assert tables.returncode == 0, tables.stderr[-3000:]
+    assert "across foundation sets" in tables.stdout
+    for strategy in ("greedy", "kinship", "random", "predicted"):
+        assert strategy in tables.stdout
+    assert sorted(p.name for p in out.glob("runs/*/models/*")) == merges

