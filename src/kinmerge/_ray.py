@@ -24,8 +24,9 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from kinmerge.errors import ClusterError, ConfigError, install_hint
@@ -130,8 +131,10 @@ class RayCluster:
             if sized:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
             self._probe(address)
+            existing = (address or os.environ.get("RAY_ADDRESS")) not in (None, "local")
             try:
-                ray.init(address=address, **kwargs)
+                with _quiet_core_logs() if existing else contextlib.nullcontext():
+                    ray.init(address=address, **kwargs)
             except Exception as exc:
                 with contextlib.suppress(Exception):  # stop what a failed start left running
                     ray.shutdown()
@@ -303,6 +306,33 @@ class RayCluster:
         if self._ray is not None:
             with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
                 self._ray.cancel(ref)
+
+
+@contextlib.contextmanager
+def _quiet_core_logs() -> Iterator[None]:
+    """Ray's C++ core in this process logs only fatal errors (it starts during ``ray.init``).
+
+    Why: when a node or the head is lost, the driver's core prints lines of its own
+    (``task_manager.cc: Failed to push error to driver ...``) before kinmerge's one ``Error:``
+    line says what happened. ``RAY_BACKEND_LOG_LEVEL`` is read once, when the core starts, which
+    itself announces the level on stderr: that line is dropped (stderr goes to ``/dev/null``
+    while it connects). Only for a cluster that exists already, so no Ray process started here
+    inherits the level (a local cluster's raylet keeps its logs). A level the user set is kept.
+    """
+    if "RAY_BACKEND_LOG_LEVEL" in os.environ:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
 
 
 def _host_port(address: str | None) -> tuple[str, int] | None:
