@@ -121,7 +121,7 @@ def test_a_node_that_does_not_see_the_run_is_named_before_any_work(ray_cluster, 
     cfg = ray_config(hidden.parent / "cfg", data)
     result = CliRunner().invoke(cli, ["evolve", str(cfg), "--run-dir", str(hidden / "run2"), "--no-progress"])
     assert_one_line_error(result, b, hidden / "run2")
-    assert not (hidden / "run2").exists()  # nothing hashed, merged or stored
+    assert not (hidden / "run2").exists(), list((hidden / "run2").rglob("*"))  # nothing hashed, merged or stored
 
 
 def _until_then(cmd: list[str], env: dict[str, str], run_dir: Path, until: Any, then: Any,

@@ -179,11 +179,17 @@ class RayExecutor(BaseExecutor):
         nodes = [n for n in self.cluster.nodes() if _runs_steps(n["resources"], self.requests.values())]
         refs = [self.cluster.submit(_probe, (list(read), write, token), name="kinmerge_storage_probe", num_cpus=0,
                                     node=n["id"]) for n in nodes]
+        failed: ClusterError | None = None
         try:
-            for node, ref in zip(nodes, refs, strict=True):
+            for node, ref in zip(nodes, refs, strict=True):  # every probe ends before its files are removed
                 name = f"{node['ip']} (id {node['id'][:8]})"  # several nodes may share a machine, so an IP
                 seen = self.cluster.result(ref, f"storage check on node {name}", timeout=PROBE_TIMEOUT_S)
-                _compare(name, mine, seen, write, token)
+                try:
+                    _compare(name, mine, seen, write, token)
+                except ClusterError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
         finally:
             if write is not None:
                 for leftover in Path(write).glob(f"{_PROBE_PREFIX}{token}-*"):
