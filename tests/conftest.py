@@ -72,9 +72,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     hidden.mkdir()
     try:
         nodes.add("head")
-        nodes.add("a", num_gpus=1, resources={"spare": 1})
         hide = can_hide_folders()
-        nodes.add("b", hide=hidden if hide else None)
+        nodes.add("a", num_gpus=1, resources={"spare": 1}, wait=False)  # the two join together
+        nodes.add("b", hide=hidden if hide else None, wait=False)
+        nodes.wait("a")
+        nodes.wait("b")
         ray.init(address=nodes.address, logging_level=logging.ERROR, log_to_driver=False)
         ids = {}
         for n in ray.nodes():

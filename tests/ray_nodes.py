@@ -86,11 +86,13 @@ class RayNodes:
         return cls(root=root, env=full)
 
     def add(self, name: str, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None,
-            env: dict[str, str] | None = None, hide: Path | None = None, timeout: float = 90.0) -> Node:
+            env: dict[str, str] | None = None, hide: Path | None = None, wait: bool = True,
+            timeout: float = 90.0) -> Node:
         """Start a node (the first one is the head) and wait until the cluster lists it.
 
         ``hide``: a folder this node must not see: the node runs in a mount namespace of its own
         with an empty tmpfs mounted there (as a machine that does not mount that storage).
+        ``wait=False``: return at once (start several nodes together, then :meth:`wait` each).
         """
         head = not self.nodes
         res = {f"node_{name}": 1.0, **(resources or {})}
@@ -100,7 +102,8 @@ class RayNodes:
         if head:
             port = free_port()
             self.address = f"127.0.0.1:{port}"
-            args += ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={self.root}"]
+            args += ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={self.root}",
+                     f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]  # fixed by default
         else:
             args += [f"--address={self.address}"]
         if hide is not None:
@@ -112,14 +115,20 @@ class RayNodes:
                                     start_new_session=True)
         node = Node(name, proc, res, log)
         self.nodes[name] = node
+        if wait:
+            self.wait(name, timeout)
+        return node
+
+    def wait(self, name: str, timeout: float = 90.0) -> None:
+        """Wait until node ``name`` has joined (``ray start`` prints that once it is registered)."""
+        node = self.nodes[name]
         deadline = time.monotonic() + timeout
-        while b"Ray runtime started" not in log.read_bytes():  # printed once the node is registered
+        while b"Ray runtime started" not in node.log.read_bytes():
             if not node.alive() or time.monotonic() > deadline:
-                text = log.read_text(errors="replace")[-3000:]
+                text = node.log.read_text(errors="replace")[-3000:]
                 self.stop()
                 raise RuntimeError(f"ray node {name} did not start: {text}")
             time.sleep(0.2)
-        return node
 
     def kill(self, name: str) -> None:
         """SIGKILL every process of node ``name`` (its raylet, agents and workers): a lost machine."""
