@@ -73,10 +73,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         nodes.add("head")
         hide = can_hide_folders()
-        nodes.add("a", num_gpus=1, resources={"spare": 1}, wait=False)  # the two join together
-        nodes.add("b", hide=hidden if hide else None, wait=False)
-        nodes.wait("a")
-        nodes.wait("b")
+        nodes.add("a", num_gpus=1, resources={"spare": 1})  # one at a time: nodes started together
+        nodes.add("b", hide=hidden if hide else None)      # may pick the same free port and fail
         ray.init(address=nodes.address, logging_level=logging.ERROR, log_to_driver=False)
         ids = {}
         for n in ray.nodes():

@@ -86,13 +86,11 @@ class RayNodes:
         return cls(root=root, env=full)
 
     def add(self, name: str, *, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None,
-            env: dict[str, str] | None = None, hide: Path | None = None, wait: bool = True,
-            timeout: float = 90.0) -> Node:
+            env: dict[str, str] | None = None, hide: Path | None = None, timeout: float = 90.0) -> Node:
         """Start a node (the first one is the head) and wait until the cluster lists it.
 
         ``hide``: a folder this node must not see: the node runs in a mount namespace of its own
         with an empty tmpfs mounted there (as a machine that does not mount that storage).
-        ``wait=False``: return at once (start several nodes together, then :meth:`wait` each).
         """
         head = not self.nodes
         res = {f"node_{name}": 1.0, **(resources or {})}
@@ -109,25 +107,29 @@ class RayNodes:
         if hide is not None:
             args = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                     'mount -t tmpfs kinmerge-hidden "$0" && exec "$@"', str(hide), *args]
-        log = self.root / f"node-{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, env={**self.env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        node = Node(name, proc, res, log)
-        self.nodes[name] = node
-        if wait:
-            self.wait(name, timeout)
-        return node
+        for attempt in (1, 2):
+            log = self.root / f"node-{name}-{attempt}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(args, env={**self.env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            node = self.nodes[name] = Node(name, proc, res, log)
+            try:
+                self._wait(node, timeout)
+                return node
+            except RuntimeError:
+                # Ray gives a raylet 30 s to register; on a loaded 2-core machine it may need more
+                self.kill(name)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def wait(self, name: str, timeout: float = 90.0) -> None:
-        """Wait until node ``name`` has joined (``ray start`` prints that once it is registered)."""
-        node = self.nodes[name]
+    def _wait(self, node: Node, timeout: float) -> None:
+        """Wait until ``node`` has joined (``ray start`` prints that once it is registered)."""
         deadline = time.monotonic() + timeout
         while b"Ray runtime started" not in node.log.read_bytes():
             if not node.alive() or time.monotonic() > deadline:
-                text = node.log.read_text(errors="replace")[-3000:]
-                self.stop()
-                raise RuntimeError(f"ray node {name} did not start: {text}")
+                log = node.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"ray node {node.name} did not start: {log}")
             time.sleep(0.2)
 
     def kill(self, name: str) -> None:
