@@ -118,6 +118,8 @@ class RayCluster:
         if self._ray is not None:
             return self._ray
         ray = import_ray()
+        if self.address is not None:  # an address given must answer, even where this process is connected
+            self._probe(self.address)
         if not ray.is_initialized():
             sized = self.num_cpus is not None or self.num_gpus is not None
             address = self.address
@@ -130,7 +132,8 @@ class RayCluster:
                                       "runtime_env": self.runtime_env, "include_dashboard": False}
             if sized:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-            self._probe(address)
+            if self.address is None:
+                self._probe(address)  # RAY_ADDRESS
             existing = (address or os.environ.get("RAY_ADDRESS")) not in (None, "local")
             try:
                 with _quiet_core_logs() if existing else contextlib.nullcontext():
