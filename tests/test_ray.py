@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("pydantic")
 pytest.importorskip("yaml")
 
-from evolve_helpers import pool_key, ray_config, run_config, step_events
+from evolve_helpers import run_config, step_events
 from kinmerge.errors import ClusterError, ConfigError, SourceError
 from kinmerge.evolve.config import RunConfig
 from kinmerge.evolve.executors import RayExecutor, get_executor
@@ -162,16 +162,8 @@ def test_local_sequential_runs_merge_then_evaluate_per_child(ray_reference):
     assert step_events(run_dir, 1) == ["merge_start", "merge", "evaluate_start", "evaluate"] * 3
 
 
-def test_ray_run_equals_local_and_is_pipelined(ray_cluster, ray_reference, tmp_path):
-    from kinmerge.evolve import evolve
-
-    data, local, _ = ray_reference
-    summary = evolve(ray_config(tmp_path, data, workers=2), tmp_path / "run", progress=False)
-    assert pool_key(summary) == pool_key(local) and summary.stop == local.stop
-    kinds = step_events(tmp_path / "run", 1)
-    # 3 merges, 2 slots: the first child's evaluation starts before the third merge does
-    assert kinds.index("evaluate_start") < len(kinds) - 1 - kinds[::-1].index("merge_start")
-    assert kinds.count("evaluate") == 3
+# An evolution on the Ray executor ends with the local pool, pipelined, in
+# test_ray_nodes.test_steps_run_on_the_nodes_that_have_what_they_ask_for (the same run, placed).
 
 
 # -- the sharded kinship matrix ----------------------------------------------------------------

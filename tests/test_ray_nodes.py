@@ -23,7 +23,7 @@ pytest.importorskip("pydantic")
 pytest.importorskip("ray")
 
 from cli_checks import assert_one_line_error
-from evolve_helpers import pool_key, ray_config
+from evolve_helpers import pool_key, ray_config, step_events
 from kinmerge.errors import ClusterError, EvaluationError, MergeError
 from kinmerge.evolve.executors import RayExecutor
 from ray_nodes import Killer, RayNodes
@@ -43,7 +43,11 @@ def test_steps_run_on_the_nodes_that_have_what_they_ask_for(ray_cluster, ray_ref
     data, local, _ = ray_reference
     cfg = ray_config(tmp_path, data, workers=2, merge_gpus=1, eval_resources={"node_b": 1})
     summary = evolve(cfg, tmp_path / "run", progress=False)
-    assert pool_key(summary) == pool_key(local)
+    assert pool_key(summary) == pool_key(local) and summary.stop == local.stop
+    kinds = step_events(tmp_path / "run", 1)
+    # pipelined: 3 merges, one GPU: the first child's evaluation starts (on b) before the third merge
+    assert kinds.index("evaluate_start") < len(kinds) - 1 - kinds[::-1].index("merge_start")
+    assert kinds.count("evaluate") == 3
     merges, evaluations = _where(tmp_path / "run", "merge"), _where(tmp_path / "run", "evaluate")
     assert len(merges) == 5 and len(evaluations) == 3 + 5
     # node a holds the only GPU: every merge ran there, and Ray gave it that GPU
