@@ -55,6 +55,31 @@ def test_steps_run_on_the_nodes_that_have_what_they_ask_for(ray_cluster, ray_ref
     assert {e["id"] for e in evaluations} == {ray_cluster.ids["b"]}
 
 
+def test_a_kinship_shard_gives_the_same_statistics_on_every_node(ray_cluster, micro_zoo):
+    """The sharded matrix's task, pinned to each node in turn: bit-equal per-tensor statistics."""
+    import numpy as np
+
+    from kinmerge._ray import RayCluster
+    from kinmerge.scan import plan, scan_refs
+    from kinmerge.scan_ray import ShardTask, scan_shard
+    from kinmerge.sources import open_models
+
+    models = [str(p) for _, p in sorted(micro_zoo.specialists.items())]
+    local = scan_refs(micro_zoo.base, models)
+    with open_models([micro_zoo.base, *models]) as opened:
+        plans, _, _ = plan(opened[0], opened[1:])
+        task = ShardTask(tuple(str(src.path) for src in opened), tuple(plans[: len(plans) // 2]), chunk=4096)
+    with RayCluster() as cluster:
+        for name, node in sorted(ray_cluster.ids.items()):
+            if name not in ray_cluster.nodes.nodes:
+                continue  # a node a test added and killed
+            got = cluster.result(cluster.submit(scan_shard, task, name="kinmerge_scan_shard", node=node), name)
+            assert got["node"]["id"] == node
+            assert list(got["per_tensor"]) == [p.name for p in task.tensors]
+            for tensor, st in got["per_tensor"].items():
+                assert np.array_equal(st.gram, local.per_tensor[tensor].gram), (name, tensor)
+
+
 def test_a_gpu_step_is_given_its_gpu_and_says_so_when_torch_cannot_use_it(ray_cluster, micro_zoo, tmp_path):
     """No GPU here: Ray hands out node a's declared one; a CUDA merge or evaluation fails in one
     line naming the device it was given (not torch's AssertionError)."""
