@@ -47,6 +47,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _end_with_parent() -> None:
+    """In a node's ``ray start``: SIGTERM when the test process dies, so no node outlives it (Linux)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -111,7 +119,7 @@ class RayNodes:
             log = self.root / f"node-{name}-{attempt}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(args, env={**self.env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_end_with_parent)
             node = self.nodes[name] = Node(name, proc, res, log)
             try:
                 self._wait(node, timeout)
