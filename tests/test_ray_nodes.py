@@ -122,6 +122,8 @@ def test_a_lost_node_and_a_lost_worker_are_retried_and_the_pool_is_unchanged(ray
             ray_cluster.nodes.kill("c")
     assert killer.killed == ["ray::run_merge@c", "ray::run_evaluation"]
     assert pool_key(summary) == pool_key(local) and summary.status == "finished"
+    merged_on = {m["id"] for m in _where(tmp_path / "run", "merge")}
+    assert merged_on == {ray_cluster.ids["a"]}  # the merge node c had begun was made again, on a
     models = tmp_path / "run" / "models"  # the lost node's half-written merge is gone
     assert sorted(p.name for p in models.iterdir()) == sorted(m.id for m in summary.pool if m.origin == "merge")
 
