@@ -200,8 +200,9 @@ def pids(title: str) -> list[int]:
 class Killer(threading.Thread):
     """SIGKILLs the first process seen with each title, in turn; records what it killed.
 
-    A title written ``"ray::run_merge@c"`` waits for such a process on node ``c`` of ``nodes``
-    and kills that whole node (raylet, agents, every worker) instead.
+    With ``nodes``, only processes of those nodes count. A title written ``"ray::run_merge@c"``
+    waits for such a process on node ``c`` and kills that whole node (raylet, agents, every
+    worker) instead.
     """
 
     def __init__(self, *titles: str, delay: float = 0.0, nodes: RayNodes | None = None) -> None:
@@ -215,8 +216,8 @@ class Killer(threading.Thread):
             title, _, node = target.partition("@")
             while not self.stop.is_set():
                 found = pids(title)
-                if node and self.nodes is not None:
-                    found = [p for p in found if self.nodes.node_of(p) == node]
+                if self.nodes is not None:  # only our nodes' workers: other Ray clusters may run here
+                    found = [p for p in found if (self.nodes.node_of(p) == node if node else self.nodes.node_of(p))]
                 if found:
                     time.sleep(self.delay)
                     try:

@@ -114,13 +114,13 @@ def test_ray_executor_contract(ray_cluster):
 
 
 def test_a_lost_worker_is_retried_then_fails_in_one_line(ray_cluster):
-    killer = Killer("ray::sleep", delay=0.3)
+    killer = Killer("ray::sleep", delay=0.3, nodes=ray_cluster.nodes)
     killer.start()
     with RayExecutor(max_retries=1) as ex:
         assert ex.map(time.sleep, [2.0]) == [None]  # killed once, run again
     killer.join(5)
     assert killer.killed == ["ray::sleep"]
-    killer = Killer("ray::sleep", delay=0.3)
+    killer = Killer("ray::sleep", delay=0.3, nodes=ray_cluster.nodes)
     killer.start()
     with RayExecutor(max_retries=0) as ex, pytest.raises(ClusterError) as err:
         ex.map(time.sleep, [30.0])
