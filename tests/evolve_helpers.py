@@ -59,3 +59,22 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def ray_config(tmp_path: Path, data: dict[str, Any], **executor: Any) -> Path:
+    """``data`` with the Ray executor and ``executor`` settings, written to ``tmp_path/ray.yaml``."""
+    return write_config(tmp_path / "ray.yaml", {**data, "executor": {"name": "ray", **executor}})
+
+
+def pool_key(summary: Any) -> list[tuple[Any, ...]]:
+    """What two runs must agree on: each pool member's id, generation, parents, score, origin."""
+    return [(m.id, m.generation, m.parents, m.score, m.origin) for m in summary.pool]
+
+
+def step_events(run_dir: Path, generation: int, run_id: str = "g") -> list[str]:
+    """The kinds of a generation's merge and evaluation events, in the order they were logged."""
+    from kinmerge.store import RunStore
+
+    with RunStore(run_dir, lock=False) as store:
+        return [e.kind for e in store.events(run_id) if e.generation == generation
+                and e.kind in ("merge_start", "merge", "evaluate_start", "evaluate")]

@@ -8,6 +8,7 @@ listener whose accept queue is full stands in for a host that does not answer.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -97,3 +98,33 @@ def test_the_timeout_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("KINMERGE_RAY_CONNECT_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="KINMERGE_RAY_CONNECT_TIMEOUT"):
         RayCluster(UNREACHABLE).connect()
+
+
+# Loaded by every Python process of the run through PYTHONPATH: Ray's dashboard agent exits at once,
+# so the raylet that waits for it ends too and Ray's start-up times out (Ray waits 30 s for it).
+_AGENT_DIES = """
+import os, sys
+if sys.argv and sys.argv[0].endswith(os.path.join("dashboard", "agent.py")):
+    os._exit(1)
+"""
+
+
+def test_a_local_cluster_that_does_not_start_is_one_line_and_leaves_no_store(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pydantic")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_AGENT_DIES)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = {
+        "foundation": ["zoo:add", "zoo:reverse"], "base": "zoo:base",
+        "strategy": {"name": "greedy", "k": 2, "max_generations": 1},
+        "evaluator": {"name": "builtin", "tasks_dir": "zoo:tasks", "tasks": ["add"], "limit": 2},
+        "executor": {"name": "ray", "num_cpus": 1},  # a cluster of the run's own
+        "out": {"run_dir": "runs/r"},
+    }
+    (tmp_path / "ray.yaml").write_text(yaml.safe_dump(config))
+    result = kinmerge_subprocess("evolve", tmp_path / "ray.yaml", "--no-progress")
+    assert_one_line_error(result, "could not start a local Ray cluster", "timed out during startup", "ray start --head")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.yaml", "site"]  # no store, no run dir

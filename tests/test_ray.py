@@ -1,21 +1,19 @@
-"""The Ray executor and the sharded kinship matrix, on a real local Ray cluster (issue 11).
+"""The Ray executor and the sharded kinship matrix, on a real Ray cluster (issue 11).
 
-One cluster per module (``ray.init(num_cpus=2)`` in this process): in-process runs use it as is,
-``kinmerge`` subprocesses connect to its address. Workers are found by their process title
-(``ray::run_merge`` while a merge runs) and SIGKILLed from outside, as a lost machine would be.
-Every evolution ends compared with the same run made by the local executor.
+The session's cluster (``ray_cluster`` in conftest.py: three ``ray start`` nodes on this machine,
+this process connected as the driver) runs every test here; ``kinmerge`` subprocesses connect to
+its address. Workers are found by their process title (``ray::run_merge`` while a merge runs) and
+SIGKILLed from outside, as a lost machine would be. Every evolution ends compared with the same
+run made by the local executor. Placement, GPUs, storage across nodes and a lost head node:
+``test_ray_nodes.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +21,13 @@ import pytest
 pytest.importorskip("pydantic")
 pytest.importorskip("yaml")
 
-from evolve_helpers import run_config, write_config
+from evolve_helpers import run_config, step_events
 from kinmerge.errors import ClusterError, ConfigError, SourceError
 from kinmerge.evolve.config import RunConfig
 from kinmerge.evolve.executors import RayExecutor, get_executor
 from kinmerge.scan import TensorPlan
 from kinmerge.scan_ray import shard_plans
+from ray_nodes import Killer
 
 
 @pytest.fixture(autouse=True)
@@ -85,61 +84,11 @@ def test_ray_executor_config(micro_zoo, choice_tasks):
 # -- a real cluster ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A 2-CPU local cluster; its workers see HF_HUB_OFFLINE and this session's kinmerge cache."""
-    ray = pytest.importorskip("ray")
-    with pytest.MonkeyPatch.context() as mp:  # the raylet, and so every worker, starts with this env
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("KINMERGE_CACHE", str(tmp_path_factory.getbasetemp() / "kinmerge-cache"))
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level=logging.ERROR,
-                 log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
-def _pids(title: str) -> list[int]:
-    """Processes whose title starts with ``title`` (Ray names a busy worker ``ray::<task name>``)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(title.encode()):
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
-class _Killer(threading.Thread):
-    """SIGKILLs the first process seen with each title, in turn; records what it killed."""
-
-    def __init__(self, *titles: str, delay: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.titles, self.delay, self.killed, self.stop = list(titles), delay, [], threading.Event()
-
-    def run(self) -> None:
-        for title in self.titles:
-            while not self.stop.is_set():
-                pids = _pids(title)
-                if pids:
-                    time.sleep(self.delay)
-                    try:
-                        os.kill(pids[0], signal.SIGKILL)
-                        self.killed.append(title)
-                    except ProcessLookupError:
-                        continue  # finished meanwhile: wait for the next one
-                    break
-                time.sleep(0.005)
-
-
 def test_ray_executor_contract(ray_cluster):
     import ray
 
     with RayExecutor() as ex:  # this process is connected: the executor uses that cluster
-        assert ex.workers == 2
+        assert ex.workers == 3  # 3 nodes of 1 CPU; a step asks for 1
         assert ex.map(abs, [-1, 2, -3]) == [1, 2, 3]
         got = list(ex.chain(abs, str, [-1, 2, -3], lambda i, r: None if r == 2 else r * 10))
         assert sorted(got) == [(0, 0, 1), (0, 1, "10"), (1, 0, 2), (2, 0, 3), (2, 1, "30")]
@@ -152,19 +101,26 @@ def test_ray_executor_contract(ray_cluster):
             ex.map(hash_model, ["/nonexistent/model"])
         assert "/nonexistent/model" in str(err.value) and "\n" not in str(err.value)
     assert ray.is_initialized()  # not ours to shut down
-    infeasible = r"can run a merge step \(1 CPU, 1 GPU asked; nodes: \S+: 2 CPU, 0 GPU\); lower merge_cpus"
-    with pytest.raises(ClusterError, match=infeasible):
-        RayExecutor(merge_gpus=1).workers  # noqa: B018 - it would wait forever otherwise
+    with pytest.raises(ClusterError, match=r"can run a merge step \(1 CPU, 2 GPU asked; nodes: \S+: 1 CPU, ") as err:
+        RayExecutor(merge_gpus=2).workers  # noqa: B018 - it would wait forever otherwise
+    text = str(err.value)
+    assert text.count("1 CPU, 1 GPU") == 1 and text.count("1 CPU, 0 GPU") == 2
+    assert "lower merge_cpus/merge_gpus/merge_resources or add a node" in text
+    no_z = r"evaluate step \(1 CPU, 1 node_z asked; nodes: \S+: 1 CPU, 0 GPU, 0 node_z;"
+    with pytest.raises(ClusterError, match=no_z):
+        RayExecutor(eval_resources={"node_z": 1}).workers  # noqa: B018
+    with pytest.raises(ConfigError, match="merge_resources: 'GPU' is not a custom resource"):
+        RayExecutor(merge_resources={"GPU": 1})
 
 
 def test_a_lost_worker_is_retried_then_fails_in_one_line(ray_cluster):
-    killer = _Killer("ray::sleep", delay=0.3)
+    killer = Killer("ray::sleep", delay=0.3, nodes=ray_cluster.nodes)
     killer.start()
     with RayExecutor(max_retries=1) as ex:
         assert ex.map(time.sleep, [2.0]) == [None]  # killed once, run again
     killer.join(5)
     assert killer.killed == ["ray::sleep"]
-    killer = _Killer("ray::sleep", delay=0.3)
+    killer = Killer("ray::sleep", delay=0.3, nodes=ray_cluster.nodes)
     killer.start()
     with RayExecutor(max_retries=0) as ex, pytest.raises(ClusterError) as err:
         ex.map(time.sleep, [30.0])
@@ -189,7 +145,8 @@ def test_storage_check(ray_cluster, micro_zoo, tmp_path):
                 ex.check_storage([str(micro_zoo.base), f"/proc/self/fd/{private}"], None)
             assert str(err.value).startswith(f"/proc/self/fd/{private}: the Ray node ")
             assert "cannot read it" in str(err.value) and "same path" in str(err.value)
-            with pytest.raises(ClusterError, match=rf"^/proc/self/fd/{private}: the Ray node \S+ cannot write"):
+            cannot_write = rf"^/proc/self/fd/{private}: the Ray node \S+ \(id \w+\) cannot write"
+            with pytest.raises(ClusterError, match=cannot_write):
                 ex.check_storage([str(micro_zoo.base)], f"/proc/self/fd/{private}")
         finally:
             os.close(private)
@@ -199,92 +156,14 @@ def test_storage_check(ray_cluster, micro_zoo, tmp_path):
 # -- evolution runs ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference(micro_zoo, choice_tasks, tmp_path_factory):
-    """The same run made by the local executor, in sequence."""
-    from kinmerge.evolve import evolve
-
-    root = tmp_path_factory.mktemp("ray-reference")
-    data = run_config(micro_zoo, choice_tasks, run_id="g", strategy={"name": "greedy", "k": 3, "max_generations": 2})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("KINMERGE_CACHE", str(tmp_path_factory.getbasetemp() / "kinmerge-cache"))
-        summary = evolve(write_config(root / "local.yaml", data), root / "run", progress=False)
-    return data, summary, root / "run"
-
-
-def _pool(summary) -> list[tuple]:
-    return [(m.id, m.generation, m.parents, m.score, m.origin) for m in summary.pool]
-
-
-def _events(run_dir: Path, generation: int) -> list[str]:
-    from kinmerge.store import RunStore
-
-    with RunStore(run_dir, lock=False) as store:
-        return [e.kind for e in store.events("g") if e.generation == generation
-                and e.kind in ("merge_start", "merge", "evaluate_start", "evaluate")]
-
-
-def _ray_config(tmp_path: Path, data: dict, **executor) -> Path:
-    return write_config(tmp_path / "ray.yaml", {**data, "executor": {"name": "ray", **executor}})
-
-
-def test_local_sequential_runs_merge_then_evaluate_per_child(reference):
-    _, summary, run_dir = reference
+def test_local_sequential_runs_merge_then_evaluate_per_child(ray_reference):
+    _, summary, run_dir = ray_reference
     assert summary.status == "finished" and summary.merges == 5
-    assert _events(run_dir, 1) == ["merge_start", "merge", "evaluate_start", "evaluate"] * 3
+    assert step_events(run_dir, 1) == ["merge_start", "merge", "evaluate_start", "evaluate"] * 3
 
 
-def test_ray_run_equals_local_and_is_pipelined(ray_cluster, reference, tmp_path):
-    from kinmerge.evolve import evolve
-
-    data, local, _ = reference
-    summary = evolve(_ray_config(tmp_path, data), tmp_path / "run", progress=False)
-    assert _pool(summary) == _pool(local) and summary.stop == local.stop
-    kinds = _events(tmp_path / "run", 1)
-    # 3 merges, 2 slots: the first child's evaluation starts before the third merge does
-    assert kinds.index("evaluate_start") < len(kinds) - 1 - kinds[::-1].index("merge_start")
-    assert kinds.count("evaluate") == 3
-
-
-def test_killed_workers_are_retried_and_the_pool_is_unchanged(ray_cluster, reference, tmp_path):
-    from kinmerge.evolve import evolve
-
-    data, local, _ = reference
-    killer = _Killer("ray::run_merge", "ray::run_evaluation", delay=0.05)
-    killer.start()
-    try:
-        summary = evolve(_ray_config(tmp_path, data, max_retries=2), tmp_path / "run", progress=False)
-    finally:
-        killer.stop.set()
-        killer.join(5)
-    assert killer.killed == ["ray::run_merge", "ray::run_evaluation"]
-    assert _pool(summary) == _pool(local) and summary.status == "finished"
-    models = tmp_path / "run" / "models"
-    assert sorted(p.name for p in models.iterdir()) == sorted(m.id for m in summary.pool if m.origin == "merge")
-
-
-@pytest.mark.slow
-def test_a_killed_driver_resumes_on_the_cluster(ray_cluster, reference, tmp_path):
-    from kinmerge.evolve import read_summary
-    from test_runner import _mid_merge, _run_until
-
-    data, local, _ = reference
-    cfg = _ray_config(tmp_path, data, address=ray_cluster)
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "kinmerge.cli", "evolve", str(cfg), "--run-dir", str(run_dir)]
-    log = tmp_path / "stderr.log"
-    def evaluating_a_child(evs, elapsed, run_dir) -> bool:
-        return any(kind == "evaluate_start" and (g or 0) >= 1 for _, kind, g in evs)
-
-    # The timeout only guards against a hang: fresh Ray workers import torch and transformers, which
-    # on a loaded 2-core machine took over 120 s before the first merge (a CI run of 2026-11-29).
-    outcomes = [_run_until(cmd, env, run_dir, log, until, timeout=420) for until in (_mid_merge, evaluating_a_child)]
-    assert outcomes == ["killed", "killed"]
-    assert _run_until(cmd, env, run_dir, log, None, timeout=420) == "finished"
-    resumed = read_summary(run_dir, "g")
-    assert resumed.status == "finished" and _pool(resumed) == _pool(local)
+# An evolution on the Ray executor ends with the local pool, pipelined, in
+# test_ray_nodes.test_steps_run_on_the_nodes_that_have_what_they_ask_for (the same run, placed).
 
 
 # -- the sharded kinship matrix ----------------------------------------------------------------
@@ -318,7 +197,7 @@ def test_matrix_cli_with_ray(ray_cluster, micro_zoo):
     models = [str(p) for _, p in sorted(micro_zoo.specialists.items())]
     args = ["matrix", *models, "--base", str(micro_zoo.base), "--metric", "pcc,ed", "--json", "--no-progress"]
     local = CliRunner().invoke(cli, args)
-    sharded = CliRunner().invoke(cli, [*args, f"--ray={ray_cluster}"])
+    sharded = CliRunner().invoke(cli, [*args, f"--ray={ray_cluster.address}"])
     assert local.exit_code == 0 and sharded.exit_code == 0, sharded.output
     a, b = json.loads(local.output), json.loads(sharded.output)
     a.pop("seconds"), b.pop("seconds")

@@ -24,15 +24,20 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from kinmerge.errors import ClusterError, ConfigError, install_hint
 
-__all__ = ["RayCluster", "import_ray"]
+__all__ = ["RayCluster", "import_ray", "where_am_i"]
 
 #: How long a probe or a connection may take before the cluster is declared unreachable.
 PROBE_TIMEOUT_S = 120.0
+#: How often a wait checks that the cluster's head still answers, and how long it may not.
+HEAD_CHECK_S = 2.0
+HEAD_LOST_S = 6.0
 #: How long connecting to a cluster's address may take (``KINMERGE_RAY_CONNECT_TIMEOUT`` overrides it).
 CONNECT_TIMEOUT_S = 30.0
 
@@ -47,8 +52,27 @@ def import_ray() -> Any:
 
 
 def _call(fn: Callable[[Any], Any], task: Any) -> Any:
-    """What every task runs: one step on its task (the step travels by reference)."""
-    return fn(task)
+    """What every task runs: one step on its task (the step travels by reference).
+
+    A step's record (a dict) comes back with ``node``, where it ran: the Ray node's IP and id,
+    and the GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``, when set), for the run's events.
+    """
+    out = fn(task)
+    if isinstance(out, dict):
+        out = {**out, "node": where_am_i()}
+    return out
+
+
+def where_am_i() -> dict[str, str]:
+    """The Ray node this task runs on (``ip``, ``id``) and its GPUs (``gpus``: ``CUDA_VISIBLE_DEVICES``)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    here = {"ip": ray.util.get_node_ip_address(), "id": ctx.get_node_id()}  # type: ignore[no-untyped-call]
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus is not None:
+        here["gpus"] = gpus
+    return here
 
 
 class RayCluster:
@@ -84,6 +108,8 @@ class RayCluster:
         self._ray: Any = None
         self._owned = False
         self._call: Any = None
+        self._gcs: str | None = None
+        self._head_lost = False
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -92,6 +118,8 @@ class RayCluster:
         if self._ray is not None:
             return self._ray
         ray = import_ray()
+        if self.address is not None:  # an address given must answer, even where this process is connected
+            self._probe(self.address)
         if not ray.is_initialized():
             sized = self.num_cpus is not None or self.num_gpus is not None
             address = self.address
@@ -104,16 +132,26 @@ class RayCluster:
                                       "runtime_env": self.runtime_env, "include_dashboard": False}
             if sized:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-            self._probe(address)
+            if self.address is None:
+                self._probe(address)  # RAY_ADDRESS
+            existing = (address or os.environ.get("RAY_ADDRESS")) not in (None, "local")
             try:
-                ray.init(address=address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                with _quiet_core_logs() if existing else contextlib.nullcontext():
+                    ray.init(address=address, **kwargs)
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # stop what a failed start left running
+                    ray.shutdown()
+                where = address or os.environ.get("RAY_ADDRESS")
+                if where is None or where == "local":
+                    raise ClusterError(f"could not start a local Ray cluster ({_first_line(exc)}); see Ray's logs "
+                                       "(/tmp/ray/session_latest/logs), or start one with `ray start --head` and "
+                                       "give its address") from None
                 raise ClusterError(f"cannot connect to the Ray cluster at {where} ({_first_line(exc)}); start "
                                    "one with `ray start --head` and give its address") from None
             self._owned = True
         self._ray = ray
         self._call = ray.remote(_call)
+        self._gcs = ray.get_runtime_context().gcs_address
         return ray
 
     def _timeout(self) -> float:
@@ -152,9 +190,25 @@ class RayCluster:
             raise ClusterError(f"cannot reach the Ray cluster at {where} ({exc.strerror or exc}); check the address "
                                "and that `ray start --head` runs there") from None
 
+    def _head_lost_error(self) -> ClusterError:
+        self._head_lost = True  # nothing to shut down or disconnect from any more
+        return ClusterError(f"the head node of the Ray cluster ({self._gcs}) stopped answering; restart the "
+                            "cluster (`ray start --head`) and rerun the same command to resume")
+
+    def _head_answers(self) -> bool:
+        """Whether the cluster's GCS (on the head node) still accepts connections."""
+        target = _host_port(self._gcs)
+        if target is None:
+            return True
+        try:
+            with socket.create_connection(target, timeout=HEAD_CHECK_S):
+                return True
+        except OSError:
+            return False
+
     def close(self) -> None:
         """Shut down the local cluster this object started, or disconnect (idempotent)."""
-        if self._ray is not None and self._owned:
+        if self._ray is not None and self._owned and not self._head_lost:
             self._ray.shutdown()
         self._ray = None
         self._owned = False
@@ -181,11 +235,17 @@ class RayCluster:
     # -- tasks ------------------------------------------------------------------------------------
 
     def submit(self, fn: Callable[[Any], Any], task: Any, *, name: str, num_cpus: float = 1, num_gpus: float = 0,
-               max_retries: int = 0, node: str | None = None) -> Any:
-        """Run ``fn(task)`` as a task (the worker's process title is ``ray::<name>``); its ref."""
+               resources: dict[str, float] | None = None, max_retries: int = 0, node: str | None = None) -> Any:
+        """Run ``fn(task)`` as a task (the worker's process title is ``ray::<name>``); its ref.
+
+        ``resources``: custom resources it asks for (``{"node_a": 1}``: only a node started with
+        ``--resources='{"node_a": 1}'`` runs it); ``node``: a node id it must run on.
+        """
         self.connect()
         options: dict[str, Any] = {"name": name, "num_cpus": num_cpus, "num_gpus": num_gpus,
                                    "max_retries": max_retries}
+        if resources:
+            options["resources"] = dict(resources)
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -193,9 +253,25 @@ class RayCluster:
         return self._call.options(**options).remote(fn, task)
 
     def wait(self, refs: Sequence[Any]) -> list[Any]:
-        """Block until at least one of ``refs`` is finished; the finished ones."""
+        """Block until at least one of ``refs`` is finished; the finished ones.
+
+        Raises:
+            ClusterError: the cluster's head (its GCS) stopped answering while waiting. Ray itself
+                would wait a minute, then end this process with its own log lines.
+        """
         ray = self.connect()
-        ready, rest = ray.wait(list(refs), num_returns=1)
+        lost_since: float | None = None
+        while True:
+            ready, rest = ray.wait(list(refs), num_returns=1, timeout=HEAD_CHECK_S)
+            if ready:
+                break
+            if self._head_answers():
+                lost_since = None
+                continue
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since >= HEAD_LOST_S:
+                raise self._head_lost_error()
         if rest:  # the others finished by now too: handed over together, in a stable order
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
@@ -222,6 +298,8 @@ class RayCluster:
             raise ClusterError(f"{what}: no answer from the Ray cluster within {timeout:.0f} s; check that its "
                                "nodes are alive (`ray status`)") from None
         except rex.RayError as exc:
+            if not self._head_answers():  # the task died with the head: say so, not "a worker was lost"
+                raise self._head_lost_error() from None
             tries = f"{retries + 1} attempts" if retries else "no retries allowed"
             raise ClusterError(f"{what}: the Ray worker running it was lost ({type(exc).__name__}; {tries}); "
                                "see the node's Ray logs (`ray logs`), or raise max_retries") from None
@@ -231,6 +309,33 @@ class RayCluster:
         if self._ray is not None:
             with contextlib.suppress(Exception):  # already finished or gone: nothing to cancel
                 self._ray.cancel(ref)
+
+
+@contextlib.contextmanager
+def _quiet_core_logs() -> Iterator[None]:
+    """Ray's C++ core in this process logs only fatal errors (it starts during ``ray.init``).
+
+    Why: when a node or the head is lost, the driver's core prints lines of its own
+    (``task_manager.cc: Failed to push error to driver ...``) before kinmerge's one ``Error:``
+    line says what happened. ``RAY_BACKEND_LOG_LEVEL`` is read once, when the core starts, which
+    itself announces the level on stderr: that line is dropped (stderr goes to ``/dev/null``
+    while it connects). Only for a cluster that exists already, so no Ray process started here
+    inherits the level (a local cluster's raylet keeps its logs). A level the user set is kept.
+    """
+    if "RAY_BACKEND_LOG_LEVEL" in os.environ:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
 
 
 def _host_port(address: str | None) -> tuple[str, int] | None:

@@ -229,6 +229,11 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu",
             f"{model_dir}: the weights lack {len(missing)} tensor(s) the model in config.json needs "
             f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); transformers would leave them "
             "random — re-save the model, or check that the config belongs to these weights")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():  # else torch's AssertionError
+        given = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise EvaluationError(f"device {device} but torch sees no CUDA device on {os.uname().nodename} "
+                              f"(CUDA_VISIBLE_DEVICES={given}, torch {torch.__version__}); use device: cpu or "
+                              "install a CUDA build of torch")
     model.to(device)
     model.eval()
     return model, tokenizer

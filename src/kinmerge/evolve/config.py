@@ -152,7 +152,8 @@ class ExecutorConfig(_Section):
       ``num_gpus``), ``merge_cpus``, ``merge_gpus``, ``eval_cpus``, ``eval_gpus`` (each step's
       resource request), ``max_retries`` (a step whose worker died), ``workers`` (steps in
       flight; default: what the cluster holds), ``runtime_env``, ``connect_timeout_s`` (how long
-      the address may take to answer; default 30 s).
+      the address may take to answer; default 30 s), ``merge_resources``, ``eval_resources``
+      (custom Ray resources each step asks for, e.g. ``{big_disk: 1}``).
 
     A setting the named executor does not take is refused, naming the executors that take it.
     """
@@ -169,6 +170,8 @@ class ExecutorConfig(_Section):
     max_retries: int | None = Field(None, ge=0)
     runtime_env: dict[str, Any] | None = None
     connect_timeout_s: float | None = Field(None, gt=0, le=3600)
+    merge_resources: dict[str, float] | None = None
+    eval_resources: dict[str, float] | None = None
 
     @model_validator(mode="before")
     @classmethod

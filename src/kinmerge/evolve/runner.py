@@ -55,6 +55,7 @@ from kinmerge.evolve.steps import (
     run_kinship,
     run_merge,
 )
+from kinmerge.evolve.steps import where_ran as _where
 from kinmerge.evolve.summary import RunSummary, generation_line, summarize
 from kinmerge.evolve.tracking import RunTracking
 from kinmerge.kinship import METRICS
@@ -360,7 +361,7 @@ class _Run:
             self.run_id, "merge", f"{'+'.join(merge.parents)} -> {res['id']}", generation=generation,
             duration_s=res["seconds"],
             payload={"id": res["id"], "parents": list(merge.parents), "reason": merge.reason,
-                     "reused": res["reused"], "kinship": task.kinship},
+                     "reused": res["reused"], "kinship": task.kinship, **_where(res)},
         )
         return str(res["id"])
 
@@ -417,7 +418,7 @@ class _Run:
         self.store.log_event(
             self.run_id, "evaluate", f"{mid}: {res['average']:.4f}{early}", generation=generation,
             duration_s=res["seconds"],
-            payload={"id": mid, "scores": res["scores"], "average": res["average"], **(race or {})},
+            payload={"id": mid, "scores": res["scores"], "average": res["average"], **(race or {}), **_where(res)},
         )
 
     def _race(self, todo: list[str], *, generation: int, cards: bool) -> None:

@@ -65,6 +65,7 @@ __all__ = [
     "run_kinship",
     "run_merge",
     "step_kind",
+    "where_ran",
 ]
 
 
@@ -193,3 +194,14 @@ def describe(task: object) -> str:
     if isinstance(task, str):  # hash_model's task: a model reference
         return task
     return repr(task)[:200]
+
+
+def where_ran(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"node": ...}`` when an executor marked a step's record with where it ran (the Ray
+    executor: node IP, node id, ``CUDA_VISIBLE_DEVICES``), for the run's events; else ``{}``.
+
+    Example:
+        >>> where_ran({"id": "x", "node": {"ip": "10.0.0.7", "id": "ab12"}}), where_ran({"id": "x"})
+        ({'node': {'ip': '10.0.0.7', 'id': 'ab12'}}, {})
+    """
+    return {"node": record["node"]} if "node" in record else {}

@@ -37,6 +37,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -243,8 +244,12 @@ def merge(
     if cuda:
         import torch
 
-        if not torch.cuda.is_available():
-            raise MergeError("cuda=True but torch sees no CUDA device; drop --cuda or install a CUDA build of torch")
+        if not torch.cuda.is_available():  # say what the process was given: a Ray GPU request sets the variable
+            given = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+            build = "" if torch.version.cuda else ", a CPU-only build"
+            raise MergeError(f"cuda=True but torch sees no CUDA device on {platform.node()} (CUDA_VISIBLE_DEVICES="
+                             f"{given}, torch {torch.__version__}{build}); drop --cuda or install a CUDA build of "
+                             "torch")
         device = f"cuda:{torch.cuda.get_device_name()}"
     mid = merge_id([parent_id(m, full_lora_base) for m in models], recipe,
                    base_model.content_id if base_model else None, device=device)

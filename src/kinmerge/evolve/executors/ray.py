@@ -51,6 +51,9 @@ class RayExecutor(BaseExecutor):
             ``merge: {cuda: true}``).
         eval_cpus, eval_gpus: what each evaluation asks for (e.g. ``eval_gpus: 1`` with the
             evaluator's ``device: cuda``). Hashes and kinship scans ask for one CPU.
+        merge_resources, eval_resources: custom Ray resources each merge or evaluation asks for
+            (``{"big_disk": 1}``: only nodes started with ``ray start --resources='{"big_disk": 1}'``
+            run it).
         max_retries: how often a step whose worker died is run again before the run fails.
         connect_timeout_s: how long the cluster's address may take to answer before the run
             fails in one line naming it (default ``KINMERGE_RAY_CONNECT_TIMEOUT``, else 30 s).
@@ -66,7 +69,9 @@ class RayExecutor(BaseExecutor):
     def __init__(self, workers: int | None = None, address: str | None = None, num_cpus: int | None = None,
                  num_gpus: int | None = None, merge_cpus: float = 1.0, merge_gpus: float = 0.0,
                  eval_cpus: float = 1.0, eval_gpus: float = 0.0, max_retries: int = 3,
-                 runtime_env: Mapping[str, Any] | None = None, connect_timeout_s: float | None = None) -> None:
+                 runtime_env: Mapping[str, Any] | None = None, connect_timeout_s: float | None = None,
+                 merge_resources: Mapping[str, float] | None = None,
+                 eval_resources: Mapping[str, float] | None = None) -> None:
         for label, value in (("workers", workers), ("num_cpus", num_cpus)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"executor {label} must be an integer >= 1, got {value!r}")
@@ -74,6 +79,13 @@ class RayExecutor(BaseExecutor):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"executor {label} must be an integer >= 0, got {value!r}")
         requests = {"merge": {"CPU": merge_cpus, "GPU": merge_gpus}, "evaluate": {"CPU": eval_cpus, "GPU": eval_gpus}}
+        for kind, custom in (("merge", merge_resources), ("evaluate", eval_resources)):
+            for res in custom or {}:
+                if not isinstance(res, str) or not res or res in ("CPU", "GPU", "memory", "object_store_memory"):
+                    short = "eval" if kind == "evaluate" else kind
+                    raise ConfigError(f"executor {short}_resources: {res!r} is not a custom resource name; "
+                                      f"ask for CPUs and GPUs with {short}_cpus and {short}_gpus")
+            requests[kind].update(custom or {})
         for kind, req in requests.items():
             for res, amount in req.items():
                 number = isinstance(amount, int | float) and not isinstance(amount, bool)
@@ -92,6 +104,10 @@ class RayExecutor(BaseExecutor):
     def _request(self, fn: Callable[[Any], Any]) -> dict[str, float]:
         return self.requests.get(step_kind(fn), {"CPU": 1.0, "GPU": 0.0})
 
+    @staticmethod
+    def _custom(req: Mapping[str, float]) -> dict[str, float]:
+        return {r: v for r, v in req.items() if r not in ("CPU", "GPU") and v}
+
     def _connect(self) -> None:
         """Connect once and check that some node can run each kind of step (else it would wait forever)."""
         if self._connected:
@@ -102,11 +118,11 @@ class RayExecutor(BaseExecutor):
         for kind, req in self.requests.items():
             if not any(all(n["resources"].get(r, 0.0) >= v for r, v in req.items() if v) for n in nodes):
                 asked = ", ".join(f"{v:g} {r}" for r, v in req.items() if v) or "nothing"
-                have = "; ".join(f"{n['ip']}: {n['resources'].get('CPU', 0):g} CPU, "
-                                 f"{n['resources'].get('GPU', 0):g} GPU" for n in nodes)
+                have = "; ".join(f"{n['ip']}: " + ", ".join(
+                    f"{n['resources'].get(r, 0):g} {r}" for r in req if r in ("CPU", "GPU") or req[r]) for n in nodes)
                 short = "eval" if kind == "evaluate" else kind
                 raise ClusterError(f"no node of the Ray cluster can run a {kind} step ({asked} asked; nodes: {have}); "
-                                   f"lower {short}_cpus/{short}_gpus or add a node that has them")
+                                   f"lower {short}_cpus/{short}_gpus/{short}_resources or add a node that has them")
 
     @property
     def workers(self) -> int:
@@ -124,7 +140,8 @@ class RayExecutor(BaseExecutor):
         self._connect()
         req = self._request(fn)
         ref: Hashable = self.cluster.submit(fn, task, name=getattr(fn, "__name__", "step"), num_cpus=req["CPU"],
-                                            num_gpus=req["GPU"], max_retries=self.max_retries)
+                                            num_gpus=req["GPU"], resources=self._custom(req),
+                                            max_retries=self.max_retries)
         return ref
 
     def _wait(self, handles: Sequence[Hashable]) -> Iterable[Hashable]:
@@ -159,18 +176,37 @@ class RayExecutor(BaseExecutor):
                 raise ClusterError(f"{path}: {seen} on this machine")
         if write is not None:
             Path(write).mkdir(parents=True, exist_ok=True)
-        least = min(req["CPU"] for req in self.requests.values())
-        nodes = [n for n in self.cluster.nodes() if n["resources"].get("CPU", 0.0) >= least]
+        nodes = [n for n in self.cluster.nodes() if _runs_steps(n["resources"], self.requests.values())]
         refs = [self.cluster.submit(_probe, (list(read), write, token), name="kinmerge_storage_probe", num_cpus=0,
                                     node=n["id"]) for n in nodes]
+        failed: ClusterError | None = None
         try:
-            for node, ref in zip(nodes, refs, strict=True):
-                seen = self.cluster.result(ref, f"storage check on node {node['ip']}", timeout=PROBE_TIMEOUT_S)
-                _compare(node["ip"], mine, seen, write, token)
+            for node, ref in zip(nodes, refs, strict=True):  # every probe ends before its files are removed
+                name = f"{node['ip']} (id {node['id'][:8]})"  # several nodes may share a machine, so an IP
+                seen = self.cluster.result(ref, f"storage check on node {name}", timeout=PROBE_TIMEOUT_S)
+                try:
+                    _compare(name, mine, seen, write, token)
+                except ClusterError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
         finally:
             if write is not None:
                 for leftover in Path(write).glob(f"{_PROBE_PREFIX}{token}-*"):
                     leftover.unlink(missing_ok=True)
+
+
+def _runs_steps(has: Mapping[str, float], requests: Iterable[Mapping[str, float]]) -> bool:
+    """Whether a node with resources ``has`` can run some step: a hash or kinship scan (1 CPU),
+    or a merge or evaluation whose whole request it meets.
+
+    Example:
+        >>> _runs_steps({"CPU": 0, "GPU": 1}, [{"CPU": 0, "GPU": 1}]), _runs_steps({"GPU": 1}, [{"CPU": 1}])
+        (True, False)
+    """
+    if has.get("CPU", 0.0) >= 1:
+        return True
+    return any(all(has.get(r, 0.0) >= v for r, v in req.items() if v) for req in requests)
 
 
 def look_at(paths: Sequence[str]) -> dict[str, list[tuple[str, int]] | str]:
