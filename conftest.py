@@ -31,13 +31,13 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # groups below (xdist's own ``xdist_group`` marks are lost under pytest 9, whose node ids are
 # structured: xdist 3.8 appends the group to an attribute pytest no longer reads).
 
-#: Test modules with a test that keeps both cores busy by itself, and why. They run in one group,
-#: one test at a time, never two at once on 2 cores; so do modules with ``ray`` in their name.
+#: Test modules that share the worker's Ray cluster with the Ray modules, and why. They run in
+#: one group with every module that has ``ray`` in its name: one cluster per run, not one per
+#: worker. (Modules whose tests start 2 processes of their own, e.g. the demo's and the zoo
+#: builds' workers, are not grouped: on 2 cores that costs a little overlap, while one group of
+#: them made the whole run wait for it: 911 s with the group, most of it in that group alone.)
 BOTH_CORES = {
-    "tests/test_demo.py": "the shipped-zoo demo runs its testbeds in 2 worker processes",
-    "tests/test_zoo.py": "the full tiny build trains its specialists in 2 worker processes",
     "tests/test_reproducible.py": "a run on a Ray cluster (its module fixture is shared with it)",
-    "tests/test_zoo_real.py": "the smol-ci build fine-tunes its 2 specialists in 2 worker processes",
 }
 #: Fixtures of a Ray cluster (one per worker process): their users must be in the group.
 _RAY_FIXTURES = {"ray_cluster", "ray_reference"}

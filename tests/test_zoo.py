@@ -269,45 +269,6 @@ def test_shipped_specialist_deltas_have_low_kinship(shipped):
     assert off_diagonal.max() < 0.5, dict(zip(names, pcc.round(3).tolist()))
 
 
-@pytest.mark.slow
-def test_shipped_linear_merges_beat_their_parents_mostly(shipped):
-    from itertools import combinations
-
-    from kinmerge.evaluate.builtin import evaluate_loaded, load_model
-
-    tasks = load_tasks(shipped.tasks_dir)
-    model, tok = load_model(shipped.base)
-    states = {n: _tensors(p) for n, p in shipped.specialists.items()}
-    parent_avg = {n: shipped.manifest["scores"][n]["average"] for n in states}
-    wins = 0
-    pairs = list(combinations(sorted(states), 2))
-    for a, b in pairs:
-        model.load_state_dict({k: (states[a][k].float() + states[b][k].float()) / 2
-                               for k in states[a]})
-        merged = evaluate_loaded(model, tok, tasks)
-        wins += merged.average > (parent_avg[a] + parent_avg[b]) / 2
-    assert wins >= 0.7 * len(pairs)
-
-
-# --------------------------------------------------------------------------- full build
-
-
-@pytest.mark.slow
-def test_full_tiny_build(tmp_path):
-    zoo = build_zoo(tmp_path / "tiny", preset="tiny", log=lambda line: None)
-    m = zoo.manifest
-    assert m["scores"]["base"]["average"] >= PRESETS["tiny"].base_target
-    assert m["parameters"] > 900_000
-    # A build on another CPU (AVX-512 vs AVX2 float paths) differs from the shipped zoo in its last
-    # bits, which training amplifies: the weakest specialist (add, ~0.2 above a near-zero base on
-    # the shipped zoo) has ended level with the base on some machines. Every specialist must be at
-    # least as good as the base on its own task, and all but one strictly better.
-    gains = {name: m["scores"][name][zoo.task_of(name)] - m["scores"]["base"][zoo.task_of(name)]
-             for name in zoo.specialists}
-    assert all(g >= 0 for g in gains.values()), gains
-    assert sum(g > 0 for g in gains.values()) >= len(gains) - 1, gains
-
-
 def test_importing_zoo_and_evaluator_does_not_import_torch():
     import subprocess
     import sys

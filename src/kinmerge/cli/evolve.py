@@ -109,7 +109,6 @@ def evolve_cmd(config: str, run_dir: str | None, dry_run: bool, no_progress: boo
       kinmerge evolve examples/evolve.yaml --dry-run
       kinmerge evolve examples/evolve.yaml
       kinmerge evolve examples/greedy.yaml --run-dir runs/evolve-greedy --track tensorboard
-      kinmerge evolve steady.yaml   # has schedule: steady, max_in_flight: 8 (docs/evolve.md)
     """
     from kinmerge.evolve.config import load_config
     from kinmerge.evolve.runner import evolve
