@@ -290,12 +290,18 @@ def render(out: Path, zoos: list[str], write_doc: Path | None) -> None:
     csv.write_text(runs_csv(summaries), encoding="utf-8")
     text += (f"\nEvery run, one line each (status, stop, merges, examples, best per generation): "
              f"[{csv.name}]({csv.name}).\n")
-    page = write_doc.read_text(encoding="utf-8")
-    if BEGIN not in page or END not in page:
-        sys.exit(f"{write_doc}: no {BEGIN} ... {END} markers to write between")
-    page = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", page, flags=re.S)
-    write_doc.write_text(page, encoding="utf-8")
+    write_between(write_doc, BEGIN, END, text)
     print(f"wrote {write_doc}")
+
+
+def write_between(page_path: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the ``begin`` and ``end`` markers of a page (generated results
+    live between markers; the prose around them is written by hand)."""
+    page = page_path.read_text(encoding="utf-8")
+    if begin not in page or end not in page:
+        sys.exit(f"{page_path}: no {begin} ... {end} markers to write between")
+    page = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}{end}", page, flags=re.S)
+    page_path.write_text(page, encoding="utf-8")
 
 
 def merges(out: Path, zoos: list[str], folder: Path) -> None:

@@ -203,12 +203,11 @@ def render(out: Path, write_doc: Path | None) -> None:
     """The results section (R1-R6, every run) from the finished testbeds' stores; with
     ``write_doc``, written into that page between the study markers, and every distinct merge
     into ``results-real-merges.csv`` beside it."""
-    import re
-
     from kinmerge.report.merges import merge_records, records_csv
 
     sys.path.insert(0, str(Path(__file__).parent))
     from real_analysis import load, markdown
+    from study import write_between
 
     runs, extra = load(out)
     text = markdown(out, runs, extra)
@@ -218,11 +217,7 @@ def render(out: Path, write_doc: Path | None) -> None:
     csv = write_doc.with_name("results-real-merges.csv")
     csv.write_text(records_csv(merge_records(runs, heldout=extra)), encoding="utf-8")
     text += f"\nEvery distinct merge (parents, PCC, scores, gains, generation, runs): [{csv.name}]({csv.name}).\n"
-    page = write_doc.read_text(encoding="utf-8")
-    if BEGIN not in page or END not in page:
-        sys.exit(f"{write_doc}: no {BEGIN} ... {END} markers to write between")
-    page = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", page, flags=re.S)
-    write_doc.write_text(page, encoding="utf-8")
+    write_between(write_doc, BEGIN, END, text)
     print(f"wrote {write_doc} and {csv}")
 
 

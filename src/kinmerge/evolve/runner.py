@@ -9,12 +9,11 @@ records everything in the run store (``RUN_DIR/kinmerge.db``). Per generation:
    scan against the base, record pcc, cs and ed for every pair scanned, and ask again. Save the
    plan to the store *before* anything runs.
 2. **Execute.** Record the kinship of every merge's parents (all metrics), make the merges into
-   ``RUN_DIR/models/<id>`` (content-addressed: a merge that exists is reused), evaluate each child
-   (the store's evaluations are the cache, keyed by model id and evaluator settings), and mark
-   the plan done. Pipelined (``executor.chain``): a child is recorded as soon as its merge lands
-   and evaluated then, while the generation's other merges may still run.
+   ``RUN_DIR/models/<id>`` (content-addressed: an existing merge is reused), evaluate each child
+   (the store's evaluations are the cache), and mark the plan done. Pipelined (``executor.chain``):
+   a child is evaluated as soon as its merge lands, while the generation's other merges may run.
 
-With ``schedule: steady`` steps 1 and 2 are :mod:`kinmerge.evolve.steady`'s (no barrier between generations).
+With ``schedule: steady`` steps 1 and 2 are :mod:`kinmerge.evolve.steady`'s (no generation barrier).
 Generation 0 is the foundation models, evaluated once. When the strategy stops, the kinship of
 every pair of the final pool is recorded (the report's heatmap) and the run is marked finished.
 
@@ -23,7 +22,7 @@ completely before the store records it (merges: temp folder -> rename; evaluatio
 one transaction each), every step is keyed by content so replaying it is harmless, and a saved
 plan is executed as saved. Rerunning the same command therefore resumes and ends with the same
 pool as an uninterrupted run. The store's lock refuses a second concurrent run on the same
-directory. Temp folders left by a killed merge are removed on the next start.
+directory; temp folders left by a killed merge are removed on the next start.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +70,8 @@ __all__ = ["MODELS_DIR", "evolve"]
 MODELS_DIR = "models"
 
 
-def evolve(
-    config: RunConfig | str | os.PathLike[str],
-    run_dir: str | os.PathLike[str] | None = None,
-    *,
-    progress: bool = True,
-    dry_run: bool = False,
-) -> RunSummary:
+def evolve(config: RunConfig | str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None, *,
+           progress: bool = True, dry_run: bool = False) -> RunSummary:
     """Run (or resume) an evolution until the strategy stops.
 
     Args:
@@ -276,21 +270,7 @@ class _Run:
             stored = self.store.get_plan(self.run_id, self.store.last_completed_generation(self.run_id) + 1)
             if stored is not None and stored.stop is not None:
                 return stored
-        state = self._state()
-        self.report.step(f"gen {state.generation + 1}: planning")
-        plan = self.strategy.plan(state)
-        wanted = {frozenset(p) for p in plan.kinship_requests} | self._topk_pairs(state)
-        if wanted:
-            self._ensure_kinship(wanted, generation=state.generation, why="plan")
-            self.report.step(f"gen {state.generation + 1}: planning")
-            state = self._state()
-            plan = self.strategy.plan(state)
-        if plan.kinship_requests:
-            raise KinmergeError(self._undefined_message(plan.kinship_requests))
-        if self.sketches is not None:  # a decision an estimate's bound could flip is re-checked exactly
-            plan, state, checked = settle(self.strategy, state, plan, read_state=self._state,
-                                          scan_exact=lambda r: self._recheck(r, state.generation))
-            self.made["kinship_rechecks"] += checked
+        plan, state = self._decide(self._state)
         self._report_generation(state)
         if self.dry_run:
             return plan
@@ -300,6 +280,24 @@ class _Run:
         if plan.stop is None:
             self.report.line(f"gen {plan.generation}: planned {plan.describe()}")
         return plan
+
+    def _decide(self, read_state: Callable[[], PoolState], what: str = "planning") -> tuple[Plan, PoolState]:
+        """The strategy's plan for ``read_state()``'s pool, with the kinship it asks for (and the top-k's)."""
+        state = read_state()
+        self.report.step(f"gen {state.generation + 1}: {what}")
+        plan = self.strategy.plan(state)
+        wanted = {frozenset(p) for p in plan.kinship_requests} | self._topk_pairs(state)
+        if wanted:
+            self._ensure_kinship(wanted, generation=state.generation, why="plan")
+            state = read_state()
+            plan = self.strategy.plan(state)
+        if plan.kinship_requests:
+            raise KinmergeError(self._undefined_message(plan.kinship_requests))
+        if self.sketches is not None:  # a decision an estimate's bound could flip is re-checked exactly
+            plan, state, checked = settle(self.strategy, state, plan, read_state=read_state,
+                                          scan_exact=lambda r: self._recheck(r, state.generation))
+            self.made["kinship_rechecks"] += checked
+        return plan, state
 
     def _execute(self, plan: Plan) -> None:
         """Make, record and evaluate the merges of a saved plan; then mark it done."""

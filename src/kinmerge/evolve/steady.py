@@ -40,8 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinmerge.errors import KinmergeError, StoreError
-from kinmerge.evolve.recheck import settle
+from kinmerge.errors import StoreError
 from kinmerge.evolve.signals import stop_if_terminated
 from kinmerge.evolve.steps import EvaluateTask, MergeTask, run_evaluation, run_merge
 from kinmerge.kinship import METRICS
@@ -294,20 +293,7 @@ class _Steady:
         """Plan from the pool as it is now (kinship computed as the strategy asks); save a plan
         of merges with the number of completions it was made after."""
         r = self.r
-        state = self.state()
-        r.report.step(f"gen {state.generation + 1}: planning (steady)")
-        plan = r.strategy.plan(state)
-        wanted = {frozenset(p) for p in plan.kinship_requests} | r._topk_pairs(state)
-        if wanted:
-            r._ensure_kinship(wanted, generation=state.generation, why="plan")
-            state = self.state()
-            plan = r.strategy.plan(state)
-        if plan.kinship_requests:
-            raise KinmergeError(r._undefined_message(plan.kinship_requests))
-        if r.sketches is not None:
-            plan, state, checked = settle(r.strategy, state, plan, read_state=self.state,
-                                          scan_exact=lambda c: r._recheck(c, state.generation))
-            r.made["kinship_rechecks"] += checked
+        plan, state = r._decide(self.state, "planning (steady)")
         if plan.stop is None and save:
             r._report_generation(state)
             self.store.save_plan(self.run_id, plan, after=len(self.store.completions(self.run_id)))
