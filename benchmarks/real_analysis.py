@@ -70,7 +70,7 @@ def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
     for r in runs:
         heldout = {**extra.get(Path(r.run_dir).name, {}), **r.heldout}
         pool = list(r.models.values())
-        rank = r.fingerprint.fitness.key if r.fingerprint is not None else float
+        rank = _rank(r)
         start = handed_over(pool, r.merge_order, 0, heldout=heldout, rank=rank)
         gains = {b: (None if start is None or (v := handed_over(pool, r.merge_order, b, heldout=heldout, rank=rank))
                      is None else v - start) for b in (*BUDGETS, 10_000)}
@@ -93,6 +93,11 @@ def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
             "per_testbed": value}
 
 
+def _rank(r: Any) -> Any:
+    """The run's ranking key of a score (its fitness: higher is better whatever the direction)."""
+    return r.fingerprint.fitness.key if r.fingerprint is not None else float
+
+
 def early_stop_effect(runs: list[Any], extra: dict[str, dict[str, float]]) -> dict[str, Any]:
     """R3: per testbed, kinship (early stop) against kinship-noes: merges used and held-out lost
     by the model each hands over at its end."""
@@ -103,7 +108,7 @@ def early_stop_effect(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
     for r in runs:
         if r.run.id in ("kinship", "kinship-noes"):
             heldout = {**extra.get(Path(r.run_dir).name, {}), **r.heldout}
-            v = handed_over(list(r.models.values()), r.merge_order, 10_000, heldout=heldout)
+            v = handed_over(list(r.models.values()), r.merge_order, 10_000, heldout=heldout, rank=_rank(r))
             end[Path(r.run_dir).name][r.run.id] = (r.merges_used, v)
     beds = [b for b, d in end.items() if len(d) == 2 and all(v is not None for _, v in d.values())]
     return {"testbeds": len(beds),
