@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from kinmerge.report.stats import mean_or_none
 
 BUDGETS = (3, 6, 9, 12)
 COMPARISONS = (("kinship", "greedy"), ("kinship", "random"), ("predicted", "greedy"), ("predicted", "random"))
@@ -56,11 +57,6 @@ def _fmt(p: dict[str, Any]) -> str:
     return f"{p['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else f"{p['mean']:+.4f}"
 
 
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return math.fsum(known) / len(known) if known and len(known) == len(values) else None
-
-
 def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> dict[str, Any]:
     """R1, R2, R4: held-out gain over the best foundation at equal budgets, paired per testbed."""
     from kinmerge.report.merges import handed_over
@@ -75,10 +71,10 @@ def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
         gains = {b: (None if start is None or (v := handed_over(pool, r.merge_order, b, heldout=heldout, rank=rank))
                      is None else v - start) for b in (*BUDGETS, 10_000)}
         by_bed[Path(r.run_dir).name][r.variant].append(gains)
-    value = {bed: {v: {b: _mean([g[b] for g in gs]) for b in (*BUDGETS, 10_000)} for v, gs in variants.items()}
+    value = {bed: {v: {b: mean_or_none([g[b] for g in gs]) for b in (*BUDGETS, 10_000)} for v, gs in variants.items()}
              for bed, variants in by_bed.items()}
     variants = sorted({v for per in value.values() for v in per})
-    mean_gain = {v: {b: _mean([value[bed][v][b] for bed in value if v in value[bed]]) for b in BUDGETS}
+    mean_gain = {v: {b: mean_or_none([value[bed][v][b] for bed in value if v in value[bed]]) for b in BUDGETS}
                  for v in variants}
     compared: dict[str, dict[int, dict[str, Any]]] = {}
     for a, ref in COMPARISONS:
@@ -185,28 +181,6 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def interference(runs: list[Any]) -> list[dict[str, Any]]:
-    """First-generation merges of two specialists (named after their tasks): each parent's score on
-    its own task against the child's on that task, on the selection part. A merge *interferes*
-    when it loses part of both skills."""
-    rows, seen = [], set()
-    for r in runs:
-        for m in r.models.values():
-            parents = [r.models.get(p) for p in m.parents]
-            if m.generation != 1 or len(parents) != 2 or m.id in seen or any(p is None or p.parents for p in parents):
-                continue
-            seen.add(m.id)
-            skills = {}
-            for p in parents:
-                task = r.label_of(p.id)
-                if task in p.task_scores and task in m.task_scores:
-                    skills[task] = (p.task_scores[task], m.task_scores[task])
-            if len(skills) == 2:
-                rows.append({"child": m.id, "skills": skills,
-                             "interferes": all(child < parent for parent, child in skills.values())})
-    return rows
-
-
 def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> str:
     """The results section of docs/results.md for the real-model study."""
     from kinmerge.report.merges import merge_records, records_from_csv
@@ -266,16 +240,8 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
             r = t["rankings"][name]
             cells.append(_num(r["spearman"]) + (f" [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else ""))
         lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + f" | {t['regret']:.4f} |")
-    inter = interference(runs)
-    n = {r.examples_per_task for r in runs} - {None}
-    lines += ["", f"**Interference** (first-generation merges of two specialists, selection part, "
-              f"{'/'.join(map(str, sorted(n))) or '?'} examples per task): {sum(r['interferes'] for r in inter)} "
-              f"of {len(inter)} lose part of both skills.", "",
-              "| merge | task: parent → child | task: parent → child |", "|---|---|---|"]
-    for r in inter:
-        a, b = sorted(r["skills"].items())
-        lines.append(f"| {a[0]} × {b[0]} | {a[0]}: {a[1][0]:.2f} → {a[1][1]:.2f} "
-                     f"| {b[0]}: {b[1][0]:.2f} → {b[1][1]:.2f} |")
+    lines += ["", "**Interference:** which specialist pairs lose part of both skills when merged, on held-out "
+              "data, is measured directly on all 15 pairs by `benchmarks/interference.py` (docs/zoo.md)."]
     lines += ["", "**Every run:**", "", "| testbed | run | status | stop | merges | best foundation (sel.) | "
               "final best (sel.) | final best held-out |", "|---|---|---|---|--:|--:|--:|--:|"]
     for r in runs:

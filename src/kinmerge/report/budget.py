@@ -27,7 +27,7 @@ from typing import Any
 
 from kinmerge.report.anytime import area, replay_early_stop
 from kinmerge.report.queries import RunHistory
-from kinmerge.report.stats import paired, spread
+from kinmerge.report.stats import mean_or_none, paired, spread
 
 __all__ = ["anytime_bands", "budget_table", "default_budgets", "early_stop_table"]
 
@@ -46,11 +46,6 @@ def _by_testbed(runs: Sequence[RunHistory]) -> dict[Testbed, dict[str, list[RunH
     for r in runs:
         out[r.testbed][r.variant].append(r)
     return out
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known and len(known) == len(values) else None
 
 
 def budget_table(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = None,
@@ -73,7 +68,7 @@ def budget_table(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = 
     rows = []
     for v in variants:
         beds = [t for t, by in grouped.items() if v in by]
-        per_bed = {name: {t: _mean([f(r) for r in grouped[t][v]]) for t in beds} for name, f in measures.items()}
+        per_bed = {name: {t: mean_or_none([f(r) for r in grouped[t][v]]) for t in beds} for name, f in measures.items()}
         row: dict[str, Any] = {
             "variant": v,
             "runs": sum(len(grouped[t][v]) for t in beds),
@@ -84,7 +79,7 @@ def budget_table(runs: Sequence[RunHistory], *, budgets: Sequence[int] | None = 
         }
         if v != reference:
             shared = [t for t in beds if reference in grouped[t]]
-            ref = {name: {t: _mean([f(r) for r in grouped[t][reference]]) for t in shared}
+            ref = {name: {t: mean_or_none([f(r) for r in grouped[t][reference]]) for t in shared}
                    for name, f in measures.items()}
             compared = {}
             for name in measures:
@@ -168,7 +163,7 @@ def anytime_bands(runs: Sequence[RunHistory], *, unit: str = "merges") -> dict[s
             continue
         mean, low, high = [], [], []
         for x in xs:
-            values = [_mean([at(r, x) for r in group]) for group in beds]
+            values = [mean_or_none([at(r, x) for r in group]) for group in beds]
             known = [val for val in values if val is not None]
             full = len(known) == len(values) and bool(known)
             mean.append(sum(known) / len(known) if full else None)

@@ -26,13 +26,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from kinmerge.pool import PoolModel
 from kinmerge.report.queries import RunHistory
+from kinmerge.report.stats import mean_or_none
 
 __all__ = ["MergeRecord", "handed_over", "merge_records", "records_csv", "records_from_csv"]
 
@@ -73,10 +73,6 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else math.fsum(values) / len(values)  # type: ignore[arg-type]
-
-
 def merge_records(runs: Sequence[RunHistory], *,
                   heldout: Mapping[str, Mapping[str, float]] | None = None) -> list[MergeRecord]:
     """One :class:`MergeRecord` per distinct merge of each testbed (run directory), in run order.
@@ -103,8 +99,8 @@ def merge_records(runs: Sequence[RunHistory], *,
             out[key] = MergeRecord(
                 testbed=bed, child=m.id, parent_a=a, parent_b=b, generation=m.generation, reason=m.reason,
                 pcc=pcc.get(m.id, m.kinship),
-                parents_selection=_mean([p.score if p is not None else None for p in parents]),
-                parents_heldout=_mean([scores_ho.get(p) for p in (a, b)]),
+                parents_selection=mean_or_none([p.score if p is not None else None for p in parents]),
+                parents_heldout=mean_or_none([scores_ho.get(p) for p in (a, b)]),
                 child_selection=m.score, child_heldout=scores_ho.get(m.id), runs="")
     return [MergeRecord(**{**asdict(rec), "runs": " ".join(made_by[key])}) for key, rec in out.items()]
 
@@ -134,16 +130,22 @@ def records_from_csv(text: str) -> list[MergeRecord]:
     import csv
     import io
 
-    kinds = {f.name: f.type for f in fields(MergeRecord)}
     out = []
     for row in csv.DictReader(io.StringIO(text)):
-        values: dict[str, object] = {}
-        for name, kind in kinds.items():
-            cell = row[name]
-            values[name] = (None if cell == "" and "None" in str(kind) else int(cell) if kind in (int, "int")
-                            else float(cell) if "float" in str(kind) else cell)
-        out.append(MergeRecord(**values))  # type: ignore[arg-type]
+        out.append(MergeRecord(**{f.name: _cell(f.name, row[f.name]) for f in fields(MergeRecord)}))  # type: ignore[arg-type]
     return out
+
+
+_INT_COLUMNS = frozenset({"generation"})
+_FLOAT_COLUMNS = frozenset({"pcc", "parents_selection", "parents_heldout", "child_selection", "child_heldout"})
+_OPTIONAL_COLUMNS = _FLOAT_COLUMNS | {"reason"}
+
+
+def _cell(column: str, cell: str) -> object:
+    """A CSV cell back to the record's type (an empty optional cell is ``None``)."""
+    if cell == "" and column in _OPTIONAL_COLUMNS:
+        return None
+    return int(cell) if column in _INT_COLUMNS else float(cell) if column in _FLOAT_COLUMNS else cell
 
 
 def handed_over(pool: Sequence[PoolModel], merge_order: Sequence[str], budget: int, *,

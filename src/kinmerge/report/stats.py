@@ -24,8 +24,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Paired", "Spread", "bootstrap_ci", "cluster_bootstrap_ci", "holm", "paired", "partial_correlation",
-           "score_sem", "sign_test", "spread"]
+__all__ = ["Paired", "Spread", "bootstrap_ci", "cluster_bootstrap_ci", "holm", "mean_or_none", "paired",
+           "partial_correlation", "proportion_difference_ci", "score_sem", "sign_test", "spread", "wilson_ci"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,44 @@ def paired(a: Sequence[float], b: Sequence[float], *, tie: float = 1e-12, seed: 
     mean = math.fsum(diffs) / len(diffs) if diffs else None
     return Paired(len(diffs), mean, bootstrap_ci(diffs, seed=seed), wins, len(diffs) - wins - losses, losses,
                   sign_test(wins, losses))
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean, or ``None`` when there are no values or any is missing: a mean over the
+    values that happen to exist would silently compare different things.
+
+    >>> mean_or_none([0.5, 0.7]), mean_or_none([0.5, None]), mean_or_none([])
+    (0.6, None, None)
+    """
+    if not values or any(v is None for v in values):
+        return None
+    return math.fsum(values) / len(values)  # type: ignore[arg-type]
+
+
+def wilson_ci(p: float, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy ``p`` measured on ``n`` examples: unlike p ± z·SE it
+    stays inside [0, 1] and is not zero-width at 0 or 1, where specialists' scores sit.
+
+    >>> [round(v, 3) for v in wilson_ci(1.0, 100)]
+    [0.963, 1.0]
+    """
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_difference_ci(p1: float, n1: int, p2: float, n2: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of ``p1 - p2`` (two accuracies on ``n1`` and ``n2``
+    examples): did a merge lose a parent's skill by more than sampling error?
+
+    >>> [round(v, 3) for v in proportion_difference_ci(1.0, 100, 0.9, 100)]
+    [0.042, 0.174]
+    """
+    l1, u1 = wilson_ci(p1, n1, z=z)
+    l2, u2 = wilson_ci(p2, n2, z=z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
 def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
