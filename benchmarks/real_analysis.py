@@ -216,19 +216,20 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                   f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + "."]
     lines += ["", "**Three zoos side by side** (selection gain, as the tiny-zoo studies recorded it; distinct "
               "merges; partial r given parents' mean score and generation, interval over foundation sets):", "",
-              "| zoo | merges | Pearson r | Spearman ρ | partial r [95% CI] |", "|---|--:|--:|--:|--:|"]
+              "| zoo | foundation sets | merges | Pearson r | Spearman ρ | partial r [95% CI] |",
+              "|---|--:|--:|--:|--:|--:|"]
     zoos = [("smol (real, this study)", records)]
     for name in ("headroom", "tiny"):
         f = Path(__file__).parents[1] / "docs" / f"results-{name}-merges.csv"
         zoos.append((name, records_from_csv(f.read_text()) if f.is_file() else []))
     for name, recs in zoos:
         if not recs:
-            lines.append(f"| {name} | — | not recomputed yet: `python benchmarks/study.py run` then `merges` | | |")
+            lines.append(f"| {name} | — | — | not recomputed yet: `python benchmarks/study.py run` then `merges` | | |")
             continue
         g = gain_kinship(recs, gain="gain_selection", parents="parents_selection")
         ci = g["partial_ci95"]
-        lines.append(f"| {name} | {g['n']} | {_num(g['pearson'])} | {_num(g['spearman'])} | {_num(g['partial'])}"
-                     + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
+        lines.append(f"| {name} | {g['testbeds']} | {g['n']} | {_num(g['pearson'])} | {_num(g['spearman'])} "
+                     f"| {_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
     tests = all_pairs(out)
     lines += ["", "**R6: all-pairs tests** (every pair of the pool after generation 1 merged and scored held out; "
               "Spearman ρ with the held-out gain, 95% bootstrap interval over pairs)", "",

@@ -16,7 +16,9 @@ first run; this script runs exactly that design and nothing chosen after it:
 It is a resumable background job that spans sessions: every run is a resumable kinmerge run,
 the all-pairs results are saved pair by pair, and a testbed whose runs and all-pairs test are
 done has its merge folders deleted (270 MB each; the store keeps every number), leaving a
-``.study-done`` marker. Two testbeds run at once, one torch thread each.
+``.study-done`` marker. Two testbeds run at once, one torch thread each. The held-out scorings
+outside the runs go through kinmerge's evaluation cache (keyed by content id and evaluator
+settings), so a child that several testbeds make (the same two specialists) is scored once.
 
     python benchmarks/study_real.py run --out study-real      # ~10 h on 2 CPU cores; rerun to resume
     python benchmarks/study_real.py status --out study-real   # what is done
@@ -88,6 +90,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     """R6: every pair of the greedy run's pool after generation 1, merged and scored held out."""
     import kinmerge
     from kinmerge._io import atomic_write
+    from kinmerge.evaluate.cache import evaluate_cached
     from kinmerge.store import RunStore
 
     with RunStore(run_dir, lock=False) as store:
@@ -104,7 +107,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     evaluator = _heldout_evaluator(zoo)
     for m in pool:  # the parents' held-out scores: the baseline of every held-out gain
         if "heldout" not in done["models"][m.id]:
-            done["models"][m.id]["heldout"] = evaluator.evaluate(Path(m.path)).average
+            done["models"][m.id]["heldout"] = evaluate_cached(evaluator, m.path)[0].average
             atomic_write(out, json.dumps(done, indent=1))
     for a, b in itertools.combinations(pool, 2):
         key = f"{a.id}+{b.id}"
@@ -112,7 +115,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
             continue
         t0 = time.perf_counter()
         child = kinmerge.merge([a.path, b.path], "slerp", out=run_dir / "models", base=str(zoo.base))
-        result = evaluator.evaluate(Path(child.path))
+        result = evaluate_cached(evaluator, child.path)[0]
         done["pairs"][key] = {"child": child.id, "heldout": result.average, "scores": result.scores,
                               "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write(out, json.dumps(done, indent=1))
@@ -129,6 +132,7 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     before the testbed's merge folders are deleted. Saved child by child (resumable).
     """
     from kinmerge._io import atomic_write
+    from kinmerge.evaluate.cache import evaluate_cached
     from kinmerge.store import RunStore
 
     with RunStore(run_dir, lock=False) as store:
@@ -144,7 +148,7 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     todo = [mid for mid in sorted(children) if mid not in have and mid not in done["children"]]
     evaluator = _heldout_evaluator(zoo)
     for n, mid in enumerate(todo):
-        result = evaluator.evaluate(Path(children[mid]))
+        result = evaluate_cached(evaluator, children[mid])[0]
         done["children"][mid] = {"heldout": result.average, "scores": result.scores}
         atomic_write(out, json.dumps(done, indent=1))
         log(f"{run_dir.name}: held-out children {n + 1}/{len(todo)}")
