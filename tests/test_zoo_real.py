@@ -53,6 +53,7 @@ def test_a_killed_build_continues_and_gives_the_same_bytes(smol: Path) -> None:
 
     build_zoo(smol, preset="smol-ci", log=lines.append)
     assert any("fine-tuning 1 specialist(s) (word_sub)" in line for line in lines), lines
+    assert any(line.startswith("word_sub: step 6: loss") for line in lines), lines  # the workers' news
     assert content_id(smol / "specialists" / "word_sub") == before  # seeded: the same bytes
     # Another seed in the same folder is another build: refused, nothing removed.
     res = CliRunner().invoke(cli, ["zoo", "build", str(smol), "--preset", "smol-ci", "--seed", "1"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -46,6 +46,20 @@ def progress_bar(total: float, description: str, *, unit: str = "items",
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda amount: bar.advance(task, amount)
+
+
+@contextlib.contextmanager
+def progress_bars(totals: Mapping[str, float], *, enabled: bool = True) -> Iterator[Callable[[str, float], None]]:
+    """Several bars in one display on stderr, one per kind of work whose units differ (a zoo
+    build's training steps and its scoring answers); yield ``advance(name, amount)``."""
+    if not enabled:
+        yield lambda name, amount: None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        tasks = {name: bar.add_task(name, total=total) for name, total in totals.items()}
+        yield lambda name, amount: bar.advance(tasks[name], amount)
 
 
 class StatusLines:

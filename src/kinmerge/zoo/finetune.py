@@ -84,8 +84,9 @@ class _Sampler:
 def _train(model: Any, tokenizer: Any, sampler: _Sampler, *, lr: float, warmup: int,
            max_steps: int, batch_size: int, weight_decay: float, decay: bool,
            check: Callable[[int], bool] | None = None, check_every: int = 50,
-           log: Callable[[str], None] = lambda s: None) -> int:
+           log: Callable[[str], None] = lambda s: None, on_step: Callable[[], None] = lambda: None) -> int:
     """AdamW on the answer tokens; stops after ``max_steps`` or when ``check(step)`` is true.
+    ``on_step`` is called after every step (a progress bar), ``log`` every ``check_every``.
 
     With ``decay`` the learning rate falls linearly to zero at ``max_steps`` after warm-up;
     without, it stays flat (pre-training stops on an accuracy target, not a schedule).
@@ -115,6 +116,7 @@ def _train(model: Any, tokenizer: Any, sampler: _Sampler, *, lr: float, warmup: 
         opt.step()
         sched.step()
         step += 1
+        on_step()
         if step % check_every == 0:
             log(f"step {step}: loss {loss.item():.3f}")
             if check is not None and check(step):

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -37,6 +38,7 @@ from typing import Any
 from kinmerge._io import atomic_dir, atomic_write
 from kinmerge.errors import ConfigError, SourceError
 from kinmerge.evaluate.tasks import load_tasks, write_task
+from kinmerge.progress import progress_bars
 from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
 from kinmerge.zoo.presets import FineTune, ZooPreset
 from kinmerge.zoo.tasks import make_examples
@@ -179,11 +181,18 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
     return load_zoo(root)
 
 
-def _score(model_dir: Path, tasks_dir: Path, device: str, tasks: tuple[str, ...] | list[str]) -> dict[str, float]:
+def _score(model_dir: Path, tasks_dir: Path, device: str, tasks: tuple[str, ...] | list[str],
+           on_answers: Callable[[int], None] = lambda n: None) -> dict[str, float]:
+    """``model_dir``'s score on each task, task by task (each is scored on its own, so the same
+    numbers as one call): ``on_answers(n)`` after each task's ``n`` answers, for a progress bar."""
     from kinmerge.evaluate.builtin import evaluate_loaded, load_model
 
     model, tokenizer = load_model(model_dir, device=device)
-    return evaluate_loaded(model, tokenizer, load_tasks(tasks_dir, list(tasks)), batch_size=32, progress=False).scores
+    scores = {}
+    for name, task in load_tasks(tasks_dir, list(tasks)).items():
+        scores.update(evaluate_loaded(model, tokenizer, {name: task}, batch_size=32, progress=False).scores)
+        on_answers(len(task.examples))
+    return scores
 
 
 def _complete_scores(root: Path, name: str, model_dir: Path, tasks: tuple[str, ...], device: str,
@@ -194,7 +203,10 @@ def _complete_scores(root: Path, name: str, model_dir: Path, tasks: tuple[str, .
     missing = [t for t in tasks if t not in record["scores"]]
     if missing:
         log(f"{name}: scoring on {', '.join(missing)}")
-        record["scores"].update(_score(model_dir, root / "tasks", device, missing))
+        answers = sum(len(t.examples) for t in load_tasks(root / "tasks", missing).values())
+        with progress_bars({f"scoring {name} (answers)": answers}, enabled=sys.stderr.isatty()) as advance:
+            record["scores"].update(_score(model_dir, root / "tasks", device, missing,
+                                           lambda n: advance(f"scoring {name} (answers)", n)))
         atomic_write(path, json.dumps(record) + "\n")
 
 
@@ -205,29 +217,64 @@ def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[in
     workers = 1 if device != "cpu" else max(1, min(len(jobs), preset.workers or len(os.sched_getaffinity(0))))
     log(f"fine-tuning {len(jobs)} specialist(s) ({', '.join(ft.name for _, ft in todo)}) "
         f"in {workers} process(es) on {device}")
-    if workers == 1:
-        for job in jobs:
-            log(_fine_tune_one(*job))
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    answers = len(todo) * sum(len(t.examples) for t in load_tasks(root / "tasks", list(preset.tasks)).values())
+    totals = {"training (steps)": sum(_steps(preset, ft) for _, ft in todo), "scoring (answers)": answers}
+    with progress_bars(totals, enabled=sys.stderr.isatty()) as advance:
+        def hear(news: tuple[str, Any]) -> None:  # a worker's news: a line to log, or work done
+            kind, value = news
+            if kind == "line":
+                log(value)
+            else:
+                advance(kind, value)
 
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for future in as_completed([pool.submit(_fine_tune_one, *job) for job in jobs]):
-            log(future.result())
+        if workers == 1:
+            for job in jobs:
+                log(_fine_tune_one(*job, news=_Heard(hear)))
+            return
+        import multiprocessing
+        import queue
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+            inbox = manager.Queue()
+            pending = {pool.submit(_fine_tune_one, *job, news=inbox) for job in jobs}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        hear(inbox.get_nowait())
+                for future in done:
+                    log(future.result())
 
 
-def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, seed: int, device: str) -> str:
-    """Fine-tune one specialist from the saved base, save it whole, score it; one line of news."""
+class _Heard:
+    """A worker's news handed straight to the listener (one process: no queue in between)."""
+
+    def __init__(self, hear: Callable[[tuple[str, Any]], None]) -> None:
+        self.put = hear
+
+
+def _steps(preset: ZooPreset, ft: FineTune) -> int:
+    return ft.steps if ft.steps is not None else preset.specialist_steps
+
+
+def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, seed: int, device: str, *,
+                   news: Any = None) -> str:
+    """Fine-tune one specialist from the saved base, save it whole, score it; one line of news.
+
+    ``news.put`` (a queue's, across processes) hears every step and every task scored, for the
+    build's progress bars, and the loss every fifth of the way, for its log.
+    """
     import torch
 
     from kinmerge.evaluate.builtin import load_model
     from kinmerge.zoo.finetune import _Sampler, _save, _torch_state, _train
 
+    tell = news.put if news is not None else (lambda item: None)
     root = Path(root_s)
     t0 = time.perf_counter()
-    steps = ft.steps if ft.steps is not None else preset.specialist_steps
+    steps = _steps(preset, ft)
     lr = ft.lr if ft.lr is not None else preset.specialist_lr
     threads = preset.threads if device == "cpu" else None
     with _torch_state(threads):
@@ -236,11 +283,16 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
         model, tokenizer = load_model(root / "base", device=device)  # bf16 on disk, trained in float32
         torch.manual_seed(seed * 1000 + index + 1)
         losses: list[str] = []
+
+        def note(line: str) -> None:
+            losses.append(line)
+            tell(("line", f"{ft.name}: {line} (of {steps} steps)"))
+
         _train(model, tokenizer, _Sampler(tuple(ft.mixture), seed + index + 1, exclude, ft.mixture),
                lr=lr, warmup=preset.specialist_warmup, max_steps=steps,
                batch_size=preset.specialist_batch_size or preset.batch_size,
                weight_decay=preset.weight_decay, decay=True, check_every=max(1, steps // 5),
-               log=losses.append)
+               log=note, on_step=lambda: tell(("training (steps)", 1)))
         train_seconds = time.perf_counter() - t0
         out = root / "specialists" / ft.name
         with atomic_dir(out, replace=True) as tmp:
@@ -249,7 +301,7 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
                   {"preset": preset.name, "seed": seed, "role": "specialist", "task": ft.task,
                    "steps": steps, "lr": lr, **({"mixture": dict(ft.mixture)} if ft.mixture != {ft.task: 1} else {})})
         del model
-        scores = _score(out, root / "tasks", device, preset.tasks)
+        scores = _score(out, root / "tasks", device, preset.tasks, lambda n: tell(("scoring (answers)", n)))
     record = {"scores": scores, "train_seconds": round(train_seconds, 1),
               "seconds": round(time.perf_counter() - t0, 1), "steps": steps, "lr": lr, "losses": losses}
     atomic_write(root / ".build" / f"{ft.name}.json", json.dumps(record) + "\n")
