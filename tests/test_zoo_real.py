@@ -82,6 +82,10 @@ def test_the_loop_on_a_real_llm_scores_the_chosen_model_held_out(smol: Path, tmp
     assert (status["examples_per_task"], status["heldout_examples_per_task"]) == (6, 12)
     best = next(m for m in status["pool"] if m["id"] == status["best"])
     assert best["heldout_score"] is not None and best["heldout_score"] == status["best_heldout_score"]
+    compared = json.loads(runner.invoke(cli, ["compare", str(tmp_path / "run"), "--json"]).output)["runs"][0]
+    assert compared["final_best"] is not None  # selection score, and beside it the held-out one
+    assert compared["final_best_heldout"] == status["best_heldout_score"]
+    assert len(compared["best_heldout_per_generation"]) == 2  # foundations and generation 1
     child = next(m for m in status["pool"] if m["parents"])
     # lm-evaluation-harness on the zoo's task YAMLs (test = the held-out part) agrees with the
     # builtin evaluator's held-out part: the same examples, greedy to a newline, exact match.
