@@ -294,9 +294,10 @@ def suggest_cmd(models: tuple[str, ...], base: str | None, scores_file: str | No
     A merge's gain falls as its parents' kinship rises (the paper's §2); the ranking predicts each
     pair's gain from its PCC with a relation fitted on our own study's merges, and with --scores the
     child's score (parents' mean + gain). What that is worth, plainly: the fit comes from 1,483
-    SLERP merges of 864k-parameter character models (docs/results.md: r = -0.67, not controlled
-    for the parents' scores or the generation; related merges are not independent points), and on
-    those zoos choosing merges by kinship did no better than a random partner. Whether it predicts
+    SLERP merges of 864k-parameter character models (docs/results.md: r = -0.67; controlled for
+    the parents' scores and the generation, the partial r is only about -0.26 to -0.30, and
+    related merges are not independent points), and on those zoos choosing merges by kinship did
+    no better than a random partner. Whether it predicts
     held-out gains of real fine-tunes is being measured (docs/results.md, R5 and R6); until then
     read the ranking as "distant pairs first": a shortlist to try, not a prediction.
 
