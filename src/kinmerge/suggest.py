@@ -34,7 +34,8 @@ __all__ = ["PRIOR", "PRIOR_SOURCE", "Suggestion", "rank_pairs"]
 #: paper's layer gradient; docs/results.md, H6).
 PRIOR = GainModel(a=0.0579, b=-0.0699, sd=0.0263, n=1483)
 PRIOR_SOURCE = ("gain vs parents' PCC over 1,483 SLERP merges of the study's headroom-zoo runs: r = -0.67 "
-                "(|gain|: r = -0.73); related merges of one run are not independent points")
+                "(|gain|: r = -0.73); controlled for the parents' mean score and the generation, partial r = -0.26; "
+                "related merges of one run are not independent points")
 
 
 @dataclass(frozen=True)
