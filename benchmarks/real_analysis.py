@@ -116,6 +116,7 @@ def early_stop_effect(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
 
 def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str = "parents_heldout") -> dict[str, Any]:
     """R5 on distinct merges: gain vs PCC, raw and controlled for parents' mean score and generation."""
+    from kinmerge.evolve.strategies.predicted import fit_gain
     from kinmerge.report.plots import correlation
     from kinmerge.report.stats import cluster_bootstrap_ci, partial_correlation
 
@@ -132,7 +133,8 @@ def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str
     c = correlation(x, y)
     return {"n": len(rows), "testbeds": len(set(groups)), "pearson": c.pearson_r, "pearson_p": c.pearson_p,
             "spearman": c.spearman_r, "spearman_p": c.spearman_p,
-            "partial": partial(list(range(len(rows)))), "partial_ci95": cluster_bootstrap_ci(groups, partial)}
+            "partial": partial(list(range(len(rows)))), "partial_ci95": cluster_bootstrap_ci(groups, partial),
+            "fit": fit_gain(list(zip(x, y, strict=True))).__dict__}  # suggest's prior, refitted on these merges
 
 
 def all_pairs(out: Path) -> list[dict[str, Any]]:
@@ -213,7 +215,9 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         lines += ["", f"**R5 ({label} gain):** {g['n']} distinct merges on {g['testbeds']} testbeds: "
                   f"Pearson r = {_num(g['pearson'])} (p = {_p(g['pearson_p'])}), Spearman ρ = "
                   f"{_num(g['spearman'])}; partial r given parents' mean {label} score and generation = "
-                  f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + "."]
+                  f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+                  + f"; least squares: gain ≈ {g['fit']['a']:+.4f} {g['fit']['b']:+.4f} × PCC "
+                  f"(residual sd {g['fit']['sd']:.4f})."]
     lines += ["", "**Three zoos side by side** (selection gain, as the tiny-zoo studies recorded it; distinct "
               "merges; partial r given parents' mean score and generation, interval over foundation sets):", "",
               "| zoo | foundation sets | merges | Pearson r | Spearman ρ | partial r [95% CI] |",
