@@ -78,7 +78,7 @@ def table(done: dict[str, Any]) -> tuple[str, int]:
             child, n = row["scores"][task], row["n"][task]
             lo, hi = proportion_difference_ci(parent["score"], parent["n"], child, n)
             lost.append(lo > 0)
-            cells.append(f"{task} {parent['score']:.2f} → {child:.2f} (loss [{lo:+.2f}, {hi:+.2f}])")
+            cells.append(f"{task} {parent['score']:.2f} → {child:.2f} (loss [{lo:+.3f}, {hi:+.3f}])")
         interfering += all(lost)
         lines.append(f"| {key} | {cells[0]} | {cells[1]} | {'**yes**' if all(lost) else 'no'} |")
     return "\n".join(lines), interfering
