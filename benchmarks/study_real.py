@@ -90,12 +90,24 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     """R6: every pair of the greedy run's pool after generation 1, merged and scored held out."""
     import kinmerge
     from kinmerge._io import atomic_write
+    from kinmerge.evaluate import EvalResult
     from kinmerge.evaluate.cache import evaluate_cached
     from kinmerge.store import RunStore
 
     with RunStore(run_dir, lock=False) as store:
         fp = store.get_run("greedy").fingerprint  # type: ignore[union-attr]
         pool = [m for m in store.pool("greedy", evaluator=fp.evaluator) if m.generation <= 1]
+        known = store.get_scores(None, evaluator=fp.heldout)  # per model, per task: top-k entrants
+    children = out.with_name("heldout-children.json")  # and the children the runs did not score held out
+    if children.is_file():
+        known.update({mid: v["scores"] for mid, v in json.loads(children.read_text())["children"].items()})
+    tasks = set(zoo.manifest["tasks"])
+
+    def heldout(model_id: str, path: str) -> EvalResult:
+        """Scored already (same split, same key) or now, through the evaluation cache."""
+        scores = known.get(model_id, {})
+        return EvalResult(scores=dict(scores)) if set(scores) == tasks else evaluate_cached(evaluator, path)[0]
+
     done: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"models": {}, "pairs": {}}
     done["models"].update({m.id: {**done["models"].get(m.id, {}), "path": m.path, "selection": m.score,
                                   "generation": m.generation, "parents": list(m.parents)} for m in pool})
@@ -107,7 +119,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     evaluator = _heldout_evaluator(zoo)
     for m in pool:  # the parents' held-out scores: the baseline of every held-out gain
         if "heldout" not in done["models"][m.id]:
-            done["models"][m.id]["heldout"] = evaluate_cached(evaluator, m.path)[0].average
+            done["models"][m.id]["heldout"] = heldout(m.id, m.path).average
             atomic_write(out, json.dumps(done, indent=1))
     for a, b in itertools.combinations(pool, 2):
         key = f"{a.id}+{b.id}"
@@ -115,7 +127,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
             continue
         t0 = time.perf_counter()
         child = kinmerge.merge([a.path, b.path], "slerp", out=run_dir / "models", base=str(zoo.base))
-        result = evaluate_cached(evaluator, child.path)[0]
+        result = heldout(child.id, child.path)
         done["pairs"][key] = {"child": child.id, "heldout": result.average, "scores": result.scores,
                               "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write(out, json.dumps(done, indent=1))
