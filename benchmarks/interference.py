@@ -24,14 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _evaluator(zoo: Any, tasks: list[str]) -> Any:
-    """The held-out part of ``tasks`` under the study's split (``heldout: 0.5``, same seed)."""
-    from kinmerge.evolve.evaluator_config import EvaluatorConfig
-
-    config = EvaluatorConfig.model_validate({"name": "builtin", "tasks_dir": str(zoo.tasks_dir), "tasks": tasks,
-                                             "threads": 1, "batch_size": 32})
-    return config.build("heldout")
+sys.path.insert(0, str(Path(__file__).parent))
+from study_real import heldout_evaluator  # the study's split: the same held-out examples
 
 
 def measure(zoo: Any, out: Path, log: Any) -> dict[str, Any]:
@@ -44,7 +38,7 @@ def measure(zoo: Any, out: Path, log: Any) -> dict[str, Any]:
     names = sorted(zoo.specialists)
     for name in names:  # each specialist on its own task: the skill a merge may lose
         if name not in done["parents"]:
-            result = _evaluator(zoo, [name]).evaluate(Path(zoo.specialists[name]))
+            result = heldout_evaluator(zoo, [name]).evaluate(Path(zoo.specialists[name]))
             done["parents"][name] = {"score": result.scores[name], "n": int(result.details[name]["n"])}
             atomic_write(path, json.dumps(done, indent=1))
     pairs = list(itertools.combinations(names, 2))
@@ -55,7 +49,7 @@ def measure(zoo: Any, out: Path, log: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         child = kinmerge.merge([zoo.specialists[a], zoo.specialists[b]], "slerp", out=out / "models",
                                base=str(zoo.base))
-        result = _evaluator(zoo, [a, b]).evaluate(Path(child.path))
+        result = heldout_evaluator(zoo, [a, b]).evaluate(Path(child.path))
         n = {t: int(d["n"]) for t, d in result.details.items()}
         done["pairs"][key] = {"child": child.id, "scores": result.scores, "n": n,
                               "seconds": round(time.perf_counter() - t0, 1)}

@@ -76,12 +76,13 @@ def _settings(beds: list[Any], generations: int, limit: int) -> Any:
                         evaluator={"threads": 1, "batch_size": 32})
 
 
-def _heldout_evaluator(zoo: Any) -> Any:
-    """The runs' own held-out evaluator (same split, same key), built from the same config."""
+def heldout_evaluator(zoo: Any, tasks: list[str] | None = None) -> Any:
+    """The runs' own held-out evaluator (same split, same key), built from the same config; with
+    ``tasks``, the same split of just those tasks (the held-out part is scored whole: no limit)."""
     from kinmerge.evolve.evaluator_config import EvaluatorConfig
 
     config = EvaluatorConfig.model_validate({"name": "builtin", "tasks_dir": str(zoo.tasks_dir),
-                                             "tasks": list(zoo.manifest["tasks"]), "limit": LIMIT,
+                                             "tasks": tasks or list(zoo.manifest["tasks"]), "limit": LIMIT,
                                              "threads": 1, "batch_size": 32})
     return config.build("heldout")
 
@@ -116,7 +117,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
         done["pcc"] = {f"{a.id}+{b.id}": float(pcc[i, j])
                        for (i, a), (j, b) in itertools.combinations(enumerate(pool), 2)}
         atomic_write(out, json.dumps(done, indent=1))
-    evaluator = _heldout_evaluator(zoo)
+    evaluator = heldout_evaluator(zoo)
     for m in pool:  # the parents' held-out scores: the baseline of every held-out gain
         if "heldout" not in done["models"][m.id]:
             done["models"][m.id]["heldout"] = heldout(m.id, m.path).average
@@ -158,7 +159,7 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
         have = {mid for mid, v in store.average_scores(list(children), evaluator=key).items() if v is not None}
     done: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"key": key, "children": {}}
     todo = [mid for mid in sorted(children) if mid not in have and mid not in done["children"]]
-    evaluator = _heldout_evaluator(zoo)
+    evaluator = heldout_evaluator(zoo)
     for n, mid in enumerate(todo):
         result = evaluate_cached(evaluator, children[mid])[0]
         done["children"][mid] = {"heldout": result.average, "scores": result.scores}

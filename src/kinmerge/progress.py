@@ -34,16 +34,7 @@ def progress_bar(total: float, description: str, *, unit: str = "items",
     if not enabled:
         yield lambda amount: None
         return
-    counter = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        *counter,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with Progress(*_columns(unit), console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda amount: bar.advance(task, amount)
 
@@ -55,11 +46,15 @@ def progress_bars(totals: Mapping[str, float], *, enabled: bool = True) -> Itera
     if not enabled:
         yield lambda name, amount: None
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with Progress(*_columns("items"), console=Console(stderr=True), transient=False) as bar:
         tasks = {name: bar.add_task(name, total=total) for name, total in totals.items()}
         yield lambda name, amount: bar.advance(tasks[name], amount)
+
+
+def _columns(unit: str) -> list[Any]:
+    counter = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+    return [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), *counter,
+            TimeElapsedColumn(), TimeRemainingColumn()]
 
 
 class StatusLines:

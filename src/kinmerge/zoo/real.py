@@ -33,11 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from kinmerge._io import atomic_dir, atomic_write
 from kinmerge.errors import ConfigError, SourceError
-from kinmerge.evaluate.tasks import load_tasks, write_task
+from kinmerge.evaluate.tasks import Task, load_tasks, write_task
 from kinmerge.progress import progress_bars
 from kinmerge.zoo.handle import MANIFEST, Zoo, load_zoo
 from kinmerge.zoo.presets import FineTune, ZooPreset
@@ -181,7 +182,7 @@ def build_real_zoo(root: str | os.PathLike[str], preset: ZooPreset, seed: int = 
     return load_zoo(root)
 
 
-def _score(model_dir: Path, tasks_dir: Path, device: str, tasks: tuple[str, ...] | list[str],
+def _score(model_dir: Path, tasks: dict[str, Task], device: str,
            on_answers: Callable[[int], None] = lambda n: None) -> dict[str, float]:
     """``model_dir``'s score on each task, task by task (each is scored on its own, so the same
     numbers as one call): ``on_answers(n)`` after each task's ``n`` answers, for a progress bar."""
@@ -189,7 +190,7 @@ def _score(model_dir: Path, tasks_dir: Path, device: str, tasks: tuple[str, ...]
 
     model, tokenizer = load_model(model_dir, device=device)
     scores = {}
-    for name, task in load_tasks(tasks_dir, list(tasks)).items():
+    for name, task in tasks.items():
         scores.update(evaluate_loaded(model, tokenizer, {name: task}, batch_size=32, progress=False).scores)
         on_answers(len(task.examples))
     return scores
@@ -203,10 +204,11 @@ def _complete_scores(root: Path, name: str, model_dir: Path, tasks: tuple[str, .
     missing = [t for t in tasks if t not in record["scores"]]
     if missing:
         log(f"{name}: scoring on {', '.join(missing)}")
-        answers = sum(len(t.examples) for t in load_tasks(root / "tasks", missing).values())
-        with progress_bars({f"scoring {name} (answers)": answers}, enabled=sys.stderr.isatty()) as advance:
-            record["scores"].update(_score(model_dir, root / "tasks", device, missing,
-                                           lambda n: advance(f"scoring {name} (answers)", n)))
+        tasks = load_tasks(root / "tasks", missing)
+        bar = f"scoring {name} (answers)"
+        with progress_bars({bar: sum(len(t.examples) for t in tasks.values())},
+                           enabled=sys.stderr.isatty()) as advance:
+            record["scores"].update(_score(model_dir, tasks, device, lambda n: advance(bar, n)))
         atomic_write(path, json.dumps(record) + "\n")
 
 
@@ -217,8 +219,8 @@ def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[in
     workers = 1 if device != "cpu" else max(1, min(len(jobs), preset.workers or len(os.sched_getaffinity(0))))
     log(f"fine-tuning {len(jobs)} specialist(s) ({', '.join(ft.name for _, ft in todo)}) "
         f"in {workers} process(es) on {device}")
-    answers = len(todo) * sum(len(t.examples) for t in load_tasks(root / "tasks", list(preset.tasks)).values())
-    totals = {"training (steps)": sum(_steps(preset, ft) for _, ft in todo), "scoring (answers)": answers}
+    totals = {"training (steps)": sum(_steps(preset, ft) for _, ft in todo),
+              "scoring (answers)": len(todo) * len(preset.tasks) * preset.eval_size}  # the task files' size
     with progress_bars(totals, enabled=sys.stderr.isatty()) as advance:
         def hear(news: tuple[str, Any]) -> None:  # a worker's news: a line to log, or work done
             kind, value = news
@@ -229,7 +231,7 @@ def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[in
 
         if workers == 1:
             for job in jobs:
-                log(_fine_tune_one(*job, news=_Heard(hear)))
+                log(_fine_tune_one(*job, news=SimpleNamespace(put=hear)))  # one process: no queue
             return
         import multiprocessing
         import queue
@@ -246,13 +248,6 @@ def _fine_tune_all(root: Path, preset: ZooPreset, seed: int, todo: list[tuple[in
                         hear(inbox.get_nowait())
                 for future in done:
                     log(future.result())
-
-
-class _Heard:
-    """A worker's news handed straight to the listener (one process: no queue in between)."""
-
-    def __init__(self, hear: Callable[[tuple[str, Any]], None]) -> None:
-        self.put = hear
 
 
 def _steps(preset: ZooPreset, ft: FineTune) -> int:
@@ -301,7 +296,7 @@ def _fine_tune_one(root_s: str, preset: ZooPreset, ft: FineTune, index: int, see
                   {"preset": preset.name, "seed": seed, "role": "specialist", "task": ft.task,
                    "steps": steps, "lr": lr, **({"mixture": dict(ft.mixture)} if ft.mixture != {ft.task: 1} else {})})
         del model
-        scores = _score(out, root / "tasks", device, preset.tasks, lambda n: tell(("scoring (answers)", n)))
+        scores = _score(out, {t: tasks[t] for t in preset.tasks}, device, lambda n: tell(("scoring (answers)", n)))
     record = {"scores": scores, "train_seconds": round(train_seconds, 1),
               "seconds": round(time.perf_counter() - t0, 1), "steps": steps, "lr": lr, "losses": losses}
     atomic_write(root / ".build" / f"{ft.name}.json", json.dumps(record) + "\n")
