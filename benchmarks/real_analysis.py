@@ -13,7 +13,8 @@ uses :func:`gain_kinship` on the tiny zoos).
 - R3: kinship with early stop against the same loop without it: merges used, held-out lost.
 - R5: gain vs PCC per distinct merge, Pearson and Spearman, and the partial correlation given the
   parents' mean score and the generation, with an interval that resamples foundation sets.
-- R6: the all-pairs tests: Spearman of each ranking with the realised held-out gain, regret.
+- R6: the all-pairs tests: Spearman of each ranking with the realised held-out gain, and the regret
+  of each ranking's top pair (and of a pair drawn at random) against the best pair.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def handed_over_table(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
         for b in BUDGETS:
             beds = [bed for bed in value if a in value[bed] and ref in value[bed]
                     and value[bed][a][b] is not None and value[bed][ref][b] is not None]
-            compared[f"{a} − {ref}"][b] = paired([value[bed][a][b] for bed in beds],  # type: ignore[misc]
-                                                 [value[bed][ref][b] for bed in beds]).to_dict()
+            compared[f"{a} − {ref}"][b] = paired([float(value[bed][a][b] or 0.0) for bed in beds],  # None: filtered
+                                                 [float(value[bed][ref][b] or 0.0) for bed in beds]).to_dict()
     final = {name: rows[BUDGETS[-1]]["p_sign"] for name, rows in compared.items()}
     return {"testbeds": len(value), "mean_gain": mean_gain, "compared": compared, "holm": holm(final),
             "per_testbed": value}
@@ -110,8 +111,8 @@ def early_stop_effect(runs: list[Any], extra: dict[str, dict[str, float]]) -> di
     return {"testbeds": len(beds),
             "merges": {"kinship": [end[b]["kinship"][0] for b in beds],
                        "noes": [end[b]["kinship-noes"][0] for b in beds]},
-            "heldout_diff": paired([end[b]["kinship"][1] for b in beds],  # type: ignore[misc]
-                                   [end[b]["kinship-noes"][1] for b in beds]).to_dict()}
+            "heldout_diff": paired([float(end[b]["kinship"][1] or 0.0) for b in beds],  # None: filtered above
+                                   [float(end[b]["kinship-noes"][1] or 0.0) for b in beds]).to_dict()}
 
 
 def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str = "parents_heldout") -> dict[str, Any]:
@@ -169,16 +170,16 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
                      for s in rank_pairs(ids, matrix, scores={m: models[m]["selection"] for m in ids})}
         predicted = [suggested[frozenset(p)] for p in pairs]
         rankings = {"−PCC alone": [-v for v in pcc], "parents' mean score alone": parents, "suggest": predicted}
-        row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {}}
+        row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {},
+                               "best_child": max(child),
+                               "random_regret": max(child) - sum(child) / len(child)}  # a pair drawn at random
         for name, scores in rankings.items():
             def rho(idx: list[int], scores: list[float] = scores) -> float | None:
                 return correlation([scores[i] for i in idx], [gain[i] for i in idx]).spearman_r
+            top = min(range(len(pairs)), key=lambda i: -scores[i])  # ties: the first pair
             row["rankings"][name] = {"spearman": rho(list(range(len(pairs)))),
-                                     "ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], rho)}
-        top = max(range(len(pairs)), key=lambda i: (predicted[i], -i))
-        row["best_child"] = max(child)
-        row["suggest_top_child"] = child[top]
-        row["regret"] = max(child) - child[top]
+                                     "ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], rho),
+                                     "top_pair": list(pairs[top]), "regret": max(child) - child[top]}
         results.append(row)
     return results
 
@@ -228,23 +229,36 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         zoos.append((name, records_from_csv(f.read_text()) if f.is_file() else []))
     for name, recs in zoos:
         if not recs:
-            lines.append(f"| {name} | — | — | not recomputed yet: `python benchmarks/study.py run` then `merges` | | |")
+            how = "no testbed finished yet" if name.startswith("smol") else \
+                "not recomputed yet: `python benchmarks/study.py run` then `merges`"
+            lines.append(f"| {name} | — | — | {how} | | |")
             continue
         g = gain_kinship(recs, gain="gain_selection", parents="parents_selection")
         ci = g["partial_ci95"]
         lines.append(f"| {name} | {g['testbeds']} | {g['n']} | {_num(g['pearson'])} | {_num(g['spearman'])} "
                      f"| {_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
     tests = all_pairs(out)
+    names = ("−PCC alone", "parents' mean score alone", "suggest")
     lines += ["", "**R6: all-pairs tests** (every pair of the pool after generation 1 merged and scored held out; "
-              "Spearman ρ with the held-out gain, 95% bootstrap interval over pairs)", "",
-              "| test | pool | pairs | −PCC alone | parents' mean score | suggest | regret of suggest's top pair |",
-              "|---|--:|--:|--:|--:|--:|--:|"]
+              "Spearman ρ of each ranking with the held-out gain, 95% bootstrap interval over pairs)", "",
+              "| test | pool | pairs | −PCC alone | parents' mean score | suggest |", "|---|--:|--:|--:|--:|--:|"]
     for t in tests:
-        cells = []
-        for name in ("−PCC alone", "parents' mean score alone", "suggest"):
-            r = t["rankings"][name]
-            cells.append(_num(r["spearman"]) + (f" [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else ""))
-        lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + f" | {t['regret']:.4f} |")
+        cells = [_num(r["spearman"]) + (f" [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "")
+                 for r in (t["rankings"][name] for name in names)]
+        lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + " |")
+    lines += ["", "Regret of each ranking's top pair: the best pair's held-out child score minus the top pair's "
+              "(0 = it picked the best child; \"random\" = the mean over all pairs, a pair drawn at random)", "",
+              "| test | best child | −PCC alone | parents' mean score | suggest | random |",
+              "|---|--:|--:|--:|--:|--:|"]
+    for t in tests:
+        lines.append(f"| {t['test']} | {t['best_child']:.4f} | "
+                     + " | ".join(f"{t['rankings'][name]['regret']:.4f}" for name in names)
+                     + f" | {t['random_regret']:.4f} |")
+    if len(tests) > 1:
+        mean = {name: sum(t["rankings"][name]["regret"] for t in tests) / len(tests) for name in names}
+        lines.append(f"| mean of {len(tests)} | {sum(t['best_child'] for t in tests) / len(tests):.4f} | "
+                     + " | ".join(f"{mean[name]:.4f}" for name in names)
+                     + f" | {sum(t['random_regret'] for t in tests) / len(tests):.4f} |")
     lines += ["", "**Interference:** which specialist pairs lose part of both skills when merged, on held-out "
               "data, is measured directly on all 15 pairs by `benchmarks/interference.py` (docs/zoo.md)."]
     lines += ["", "**Every run:**", "", "| testbed | run | status | stop | merges | best foundation (sel.) | "
