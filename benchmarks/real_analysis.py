@@ -184,6 +184,32 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     return results
 
 
+def compute_spent(out: Path) -> dict[str, dict[str, float]]:
+    """Worker-seconds by step over the finished testbeds: the loop's timed steps from each store's
+    event log, the held-out children and the all-pairs tests from their files (``count`` steps,
+    ``seconds`` in all; ``untimed``: steps recorded before their files carried a time). Evaluation
+    cache hits cost ~0 s and count as steps, so the per-step means are means over what ran."""
+    from kinmerge.store import RunStore
+
+    spent: dict[str, dict[str, float]] = defaultdict(lambda: {"count": 0, "seconds": 0.0, "untimed": 0})
+    for bed in finished_testbeds(out):
+        with RunStore(bed, lock=False) as store:
+            for e in store.events():
+                if e.duration_s is not None:
+                    spent[e.kind]["count"] += 1
+                    spent[e.kind]["seconds"] += e.duration_s
+        for name, field in (("heldout-children.json", "children"), ("allpairs.json", "pairs")):
+            f = bed / name
+            for v in (json.loads(f.read_text())[field].values() if f.is_file() else ()):
+                step = spent[name.removesuffix(".json")]
+                step["count"] += 1
+                if "seconds" in v:
+                    step["seconds"] += v["seconds"]
+                else:
+                    step["untimed"] += 1
+    return dict(spent)
+
+
 def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> str:
     """The results section of docs/results.md for the real-model study."""
     from kinmerge.report.merges import merge_records, records_from_csv
@@ -261,6 +287,16 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                      + f" | {sum(t['random_regret'] for t in tests) / len(tests):.4f} |")
     lines += ["", "**Interference:** which specialist pairs lose part of both skills when merged, on held-out "
               "data, is measured directly on all 15 pairs by `benchmarks/interference.py` (docs/zoo.md)."]
+    spent = compute_spent(out)
+    total = sum(v["seconds"] for v in spent.values())
+    lines += ["", f"**Compute spent** on the finished testbeds: {total / 3600:.1f} worker-hours (two workers of one "
+              "thread each ran at once, on a machine shared with other work, so the wall time is roughly half; "
+              "docs/benchmarks.md has the quiet per-step costs):", "",
+              "| step | steps | worker-hours | seconds per step |", "|---|--:|--:|--:|"]
+    for kind, v in sorted(spent.items(), key=lambda kv: -kv[1]["seconds"]):
+        timed = v["count"] - v["untimed"]
+        lines.append(f"| {kind} | {v['count']:.0f}" + (f" ({v['untimed']:.0f} untimed)" if v["untimed"] else "")
+                     + f" | {v['seconds'] / 3600:.2f} | " + (f"{v['seconds'] / timed:.1f} |" if timed else "— |"))
     lines += ["", "**Every run:**", "", "| testbed | run | status | stop | merges | best foundation (sel.) | "
               "final best (sel.) | final best held-out |", "|---|---|---|---|--:|--:|--:|--:|"]
     for r in runs:

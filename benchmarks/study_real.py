@@ -161,8 +161,10 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     todo = [mid for mid in sorted(children) if mid not in have and mid not in done["children"]]
     evaluator = heldout_evaluator(zoo)
     for n, mid in enumerate(todo):
+        t0 = time.perf_counter()
         result = evaluate_cached(evaluator, children[mid])[0]
-        done["children"][mid] = {"heldout": result.average, "scores": result.scores}
+        done["children"][mid] = {"heldout": result.average, "scores": result.scores,
+                                 "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write(out, json.dumps(done, indent=1))
         log(f"{run_dir.name}: held-out children {n + 1}/{len(todo)}")
 
