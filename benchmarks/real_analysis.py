@@ -184,6 +184,67 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     return results
 
 
+def _beats(compared: dict[str, Any], holm: dict[str, float], name: str) -> tuple[str, str]:
+    """The registered reading of one comparison at the final budget: who is ahead, and the figures."""
+    c = compared[name][BUDGETS[-1]]
+    if c["mean"] is None:
+        return "no data", ""
+    figures = (f"{name} at {BUDGETS[-1]} merges = {_fmt(c)}, {c['wins']}/{c['ties']}/{c['losses']} "
+               f"W/T/L over {c['n']} testbeds, Holm p = {holm[name]:.3f}")
+    if holm[name] < 0.05:
+        return ("ahead" if c["mean"] > 0 else "behind"), figures
+    return "no detectable difference", figures
+
+
+def verdicts(table: dict[str, Any], es: dict[str, Any], r5: dict[str, Any], tests: list[dict[str, Any]]) -> list[str]:
+    """Each hypothesis read against the criterion registered for it, before the runs, in
+    docs/results.md: the mechanical part of the verdict, so no reading is chosen after the data.
+    A comparison counts when its Holm-adjusted sign test is below 0.05 (family of four)."""
+    lines = []
+
+    def comparison(r: str, names: list[str]) -> None:
+        readings = [_beats(table["compared"], table["holm"], n) for n in names]
+        ok = all(state == "ahead" for state, _ in readings)
+        states = "; ".join(f"{state} ({figures})" for state, figures in readings)
+        lines.append(f"- **{r}: {'supported' if ok else 'not supported'}.** {states[:1].upper()}{states[1:]}.")
+
+    comparison("R1", ["kinship − greedy"])
+    comparison("R2", ["kinship − random"])
+    saved = [b - a for a, b in zip(es["merges"]["kinship"], es["merges"]["noes"], strict=True)]
+    d = es["heldout_diff"]
+    if saved and d["mean"] is not None:
+        mean_saved = sum(saved) / len(saved)
+        ok = mean_saved > 0 and d["mean"] >= -0.01
+        rules_out = d["ci95"] is not None and d["ci95"][0] >= -0.01
+        lines.append(f"- **R3: {'supported' if ok else 'not supported'}.** Early stop saved {mean_saved:.1f} merges "
+                     f"per testbed on average (of {sum(es['merges']['noes']) / len(saved):.1f}); held-out score with "
+                     f"minus without = {_fmt(d)}; the interval {'rules out' if rules_out else 'does not rule out'} "
+                     "a loss above 0.01.")
+    else:
+        lines.append("- **R3: no data.**")
+    comparison("R4", ["predicted − greedy", "predicted − random"])
+    ci = r5["partial_ci95"]
+    ok = r5["partial"] is not None and ci is not None and ci[1] < 0
+    lines.append(f"- **R5: {'supported' if ok else 'not supported'}.** Partial r of held-out gain and PCC given the "
+                 f"parents' mean held-out score and the generation = {_num(r5['partial'])}"
+                 + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + f" over {r5['n']} distinct merges.")
+    if tests:
+        names = ("−PCC alone", "parents' mean score alone", "suggest")
+        rho = {n: [t["rankings"][n]["spearman"] for t in tests] for n in names}
+        mean_rho = {n: (sum(v) / len(v) if all(x is not None for x in v) else None) for n, v in rho.items()}
+        regret = {n: sum(t["rankings"][n]["regret"] for t in tests) / len(tests) for n in names}
+        others = names[:2]
+        ok = (all(mean_rho[n] is not None for n in names)
+              and all(mean_rho["suggest"] > mean_rho[n] for n in others)  # type: ignore[operator]
+              and all(regret["suggest"] < regret[n] for n in others))
+        lines.append(f"- **R6: {'supported' if ok else 'not supported'}.** Over {len(tests)} all-pairs tests, mean "
+                     "Spearman ρ with held-out gain: " + ", ".join(f"{n} {_num(mean_rho[n])}" for n in names)
+                     + "; mean regret of the top pair: " + ", ".join(f"{n} {regret[n]:.4f}" for n in names) + ".")
+    else:
+        lines.append("- **R6: no data.**")
+    return lines
+
+
 def compute_spent(out: Path) -> dict[str, dict[str, float]]:
     """Worker-seconds by step over the finished testbeds: the loop's timed steps from each store's
     event log, the held-out children and the all-pairs tests from their files (``count`` steps,
@@ -235,9 +296,11 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
               f"{es['merges']['kinship']}, without {es['merges']['noes']}; held-out score of the handed-over "
               f"model, with minus without: {_fmt(es['heldout_diff'])}."]
     records = merge_records(runs, heldout=extra)
+    r5: dict[str, Any] = {}
     for label, gain, parents in (("held-out", "gain_heldout", "parents_heldout"),
                                  ("selection", "gain_selection", "parents_selection")):
         g = gain_kinship(records, gain=gain, parents=parents)
+        r5 = g if label == "held-out" else r5
         ci = g["partial_ci95"]
         lines += ["", f"**R5 ({label} gain):** {g['n']} distinct merges on {g['testbeds']} testbeds: "
                   f"Pearson r = {_num(g['pearson'])} (p = {_p(g['pearson_p'])}), Spearman ρ = "
@@ -287,6 +350,8 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                      + f" | {sum(t['random_regret'] for t in tests) / len(tests):.4f} |")
     lines += ["", "**Interference:** which specialist pairs lose part of both skills when merged, on held-out "
               "data, is measured directly on all 15 pairs by `benchmarks/interference.py` (docs/zoo.md)."]
+    lines += ["", "**The registered criteria, read mechanically** (docs/results.md's hypotheses; the prose verdict "
+              "beside them is written by hand from these):", "", *verdicts(table, es, r5, tests)]
     spent = compute_spent(out)
     total = sum(v["seconds"] for v in spent.values())
     lines += ["", f"**Compute spent** on the finished testbeds: {total / 3600:.1f} worker-hours (two workers of one "
