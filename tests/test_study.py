@@ -239,3 +239,55 @@ def test_merge_records_count_a_shared_child_once_with_both_gains(tmp_path: Path)
     assert handed_over(pool, order, 0, heldout=h) == pytest.approx(0.45)  # f1, the best foundation
     assert handed_over(pool, order, 1, heldout=h) == pytest.approx(0.5)   # ab beats f1 on selection
     assert handed_over(pool, order, 99, heldout=h) == pytest.approx(0.5)  # ac (0.42) does not
+
+
+# -- the real-model study's R6 and its registered readings ------------------------------------------
+
+
+def _real_analysis() -> object:
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        return importlib.import_module("real_analysis")
+    finally:
+        sys.path.pop(0)
+
+
+def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> None:
+    """Three models, three pairs; every figure below worked out by hand. Gains: a+b +0.01,
+    a+c +0.10, b+c -0.05; the best child is a+c (0.50)."""
+    import json
+
+    ra = _real_analysis()
+    bed = tmp_path / "runs" / "bed"
+    bed.mkdir(parents=True)
+    models = {m: {"selection": s, "heldout": s} for m, s in (("a", 0.5), ("b", 0.4), ("c", 0.3))}
+    pairs = {"a+b": {"heldout": 0.46}, "a+c": {"heldout": 0.50}, "b+c": {"heldout": 0.30}}
+    (bed / "allpairs.json").write_text(json.dumps({"models": models, "pairs": pairs,
+                                                   "pcc": {"a+b": 0.9, "a+c": 0.1, "b+c": 0.5}}))
+    (test,) = ra.all_pairs(tmp_path)  # type: ignore[attr-defined]
+    r = test["rankings"]
+    # -PCC picks a+c (the best child), the parents' mean picks a+b (0.46: regret 0.04), suggest
+    # (parents' mean + PRIOR's gain at each PCC) picks a+c; a random pair: 0.50 - mean 0.42.
+    assert (r["−PCC alone"]["regret"], r["suggest"]["regret"]) == (pytest.approx(0.0), pytest.approx(0.0))
+    assert r["parents' mean score alone"]["regret"] == pytest.approx(0.04)
+    assert test["random_regret"] == pytest.approx(0.08) and test["best_child"] == pytest.approx(0.5)
+    assert r["suggest"]["spearman"] == pytest.approx(1.0)
+    assert r["−PCC alone"]["spearman"] == pytest.approx(0.5) == r["parents' mean score alone"]["spearman"]
+    # R6 needs suggest's regret smaller than *both* others': a tie with -PCC is not support.
+    table = {"compared": {}, "holm": {}}
+    for name in ("kinship − greedy", "kinship − random", "predicted − greedy", "predicted − random"):
+        table["compared"][name] = {12: paired([0.6] * 8, [0.5] * 8).to_dict()}
+        table["holm"][name] = 0.03
+    table["compared"]["kinship − random"] = {12: paired([0.5] * 8, [0.6] * 8).to_dict()}
+    es = {"merges": {"kinship": [10, 12], "noes": [16, 16]},
+          "heldout_diff": paired([0.5, 0.5], [0.505, 0.51]).to_dict()}
+    r5 = {"partial": -0.2, "partial_ci95": [-0.3, -0.1], "n": 50}
+    lines = ra.verdicts(table, es, r5, [test])  # type: ignore[attr-defined]
+    assert [line.split(":")[0] for line in lines] == [f"- **R{i}" for i in range(1, 7)]
+    assert "R1: supported" in lines[0] and "R2: not supported.** Behind" in lines[1]
+    assert "R3: supported" in lines[2] and "saved 5.0 merges" in lines[2]
+    assert "R4: supported" in lines[3] and "R5: supported" in lines[4]
+    assert "R6: not supported" in lines[5]
