@@ -263,7 +263,7 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     ra = _real_analysis()
     bed = tmp_path / "runs" / "bed"
     bed.mkdir(parents=True)
-    models = {m: {"selection": s, "heldout": s} for m, s in (("a", 0.5), ("b", 0.4), ("c", 0.3))}
+    models = {m: {"selection": s, "heldout": s, "generation": 0} for m, s in (("a", 0.5), ("b", 0.4), ("c", 0.3))}
     pairs = {"a+b": {"heldout": 0.46}, "a+c": {"heldout": 0.50}, "b+c": {"heldout": 0.30}}
     (bed / "allpairs.json").write_text(json.dumps({"models": models, "pairs": pairs,
                                                    "pcc": {"a+b": 0.9, "a+c": 0.1, "b+c": 0.5}}))
@@ -275,6 +275,7 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     assert r["parents' mean score alone"]["regret"] == pytest.approx(0.04)
     assert test["random_regret"] == pytest.approx(0.08) and test["best_child"] == pytest.approx(0.5)
     assert r["suggest"]["spearman"] == pytest.approx(1.0)
+    assert test["partial"] is None  # two controls need at least five pairs
     assert r["−PCC alone"]["spearman"] == pytest.approx(0.5) == r["parents' mean score alone"]["spearman"]
     # R6 needs suggest's regret smaller than *both* others': a tie with -PCC is not support.
     table = {"compared": {}, "holm": {}}
