@@ -26,9 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from kinmerge.evolve.strategies.predicted import GainModel
 from kinmerge.report.stats import mean_or_none
 
 BUDGETS = (3, 6, 9, 12)
+#: The prior ``suggest`` shipped when R6 was registered (headroom zoo): R6 tests this one, whatever
+#: ``kinmerge.suggest.PRIOR`` becomes once refitted on the study's own merges.
+TESTED_PRIOR = GainModel(a=0.0579, b=-0.0699, sd=0.0263, n=1483)
 COMPARISONS = (("kinship", "greedy"), ("kinship", "random"), ("predicted", "greedy"), ("predicted", "random"))
 
 
@@ -167,7 +171,8 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
         for (a, b), v in zip(pairs, pcc, strict=True):
             matrix[ids.index(a), ids.index(b)] = matrix[ids.index(b), ids.index(a)] = v
         suggested = {frozenset((s.a, s.b)): s.predicted_score
-                     for s in rank_pairs(ids, matrix, scores={m: models[m]["selection"] for m in ids})}
+                     for s in rank_pairs(ids, matrix, scores={m: models[m]["selection"] for m in ids},
+                                         prior=TESTED_PRIOR)}
         predicted = [suggested[frozenset(p)] for p in pairs]
         rankings = {"−PCC alone": [-v for v in pcc], "parents' mean score alone": parents, "suggest": predicted}
         # Exploratory (not registered): does PCC rank the gain beyond what the parents' held-out
@@ -182,6 +187,8 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {},
                                "partial": partial(list(range(len(pairs)))),
                                "partial_ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], partial),
+                               "points": [(key(a, b, data["pairs"])["child"], v, g)  # (child, PCC, held-out gain)
+                                          for (a, b), v, g in zip(pairs, pcc, gain, strict=True)],
                                "best_child": max(child),
                                "random_regret": max(child) - sum(child) / len(child)}  # a pair drawn at random
         for name, scores in rankings.items():
@@ -254,6 +261,21 @@ def verdicts(table: dict[str, Any], es: dict[str, Any], r5: dict[str, Any], test
     else:
         lines.append("- **R6: no data.**")
     return lines
+
+
+def refit_prior(records: list[Any], tests: list[dict[str, Any]]) -> dict[str, Any]:
+    """``suggest``'s prior refitted on this zoo: held-out gain on PCC (least squares) over every
+    distinct child with both, the runs' merges and the all-pairs children together (a child both
+    made counts once). The all-pairs children are the unselected pairs ``suggest`` is asked to
+    rank; the runs' merges are the pairs a loop makes. Not used to score R6 (that would be circular):
+    R6 tests the prior shipped before the study."""
+    from kinmerge.evolve.strategies.predicted import fit_gain
+
+    points = {r.child: (float(r.pcc), float(r.gain_heldout)) for r in records
+              if r.pcc is not None and r.gain_heldout is not None}
+    for t in tests:
+        points.update({child: (pcc, gain) for child, pcc, gain in t["points"]})
+    return fit_gain(list(points.values())).__dict__
 
 
 def compute_spent(out: Path) -> dict[str, dict[str, float]]:
@@ -366,6 +388,15 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         lines.append(f"| mean of {len(tests)} | {sum(t['best_child'] for t in tests) / len(tests):.4f} | "
                      + " | ".join(f"{mean[name]:.4f}" for name in names)
                      + f" | {sum(t['random_regret'] for t in tests) / len(tests):.4f} |")
+    from kinmerge.suggest import PRIOR
+
+    prior = refit_prior(records, tests)
+    lines += ["", f"**suggest's prior refitted on this zoo** (held-out gain on PCC, least squares over {prior['n']} "
+              "distinct children: the runs' merges and the all-pairs children): gain ≈ "
+              f"{prior['a']:+.4f} {prior['b']:+.4f} × PCC (residual sd {prior['sd']:.4f}); `kinmerge.suggest.PRIOR` "
+              f"now: gain ≈ {PRIOR.a:+.4f} {PRIOR.b:+.4f} × PCC over {PRIOR.n} merges (R6 tested the prior shipped "
+              f"before the study, gain ≈ {TESTED_PRIOR.a:+.4f} {TESTED_PRIOR.b:+.4f} × PCC, "
+              "fitted on the headroom zoo)."]
     lines += ["", "**Interference:** which specialist pairs lose part of both skills when merged, on held-out "
               "data, is measured directly on all 15 pairs by `benchmarks/interference.py` (docs/zoo.md)."]
     lines += ["", "**The registered criteria, read mechanically** (docs/results.md's hypotheses; the prose verdict "
