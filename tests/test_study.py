@@ -264,7 +264,7 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     bed = tmp_path / "runs" / "bed"
     bed.mkdir(parents=True)
     models = {m: {"selection": s, "heldout": s, "generation": 0} for m, s in (("a", 0.5), ("b", 0.4), ("c", 0.3))}
-    pairs = {"a+b": {"heldout": 0.46}, "a+c": {"heldout": 0.50}, "b+c": {"heldout": 0.30}}
+    pairs = {p: {"child": f"child-{p}", "heldout": v} for p, v in (("a+b", 0.46), ("a+c", 0.50), ("b+c", 0.30))}
     (bed / "allpairs.json").write_text(json.dumps({"models": models, "pairs": pairs,
                                                    "pcc": {"a+b": 0.9, "a+c": 0.1, "b+c": 0.5}}))
     (test,) = ra.all_pairs(tmp_path)  # type: ignore[attr-defined]
