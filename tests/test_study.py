@@ -276,6 +276,8 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     assert test["random_regret"] == pytest.approx(0.08) and test["best_child"] == pytest.approx(0.5)
     assert r["suggest"]["spearman"] == pytest.approx(1.0)
     assert test["partial"] is None  # two controls need at least five pairs
+    prior = ra.refit_prior([], [test])  # type: ignore[attr-defined]
+    assert (prior["n"], prior["a"], prior["b"]) == (3, pytest.approx(0.07625), pytest.approx(-0.1125))
     assert r["−PCC alone"]["spearman"] == pytest.approx(0.5) == r["parents' mean score alone"]["spearman"]
     # R6 needs suggest's regret smaller than *both* others': a tie with -PCC is not support.
     table = {"compared": {}, "holm": {}}
