@@ -1,8 +1,8 @@
 """The analysis of the real-model study (docs/results.md, R1-R6), from its stores alone.
 
 Every number comes from the run stores under ``OUT/runs`` plus two files per testbed that the
-study writes beside its store: ``heldout-children.json`` (children the loop did not score held
-out) and ``allpairs.json`` (R6). ``python benchmarks/study_real.py render`` calls :func:`render`;
+study writes beside its store: ``heldout-children.json`` (models the loop did not score held
+out: children and foundations that never entered the top-k) and ``allpairs.json`` (R6). ``python benchmarks/study_real.py render`` calls :func:`render`;
 the functions below are reusable on any study whose runs split their tasks (``study.py merges``
 uses :func:`gain_kinship` on the tiny zoos).
 

@@ -136,13 +136,15 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
 
 
 def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
-    """R5's data: every merged child of every run on the testbed scored on the held-out part.
+    """R5's data: every model of every run on the testbed scored on the held-out part.
 
     The loop scores held out only the models that enter the top-k, so a merge gain measured on
-    held-out data would otherwise exist only for the children that did well on selection: a
-    selected sample. Every parent is a top-k member and has its held-out score from the run; here
-    every other child gets one too, under the runs' own held-out evaluator (same split, same key),
-    before the testbed's merge folders are deleted. Saved child by child (resumable).
+    held-out data would otherwise exist only for the children that did well on selection, and only
+    for parents that did: a foundation that never entered the top-k (a random or exploration
+    partner's) would leave its merges without a held-out gain. Here every other model, children
+    and foundations, gets one, under the runs' own held-out evaluator (same split, same key),
+    before the testbed's merge folders are deleted. Saved model by model (resumable); a model
+    whose folder is gone (a finished testbed's pruned merges) is left as it is.
     """
     from kinmerge._io import atomic_write
     from kinmerge.evaluate.cache import evaluate_cached
@@ -150,23 +152,24 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
 
     with RunStore(run_dir, lock=False) as store:
         key = store.get_run("greedy").fingerprint.heldout  # type: ignore[union-attr]
-        children: dict[str, str] = {}
+        models: dict[str, str] = {}
         for run in store.runs():
             fp = run.fingerprint
             for m in store.pool(run.id, evaluator=fp.evaluator if fp else None):
-                if m.parents and m.path:
-                    children.setdefault(m.id, m.path)
-        have = {mid for mid, v in store.average_scores(list(children), evaluator=key).items() if v is not None}
+                if m.path:
+                    models.setdefault(m.id, m.path)
+        have = {mid for mid, v in store.average_scores(list(models), evaluator=key).items() if v is not None}
     done: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"key": key, "children": {}}
-    todo = [mid for mid in sorted(children) if mid not in have and mid not in done["children"]]
+    todo = [mid for mid in sorted(models) if mid not in have and mid not in done["children"]
+            and Path(models[mid]).exists()]
     evaluator = heldout_evaluator(zoo)
     for n, mid in enumerate(todo):
         t0 = time.perf_counter()
-        result = evaluate_cached(evaluator, children[mid])[0]
+        result = evaluate_cached(evaluator, models[mid])[0]
         done["children"][mid] = {"heldout": result.average, "scores": result.scores,
                                  "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write(out, json.dumps(done, indent=1))
-        log(f"{run_dir.name}: held-out children {n + 1}/{len(todo)}")
+        log(f"{run_dir.name}: held-out scores {n + 1}/{len(todo)}")
 
 
 def _testbed_job(configs: list[tuple[str, str]], index: int, zoo_dir: str | None) -> str:
@@ -202,6 +205,10 @@ def run(out: Path, workers: int, zoo_dir: str | None, *, sets: int = SETS, gener
     for config, run_dir in configs:
         by_bed.setdefault(str(run_dir), []).append((str(config), str(run_dir)))
     jobs = list(by_bed.values())
+    for run_dir in by_bed:  # finished testbeds: any model added to the held-out pass since they finished
+        if (Path(run_dir) / DONE).is_file():
+            heldout_children(Path(run_dir), zoo, Path(run_dir) / "heldout-children.json",
+                             lambda line: print(f"[study-real] {line}", file=sys.stderr, flush=True))
     print(f"[study-real] {len(configs)} runs on {len(jobs)} testbeds, {workers} at a time", file=sys.stderr)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for line in pool.map(_testbed_job, jobs, range(len(jobs)), itertools.repeat(zoo_dir)):
