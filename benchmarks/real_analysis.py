@@ -2,9 +2,10 @@
 
 Every number comes from the run stores under ``OUT/runs`` plus two files per testbed that the
 study writes beside its store: ``heldout-children.json`` (models the loop did not score held
-out: children and foundations that never entered the top-k) and ``allpairs.json`` (R6). ``python benchmarks/study_real.py render`` calls :func:`render`;
-the functions below are reusable on any study whose runs split their tasks (``study.py merges``
-uses :func:`gain_kinship` on the tiny zoos).
+out: children and foundations that never entered the top-k) and ``allpairs.json`` (R6).
+``python benchmarks/study_real.py render`` calls :func:`render`; the functions below are reusable
+on any study whose runs split their tasks (``study.py merges`` uses :func:`gain_kinship` on the
+tiny zoos).
 
 - R1, R2, R4: per testbed, the held-out score of the model each run would hand over after 3, 6, 9
   and 12 merges (``kinmerge.report.merges.handed_over``), minus the held-out score of the best
@@ -184,7 +185,18 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
             return partial_correlation([pcc[i] for i in idx], [gain[i] for i in idx],
                                        [[held[i] for i in idx], [gens[i] for i in idx]])
 
+        # Exploratory: a foundation merged with a child, split by whether it is one of the child's
+        # parents (redundant skill) or not (a third skill): (pairs, mean PCC, mean held-out gain).
+        split: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for (a, b), v, g in zip(pairs, pcc, gain, strict=True):
+            if models[a]["generation"] + models[b]["generation"] == 1:
+                found, child_id = (a, b) if models[a]["generation"] == 0 else (b, a)
+                split[found in models[child_id]["parents"]].append((v, g))
+        redundancy = {("own parent" if k else "third specialist"):
+                      (len(v), sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v))
+                      for k, v in split.items() if v}
         row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {},
+                               "redundancy": redundancy,
                                "partial": partial(list(range(len(pairs)))),
                                "partial_ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], partial),
                                "points": [(key(a, b, data["pairs"])["child"], v, g)  # (child, PCC, held-out gain)
@@ -375,6 +387,11 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
               "gain within the test, given the parents' mean held-out score and their generations (R5's controls "
               "on these pairs); a negative value is kinship telling something the parents' scores do not. The "
               "pairs share models, so this interval (and the ρ intervals) resampling pairs is too narrow."]
+    lines += ["", "*Foundation × child pairs* (exploratory): the foundation merged back into a child it is a parent "
+              "of, against a child of two other specialists (pairs, mean PCC, mean held-out gain):", ""]
+    for t in tests:
+        lines.append(f"- {t['test']}: " + "; ".join(f"{name} {n} pairs, PCC {x:.2f}, gain {y:+.3f}"
+                                                    for name, (n, x, y) in t["redundancy"].items()))
     lines += ["", "Regret of each ranking's top pair: the best pair's held-out child score minus the top pair's "
               "(0 = it picked the best child; \"random\" = the mean over all pairs, a pair drawn at random)", "",
               "| test | best child | −PCC alone | parents' mean score | suggest | random |",
