@@ -214,6 +214,19 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     return results
 
 
+RANKINGS = ("−PCC alone", "parents' mean score alone", "suggest")
+
+
+def r6_means(tests: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """R6 over the all-pairs tests: each ranking's mean Spearman ρ and mean regret, and the mean
+    best child and random regret (the table's last row and the verdict read the same numbers)."""
+    means: dict[str, dict[str, float | None]] = {
+        name: {f: mean_or_none([t["rankings"][name][f] for t in tests]) for f in ("spearman", "regret")}
+        for name in RANKINGS}
+    means["all"] = {f: mean_or_none([t[f] for t in tests]) for f in ("best_child", "random_regret")}
+    return means
+
+
 def _beats(compared: dict[str, Any], holm: dict[str, float], name: str) -> tuple[str, str]:
     """The registered reading of one comparison at the final budget: who is ahead, and the figures."""
     c = compared[name][BUDGETS[-1]]
@@ -259,17 +272,16 @@ def verdicts(table: dict[str, Any], es: dict[str, Any], r5: dict[str, Any], test
                  f"parents' mean held-out score and the generation = {_num(r5['partial'])}"
                  + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + f" over {r5['n']} distinct merges.")
     if tests:
-        names = ("−PCC alone", "parents' mean score alone", "suggest")
-        rho = {n: [t["rankings"][n]["spearman"] for t in tests] for n in names}
-        mean_rho = {n: (sum(v) / len(v) if all(x is not None for x in v) else None) for n, v in rho.items()}
-        regret = {n: sum(t["rankings"][n]["regret"] for t in tests) / len(tests) for n in names}
-        others = names[:2]
-        ok = (all(mean_rho[n] is not None for n in names)
-              and all(mean_rho["suggest"] > mean_rho[n] for n in others)  # type: ignore[operator]
-              and all(regret["suggest"] < regret[n] for n in others))
+        m = r6_means(tests)
+        rho = {n: m[n]["spearman"] for n in RANKINGS}
+        regret = {n: m[n]["regret"] for n in RANKINGS}
+        others = RANKINGS[:2]
+        ok = (all(rho[n] is not None for n in RANKINGS)
+              and all(rho["suggest"] > rho[n] for n in others)  # type: ignore[operator]
+              and all(regret["suggest"] < regret[n] for n in others))  # type: ignore[operator]
         lines.append(f"- **R6: {'supported' if ok else 'not supported'}.** Over {len(tests)} all-pairs tests, mean "
-                     "Spearman ρ with held-out gain: " + ", ".join(f"{n} {_num(mean_rho[n])}" for n in names)
-                     + "; mean regret of the top pair: " + ", ".join(f"{n} {regret[n]:.4f}" for n in names) + ".")
+                     "Spearman ρ with held-out gain: " + ", ".join(f"{n} {_num(rho[n])}" for n in RANKINGS)
+                     + "; mean regret of the top pair: " + ", ".join(f"{n} {regret[n]:.4f}" for n in RANKINGS) + ".")
     else:
         lines.append("- **R6: no data.**")
     return lines
@@ -372,7 +384,7 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         lines.append(f"| {name} | {g['testbeds']} | {g['n']} | {_num(g['pearson'])} | {_num(g['spearman'])} "
                      f"| {_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
     tests = all_pairs(out)
-    names = ("−PCC alone", "parents' mean score alone", "suggest")
+    names = RANKINGS
     lines += ["", "**R6: all-pairs tests** (every pair of the pool after generation 1 merged and scored held out; "
               "Spearman ρ of each ranking with the held-out gain, 95% bootstrap interval over pairs)", "",
               "| test | pool | pairs | −PCC alone | parents' mean score | suggest | *partial r (PCC, gain)* |",
@@ -401,10 +413,10 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                      + " | ".join(f"{t['rankings'][name]['regret']:.4f}" for name in names)
                      + f" | {t['random_regret']:.4f} |")
     if len(tests) > 1:
-        mean = {name: sum(t["rankings"][name]["regret"] for t in tests) / len(tests) for name in names}
-        lines.append(f"| mean of {len(tests)} | {sum(t['best_child'] for t in tests) / len(tests):.4f} | "
-                     + " | ".join(f"{mean[name]:.4f}" for name in names)
-                     + f" | {sum(t['random_regret'] for t in tests) / len(tests):.4f} |")
+        m = r6_means(tests)
+        lines.append(f"| mean of {len(tests)} | {m['all']['best_child']:.4f} | "
+                     + " | ".join(f"{m[name]['regret']:.4f}" for name in RANKINGS)
+                     + f" | {m['all']['random_regret']:.4f} |")
     from kinmerge.suggest import PRIOR
 
     prior = refit_prior(records, tests)

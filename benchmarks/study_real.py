@@ -135,7 +135,7 @@ def all_pairs(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
         log(f"{run_dir.name}: all-pairs {len(done['pairs'])}/{len(pool) * (len(pool) - 1) // 2}")
 
 
-def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
+def heldout_pass(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
     """R5's data: every model of every run on the testbed scored on the held-out part.
 
     The loop scores held out only the models that enter the top-k, so a merge gain measured on
@@ -172,6 +172,10 @@ def heldout_children(run_dir: Path, zoo: Any, out: Path, log: Any) -> None:
         log(f"{run_dir.name}: held-out scores {n + 1}/{len(todo)}")
 
 
+def log(line: str) -> None:
+    print(f"[study-real] {line}", file=sys.stderr, flush=True)
+
+
 def _testbed_job(configs: list[tuple[str, str]], index: int, zoo_dir: str | None) -> str:
     """One testbed in a worker: its runs in order, its all-pairs test, then its merges pruned."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -181,12 +185,9 @@ def _testbed_job(configs: list[tuple[str, str]], index: int, zoo_dir: str | None
     if (run_dir / DONE).is_file():
         return f"{run_dir.name}: done before"
 
-    def log(line: str) -> None:
-        print(f"[study-real] {line}", file=sys.stderr, flush=True)
-
     t0 = time.perf_counter()
     run_configs([(Path(c), Path(r)) for c, r in configs], workers=1, log=log)
-    heldout_children(run_dir, _zoo(zoo_dir), run_dir / "heldout-children.json", log)
+    heldout_pass(run_dir, _zoo(zoo_dir), run_dir / "heldout-children.json", log)
     if index < ALLPAIRS_SETS:
         all_pairs(run_dir, _zoo(zoo_dir), run_dir / "allpairs.json", log)
     shutil.rmtree(run_dir / "models", ignore_errors=True)  # the store keeps every number
@@ -207,12 +208,11 @@ def run(out: Path, workers: int, zoo_dir: str | None, *, sets: int = SETS, gener
     jobs = list(by_bed.values())
     for run_dir in by_bed:  # finished testbeds: any model added to the held-out pass since they finished
         if (Path(run_dir) / DONE).is_file():
-            heldout_children(Path(run_dir), zoo, Path(run_dir) / "heldout-children.json",
-                             lambda line: print(f"[study-real] {line}", file=sys.stderr, flush=True))
-    print(f"[study-real] {len(configs)} runs on {len(jobs)} testbeds, {workers} at a time", file=sys.stderr)
+            heldout_pass(Path(run_dir), zoo, Path(run_dir) / "heldout-children.json", log)
+    log(f"{len(configs)} runs on {len(jobs)} testbeds, {workers} at a time")
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for line in pool.map(_testbed_job, jobs, range(len(jobs)), itertools.repeat(zoo_dir)):
-            print(f"[study-real] {line}", file=sys.stderr, flush=True)
+            log(line)
 
 
 def status(out: Path) -> None:
