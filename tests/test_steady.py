@@ -118,9 +118,15 @@ def test_a_steady_run_on_two_workers_records_its_completion_order(micro_zoo, cho
     children = [m for m in s.pool if m.origin == "merge"]
     assert status == "finished" and stop == "generation budget" and plans[3].stop == stop
     assert sorted(order) == sorted(m.id for m in children) and len(order) == 3 + len(plans[2].merges)
-    # plan 1 at the start; plan 2 as soon as a slot freed with nothing queued: after 2 of the 3
-    # first children finished (the third still in flight); the stop once nothing was in flight.
-    assert afters == {1: 0, 2: 2, 3: len(order)}
+    # Plan 1 at the start; the stop once nothing was in flight. Plan 2 when a slot freed with
+    # nothing queued: after the 2nd completion, or after the 3rd where the strategy, asked at the
+    # 2nd, stopped (its top-k pairs all merged or planned), a stop that is not final while a child
+    # is in flight. Which children finish first, and so the top-k, is up to the two workers.
+    assert afters[1] == 0 and afters[2] in (2, 3) and afters[3] == len(order)
+    by_id = {m.id: m for m in children}
+    merges = {g: [frozenset(m.parents) for m in p.merges] for g, p in plans.items() if p.stop is None}
+    done = [(by_id[c].generation, merges[by_id[c].generation].index(frozenset(by_id[c].parents))) for c in order]
+    replay(2, [(len(merges[g]), afters[g]) for g in sorted(merges)], done)  # the records replay
     assert all(m.score is not None for m in s.pool)
     with pytest.raises(StoreError, match=r"other settings: max_in_flight: 2 -> 1"):
         evolve(_steady(micro_zoo, choice_tasks, tmp_path / "m1.yaml", max_in_flight=1,
