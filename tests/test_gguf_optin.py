@@ -22,13 +22,26 @@ GGUF_DIR = Path(next(iter(_SPEC.submodule_search_locations)))
 pytestmark = [pytest.mark.slow, pytest.mark.optin]
 
 
+#: ``kinmerge convert``'s documented example, run here as written (test_examples.RUN_ELSEWHERE).
+CONVERT = "kinmerge convert SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2"
+
+
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    from kinmerge.sources.gguf import gguf_to_hf
+    import contextlib
+    import shlex
 
-    gguf = next(GGUF_DIR.glob("*.gguf"))
+    from click.testing import CliRunner
+
+    from kinmerge.cli import cli
+
+    gguf = GGUF_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
     root = tmp_path_factory.mktemp("smol")
-    return gguf, gguf_to_hf(gguf, root / "base")
+    (root / gguf.name).symlink_to(gguf)
+    with contextlib.chdir(root):
+        res = CliRunner().invoke(cli, shlex.split(CONVERT)[1:])
+    assert res.exit_code == 0, res.output
+    return gguf, root / "models" / "smollm2"
 
 
 def test_gguf_tensors_match_the_converted_model(smol):
