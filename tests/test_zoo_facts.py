@@ -50,7 +50,9 @@ def test_slerp_at_t0_and_t1_returns_the_parents(zoo, tmp_path):
 def test_specialist_merges_load_keep_lineage_and_mostly_beat_their_parents(zoo, merges):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    evaluator = BuiltinEvaluator(zoo.tasks_dir, limit=100, progress=False)
+    # 50 examples a task (the first 50, deterministic): 14 of the 15 merges beat their parents' mean
+    # there, as with 100 (docs/zoo.md); the test needs more than half
+    evaluator = BuiltinEvaluator(zoo.tasks_dir, limit=50, progress=False)
     parent_scores = {n: evaluator.evaluate(p).average for n, p in zoo.specialists.items()}
     wins = []
     for (a, b), result in merges.items():
