@@ -51,7 +51,7 @@ def test_specialist_merges_load_keep_lineage_and_mostly_beat_their_parents(zoo, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # 50 examples a task (the first 50, deterministic): 14 of the 15 merges beat their parents' mean
-    # there, as with 100 (docs/zoo.md); the test needs more than half
+    # there, as on 100 (measured 2026-12-07); the test needs more than half
     evaluator = BuiltinEvaluator(zoo.tasks_dir, limit=50, progress=False)
     parent_scores = {n: evaluator.evaluate(p).average for n, p in zoo.specialists.items()}
     wins = []
