@@ -24,6 +24,7 @@ import itertools
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,55 @@ def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str
             "fit": fit_gain(list(zip(x, y, strict=True))).__dict__}  # suggest's prior, refitted on these merges
 
 
+def _allpairs_tests(out: Path) -> Iterator[tuple[str, dict[str, Any], list[tuple[str, str]], Callable[..., Any]]]:
+    """Each complete all-pairs test: its name, its models, its merged pairs (sorted ids) and a
+    lookup ``key(a, b, table)`` of a pair's entry in one of its tables (stored as ``a+b`` or ``b+a``)."""
+
+    def key(a: str, b: str, table: dict[str, Any]) -> Any:
+        return table.get(f"{a}+{b}", table.get(f"{b}+{a}"))
+
+    for f in sorted((out / "runs").glob("*/allpairs.json")):
+        data = json.loads(f.read_text())
+        models = data["models"]
+        ids = sorted(models)
+        pairs = [(a, b) for a, b in itertools.combinations(ids, 2) if key(a, b, data["pairs"]) is not None]
+        if pairs and all(models[m].get("heldout") is not None for m in ids):
+            yield f.parent.name, data, pairs, key
+
+
+ALLPAIRS_COLUMNS = ("test", "child", "a", "b", "pcc", "a_generation", "b_generation", "a_selection", "b_selection",
+                    "a_heldout", "b_heldout", "child_heldout", "gain_heldout")
+
+
+def allpairs_csv(out: Path) -> str:
+    """Every merged pair of the all-pairs tests, one row each (``ALLPAIRS_COLUMNS``): what R6 and
+    the refitted prior are computed from, committed as docs/results-real-allpairs.csv."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(ALLPAIRS_COLUMNS)
+    for test, data, pairs, key in _allpairs_tests(out):
+        models = data["models"]
+        for a, b in pairs:
+            child = key(a, b, data["pairs"])
+            gain = child["heldout"] - (models[a]["heldout"] + models[b]["heldout"]) / 2
+            writer.writerow([test, child["child"], a, b, repr(key(a, b, data["pcc"])),
+                             models[a]["generation"], models[b]["generation"], repr(models[a]["selection"]),
+                             repr(models[b]["selection"]), repr(models[a]["heldout"]), repr(models[b]["heldout"]),
+                             repr(child["heldout"]), repr(gain)])
+    return buf.getvalue()
+
+
+def allpairs_points(text: str) -> list[tuple[str, float, float]]:
+    """``(child, PCC, held-out gain)`` of each row of :func:`allpairs_csv`'s file."""
+    import csv
+    import io
+
+    return [(r["child"], float(r["pcc"]), float(r["gain_heldout"])) for r in csv.DictReader(io.StringIO(text))]
+
+
 def all_pairs(out: Path) -> list[dict[str, Any]]:
     """R6 per all-pairs test: Spearman of each ranking with held-out gain (bootstrap over pairs), regret."""
     import numpy as np
@@ -152,18 +202,9 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     from kinmerge.suggest import rank_pairs
 
     results = []
-    for f in sorted((out / "runs").glob("*/allpairs.json")):
-        data = json.loads(f.read_text())
+    for test, data, pairs, key in _allpairs_tests(out):
         models = data["models"]
         ids = sorted(models)
-        pairs = [(a, b) for a, b in itertools.combinations(ids, 2)
-                 if f"{a}+{b}" in data["pairs"] or f"{b}+{a}" in data["pairs"]]
-        if not pairs or any(models[m].get("heldout") is None for m in ids):
-            continue
-
-        def key(a: str, b: str, table: dict[str, Any]) -> Any:
-            return table.get(f"{a}+{b}", table.get(f"{b}+{a}"))
-
         child = [key(a, b, data["pairs"])["heldout"] for a, b in pairs]
         gain = [c - (models[a]["heldout"] + models[b]["heldout"]) / 2 for c, (a, b) in zip(child, pairs, strict=True)]
         pcc = [key(a, b, data["pcc"]) for a, b in pairs]
@@ -195,7 +236,7 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
         redundancy = {("own parent" if k else "third specialist"):
                       (len(v), sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v))
                       for k, v in split.items() if v}
-        row: dict[str, Any] = {"test": f.parent.name, "pool": len(ids), "pairs": len(pairs), "rankings": {},
+        row: dict[str, Any] = {"test": test, "pool": len(ids), "pairs": len(pairs), "rankings": {},
                                "redundancy": redundancy,
                                "partial": partial(list(range(len(pairs)))),
                                "partial_ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], partial),
@@ -287,18 +328,18 @@ def verdicts(table: dict[str, Any], es: dict[str, Any], r5: dict[str, Any], test
     return lines
 
 
-def refit_prior(records: list[Any], tests: list[dict[str, Any]]) -> dict[str, Any]:
+def refit_prior(records: list[Any], pair_points: list[tuple[str, float, float]]) -> dict[str, Any]:
     """``suggest``'s prior refitted on this zoo: held-out gain on PCC (least squares) over every
-    distinct child with both, the runs' merges and the all-pairs children together (a child both
-    made counts once). The all-pairs children are the unselected pairs ``suggest`` is asked to
-    rank; the runs' merges are the pairs a loop makes. Not used to score R6 (that would be circular):
-    R6 tests the prior shipped before the study."""
+    distinct child with both, the runs' merges (``records``) and the all-pairs children
+    (``pair_points``: child, PCC, gain) together (a child both made counts once). The all-pairs
+    children are the unselected pairs ``suggest`` is asked to rank; the runs' merges are the pairs
+    a loop makes. Not used to score R6 (that would be circular): R6 tests the prior shipped before
+    the study. ``kinmerge.suggest.PRIOR`` is this fit of the committed CSVs (tests/test_study.py)."""
     from kinmerge.evolve.strategies.predicted import fit_gain
 
     points = {r.child: (float(r.pcc), float(r.gain_heldout)) for r in records
               if r.pcc is not None and r.gain_heldout is not None}
-    for t in tests:
-        points.update({child: (pcc, gain) for child, pcc, gain in t["points"]})
+    points.update({child: (pcc, gain) for child, pcc, gain in pair_points})
     return fit_gain(list(points.values())).__dict__
 
 
@@ -421,7 +462,7 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                      + f" | {m['all']['random_regret']:.4f} |")
     from kinmerge.suggest import PRIOR
 
-    prior = refit_prior(records, tests)
+    prior = refit_prior(records, [p for t in tests for p in t["points"]])
     lines += ["", f"**suggest's prior refitted on this zoo** (held-out gain on PCC, least squares over {prior['n']} "
               "distinct children: the runs' merges and the all-pairs children): gain ≈ "
               f"{prior['a']:+.4f} {prior['b']:+.4f} × PCC (residual sd {prior['sd']:.4f}); `kinmerge.suggest.PRIOR` "

@@ -232,7 +232,7 @@ def render(out: Path, write_doc: Path | None) -> None:
     from kinmerge.report.merges import merge_records, records_csv
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from real_analysis import load, markdown
+    from real_analysis import allpairs_csv, load, markdown
     from study import write_between
 
     runs, extra = load(out)
@@ -242,9 +242,12 @@ def render(out: Path, write_doc: Path | None) -> None:
         return
     csv = write_doc.with_name("results-real-merges.csv")
     csv.write_text(records_csv(merge_records(runs, heldout=extra)), encoding="utf-8")
-    text += f"\nEvery distinct merge (parents, PCC, scores, gains, generation, runs): [{csv.name}]({csv.name}).\n"
+    pairs = write_doc.with_name("results-real-allpairs.csv")
+    pairs.write_text(allpairs_csv(out), encoding="utf-8")
+    text += (f"\nEvery distinct merge (parents, PCC, scores, gains, generation, runs): [{csv.name}]({csv.name}); "
+             f"every pair of the all-pairs tests (R6): [{pairs.name}]({pairs.name}).\n")
     write_between(write_doc, BEGIN, END, text)
-    print(f"wrote {write_doc} and {csv}")
+    print(f"wrote {write_doc}, {csv} and {pairs}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -276,7 +276,12 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     assert test["random_regret"] == pytest.approx(0.08) and test["best_child"] == pytest.approx(0.5)
     assert r["suggest"]["spearman"] == pytest.approx(1.0)
     assert test["partial"] is None  # two controls need at least five pairs
-    prior = ra.refit_prior([], [test])  # type: ignore[attr-defined]
+    # The committed CSV holds what the refit reads: the same points, from the file alone.
+    text = ra.allpairs_csv(tmp_path)  # type: ignore[attr-defined]
+    assert text.splitlines()[0].split(",") == list(ra.ALLPAIRS_COLUMNS)  # type: ignore[attr-defined]
+    points = ra.allpairs_points(text)  # type: ignore[attr-defined]
+    assert points == [(c, pytest.approx(v), pytest.approx(g)) for c, v, g in test["points"]]
+    prior = ra.refit_prior([], points)  # type: ignore[attr-defined]
     assert (prior["n"], prior["a"], prior["b"]) == (3, pytest.approx(0.07625), pytest.approx(-0.1125))
     assert r["−PCC alone"]["spearman"] == pytest.approx(0.5) == r["parents' mean score alone"]["spearman"]
     # R6 needs suggest's regret smaller than *both* others': a tie with -PCC is not support.
@@ -294,3 +299,23 @@ def test_all_pairs_regret_and_rankings_on_a_hand_made_test(tmp_path: Path) -> No
     assert "R3: supported" in lines[2] and "saved 5.0 merges" in lines[2]
     assert "R4: supported" in lines[3] and "R5: supported" in lines[4]
     assert "R6: not supported" in lines[5]
+
+
+def test_suggests_prior_is_the_fit_of_the_committed_study_data() -> None:
+    """``kinmerge.suggest.PRIOR`` and the figures its help quotes are what the committed CSVs of
+    the real-model study give (anyone can recompute them; a rerun of the study that changes them
+    fails here until the prior and the help follow)."""
+    from kinmerge.cli import cli
+    from kinmerge.report.merges import records_from_csv
+    from kinmerge.suggest import PRIOR, PRIOR_SOURCE
+
+    ra = _real_analysis()
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    records = records_from_csv((docs / "results-real-merges.csv").read_text(encoding="utf-8"))
+    points = ra.allpairs_points((docs / "results-real-allpairs.csv").read_text(encoding="utf-8"))  # type: ignore[attr-defined]
+    fit = ra.refit_prior(records, points)  # type: ignore[attr-defined]
+    assert (PRIOR.a, PRIOR.b, PRIOR.sd) == (pytest.approx(fit["a"], abs=5e-5), pytest.approx(fit["b"], abs=5e-5),
+                                            pytest.approx(fit["sd"], abs=5e-5)) and PRIOR.n == fit["n"]
+    help_text = " ".join(cli.commands["suggest"].help.split())  # type: ignore[union-attr]
+    assert f"over {PRIOR.n} merges" in help_text and f"over {PRIOR.n} distinct" in PRIOR_SOURCE
+    assert f"gain = {PRIOR.a:.3f} - {-PRIOR.b:.3f} x PCC" in help_text

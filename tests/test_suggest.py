@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from kinmerge.cli import cli
-from kinmerge.suggest import PRIOR, rank_pairs
+from kinmerge.suggest import PRIOR, PRIOR_SOURCE, rank_pairs
 
 ZOO = "src/kinmerge/data/zoo"
 
@@ -33,7 +33,7 @@ def test_suggest_cli(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(cli, ["suggest", *models, "--base", f"{ZOO}/base", "--json", "--no-progress"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert len(data["pairs"]) == 3 and "r = " in data["prior"]
+    assert len(data["pairs"]) == 3 and data["prior"] == PRIOR_SOURCE
     gains = [p["predicted_gain"] for p in data["pairs"]]
     assert gains == sorted(gains, reverse=True)
     scores = tmp_path / "scores.json"
