@@ -198,7 +198,7 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
     import numpy as np
 
     from kinmerge.report.plots import correlation
-    from kinmerge.report.stats import cluster_bootstrap_ci, partial_correlation
+    from kinmerge.report.stats import node_jackknife_ci, partial_correlation
     from kinmerge.suggest import rank_pairs
 
     results = []
@@ -239,7 +239,7 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"test": test, "pool": len(ids), "pairs": len(pairs), "rankings": {},
                                "redundancy": redundancy,
                                "partial": partial(list(range(len(pairs)))),
-                               "partial_ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], partial),
+                               "partial_ci95": node_jackknife_ci(pairs, partial),
                                "points": [(key(a, b, data["pairs"])["child"], v, g)  # (child, PCC, held-out gain)
                                           for (a, b), v, g in zip(pairs, pcc, gain, strict=True)],
                                "best_child": max(child),
@@ -249,7 +249,7 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
                 return correlation([scores[i] for i in idx], [gain[i] for i in idx]).spearman_r
             top = min(range(len(pairs)), key=lambda i: -scores[i])  # ties: the first pair
             row["rankings"][name] = {"spearman": rho(list(range(len(pairs)))),
-                                     "ci95": cluster_bootstrap_ci([str(i) for i in range(len(pairs))], rho),
+                                     "ci95": node_jackknife_ci(pairs, rho),
                                      "top_pair": list(pairs[top]), "regret": max(child) - child[top]}
         results.append(row)
     return results
@@ -427,7 +427,8 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
     tests = all_pairs(out)
     names = RANKINGS
     lines += ["", "**R6: all-pairs tests** (every pair of the pool after generation 1 merged and scored held out; "
-              "Spearman ρ of each ranking with the held-out gain, 95% bootstrap interval over pairs)", "",
+              "Spearman ρ of each ranking with the held-out gain, 95% interval from the node-deleting jackknife: "
+              "the pairs share models, so they are not resampled as if independent)", "",
               "| test | pool | pairs | −PCC alone | parents' mean score | suggest | *partial r (PCC, gain)* |",
               "|---|--:|--:|--:|--:|--:|--:|"]
     for t in tests:
@@ -438,8 +439,8 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
         lines.append(f"| {t['test']} | {t['pool']} | {t['pairs']} | " + " | ".join(cells) + " |")
     lines += ["", "*Partial r* (exploratory, added before the third test finished): Pearson r of PCC and held-out "
               "gain within the test, given the parents' mean held-out score and their generations (R5's controls "
-              "on these pairs); a negative value is kinship telling something the parents' scores do not. The "
-              "pairs share models, so this interval (and the ρ intervals) resampling pairs is too narrow."]
+              "on these pairs); a negative value is kinship telling something the parents' scores do not. Its "
+              "interval is the node jackknife's, as for ρ."]
     lines += ["", "*Foundation × child pairs* (exploratory): the foundation merged back into a child it is a parent "
               "of, against a child of two other specialists (pairs, mean PCC, mean held-out gain):", ""]
     for t in tests:
