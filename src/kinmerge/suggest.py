@@ -34,8 +34,8 @@ __all__ = ["PRIOR", "PRIOR_SOURCE", "Suggestion", "rank_pairs"]
 #: held-out gain ≈ a + b * PCC of the parents, least squares over the real-model study's distinct
 #: children (its runs' merges and its all-pairs tests: docs/results-real-merges.csv and
 #: docs/results-real-allpairs.csv; ``benchmarks/real_analysis.refit_prior``, which a test reruns).
-PRIOR = GainModel(a=0.0743, b=-0.1046, sd=0.0656, n=218)
-PRIOR_SOURCE = ("held-out gain vs parents' PCC over 218 distinct SLERP merges of SmolLM2-135M fine-tunes "
+PRIOR = GainModel(a=0.0675, b=-0.1021, sd=0.0674, n=260)
+PRIOR_SOURCE = ("held-out gain vs parents' PCC over 260 distinct SLERP merges of SmolLM2-135M fine-tunes "
                 "(docs/results.md): PCC ranks the gain, but in all-pairs tests the parents' scores alone picked "
                 "a child as good as this ranking's (regret 0.061 vs 0.067; kinship alone 0.187, a random pair 0.193)")
 

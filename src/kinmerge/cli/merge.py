@@ -293,8 +293,8 @@ def suggest_cmd(models: tuple[str, ...], base: str | None, scores_file: str | No
 
     Without --scores, pairs rank by predicted gain over their parents, i.e. least related first;
     with --scores, by predicted child score: the parents' mean plus that gain. The gain is a
-    least-squares fit of held-out gain on PCC over 218 merges of SmolLM2-135M fine-tunes
-    (gain = 0.074 - 0.105 x PCC; docs/results.md). What that is worth, measured there: kinship
+    least-squares fit of held-out gain on PCC over 260 merges of SmolLM2-135M fine-tunes
+    (gain = 0.068 - 0.102 x PCC; docs/results.md). What that is worth, measured there: kinship
     tells which merge gains over its parents (a child merged with a third specialist, PCC ~0.06:
     +0.06 to +0.10; merged back with its own parent, PCC ~0.6: -0.02), not which merge gives the
     best model. In three all-pairs tests the top pair's child was, on average, 0.067 below the
