@@ -144,6 +144,25 @@ def gain_kinship(records: list[Any], *, gain: str = "gain_heldout", parents: str
             "fit": fit_gain(list(zip(x, y, strict=True))).__dict__}  # suggest's prior, refitted on these merges
 
 
+def merge_kinds(records: list[Any]) -> dict[str, tuple[int, float | None, float | None]]:
+    """The loop's distinct merges by kind (descriptive, for reading R5 beside R6): generation 1
+    (two foundations), a child merged with one of its own parents, and the rest; each as
+    (merges, mean PCC, mean held-out gain)."""
+    parents = {r.child: {r.parent_a, r.parent_b} for r in records}
+
+    def kind(r: Any) -> str:
+        if r.generation == 1:
+            return "generation 1"
+        own = r.parent_a in parents.get(r.parent_b, ()) or r.parent_b in parents.get(r.parent_a, ())
+        return "a child with its own parent" if own else "other"
+
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for r in records:
+        groups[kind(r)].append(r)
+    return {k: (len(v), mean_or_none([r.pcc for r in v]), mean_or_none([r.gain_heldout for r in v]))
+            for k, v in sorted(groups.items())}
+
+
 def _allpairs_tests(out: Path) -> Iterator[tuple[str, dict[str, Any], list[tuple[str, str]], Callable[..., Any]]]:
     """Each complete all-pairs test: its name, its models, its merged pairs (sorted ids) and a
     lookup ``key(a, b, table)`` of a pair's entry in one of its tables (stored as ``a+b`` or ``b+a``)."""
@@ -158,6 +177,11 @@ def _allpairs_tests(out: Path) -> Iterator[tuple[str, dict[str, Any], list[tuple
         pairs = [(a, b) for a, b in itertools.combinations(ids, 2) if key(a, b, data["pairs"]) is not None]
         if pairs and all(models[m].get("heldout") is not None for m in ids):
             yield f.parent.name, data, pairs, key
+
+
+def _heldout_gain(models: dict[str, Any], a: str, b: str, child: float) -> float:
+    """A child's held-out gain: its held-out score minus its parents' mean held-out score."""
+    return float(child - (models[a]["heldout"] + models[b]["heldout"]) / 2)
 
 
 ALLPAIRS_COLUMNS = ("test", "child", "a", "b", "pcc", "a_generation", "b_generation", "a_selection", "b_selection",
@@ -177,7 +201,7 @@ def allpairs_csv(out: Path) -> str:
         models = data["models"]
         for a, b in pairs:
             child = key(a, b, data["pairs"])
-            gain = child["heldout"] - (models[a]["heldout"] + models[b]["heldout"]) / 2
+            gain = _heldout_gain(models, a, b, child["heldout"])
             writer.writerow([test, child["child"], a, b, repr(key(a, b, data["pcc"])),
                              models[a]["generation"], models[b]["generation"], repr(models[a]["selection"]),
                              repr(models[b]["selection"]), repr(models[a]["heldout"]), repr(models[b]["heldout"]),
@@ -206,7 +230,7 @@ def all_pairs(out: Path) -> list[dict[str, Any]]:
         models = data["models"]
         ids = sorted(models)
         child = [key(a, b, data["pairs"])["heldout"] for a, b in pairs]
-        gain = [c - (models[a]["heldout"] + models[b]["heldout"]) / 2 for c, (a, b) in zip(child, pairs, strict=True)]
+        gain = [_heldout_gain(models, a, b, c) for c, (a, b) in zip(child, pairs, strict=True)]
         pcc = [key(a, b, data["pcc"]) for a, b in pairs]
         parents = [(models[a]["selection"] + models[b]["selection"]) / 2 for a, b in pairs]
         matrix = np.eye(len(ids))
@@ -406,6 +430,10 @@ def markdown(out: Path, runs: list[Any], extra: dict[str, dict[str, float]]) -> 
                   f"{_num(g['partial'])}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
                   + f"; least squares: gain ≈ {g['fit']['a']:+.4f} {g['fit']['b']:+.4f} × PCC "
                   f"(residual sd {g['fit']['sd']:.4f})."]
+    kinds = merge_kinds(records)
+    lines += ["", "*The loop's merges by kind* (descriptive): " + "; ".join(
+        f"{k} {n} merges, PCC {_num(x, 2)}, held-out gain {'—' if y is None else f'{y:+.3f}'}"
+        for k, (n, x, y) in kinds.items()) + "."]
     lines += ["", "**Three zoos side by side** (selection gain, as the tiny-zoo studies recorded it; distinct "
               "merges; partial r given parents' mean score and generation, interval over foundation sets):", "",
               "| zoo | foundation sets | merges | Pearson r | Spearman ρ | partial r [95% CI] |",

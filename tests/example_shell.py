@@ -27,7 +27,7 @@ SHELL_ONLY = set("|&;<>$`()")  # anything a list of words cannot say
 
 
 def in_process(cmd: str) -> bool:
-    return not (SHELL_ONLY & set(cmd)) and "--ray" not in cmd.split()
+    return not (SHELL_ONLY & set(cmd)) and not any(w == "--ray" or w.startswith("--ray=") for w in cmd.split())
 
 
 def argv(cmd: str) -> list[str]:

@@ -319,3 +319,20 @@ def test_suggests_prior_is_the_fit_of_the_committed_study_data() -> None:
     help_text = " ".join(cli.commands["suggest"].help.split())  # type: ignore[union-attr]
     assert f"over {PRIOR.n} merges" in help_text and f"over {PRIOR.n} distinct" in PRIOR_SOURCE
     assert f"gain = {PRIOR.a:.3f} - {-PRIOR.b:.3f} x PCC" in help_text
+
+
+def test_the_loops_merges_by_kind() -> None:
+    """Generation 1, a child merged with its own parent, the rest: counts, mean PCC and held-out gain."""
+    from kinmerge.report.merges import MergeRecord
+
+    ra = _real_analysis()
+
+    def rec(child: str, a: str, b: str, gen: int, pcc: float, gain: float) -> MergeRecord:
+        return MergeRecord("bed", child, a, b, gen, "greedy", pcc, 0.4, 0.4, 0.5, 0.4 + gain, "greedy")
+
+    records = [rec("ab", "a", "b", 1, 0.1, 0.10), rec("cd", "c", "d", 1, 0.1, 0.20),
+               rec("ab-a", "ab", "a", 2, 0.7, -0.02), rec("ab-cd", "ab", "cd", 2, 0.4, 0.04)]
+    kinds = ra.merge_kinds(records)  # type: ignore[attr-defined]
+    assert kinds == {"a child with its own parent": (1, pytest.approx(0.7), pytest.approx(-0.02)),
+                     "generation 1": (2, pytest.approx(0.1), pytest.approx(0.15)),
+                     "other": (1, pytest.approx(0.4), pytest.approx(0.04))}
